@@ -1,0 +1,250 @@
+"""The Inverse Filtering Module (IFM) operator: validation, registration, backend choice.
+
+    x[b,c,i,j] = sum_{r,n} mu[b,r,i,j] * omega[b,n,i,j]
+                 * sum_{u,v} atoms[r,n,u,v] * image[b,c,i+u-K//2,j+v-K//2]
+
+(cross-correlation, zeros outside the image; ARCHITECTURE.md section 2).
+
+The op is registered as ``torch.ops.inik.ifm`` (with ``torch.ops.inik.ifm_backward``
+for its gradient) through :mod:`torch.library`, so ``torch.compile(fullgraph=True)``
+keeps it as one opaque call. Backends plug in with :func:`register_backend`;
+``backend="auto"`` picks the fastest one available for the tensors' device, the
+environment variable ``INIK_IFM_BACKEND`` forces one, and :func:`resolve_backend`
+says which one a call would use (also logged at DEBUG level on ``inik.ops``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from . import reference as _ref
+
+log = logging.getLogger("inik.ops")
+
+ENV_BACKEND = "INIK_IFM_BACKEND"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of the IFM.
+
+    ``forward(image, mu, omega, atoms, support) -> out`` and
+    ``backward(grad, image, mu, omega, atoms, support, needs) -> 4 grads`` take
+    validated tensors of one dtype and device, possibly non-contiguous;
+    ``needs`` holds four booleans and an unneeded gradient may be None.
+    ``unavailable(device)`` returns None when the backend can run on that
+    device, else the reason it cannot.
+    """
+
+    name: str
+    forward: Callable
+    backward: Callable
+    unavailable: Callable[[torch.device], Optional[str]]
+
+
+_BACKENDS: dict[str, Backend] = {}
+# Backends whose code lives in optional modules, loaded on first use:
+# name -> "module:attribute" of a function returning a Backend (or raising ImportError).
+_LAZY: dict[str, str] = {
+    "cpp": "inik.ops._ext:cpp_backend",
+    "cuda": "inik.ops._ext:cuda_backend",
+    "triton": "inik.kernels.ifm_triton:triton_backend",
+}
+_LOAD_ERRORS: dict[str, str] = {}
+BACKEND_NAMES = ("reference", "unfused", "cpp", "cuda", "triton")
+# Priority of "auto", fastest first.
+_AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}
+
+
+def register_backend(backend: Backend) -> None:
+    _BACKENDS[backend.name] = backend
+
+
+def _get(name: str) -> Optional[Backend]:
+    if name not in _BACKENDS and name in _LAZY and name not in _LOAD_ERRORS:
+        module, attr = _LAZY[name].split(":")
+        try:
+            register_backend(getattr(importlib.import_module(module), attr)())
+        except ImportError as exc:  # optional component not built / not installed
+            _LOAD_ERRORS[name] = f"{type(exc).__name__}: {exc}"
+            log.debug("IFM backend %r not loadable: %s", name, exc)
+    return _BACKENDS.get(name)
+
+
+def backend_unavailable(name: str, device: torch.device | str) -> Optional[str]:
+    """None if backend ``name`` can run on ``device``, else why not."""
+    if name not in BACKEND_NAMES:
+        return f"unknown backend {name!r}; expected one of {BACKEND_NAMES}"
+    be = _get(name)
+    if be is None:
+        return _LOAD_ERRORS.get(name, "not registered")
+    return be.unavailable(torch.device(device))
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends that can run on ``device``."""
+    return [n for n in BACKEND_NAMES if backend_unavailable(n, device) is None]
+
+
+@torch.compiler.assume_constant_result
+def resolve_backend(device: torch.device | str, backend: str = "auto") -> str:
+    """The backend a call on ``device`` uses: ``backend`` if given (or the
+    ``INIK_IFM_BACKEND`` environment variable when ``backend == "auto"``),
+    else the first available in priority order."""
+    device = torch.device(device)
+    if backend == "auto":
+        backend = os.environ.get(ENV_BACKEND, "").strip() or "auto"
+    if backend != "auto":
+        why = backend_unavailable(backend, device)
+        if why is not None:
+            raise RuntimeError(f"inik.ops.ifm: backend={backend!r} cannot run on {device}: {why}")
+        return backend
+    order = _AUTO_ORDER.get(device.type, ("reference",))
+    for name in order:
+        why = backend_unavailable(name, device)
+        if why is None:
+            log.debug("IFM on %s: backend %r", device, name)
+            return name
+        log.debug("IFM on %s: skipping %r (%s)", device, name, why)
+    raise RuntimeError(f"inik.ops.ifm: no backend can run on {device}")  # pragma: no cover
+
+
+def _always(device: torch.device) -> Optional[str]:
+    return None
+
+
+register_backend(Backend("reference", _ref.ifm_reference, _ref.ifm_reference_backward, _always))
+register_backend(Backend("unfused", _ref.ifm_unfused, _ref.ifm_unfused_backward, _always))
+
+
+# ---------------------------------------------------------------- registration
+
+def _like(result: Tensor, like: Tensor) -> Tensor:
+    """``result`` with the dtype and strides ``torch.empty_like(like)`` has (what the fake promises)."""
+    target = torch.empty_like(like)
+    if result.dtype == target.dtype and result.stride() == target.stride():
+        return result
+    return target.copy_(result)
+
+
+@torch.library.custom_op("inik::ifm", mutates_args=())
+def _ifm_op(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor,
+            support: Sequence[int], backend: str) -> Tensor:
+    out = _BACKENDS[backend].forward(image, mu, omega, atoms, list(support))
+    return _like(out, image)
+
+
+@_ifm_op.register_fake
+def _(image, mu, omega, atoms, support, backend):
+    return torch.empty_like(image)
+
+
+@torch.library.custom_op("inik::ifm_backward", mutates_args=())
+def _ifm_backward_op(grad: Tensor, image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor,
+                     support: Sequence[int], backend: str,
+                     needs: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients for (image, mu, omega, atoms); an unneeded one is an empty tensor."""
+    grads = _BACKENDS[backend].backward(grad, image, mu, omega, atoms, list(support), list(needs))
+    inputs = (image, mu, omega, atoms)
+    return tuple(_like(g, x) if nd else x.new_empty(0)
+                 for g, x, nd in zip(grads, inputs, needs))
+
+
+@_ifm_backward_op.register_fake
+def _(grad, image, mu, omega, atoms, support, backend, needs):
+    return tuple(torch.empty_like(x) if nd else x.new_empty(0)
+                 for x, nd in zip((image, mu, omega, atoms), needs))
+
+
+def _setup_context(ctx, inputs, output):
+    image, mu, omega, atoms, support, backend = inputs
+    ctx.save_for_backward(image, mu, omega, atoms)
+    ctx.support = support
+    ctx.backend = backend
+
+
+def _backward(ctx, grad):
+    needs = [bool(x) for x in ctx.needs_input_grad[:4]]
+    if not any(needs):
+        return None, None, None, None, None, None
+    grads = torch.ops.inik.ifm_backward(grad, *ctx.saved_tensors, ctx.support, ctx.backend, needs)
+    return (*(g if nd else None for g, nd in zip(grads, needs)), None, None)
+
+
+_ifm_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------- public API
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"inik.ops.ifm: {msg}")
+
+
+def validate(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor,
+             support: Optional[Sequence[int]] = None) -> list[int]:
+    """Check the IFM's inputs; return the per-scale support sizes (K for every
+    scale when ``support`` is None). Raises ValueError/TypeError naming the argument."""
+    named = {"image": image, "mu": mu, "omega": omega, "atoms": atoms}
+    for name, t in named.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"inik.ops.ifm: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"inik.ops.ifm: {name} must be a floating-point tensor, got dtype {t.dtype}")
+    for name, t in named.items():
+        _check(t.dim() == 4, f"{name} must have 4 dimensions "
+               f"({'(R, N, K, K)' if name == 'atoms' else '(B, ' + name[0].upper() + ', H, W)'}), "
+               f"got shape {tuple(t.shape)}")
+    dtypes = {name: t.dtype for name, t in named.items()}
+    _check(len(set(dtypes.values())) == 1, f"all inputs must share one dtype, got {dtypes}")
+    devices = {name: str(t.device) for name, t in named.items()}
+    _check(len(set(devices.values())) == 1, f"all inputs must be on one device, got {devices}")
+    b, c, h, w = image.shape
+    _check(b >= 1 and c >= 1 and h >= 1 and w >= 1,
+           f"image must be non-empty (B, C, H, W), got shape {tuple(image.shape)}")
+    r, n, k, k2 = atoms.shape
+    _check(k == k2, f"atoms must be square (R, N, K, K), got shape {tuple(atoms.shape)}")
+    _check(k % 2 == 1, f"atoms' kernel size K must be odd, got K={k}")
+    _check(r >= 1 and n >= 1, f"atoms must have R >= 1 and N >= 1, got shape {tuple(atoms.shape)}")
+    for name, t, ch in (("mu", mu, r), ("omega", omega, n)):
+        _check(t.shape[0] == b and tuple(t.shape[2:]) == (h, w),
+               f"{name} must match image's batch and spatial size ({b}, *, {h}, {w}), "
+               f"got shape {tuple(t.shape)}")
+    _check(mu.shape[1] == r, f"mu has {mu.shape[1]} scales but atoms has R={r}")
+    _check(omega.shape[1] == n, f"omega has {omega.shape[1]} atoms but atoms has N={n}")
+    if support is None:
+        return [k] * r
+    support = [int(s) for s in support]
+    _check(len(support) == r, f"support must give one size per scale (R={r}), got {len(support)}")
+    for s in support:
+        _check(s % 2 == 1 and 1 <= s <= k, f"support sizes must be odd and in [1, K={k}], got {support}")
+    return support
+
+
+def ifm(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor, *,
+        support: Optional[Sequence[int]] = None, backend: str = "auto") -> Tensor:
+    """Apply the IFM: per-pixel inverse kernels from a multi-scale dictionary.
+
+    Args:
+        image: (B, C, H, W) floating tensor.
+        mu: (B, R, H, W) per-pixel scale weights.
+        omega: (B, N, H, W) per-pixel atom weights.
+        atoms: (R, N, K, K) dictionary, K odd.
+        support: optional R odd sizes; atom r is used only inside its centred
+            ``support[r] x support[r]`` window, as if zero outside (its gradient
+            is zero there). Lets backends skip the zeros of small scales.
+        backend: "auto", "reference", "unfused", "cpp", "cuda" or "triton".
+
+    Returns:
+        (B, C, H, W) tensor of the inputs' dtype. Differentiable in all four inputs.
+    """
+    support = validate(image, mu, omega, atoms, support)
+    name = resolve_backend(image.device, backend)
+    return torch.ops.inik.ifm(image, mu, omega, atoms, support, name)

@@ -1,0 +1,1 @@
+"""Triton kernels of inik, installed as ``inik.kernels``."""
