@@ -1,6 +1,8 @@
 """inik: single-image defocus deblurring with INIKNet (Quan, Yao, Ji, ICCV 2023)."""
 
-from . import ops
-
 __version__ = "0.1.0"
-__all__ = ["ops", "__version__"]
+
+from . import ops  # noqa: E402
+from .models import INIKNet, INIKNetConfig  # noqa: E402
+
+__all__ = ["INIKNet", "INIKNetConfig", "ops", "__version__"]

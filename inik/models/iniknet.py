@@ -1,0 +1,271 @@
+"""INIKNet: implicit neural inverse kernels for single-image defocus deblurring.
+
+Quan, Yao, Ji, ICCV 2023; every architectural fact is in ARCHITECTURE.md section 3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import ifm
+from .dictionary import KINDS, Dictionary
+from .recurrent import DuplexRecurrence, UnidirectionalRecurrence
+from .unet import UNet
+
+LEVELS = 3  # image pyramid y/4, y/2, y
+# The U-Net runs on y/4 and halves it twice more, so the padded input must be a
+# multiple of 16, and at least 32 so that its coarsest maps are 2x2 (reflect padding).
+MULTIPLE = 16
+MIN_SIZE = 32
+RECURRENCES = ("duplex", "unidirectional")
+MIXINGS = ("sum", "conv")
+FORMAT = "inik.INIKNet"
+
+
+@dataclass(frozen=True)
+class INIKNetConfig:
+    """Architecture of an INIKNet; the defaults are the authors' configuration.
+
+    width: U-Net base width (= ConvLSTM hidden size).
+    scales: R, dictionary scales incl. the delta scale 0; atom sizes 3..2R-1.
+    atoms: N, atoms per scale.
+    dictionary: "ms-inr" (default), "per-scale-inr" ("Non-MS Dict") or "upsampled" ("Non-INR Dict").
+    recurrence: "duplex" (default) or "unidirectional" (each level also sees the previous level's output).
+    mixing: "sum" (the paper's Eq. 8, default) or "conv" (the authors' code: a learned
+        1x1 convolution over all R*N*3 weighted responses).
+    """
+
+    width: int = 32
+    scales: int = 8
+    atoms: int = 10
+    dictionary: str = "ms-inr"
+    recurrence: str = "duplex"
+    mixing: str = "sum"
+
+    def __post_init__(self):
+        if self.dictionary not in KINDS:
+            raise ValueError(f"INIKNet: dictionary must be one of {KINDS}, got {self.dictionary!r}")
+        if self.recurrence not in RECURRENCES:
+            raise ValueError(f"INIKNet: recurrence must be one of {RECURRENCES}, got {self.recurrence!r}")
+        if self.mixing not in MIXINGS:
+            raise ValueError(f"INIKNet: mixing must be one of {MIXINGS}, got {self.mixing!r}")
+        for name in ("width", "scales", "atoms"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < (2 if name == "scales" else 1):
+                raise ValueError(f"INIKNet: {name} must be a positive integer (scales >= 2), "
+                                 f"got {getattr(self, name)!r}")
+
+
+@dataclass
+class Interpretation:
+    """What the model computed, per level (coarse to fine), cropped to the input.
+
+    outputs: (B, 3, H_l, W_l) restored images.
+    mu: (B, R, H_l, W_l) softmax scale weights (channel 0 is the delta / in-focus scale).
+    omega: (B, N, H_l, W_l) atom weights.
+    atoms: per scale 1..R-1, the (N, k, k) atoms, k = 3, 5, ..., 2R-1.
+    """
+
+    outputs: list
+    mu: list
+    omega: list
+    atoms: list
+
+
+def _pad_mode(size: int, pad: int) -> str:
+    return "reflect" if pad < size else "replicate"
+
+
+def pad_to_valid(y: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad (B, C, H, W) at the bottom/right to a size the network accepts; returns it and (H, W)."""
+    h, w = y.shape[-2:]
+    ph = max(MIN_SIZE, -(-h // MULTIPLE) * MULTIPLE) - h
+    pw = max(MIN_SIZE, -(-w // MULTIPLE) * MULTIPLE) - w
+    if ph:
+        y = F.pad(y, (0, 0, 0, ph), mode=_pad_mode(h, ph))
+    if pw:
+        y = F.pad(y, (0, pw, 0, 0), mode=_pad_mode(w, pw))
+    return y, (h, w)
+
+
+class INIKNet(nn.Module):
+    """INIKNet. ``model(y)``: (B, 3, H, W) float in [0, 1], any H, W >= 1 -> restored (B, 3, H, W).
+
+    Build with keyword arguments of :class:`INIKNetConfig` (``INIKNet()`` is the
+    authors' configuration). ``ifm_backend`` picks the IFM implementation
+    (see :func:`inik.ops.ifm`); it is a runtime choice, not part of the weights.
+    """
+
+    def __init__(self, config: Optional[INIKNetConfig] = None, *, ifm_backend: str = "auto", **kwargs):
+        super().__init__()
+        if config is None:
+            config = INIKNetConfig(**kwargs)
+        elif kwargs:
+            raise TypeError("INIKNet: pass either config or keyword arguments, not both")
+        self.config = config
+        self.ifm_backend = ifm_backend
+        c = config
+        self.unet = UNet(in_ch=6 if c.recurrence == "unidirectional" else 3, width=c.width)
+        branch = DuplexRecurrence if c.recurrence == "duplex" else UnidirectionalRecurrence
+        self.mu_branch = branch(c.width)
+        self.omega_branch = branch(c.width)
+        self.mu_head = nn.Conv2d(c.width, c.scales, 1)
+        self.omega_head = nn.Conv2d(c.width, c.atoms, 1)
+        self.dictionary = Dictionary(c.scales, c.atoms, c.dictionary)
+        if c.mixing == "conv":
+            self.mix = nn.Conv2d(c.scales * c.atoms * 3, 3, 1)
+
+    # ------------------------------------------------------------ core
+
+    def _check_input(self, y: torch.Tensor) -> None:
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"INIKNet: y must be a torch.Tensor, got {type(y).__name__}")
+        if y.dim() != 4 or y.shape[1] != 3:
+            raise ValueError(f"INIKNet: y must have shape (B, 3, H, W), got {tuple(y.shape)}")
+        if not y.is_floating_point():
+            raise TypeError(f"INIKNet: y must be a floating-point image in [0, 1], got dtype {y.dtype}")
+        if min(y.shape) < 1:
+            raise ValueError(f"INIKNet: y must be non-empty, got shape {tuple(y.shape)}")
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(y).all()):
+            raise ValueError("INIKNet: y contains NaN or Inf values")
+
+    def _restore(self, y, mu_feat, omega_feat, atoms):
+        """One level's output and its (mu, omega)."""
+        mu = torch.softmax(self.mu_head(mu_feat), 1)
+        omega = self.omega_head(omega_feat)
+        dt = y.dtype
+        if self.config.mixing == "sum":
+            x = y + ifm(y, mu[:, 1:].to(dt), omega.to(dt), atoms.to(dt),
+                        support=self.dictionary.support, backend=self.ifm_backend)
+        else:
+            x = y + self.mix(self._weighted_responses(y, mu, omega))
+        return x, mu, omega
+
+    def _weighted_responses(self, y, mu, omega):
+        """(B, R*3*N, H, W): every scale's per-channel atom responses times mu * omega
+        (scale 0's delta atom responds with y itself) - the authors' unfused form."""
+        b, c, h, w = y.shape
+        n = omega.shape[1]
+        y_bc = y.reshape(b * c, 1, h, w)
+        resp = [y.unsqueeze(2).expand(b, c, n, h, w)]
+        for s in range(1, self.config.scales):
+            a = self.dictionary.scale_atoms(s).to(y.dtype).unsqueeze(1)
+            resp.append(F.conv2d(y_bc, a, padding=s).view(b, c, n, h, w))
+        weights = mu.to(y.dtype)[:, :, None, None] * omega.to(y.dtype)[:, None, None]  # (B, R, 1, N, H, W)
+        return (torch.stack(resp, 1) * weights).reshape(b, -1, h, w)
+
+    def _run(self, y: torch.Tensor, all_levels: bool):
+        """Outputs, mu and omega of the levels that are computed (coarse to fine)."""
+        pyramid = [F.interpolate(y, scale_factor=0.5 ** (LEVELS - 1 - l), mode="bilinear",
+                                 align_corners=False) if l < LEVELS - 1 else y for l in range(LEVELS)]
+        atoms = self.dictionary()
+        results = []
+        if self.config.recurrence == "duplex":
+            feats = [self.unet(p) for p in pyramid]
+            mu_feats, omega_feats = self.mu_branch(feats), self.omega_branch(feats)
+            for l in (range(LEVELS) if all_levels else [LEVELS - 1]):
+                results.append(self._restore(pyramid[l], mu_feats[l], omega_feats[l], atoms))
+            return results
+        mu_state = omega_state = None
+        prev = pyramid[0]
+        for p in pyramid:
+            prev = F.interpolate(prev, size=p.shape[-2:], mode="bilinear", align_corners=False)
+            feat = self.unet(torch.cat([p, prev], 1))
+            mu_feat, mu_state = self.mu_branch.step(feat, mu_state)
+            omega_feat, omega_state = self.omega_branch.step(feat, omega_state)
+            results.append(self._restore(p, mu_feat, omega_feat, atoms))
+            prev = results[-1][0]
+        return results if all_levels else results[-1:]
+
+    def _prepare(self, y):
+        self._check_input(y)
+        dtype = next(self.parameters()).dtype
+        return pad_to_valid(y.to(dtype))
+
+    # ------------------------------------------------------------ public
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float in [0, 1] -> restored (B, 3, H, W), same dtype.
+
+        Any H, W >= 1: the input is padded (reflect) to a valid size and the
+        output cropped back. Only the finest level's IFM runs (duplex recurrence).
+        """
+        yp, (h, w) = self._prepare(y)
+        x = self._run(yp, all_levels=False)[-1][0]
+        return x[..., :h, :w].to(y.dtype)
+
+    def forward_levels(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """The three levels' outputs, coarse to fine: (B, 3, H/4, W/4), (B, 3, H/2, W/2), (B, 3, H, W).
+
+        For the multi-scale training loss; H and W must be multiples of 16 (and >= 32).
+        """
+        self._check_input(y)
+        h, w = y.shape[-2:]
+        if h % MULTIPLE or w % MULTIPLE or h < MIN_SIZE or w < MIN_SIZE:
+            raise ValueError(f"INIKNet.forward_levels: H and W must be multiples of {MULTIPLE} and at "
+                             f"least {MIN_SIZE} (training crops), got {h}x{w}; use model(y) for any size")
+        return [x for x, _, _ in self._run(y, all_levels=True)]
+
+    @torch.no_grad()
+    def interpret(self, y: torch.Tensor) -> Interpretation:
+        """mu, omega and outputs at every level, and the atoms at every scale."""
+        yp, (h, w) = self._prepare(y)
+        levels = self._run(yp, all_levels=True)
+        crops = [(-(-h // 2 ** (LEVELS - 1 - l)), -(-w // 2 ** (LEVELS - 1 - l))) for l in range(LEVELS)]
+        pick = lambda i: [lv[i][..., :ch, :cw] for lv, (ch, cw) in zip(levels, crops)]  # noqa: E731
+        atoms = [self.dictionary.scale_atoms(s) for s in range(1, self.config.scales)]
+        return Interpretation(outputs=pick(0), mu=pick(1), omega=pick(2), atoms=atoms)
+
+    # ------------------------------------------------------------ weights
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write weights and configuration to one safetensors file (atomically)."""
+        from safetensors.torch import save_file
+
+        from .. import __version__
+        path = os.fspath(path)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        meta = {"format": FORMAT, "config": json.dumps(asdict(self.config)), "inik_version": __version__}
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
+        os.close(fd)
+        try:
+            save_file(state, tmp, metadata=meta)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @staticmethod
+    def read_config(path: str | os.PathLike) -> INIKNetConfig:
+        """The configuration stored in an INIKNet safetensors file."""
+        from safetensors import safe_open
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"INIKNet.load: no weights file at {path!r}")
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as exc:
+            raise ValueError(f"INIKNet.load: {path!r} is not a readable safetensors file ({exc})") from exc
+        if meta.get("format") != FORMAT or "config" not in meta:
+            raise ValueError(f"INIKNet.load: {path!r} is not an INIKNet weights file (no inik metadata)")
+        known = {f.name for f in fields(INIKNetConfig)}
+        return INIKNetConfig(**{k: v for k, v in json.loads(meta["config"]).items() if k in known})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu",
+             **kwargs) -> "INIKNet":
+        """Rebuild a model from a file written by :meth:`save`."""
+        from safetensors.torch import load_file
+        model = cls(cls.read_config(path), **kwargs)
+        model.load_state_dict(load_file(os.fspath(path), device=str(map_location)))
+        return model.to(map_location)

@@ -1,0 +1,104 @@
+"""Scale-recurrent sub-networks: ConvLSTM cells over the pyramid levels (ARCHITECTURE.md section 3)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .unet import ResBlock
+
+State = tuple[torch.Tensor, torch.Tensor]
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channel dimension of (B, C, H, W), layout-agnostic."""
+
+    def __init__(self, ch: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ch))
+        self.bias = nn.Parameter(torch.zeros(ch))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) * torch.rsqrt(var + self.eps)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+class ConvLSTMCell(nn.Module):
+    """concat [input, h] -> 2 ResBlocks -> 1x1 conv (with bias) -> gates i, f, o, g."""
+
+    def __init__(self, in_ch: int, hidden: int):
+        super().__init__()
+        ch = in_ch + hidden
+        self.body = nn.Sequential(ResBlock(ch), ResBlock(ch))
+        self.gates = nn.Conv2d(ch, 4 * hidden, 1)
+        self.hidden = hidden
+
+    def forward(self, x: torch.Tensor, state: Optional[State]) -> State:
+        if state is None:
+            zeros = x.new_zeros((x.shape[0], self.hidden, *x.shape[2:]))
+            state = (zeros, zeros)
+        h, c = state
+        i, f, o, g = self.gates(self.body(torch.cat([x, h], 1))).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+
+def _resize_state(state: State, size: Sequence[int]) -> State:
+    return tuple(F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False) for t in state)
+
+
+def _recur(cell: ConvLSTMCell, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Run ``cell`` over ``inputs`` in order, carrying (h, c) resized bilinearly between levels."""
+    state, hidden = None, []
+    for x in inputs:
+        if state is not None:
+            state = _resize_state(state, x.shape[-2:])
+        state = cell(x, state)
+        hidden.append(state[0])
+    return hidden
+
+
+class DuplexRecurrence(nn.Module):
+    """Fine-to-coarse then coarse-to-fine ConvLSTM passes over the levels' features.
+
+    ``forward`` takes the levels' (B, width, H_l, W_l) features coarse to fine and
+    returns, per level, the features plus the second pass's hidden state.
+    """
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.norm = ChannelLayerNorm(width)
+        self.down_pass = ConvLSTMCell(width, width)
+        self.up_pass = ConvLSTMCell(width, width)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        normed = [self.norm(f) for f in feats]
+        first = _recur(self.down_pass, normed[::-1])[::-1]  # fine -> coarse, re-ordered coarse -> fine
+        second = _recur(self.up_pass, first)
+        return [f + h for f, h in zip(feats, second)]
+
+
+class UnidirectionalRecurrence(nn.Module):
+    """The paper's "Unidirectional" ablation: one coarse-to-fine ConvLSTM pass.
+
+    Unlike the duplex form it is causal over levels, so it can run one level at
+    a time: ``step(feat, state) -> (out, state)``.
+    """
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.norm = ChannelLayerNorm(width)
+        self.cell = ConvLSTMCell(width, width)
+
+    def step(self, feat: torch.Tensor, state: Optional[State]) -> tuple[torch.Tensor, State]:
+        if state is not None:
+            state = _resize_state(state, feat.shape[-2:])
+        state = self.cell(self.norm(feat), state)
+        return feat + state[0], state

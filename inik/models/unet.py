@@ -1,0 +1,52 @@
+"""The shared U-Net feature extractor and its building blocks (ARCHITECTURE.md section 3)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    """Bias-free 3x3 convolution with reflect padding."""
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, padding_mode="reflect", bias=False)
+
+
+class ResBlock(nn.Module):
+    """conv3x3 + ReLU, conv3x3, plus identity."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv1 = conv3x3(ch, ch)
+        self.conv2 = conv3x3(ch, ch)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.act(self.conv1(x)))
+
+
+def stage(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    """A convolution followed by two ResBlocks."""
+    return nn.Sequential(conv3x3(cin, cout, stride), ResBlock(cout), ResBlock(cout))
+
+
+class UNet(nn.Module):
+    """(B, in_ch, H, W) -> (B, width, H, W) features; H and W must be multiples of 4."""
+
+    def __init__(self, in_ch: int = 3, width: int = 32):
+        super().__init__()
+        w1, w2, w3 = width, 2 * width, 4 * width
+        self.enc1 = stage(in_ch, w1)
+        self.enc2 = stage(w1, w2, stride=2)
+        self.enc3 = stage(w2, w3, stride=2)
+        self.up2 = nn.ConvTranspose2d(w3, w2, 4, stride=2, padding=1, bias=False)
+        self.dec2 = stage(2 * w2, w2)
+        self.up1 = nn.ConvTranspose2d(w2, w1, 4, stride=2, padding=1, bias=False)
+        self.dec1 = stage(2 * w1, w1)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r1 = self.enc1(x)
+        r2 = self.enc2(r1)
+        r3 = self.enc3(r2)
+        d2 = self.dec2(torch.cat([self.act(self.up2(r3)), r2], 1))
+        return self.dec1(torch.cat([self.act(self.up1(d2)), r1], 1))

@@ -1,0 +1,186 @@
+"""INIKNet: shapes at any size, parameter counts, ablations, interpretation, save/load, learning."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import inik
+from inik.models.dictionary import polar_grid
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return inik.INIKNet().eval()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (37, 53), (64, 64), (16, 100)])
+def test_any_size(model, size):
+    y = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        x = model(y)
+    assert x.shape == y.shape and x.dtype == y.dtype and torch.isfinite(x).all()
+
+
+def test_forward_equals_finest_level(model):
+    y = torch.rand(1, 3, 64, 48)
+    with torch.no_grad():
+        levels = model.forward_levels(y)
+        assert [tuple(l.shape[-2:]) for l in levels] == [(16, 12), (32, 24), (64, 48)]
+        torch.testing.assert_close(model(y), levels[-1])
+
+
+def test_padding_does_not_leak_into_crop(model):
+    """A 37x53 input is padded to 48x64; the crop must be the padded run's top-left."""
+    y = torch.rand(1, 3, 37, 53)
+    padded, _ = inik.models.iniknet.pad_to_valid(y)
+    assert padded.shape[-2:] == (48, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(y), model(padded)[..., :37, :53])
+
+
+def test_parameter_counts():
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert 1_950_000 <= count(inik.INIKNet()) <= 2_000_000
+    # The authors' configuration (with its 240->3 mixing convolution) counts 1,976,847.
+    assert count(inik.INIKNet(mixing="conv")) == 1_976_847
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(dictionary="per-scale-inr"), dict(dictionary="upsampled"),
+    dict(recurrence="unidirectional"), dict(mixing="conv"),
+    dict(width=8, scales=4, atoms=3),
+])
+def test_variants_forward_backward(kwargs):
+    m = inik.INIKNet(**kwargs)
+    y = torch.rand(2, 3, 32, 48)
+    levels = m.forward_levels(y)
+    assert [l.shape for l in levels] == [(2, 3, 8, 12), (2, 3, 16, 24), (2, 3, 32, 48)]
+    sum(l.square().mean() for l in levels).backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    # The dictionary receives gradient through the IFM (or the mixing conv).
+    assert any(p.grad.abs().sum() > 0 for p in m.dictionary.parameters())
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="dictionary must be one of"):
+        inik.INIKNet(dictionary="nope")
+    with pytest.raises(ValueError, match="recurrence must be one of"):
+        inik.INIKNet(recurrence="both")
+    with pytest.raises(ValueError, match="scales must be"):
+        inik.INIKNet(scales=1)
+
+
+@pytest.mark.parametrize("y, exc, match", [
+    (torch.rand(1, 1, 8, 8), ValueError, r"shape \(B, 3, H, W\)"),
+    (torch.rand(3, 8, 8), ValueError, r"shape \(B, 3, H, W\)"),
+    (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), TypeError, "floating-point"),
+    (torch.full((1, 3, 8, 8), float("nan")), ValueError, "NaN or Inf"),
+    (torch.full((1, 3, 8, 8), float("inf")), ValueError, "NaN or Inf"),
+    ([[0.0]], TypeError, "torch.Tensor"),
+])
+def test_bad_input(model, y, exc, match):
+    with pytest.raises(exc, match=match):
+        model(y)
+
+
+def test_forward_levels_needs_training_sizes(model):
+    with pytest.raises(ValueError, match="multiples of 16"):
+        model.forward_levels(torch.rand(1, 3, 40, 48))
+
+
+def test_interpret(model):
+    y = torch.rand(1, 3, 37, 53)
+    out = model.interpret(y)
+    assert [tuple(m.shape) for m in out.mu] == [(1, 8, 10, 14), (1, 8, 19, 27), (1, 8, 37, 53)]
+    assert [tuple(o.shape) for o in out.omega] == [(1, 10, 10, 14), (1, 10, 19, 27), (1, 10, 37, 53)]
+    torch.testing.assert_close(out.mu[-1].sum(1), torch.ones(1, 37, 53))
+    assert [tuple(a.shape) for a in out.atoms] == [(10, k, k) for k in range(3, 16, 2)]
+    with torch.no_grad():
+        torch.testing.assert_close(out.outputs[-1], model(y))
+
+
+def test_dictionary_structure():
+    d = inik.models.Dictionary()
+    atoms = d()
+    assert atoms.shape == (7, 10, 15, 15) and d.support == [3, 5, 7, 9, 11, 13, 15]
+    # Scale 1 (3x3) is zero outside its centred window.
+    assert atoms[0, :, :6].abs().sum() == 0 and atoms[0, :, 6:9, 6:9].abs().sum() > 0
+    # One INR per atom, shared across scales: frequencies evenly spaced in [2, 12].
+    torch.testing.assert_close(torch.stack([m.w for m in d.inrs]).detach(), torch.linspace(2, 12, 10))
+    # Each size-k atom is Phi_n(polar grid) * 9 / k^2.
+    with torch.no_grad():
+        want = d.inrs[4](polar_grid(7)).view(7, 7) * 9 / 49
+    torch.testing.assert_close(d.scale_atoms(3)[4], want)
+    g = polar_grid(3)
+    torch.testing.assert_close(g[4], torch.tensor([0.0, 1.0, 0.5]))  # centre: |p| = 0, angle 0
+    torch.testing.assert_close(g[0, 0], torch.tensor(1.0))  # corner: |p| = sqrt(2)
+
+
+def test_save_load_round_trip(tmp_path):
+    m = inik.INIKNet(dictionary="upsampled", recurrence="unidirectional", width=8)
+    path = tmp_path / "w.safetensors"
+    m.save(path)
+    loaded = inik.INIKNet.load(path)
+    assert loaded.config == m.config
+    y = torch.rand(1, 3, 40, 33)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(y), m(y), rtol=0, atol=0)
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temp files left
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no weights file"):
+        inik.INIKNet.load(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        inik.INIKNet.load(junk)
+    from safetensors.torch import save_file
+    other = tmp_path / "other.safetensors"
+    save_file({"x": torch.zeros(1)}, other)
+    with pytest.raises(ValueError, match="not an INIKNet weights file"):
+        inik.INIKNet.load(other)
+
+
+def test_ifm_backend_is_a_runtime_choice():
+    torch.manual_seed(0)
+    a = inik.INIKNet(width=8, ifm_backend="reference").eval()
+    b = inik.INIKNet(width=8, ifm_backend="unfused").eval()
+    b.load_state_dict(a.state_dict())
+    y = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(a(y), b(y), rtol=1e-5, atol=1e-5)
+
+
+def test_compile_model_fullgraph():
+    torch.manual_seed(0)
+    m = inik.INIKNet(width=8, scales=4, atoms=3).eval()
+    y = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        eager = m(y)
+        compiled = torch.compile(m, fullgraph=True, backend="aot_eager")(y)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_overfits_one_pair():
+    """The model learns to undo a blur: the loss falls 10x and ends well below the blurry input's."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    sharp = F.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(32, 32), mode="nearest")
+    blurry = F.conv2d(F.pad(sharp, (2, 2, 2, 2), mode="replicate"), torch.ones(3, 1, 5, 5) / 25, groups=3)
+    blurry_mse = F.mse_loss(blurry, sharp).item()
+    m = inik.INIKNet()
+    opt = torch.optim.Adam(m.parameters(), 1e-3)
+    first = None
+    for step in range(400):
+        loss = F.mse_loss(m.forward_levels(blurry)[-1], sharp)
+        first = first if first is not None else loss.item()
+        if loss.item() < first / 10 and loss.item() < blurry_mse / 4:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first / 10, (step, first, loss.item())
+    assert loss.item() < blurry_mse / 4, (step, blurry_mse, loss.item())
