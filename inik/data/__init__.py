@@ -1,0 +1,21 @@
+"""Data: bit-depth-true image I/O (:mod:`.io`), paired datasets from folders
+(:mod:`.pairs`) and synthetic defocus (:mod:`.synthetic`)."""
+
+from .io import ImageInfo, ImageReadError, image_to_tensor, list_images, read_image, read_image_info, tensor_to_image, write_image
+from .pairs import ImagePair, PairedImageDataset, PairingError, find_pairs, pair_folders
+
+__all__ = [
+    "ImageInfo",
+    "ImageReadError",
+    "image_to_tensor",
+    "list_images",
+    "read_image",
+    "read_image_info",
+    "tensor_to_image",
+    "write_image",
+    "ImagePair",
+    "PairedImageDataset",
+    "PairingError",
+    "find_pairs",
+    "pair_folders",
+]

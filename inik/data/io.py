@@ -1,0 +1,460 @@
+"""Bit-depth-true image reading and writing.
+
+Images are handled as float32 numpy arrays ``(H, W, C)`` in ``[0, 1]``: an
+8-bit file is divided by 255, a 16-bit file by 65535, so that a 16-bit DPDD
+image keeps its 16 bits. Every read also returns an :class:`ImageInfo` with the
+file's bit depth, channel layout and EXIF orientation (which is applied to the
+pixels), so that a result can be written back in the source's own bit depth.
+
+Routes, chosen because each is exact for its format:
+
+* PNG, 8-bit or 16-bit grey: Pillow.
+* PNG, 16-bit RGB / RGBA: Pillow cannot hold 16 bits per colour channel, but
+  its PNG decoder (zlib + unfiltering, in C) can unpack either byte of each
+  big-endian sample; the file is decoded twice, once for the high and once for
+  the low bytes. Any other 16-bit PNG (grey + alpha) goes through ``pypng``.
+  Both routes are tested against each other.
+* TIFF (8-bit, 16-bit, float32): ``tifffile``.
+* JPEG and everything else Pillow opens: Pillow (8-bit).
+
+Writing is atomic: the file is written under a temporary name in the target
+directory and moved into place with :func:`os.replace`, so a crash never leaves
+a truncated image under the final name. An existing file is never replaced
+unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "ImageInfo",
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "read_image",
+    "read_image_info",
+    "write_image",
+    "image_to_tensor",
+    "tensor_to_image",
+    "list_images",
+]
+
+#: File suffixes (lower case) treated as images when scanning folders.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
+_EXIF_ORIENTATION = 0x0112
+
+
+class ImageReadError(OSError):
+    """An image file could not be read; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a file held, before conversion to float.
+
+    Attributes:
+        path: the file read.
+        format: ``"PNG"``, ``"JPEG"``, ``"TIFF"``, ... (Pillow's format name).
+        bit_depth: bits per sample in the file: 8, 16, or 32 (float TIFF).
+        mode: channel layout of the file: ``"L"``, ``"LA"``, ``"RGB"`` or ``"RGBA"``.
+        has_alpha: whether the file has an alpha channel.
+        orientation: EXIF orientation tag (1-8) that was applied; 1 = none.
+        width, height: size after applying the orientation, in pixels.
+    """
+
+    path: str
+    format: str
+    bit_depth: int
+    mode: str
+    has_alpha: bool
+    orientation: int
+    width: int
+    height: int
+
+
+def _error(path, what: str) -> ImageReadError:
+    return ImageReadError(f"{path}: {what}")
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to an (H, W, ...) array."""
+    if orientation == 2:
+        arr = arr[:, ::-1]
+    elif orientation == 3:
+        arr = arr[::-1, ::-1]
+    elif orientation == 4:
+        arr = arr[::-1]
+    elif orientation == 5:
+        arr = arr.swapaxes(0, 1)
+    elif orientation == 6:
+        arr = arr.swapaxes(0, 1)[:, ::-1]
+    elif orientation == 7:
+        arr = arr.swapaxes(0, 1)[::-1, ::-1]
+    elif orientation == 8:
+        arr = arr.swapaxes(0, 1)[::-1]
+    return np.ascontiguousarray(arr)
+
+
+def _orientation_of(im: Image.Image) -> int:
+    try:
+        value = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a malformed EXIF block must not make the pixels unreadable
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _png_bit_depth(path) -> int:
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[12:16] != b"IHDR":
+        raise _error(path, "not a valid PNG (no IHDR chunk)")
+    return head[24]
+
+
+_PNG16_PILLOW = {"RGB;16B": ("RGB;16L", 3), "RGBA;16B": ("RGBA;16L", 4)}
+
+
+def _read_png16_pillow(path) -> np.ndarray | None:
+    """16-bit RGB(A) PNG through Pillow's decoder, as uint16 (H, W, C); None if
+    Pillow's decoding plan is not the single-tile one this relies on."""
+    with Image.open(path) as im:
+        tile = list(getattr(im, "tile", []))
+        if len(tile) != 1 or tile[0][0] != "zip" or tile[0][3] not in _PNG16_PILLOW:
+            return None
+        low_rawmode, _ = _PNG16_PILLOW[tile[0][3]]
+        im.load()
+        high = np.asarray(im)
+    with Image.open(path) as im:
+        t = im.tile[0]
+        im.tile = [t._replace(args=low_rawmode) if hasattr(t, "_replace") else (t[0], t[1], t[2], low_rawmode)]
+        im.load()
+        low = np.asarray(im)
+    return (high.astype(np.uint16) << 8) | low.astype(np.uint16)
+
+
+def _read_png16_pypng(path) -> np.ndarray:
+    """Any 16-bit PNG as uint16 (H, W, C) through pypng (pure Python, slower)."""
+    import png
+
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    planes = info["planes"]
+    data = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    return data.reshape(height, width, planes)
+
+
+def _read_png16(path, mode: str) -> np.ndarray:
+    arr = None
+    if mode in ("RGB", "RGBA"):
+        arr = _read_png16_pillow(path)
+    if arr is None:
+        arr = _read_png16_pypng(path)
+    return arr
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _is_tiff(path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in _TIFF_MAGIC
+    except FileNotFoundError:
+        raise _error(path, "no such file") from None
+    except OSError as e:
+        raise _error(path, f"cannot open ({e})") from e
+
+
+def _read_tiff(path) -> tuple[np.ndarray, int, int]:
+    """First page of a TIFF as (H, W, C) native dtype, bit depth, orientation."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        arr = page.asarray()
+        separate_planes = int(page.planarconfig) == 2
+        tag = page.tags.get(_EXIF_ORIENTATION)
+        orientation = int(tag.value) if tag is not None else 1
+    if arr.ndim == 3 and separate_planes:
+        arr = np.moveaxis(arr, 0, -1)  # (C, H, W) planes -> interleaved (H, W, C)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
+        raise _error(path, f"unsupported TIFF layout {arr.shape}")
+    if arr.dtype == np.uint8:
+        depth = 8
+    elif arr.dtype == np.uint16:
+        depth = 16
+    elif arr.dtype in (np.float32, np.float64, np.float16):
+        depth = 32
+    else:
+        raise _error(path, f"unsupported TIFF sample type {arr.dtype} (expected uint8, uint16 or float)")
+    return arr, depth, orientation if 1 <= orientation <= 8 else 1
+
+
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+def _decode(path) -> tuple[np.ndarray, int, str, int]:
+    """Native pixels (H, W, C) uint8/uint16/float, bit depth, format, orientation
+    (the orientation already applied to the pixels)."""
+    if _is_tiff(path):
+        try:
+            arr, depth, orientation = _read_tiff(path)
+        except ImageReadError:
+            raise
+        except Exception as e:
+            raise _error(path, f"cannot decode TIFF ({type(e).__name__}: {e})") from e
+        return _orient(arr, orientation), depth, "TIFF", orientation
+    try:
+        im = Image.open(path)
+    except Exception as e:
+        raise _error(path, f"cannot open as an image ({e})") from e
+    with im:
+        fmt = im.format or "?"
+        orientation = _orientation_of(im)
+        mode = im.mode
+        try:
+            if mode in ("I;16", "I;16B", "I;16L") or (mode == "I" and fmt == "PNG"):
+                arr, depth = np.asarray(im).astype(np.uint16)[:, :, None], 16
+            elif fmt == "PNG" and _png_bit_depth(path) == 16:
+                arr, depth = _read_png16(path, mode), 16
+            else:
+                if mode not in ("L", "LA", "RGB", "RGBA"):
+                    has_alpha = "A" in mode or "transparency" in im.info
+                    im = im.convert("RGBA" if has_alpha else "RGB")
+                arr, depth = np.asarray(im), 8
+                if arr.ndim == 2:
+                    arr = arr[:, :, None]
+        except ImageReadError:
+            raise
+        except Exception as e:
+            raise _error(path, f"cannot decode image data ({type(e).__name__}: {e})") from e
+    return _orient(arr, orientation), depth, fmt, orientation
+
+
+def _to_float(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / np.float32(255)
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / np.float32(65535)
+    return arr.astype(np.float32)
+
+
+def _convert_channels(arr: np.ndarray, mode: str | None, path) -> np.ndarray:
+    c = arr.shape[2]
+    if mode is None:
+        return arr
+    if mode == "RGB":
+        if c in (1, 2):
+            return np.repeat(arr[:, :, :1], 3, axis=2)
+        return arr[:, :, :3]
+    if mode == "RGBA":
+        one = np.ones(arr.shape[:2] + (1,), arr.dtype)
+        if c == 1:
+            return np.concatenate([np.repeat(arr, 3, axis=2), one], axis=2)
+        if c == 2:
+            return np.concatenate([np.repeat(arr[:, :, :1], 3, axis=2), arr[:, :, 1:]], axis=2)
+        if c == 3:
+            return np.concatenate([arr, one], axis=2)
+        return arr
+    raise ValueError(f"mode must be None, 'RGB' or 'RGBA'; got {mode!r} (reading {path})")
+
+
+def read_image(path, mode: str | None = "RGB") -> tuple[np.ndarray, ImageInfo]:
+    """Read an image file as float32 in [0, 1], keeping its bit depth exactly.
+
+    Args:
+        path: PNG (8/16-bit), JPEG, TIFF (8/16-bit, float) or any format Pillow
+            reads. The EXIF orientation, if any, is applied.
+        mode: ``"RGB"`` (default): ``(H, W, 3)``; grey is replicated, alpha is
+            dropped (not composited; ``info.has_alpha`` says it was there).
+            ``"RGBA"``: ``(H, W, 4)``, alpha 1 where the file has none.
+            ``None``: the file's own channels, ``(H, W, C)`` with C in 1-4
+            (``info.mode`` names them).
+
+    Returns:
+        ``(image, info)``: image float32 ``(H, W, C)``, values ``code / (2**bits - 1)``
+        (float TIFFs as stored); info an :class:`ImageInfo`.
+
+    Raises:
+        ImageReadError (an OSError) naming the file if it is missing, not an
+        image, truncated or of an unsupported layout.
+    """
+    arr, depth, fmt, orientation = _decode(path)
+    file_mode = _MODES[arr.shape[2]]
+    info = ImageInfo(
+        path=str(path),
+        format=fmt,
+        bit_depth=depth,
+        mode=file_mode,
+        has_alpha=arr.shape[2] in (2, 4),
+        orientation=orientation,
+        width=arr.shape[1],
+        height=arr.shape[0],
+    )
+    return _convert_channels(_to_float(arr), mode, path), info
+
+
+def read_image_info(path) -> tuple[int, int]:
+    """``(width, height)`` of an image after EXIF orientation, reading only its
+    header. Raises ImageReadError naming the file if it cannot be opened."""
+    if _is_tiff(path):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                h, w = page.imagelength, page.imagewidth
+                tag = page.tags.get(_EXIF_ORIENTATION)
+                orientation = int(tag.value) if tag is not None else 1
+        except Exception as e:
+            raise _error(path, f"cannot open as a TIFF ({e})") from e
+    else:
+        try:
+            with Image.open(path) as im:
+                (w, h), orientation = im.size, _orientation_of(im)
+        except Exception as e:
+            raise _error(path, f"cannot open as an image ({e})") from e
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _quantize(img: np.ndarray, bit_depth: int) -> np.ndarray:
+    if img.dtype == np.uint8 and bit_depth == 8 or img.dtype == np.uint16 and bit_depth == 16:
+        return img
+    if np.issubdtype(img.dtype, np.integer):
+        raise ValueError(f"integer image of dtype {img.dtype} cannot be written at {bit_depth} bits; pass floats in [0, 1]")
+    maxval = 255 if bit_depth == 8 else 65535
+    img = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
+    return np.round(np.clip(img, 0.0, 1.0) * maxval).astype(np.uint8 if bit_depth == 8 else np.uint16)
+
+
+def _write_png16(f, q: np.ndarray) -> None:
+    import png
+
+    h, w, c = q.shape
+    writer = png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16, compression=6)
+    writer.write_array(f, q.reshape(-1))
+
+
+def write_image(
+    path,
+    image,
+    *,
+    bit_depth: int | None = None,
+    overwrite: bool = False,
+    quality: int = 95,
+) -> Path:
+    """Write an image atomically, in 8 or 16 bits.
+
+    Args:
+        path: destination; the format comes from the suffix: ``.png``
+            (8/16-bit), ``.tif``/``.tiff`` (8/16-bit, zlib-compressed),
+            ``.jpg``/``.jpeg`` (8-bit, no alpha).
+        image: ``(H, W)`` or ``(H, W, C)`` with C in 1-4 (L, LA, RGB, RGBA):
+            float in [0, 1] (clipped, rounded to the nearest code), or uint8 /
+            uint16 written unchanged. A torch tensor ``(C, H, W)`` is accepted
+            too (see :func:`tensor_to_image`).
+        bit_depth: 8 or 16; default: 16 for uint16 input, else 8.
+        overwrite: replace an existing file; otherwise FileExistsError.
+        quality: JPEG quality (1-95).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    if not isinstance(image, np.ndarray):
+        image = tensor_to_image(image)
+    img = image[:, :, None] if image.ndim == 2 else image
+    if img.ndim != 3 or img.shape[2] not in (1, 2, 3, 4):
+        raise ValueError(f"image must be (H, W) or (H, W, C) with C in 1..4; got shape {tuple(image.shape)} (writing {path})")
+    if bit_depth is None:
+        bit_depth = 16 if img.dtype == np.uint16 else 8
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16; got {bit_depth} (writing {path})")
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".tif", ".tiff", ".jpg", ".jpeg"):
+        raise ValueError(f"{path}: unsupported suffix {path.suffix!r}; use .png, .tif, .tiff, .jpg or .jpeg")
+    if suffix in (".jpg", ".jpeg"):
+        if bit_depth != 8:
+            raise ValueError(f"{path}: JPEG holds only 8 bits; got bit_depth={bit_depth}")
+        if img.shape[2] in (2, 4):
+            raise ValueError(f"{path}: JPEG cannot hold an alpha channel")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: file exists (pass overwrite=True to replace it)")
+    q = _quantize(img, bit_depth)
+
+    buf = io.BytesIO()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        photometric = "minisblack" if q.shape[2] in (1, 2) else "rgb"
+        extrasamples = ("unassalpha",) if q.shape[2] in (2, 4) else None
+        data = q[:, :, 0] if q.shape[2] == 1 else q
+        tifffile.imwrite(buf, data, photometric=photometric, extrasamples=extrasamples, compression="zlib")
+    elif suffix == ".png" and bit_depth == 16:
+        _write_png16(buf, q)
+    else:
+        pil = Image.fromarray(q[:, :, 0] if q.shape[2] == 1 else q, _MODES[q.shape[2]])
+        if suffix == ".png":
+            pil.save(buf, format="PNG", compress_level=6)
+        else:
+            pil.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+
+    directory = path.parent if str(path.parent) else Path(".")
+    tmp = directory / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        # os.open with 0o666 lets the umask set the final permissions, unlike mkstemp's 0o600.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def image_to_tensor(image: np.ndarray):
+    """``(H, W, C)`` float numpy -> ``(C, H, W)`` float32 torch tensor (copy)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1)))
+
+
+def tensor_to_image(tensor) -> np.ndarray:
+    """``(C, H, W)`` or ``(1, C, H, W)`` torch tensor -> ``(H, W, C)`` float32 numpy."""
+    import torch
+
+    t = tensor.detach()
+    if t.ndim == 4:
+        if t.shape[0] != 1:
+            raise ValueError(f"expected one image, got a batch of {t.shape[0]}")
+        t = t[0]
+    if t.ndim != 3:
+        raise ValueError(f"expected a (C, H, W) tensor; got shape {tuple(t.shape)}")
+    return t.to("cpu", dtype=torch.float32).permute(1, 2, 0).contiguous().numpy()
+
+
+def list_images(folder, recursive: bool = False) -> list[Path]:
+    """Image files (by suffix, see IMAGE_EXTENSIONS) in a folder, sorted by path;
+    hidden files are skipped. Raises NotADirectoryError naming the folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: not a directory")
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )

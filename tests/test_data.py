@@ -1,0 +1,302 @@
+"""Image I/O, pairing and paired-dataset augmentation (all data made here)."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from inik.data import io as iio
+from inik.data.io import ImageReadError, read_image, read_image_info, write_image
+from inik.data.pairs import (
+    CropFlipRotate,
+    PairedImageDataset,
+    PairingError,
+    find_pairs,
+    pair_folders,
+    random_transform,
+    target_stem_candidates,
+)
+
+
+def _codes(shape, bits, seed=0):
+    return np.random.default_rng(seed).integers(0, 2**bits, shape).astype(np.uint8 if bits == 8 else np.uint16)
+
+
+# ---------------------------------------------------------------- image I/O
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_round_trip_exact(tmp_path, suffix, bits, channels):
+    codes = _codes((13, 17, channels), bits, seed=channels)
+    path = write_image(tmp_path / f"x{suffix}", codes)
+    img, info = read_image(path, mode=None)
+    assert img.dtype == np.float32 and img.shape == (13, 17, channels)
+    assert info.bit_depth == bits and info.mode == {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
+    assert info.has_alpha == (channels in (2, 4))
+    np.testing.assert_array_equal(np.round(img.astype(np.float64) * (2**bits - 1)), codes)
+    # float input quantises back to the same codes
+    path2 = write_image(tmp_path / f"y{suffix}", img, bit_depth=bits)
+    np.testing.assert_array_equal(read_image(path2, mode=None)[0], img)
+
+
+def test_modes_rgb_rgba(tmp_path):
+    grey = _codes((5, 6, 1), 16)
+    path = write_image(tmp_path / "g.png", grey)
+    rgb, info = read_image(path)
+    assert rgb.shape == (5, 6, 3) and info.mode == "L" and info.bit_depth == 16
+    np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
+    rgba = read_image(path, mode="RGBA")[0]
+    assert rgba.shape == (5, 6, 4) and (rgba[..., 3] == 1).all()
+    la = _codes((5, 6, 2), 8)
+    rgb = read_image(write_image(tmp_path / "la.png", la))[0]
+    np.testing.assert_allclose(rgb[..., 1], la[..., 0] / 255, atol=1e-7)
+
+
+def _png16_all_filters(path, codes):
+    """A 16-bit PNG whose rows use every PNG filter type (as libpng's adaptive
+    filtering does), written by hand from the PNG specification."""
+    h, w, c = codes.shape
+    raw = codes.astype(">u2").view(np.uint8).reshape(h, w * c * 2).astype(np.int32)
+    bpp, rows = 2 * c, []
+    for y in range(h):
+        f = y % 5
+        x = raw[y]
+        up = raw[y - 1] if y else np.zeros_like(x)
+        left = np.concatenate([np.zeros(bpp, np.int32), x[:-bpp]])
+        ul = np.concatenate([np.zeros(bpp, np.int32), up[:-bpp]])
+        p = left + up - ul
+        pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - ul)
+        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, ul))
+        pred = [0, left, up, (left + up) // 2, paeth][f]
+        rows.append(bytes([f]) + ((x - pred) % 256).astype(np.uint8).tobytes())
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_png16_pillow_route_equals_pypng(tmp_path, channels):
+    codes = _codes((11, 9, channels), 16, seed=3)
+    path = tmp_path / "f.png"
+    _png16_all_filters(path, codes)
+    fast = iio._read_png16_pillow(path)
+    assert fast is not None, "Pillow's 16-bit PNG route no longer applies"
+    np.testing.assert_array_equal(fast, codes)
+    np.testing.assert_array_equal(iio._read_png16_pypng(path), codes)
+    img, info = read_image(path, mode=None)
+    assert info.bit_depth == 16
+    np.testing.assert_array_equal(np.round(img.astype(np.float64) * 65535), codes)
+
+
+def test_jpeg(tmp_path):
+    smooth = np.linspace(0, 1, 32 * 24 * 3, dtype=np.float32).reshape(24, 32, 3)
+    path = write_image(tmp_path / "a.jpg", smooth)
+    img, info = read_image(path)
+    assert info.format == "JPEG" and info.bit_depth == 8 and img.shape == (24, 32, 3)
+    assert np.abs(img - smooth).max() < 0.03
+    with pytest.raises(ValueError, match="a16.jpg"):
+        write_image(tmp_path / "a16.jpg", smooth, bit_depth=16)
+    with pytest.raises(ValueError, match="alpha"):
+        write_image(tmp_path / "b.jpg", np.zeros((4, 4, 4), np.float32))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation(tmp_path, orientation):
+    codes = _codes((6, 10, 3), 8, seed=orientation)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.png"
+    Image.fromarray(codes).save(path, exif=exif)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)))
+    img, info = read_image(path)
+    assert info.orientation == orientation
+    np.testing.assert_array_equal(np.round(img * 255).astype(np.uint8), expected)
+    assert read_image_info(path) == (expected.shape[1], expected.shape[0])
+
+
+def test_tiff_orientation(tmp_path):
+    import tifffile
+
+    codes = _codes((6, 10, 3), 16)
+    path = tmp_path / "o.tif"
+    tifffile.imwrite(path, codes, photometric="rgb", extratags=[(0x0112, "H", 1, 6, True)])
+    img, info = read_image(path)
+    assert info.orientation == 6 and img.shape == (10, 6, 3)
+    np.testing.assert_array_equal(np.round(img * 65535), np.rot90(codes, -1))
+
+
+def test_write_atomic_no_overwrite(tmp_path):
+    path = tmp_path / "a.png"
+    write_image(path, np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(FileExistsError, match="a.png"):
+        write_image(path, np.ones((4, 4, 3), np.float32))
+    assert read_image(path)[0].max() == 0
+    write_image(path, np.ones((4, 4, 3), np.float32), overwrite=True)
+    assert read_image(path)[0].min() == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # no temp files left
+    with pytest.raises(ValueError, match="b.bmp"):
+        write_image(tmp_path / "b.bmp", np.zeros((4, 4, 3)))
+
+
+def test_tensor_round_trip(tmp_path):
+    t = torch.rand(3, 5, 7)
+    path = write_image(tmp_path / "t.png", t, bit_depth=16)
+    back = iio.image_to_tensor(read_image(path)[0])
+    assert back.shape == (3, 5, 7) and back.dtype == torch.float32
+    assert (back - t).abs().max() <= 0.5 / 65535 + 1e-7
+
+
+def test_read_errors_name_the_file(tmp_path):
+    with pytest.raises(ImageReadError, match="missing.png"):
+        read_image(tmp_path / "missing.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(ImageReadError, match="bad.png"):
+        read_image(bad)
+    good = write_image(tmp_path / "t.png", _codes((40, 40, 3), 8))
+    truncated = tmp_path / "trunc.png"
+    truncated.write_bytes(good.read_bytes()[:-200])
+    with pytest.raises(ImageReadError, match="trunc.png"):
+        read_image(truncated)
+
+
+# ---------------------------------------------------------------- pairing
+
+
+def _save(path, h=8, w=8, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_image(path, _codes((h, w, 3), 8, seed))
+    return path
+
+
+def test_find_pairs_one_to_one_layouts(tmp_path):
+    for layout, (b, s) in {"dpdd": ("test_c/source", "test_c/target"), "rtf": ("image", "GT"), "realdof": ("source", "target")}.items():
+        root = tmp_path / layout
+        for stem in ["b", "a", "c"]:
+            _save(root / b / f"{stem}.png")
+            _save(root / s / f"{stem}.png")
+        pairs = find_pairs(root)
+        assert [p.name for p in pairs] == ["a", "b", "c"]
+        assert all(p.blurry.stem == p.sharp.stem for p in pairs)
+        assert find_pairs(root, layout) == pairs
+
+
+def test_pairs_by_stem_not_sort_order(tmp_path):
+    # blurry a.png, b.jpg; sharp a.tif, b.png: suffixes differ, stems pair
+    _save(tmp_path / "source" / "a.png", seed=1)
+    _save(tmp_path / "source" / "b.jpg", seed=2)
+    _save(tmp_path / "target" / "b.png", seed=3)
+    _save(tmp_path / "target" / "a.tif", seed=4)
+    pairs = pair_folders(tmp_path / "source", tmp_path / "target")
+    assert [(p.blurry.name, p.sharp.name) for p in pairs] == [("a.png", "a.tif"), ("b.jpg", "b.png")]
+
+
+def test_missing_partner_named(tmp_path):
+    _save(tmp_path / "source" / "a.png")
+    _save(tmp_path / "source" / "only_blurry.png")
+    _save(tmp_path / "target" / "a.png")
+    with pytest.raises(PairingError, match="only_blurry.png"):
+        find_pairs(tmp_path)
+    (tmp_path / "source" / "only_blurry.png").unlink()
+    _save(tmp_path / "target" / "only_sharp.png")
+    with pytest.raises(PairingError, match="only_sharp.png"):
+        find_pairs(tmp_path)
+
+
+def test_size_mismatch_and_unreadable_named(tmp_path):
+    _save(tmp_path / "source" / "a.png", 8, 8)
+    _save(tmp_path / "target" / "a.png", 8, 9)
+    with pytest.raises(PairingError, match=r"source/a.png.*8x8.*target/a.png.*9x8"):
+        find_pairs(tmp_path)
+    (tmp_path / "target" / "a.png").write_bytes(b"garbage")
+    with pytest.raises(ImageReadError, match="target/a.png"):
+        find_pairs(tmp_path)
+
+
+def test_duplicate_stem_is_an_error(tmp_path):
+    _save(tmp_path / "source" / "a.png")
+    _save(tmp_path / "source" / "a.jpg")
+    _save(tmp_path / "target" / "a.png")
+    with pytest.raises(PairingError, match="a.jpg"):
+        find_pairs(tmp_path)
+
+
+def test_lfdof_many_to_one(tmp_path):
+    root = tmp_path / "lfdof"
+    for stem in ["0001", "0002", "0010"]:
+        _save(root / "ground_truth" / f"{stem}.png")
+    for name in ["0001_1", "0001_2", "0002_3_7", "0010/5", "0010/6"]:
+        _save(root / "input" / f"{name}.png")
+    pairs = find_pairs(root)  # auto-detects lfdof
+    got = {p.name: p.sharp.stem for p in pairs}
+    assert got == {"0001_1": "0001", "0001_2": "0001", "0002_3_7": "0002", "0010/5": "0010", "0010/6": "0010"}
+    assert target_stem_candidates("0010/0003_1") == ["0003_1", "0003", "0010"]
+    _save(root / "input" / "0003_1.png")
+    with pytest.raises(PairingError, match=r"0003_1.png.*'0003_1', '0003'"):
+        find_pairs(root, "lfdof")
+
+
+def test_unknown_layout_message(tmp_path):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(PairingError, match="no known dataset layout"):
+        find_pairs(tmp_path)
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def test_same_transform_on_both(tmp_path):
+    # sharp = 1 - blurry pixelwise, so any transform applied to both keeps the
+    # relation, while different crops/flips/turns would break it.
+    codes = _codes((40, 52, 3), 8, seed=5)
+    (tmp_path / "source").mkdir()
+    (tmp_path / "target").mkdir()
+    write_image(tmp_path / "source" / "a.png", codes)
+    write_image(tmp_path / "target" / "a.png", 255 - codes)
+    ds = PairedImageDataset(find_pairs(tmp_path), crop=16, seed=1)
+    seen = set()
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        b, s = ds[0]
+        assert b.shape == s.shape == (3, 16, 16) and b.dtype == torch.float32
+        torch.testing.assert_close(b + s, torch.ones_like(b), atol=1e-6, rtol=0)
+        t = ds.transform(0, 40, 52)
+        full = iio.image_to_tensor(codes / 255.0)
+        torch.testing.assert_close(b, t(full), atol=1e-6, rtol=0)
+        seen.add((t.hflip, t.vflip, t.rot90))
+    assert len(seen) > 4  # flips and turns are actually drawn
+    # deterministic for (seed, epoch, index)
+    ds.set_epoch(3)
+    b1, _ = ds[0]
+    ds2 = PairedImageDataset(find_pairs(tmp_path), crop=16, seed=1)
+    ds2.set_epoch(3)
+    torch.testing.assert_close(ds2[0][0], b1, atol=0, rtol=0)
+
+
+def test_transform_geometry():
+    x = torch.arange(2 * 4 * 6, dtype=torch.float32).reshape(2, 4, 6)
+    t = CropFlipRotate(1, 2, 3, 3, hflip=True, vflip=False, rot90=1)
+    expected = np.rot90(x.numpy()[:, 1:4, 2:5][:, :, ::-1], 1, axes=(1, 2))
+    np.testing.assert_array_equal(t(x).numpy(), expected)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        t = random_transform(rng, 4, 6, None)
+        assert t.rot90 in (0, 2) and (t.height, t.width) == (4, 6)
+    with pytest.raises(ValueError, match="larger"):
+        random_transform(rng, 4, 6, 5)
+
+
+def test_eval_dataset_full_images(tmp_path):
+    write_image(_save(tmp_path / "source" / "a.png", 10, 14), _codes((10, 14, 3), 16), overwrite=True)
+    _save(tmp_path / "target" / "a.png", 10, 14)
+    b, s = PairedImageDataset(find_pairs(tmp_path), crop=None, augment=False)[0]
+    assert b.shape == s.shape == (3, 10, 14)
+    np.testing.assert_array_equal(b.numpy(), read_image(tmp_path / "source" / "a.png")[0].transpose(2, 0, 1))
