@@ -1,0 +1,195 @@
+"""The Triton IFM backend against the reference: forward, all four gradients, gradcheck, compile.
+
+Without a GPU the kernels run under the Triton interpreter on CPU tensors
+(tests/conftest.py sets TRITON_INTERPRET=1): fp32 and fp64 only, tiny shapes.
+On a GPU the same tests run on CUDA tensors, plus fp16/bf16.
+"""
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+import inik.ops.ifm as ifm_mod  # noqa: E402
+from inik.ops import available_backends, backend_unavailable, ifm  # noqa: E402
+from inik.ops.reference import ifm_oracle  # noqa: E402
+
+ifm_triton = pytest.importorskip("inik.kernels.ifm_triton")
+
+DEVICE = torch.device("cpu" if ifm_triton._INTERPRET or not torch.cuda.is_available() else "cuda")
+pytestmark = pytest.mark.skipif(backend_unavailable("triton", DEVICE) is not None,
+                                reason=f"triton backend cannot run on {DEVICE}: "
+                                       f"{backend_unavailable('triton', DEVICE)}")
+
+# (B, C, H, W, R, N, K, support): odd sizes, H != W, K > H and K > W, B = 2,
+# N above 16 (two atom blocks), several column chunks, with and without support.
+CASES = {
+    "support": (2, 3, 5, 7, 3, 4, 5, [5, 3, 1]),
+    "k_gt_image": (1, 1, 3, 4, 2, 3, 7, None),
+    "wide_n": (2, 2, 6, 5, 2, 17, 3, [1, 3]),
+    "many_chunks": (1, 2, 4, 9, 3, 2, 7, [7, 3, 5]),
+}
+
+
+def _inputs(case, dtype=torch.float32, device=DEVICE):
+    b, c, h, w, r, n, k, support = case
+    shapes = ((b, c, h, w), (b, r, h, w), (b, n, h, w), (r, n, k, k))
+    return [torch.randn(s, dtype=torch.float64).to(device=device, dtype=dtype) for s in shapes], support
+
+
+def _grads(backend, xs, support, grad_out, needs=(True, True, True, True)):
+    leaves = [x.detach().clone().requires_grad_(nd) for x, nd in zip(xs, needs)]
+    out = ifm(*leaves, support=support, backend=backend)
+    out.backward(grad_out)
+    return out.detach(), [x.grad for x in leaves]
+
+
+def _close(got, want, dtype, what):
+    tol = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 8e-2}[dtype]
+    scale = want.abs().max().clamp_min(1.0)
+    err = (got.double() - want.double()).abs().max()
+    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol} * {scale:.3g}"
+
+
+def test_backend_registered_and_available():
+    assert "triton" in available_backends(DEVICE)
+    be = ifm_triton.triton_backend()
+    assert be.name == "triton" and be.unavailable(DEVICE) is None
+    if ifm_triton._INTERPRET:
+        assert "TRITON_INTERPRET" in be.unavailable(torch.device("cuda"))
+    assert be.unavailable(torch.device("meta")) is not None
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_forward_and_gradients_match_reference(case):
+    xs, support = _inputs(case)
+    grad_out = torch.randn_like(xs[0])
+    out, grads = _grads("triton", xs, support, grad_out)
+    ref_out, ref_grads = _grads("reference", xs, support, grad_out)
+    _close(out, ref_out, torch.float32, "output")
+    for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
+        _close(g, rg, torch.float32, f"d{name}")
+
+
+def test_forward_matches_naive_oracle():
+    xs, support = _inputs(CASES["support"], torch.float64)
+    out = ifm(*xs, support=support, backend="triton")
+    want = ifm_oracle(*[x.cpu() for x in xs], support)
+    _close(out.cpu(), want, torch.float64, "output")
+
+
+@pytest.mark.parametrize("needs", [(True, False, False, False), (False, True, False, False),
+                                   (False, False, True, True), (False, True, True, False)])
+def test_partial_needs(needs):
+    xs, support = _inputs(CASES["support"])
+    grad_out = torch.randn_like(xs[0])
+    _, grads = _grads("triton", xs, support, grad_out, needs)
+    _, ref_grads = _grads("reference", xs, support, grad_out, needs)
+    for nd, g, rg in zip(needs, grads, ref_grads):
+        assert (g is None) == (not nd)
+        if nd:
+            _close(g, rg, torch.float32, "grad")
+
+
+def test_non_contiguous_and_channels_last_inputs():
+    b, c, h, w, r, n, k = 2, 3, 5, 6, 2, 3, 5
+    image = torch.randn(b, h, w, c, device=DEVICE).permute(0, 3, 1, 2)  # channels_last strides
+    mu = torch.randn(b, 2 * r, h, w, device=DEVICE)[:, ::2]
+    omega = torch.randn(b, n, w, h, device=DEVICE).transpose(2, 3)
+    atoms = torch.randn(r, n, k + 2, k + 2, device=DEVICE)[:, :, 1:-1, 1:-1]
+    xs = [image, mu, omega, atoms]
+    assert not any(x.is_contiguous() for x in xs)
+    grad_out = torch.randn(b, c, h, w, device=DEVICE)
+    out, grads = _grads("triton", xs, [5, 3], grad_out)
+    ref_out, ref_grads = _grads("reference", [x.contiguous() for x in xs], [5, 3], grad_out)
+    assert out.stride() == torch.empty_like(image).stride()
+    _close(out, ref_out, torch.float32, "output")
+    for g, rg in zip(grads, ref_grads):
+        _close(g, rg, torch.float32, "grad")
+
+
+def test_image_gradient_in_several_bands(monkeypatch):
+    """A tiny band budget forces the per-band kernel buffer (with its halo) to be reused."""
+    monkeypatch.setattr(ifm_triton, "_KBUF_BYTES", 1)
+    case = (1, 2, 13, 4, 2, 3, 5, [5, 3])  # bands of K=5 rows: 5 + 5 + 3
+    xs, support = _inputs(case)
+    grad_out = torch.randn_like(xs[0])
+    needs = (True, False, False, False)
+    _, (g, *_) = _grads("triton", xs, support, grad_out, needs)
+    _, (rg, *_) = _grads("reference", xs, support, grad_out, needs)
+    _close(g, rg, torch.float32, "dimage")
+
+
+def test_backward_is_deterministic():
+    xs, support = _inputs(CASES["wide_n"])
+    grad_out = torch.randn_like(xs[0])
+    _, first = _grads("triton", xs, support, grad_out)
+    _, second = _grads("triton", xs, support, grad_out)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("k,support,fast", [(3, None, False), (5, [5, 3], True), (5, [1, 5], True)])
+def test_gradcheck_float64(k, support, fast):
+    case = (1, 1 if not fast else 2, 3 if not fast else 4, 4 if not fast else 5, 2, 2, k, support)
+    xs, support = _inputs(case, torch.float64)
+    xs = [x.requires_grad_() for x in xs]
+    assert torch.autograd.gradcheck(lambda *a: ifm(*a, support=support, backend="triton"), xs,
+                                    fast_mode=fast)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="fp16/bf16 kernels need a GPU (the interpreter runs fp32/fp64)")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_matches_fp32_reference(dtype):
+    xs, support = _inputs((2, 3, 19, 23, 7, 10, 15, [3, 5, 7, 9, 11, 13, 15]), dtype)
+    xs[1] = xs[1].softmax(1)  # realistic magnitudes, as the model feeds the op
+    grad_out = torch.randn_like(xs[0])
+    out, grads = _grads("triton", xs, support, grad_out)
+    ref_out, ref_grads = _grads("reference", [x.float() for x in xs], support, grad_out.float())
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    _close(out, ref_out, dtype, "output")
+    for g, rg in zip(grads, ref_grads):
+        _close(g, rg, dtype, "grad")
+
+
+def test_large_image_64bit_offsets():
+    if DEVICE.type != "cuda":
+        pytest.skip("needs a GPU: B*C*H*W above 2**31 is far too slow under the interpreter")
+    if torch.cuda.get_device_properties(DEVICE).total_memory < 40 * 2**30:
+        pytest.skip("needs a GPU with 40 GiB")
+    # B*C*H*W = 2.17e9 > 2**31: the last pixel lies beyond the int32 range
+    b, c, h, w = 2, 3, 19000, 19000
+    image = torch.zeros(b, c, h, w, device=DEVICE)
+    image[-1, -1, -1, -1] = 1.0
+    mu = torch.ones(b, 1, h, w, device=DEVICE)
+    omega = torch.ones(b, 1, h, w, device=DEVICE)
+    atoms = torch.zeros(1, 1, 3, 3, device=DEVICE)
+    atoms[0, 0, 1, 1] = 2.0
+    out = ifm(image, mu, omega, atoms, backend="triton")
+    assert out[-1, -1, -1, -1].item() == 2.0 and out.sum().item() == 2.0
+
+
+def test_torch_compile_fullgraph_keeps_one_opaque_call():
+    xs, support = _inputs((1, 2, 4, 5, 2, 3, 3, [3, 1]))
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def f(image, mu, omega, atoms):
+        return ifm(image * 1.5, mu, omega, atoms, support=support, backend="triton").sin().sum()
+
+    torch._dynamo.reset()
+    torch.compile(f, fullgraph=True, backend=counting_backend)(*xs)
+    calls = [n for g in graphs for n in g.graph.nodes 
+             if n.target in (torch.ops.inik.ifm, torch.ops.inik.ifm.default)]
+    assert len(graphs) == 1 and len(calls) == 1
+
+    torch._dynamo.reset()
+    eager = [x.clone().requires_grad_() for x in xs]
+    compiled = [x.clone().requires_grad_() for x in xs]
+    f(*eager).backward()
+    torch.compile(f, fullgraph=True)(*compiled).backward()
+    for a, b in zip(eager, compiled):
+        _close(b.grad, a.grad, torch.float32, "compiled grad")
