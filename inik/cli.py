@@ -1,8 +1,7 @@
 """The ``inik`` command line: one entry point, one sub-command per job.
 
 Each sub-command lives in its own module, which defines
-``configure_parser(parser)`` and ``run(args) -> int``; modules are imported
-only when their command runs, so ``inik --help`` stays fast.
+``configure_parser(parser)`` and ``run(args) -> int``.
 """
 
 from __future__ import annotations
@@ -12,7 +11,9 @@ import importlib
 import sys
 
 # name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "deblur": ("inik.infer", "deblur photos (files, folders, globs) with INIKNet"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

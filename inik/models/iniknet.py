@@ -191,12 +191,16 @@ class INIKNet(nn.Module):
 
     # ------------------------------------------------------------ public
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, levels: bool = False):
         """(B, 3, H, W) float in [0, 1] -> restored (B, 3, H, W), same dtype.
 
         Any H, W >= 1: the input is padded (reflect) to a valid size and the
         output cropped back. Only the finest level's IFM runs (duplex recurrence).
+        ``levels=True`` returns :meth:`forward_levels` instead (so that wrappers
+        such as DistributedDataParallel, which only see ``forward``, can train).
         """
+        if levels:
+            return self.forward_levels(y)
         yp, (h, w) = self._prepare(y)
         x = self._run(yp, all_levels=False)[-1][0]
         return x[..., :h, :w].to(y.dtype)

@@ -1,0 +1,264 @@
+"""Deblurring photos: the default model, tiled inference, ``inik.deblur`` and ``inik deblur``."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .models import INIKNet
+
+log = logging.getLogger("inik")
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "default.safetensors"
+UNTRAINED_NOTE = ("no trained weights found (looked for {path}): using an UNTRAINED INIKNet "
+                  "(random initialisation, seed 0) - its output is not a deblurred photo")
+
+
+def load_model(weights: Optional[str | os.PathLike] = None, device: str | torch.device = "cpu"
+               ) -> tuple[INIKNet, bool]:
+    """``(model, trained)``: the model in ``weights`` (default: the bundled weights),
+    in eval mode on ``device``. Without any weights file, an untrained model and False."""
+    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    if weights is None and not path.is_file():
+        torch.manual_seed(0)
+        return INIKNet().eval().to(device), False
+    return INIKNet.load(path, map_location=device).eval(), True
+
+
+def _window(n: int, ramp: int, lo_edge: bool, hi_edge: bool) -> torch.Tensor:
+    """1-D blending weights of a tile of length n: linear ramps of length ``ramp`` on
+    sides that overlap a neighbour, flat 1 on sides at the image border."""
+    w = torch.ones(n)
+    if ramp > 0:
+        r = (torch.arange(ramp, dtype=torch.float32) + 1) / (ramp + 1)
+        if not lo_edge:
+            w[:ramp] = r
+        if not hi_edge:
+            w[n - ramp:] = r.flip(0)
+    return w
+
+
+def _starts(size: int, tile: int, step: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, step)) + [size - tile]
+    return sorted(set(starts))
+
+
+@torch.no_grad()
+def restore(model: INIKNet, y: torch.Tensor, tile: Optional[int] = None, overlap: Optional[int] = None,
+            autocast_dtype: Optional[torch.dtype] = None, progress=None) -> torch.Tensor:
+    """Deblur (B, 3, H, W) float in [0, 1] on the model's device; returns it clipped to [0, 1].
+
+    ``tile``: run on T x T windows (stride T - overlap) and blend them with linear
+    ramps over the overlaps, so memory stays bounded for any photo size.
+    ``overlap`` defaults to T // 4.
+    """
+    device = next(model.parameters()).device
+
+    def run(x):
+        x = x.to(device)
+        if autocast_dtype is None:
+            return model(x).float()
+        with torch.autocast(device.type, dtype=autocast_dtype):
+            return model(x).float()
+
+    b, c, h, w = y.shape
+    if tile is None or (h <= tile and w <= tile):
+        return run(y).clamp_(0, 1).cpu()
+    if tile < 32:
+        raise ValueError(f"tile must be at least 32 pixels, got {tile}")
+    overlap = tile // 4 if overlap is None else overlap
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile), got {overlap} for tile {tile}")
+    step = tile - overlap
+    out = torch.zeros((b, c, h, w))
+    weight = torch.zeros((1, 1, h, w))
+    rows, cols = _starts(h, tile, step), _starts(w, tile, step)
+    if progress is not None:
+        progress.reset(total=len(rows) * len(cols))
+    for top in rows:
+        for left in cols:
+            th, tw = min(tile, h), min(tile, w)
+            patch = run(y[:, :, top:top + th, left:left + tw]).cpu()
+            wy = _window(th, min(overlap, th // 2), top == 0, top + th >= h)
+            wx = _window(tw, min(overlap, tw // 2), left == 0, left + tw >= w)
+            wt = (wy[:, None] * wx[None, :])[None, None]
+            out[:, :, top:top + th, left:left + tw] += patch * wt
+            weight[:, :, top:top + th, left:left + tw] += wt
+            if progress is not None:
+                progress.update()
+    return (out / weight).clamp_(0, 1)
+
+
+_MODEL_CACHE: dict = {}
+
+
+def _default_model(device) -> INIKNet:
+    key = str(device)
+    if key not in _MODEL_CACHE:
+        model, trained = load_model(device=device)
+        if not trained:
+            log.warning(UNTRAINED_NOTE.format(path=DEFAULT_WEIGHTS))
+        _MODEL_CACHE[key] = model
+    return _MODEL_CACHE[key]
+
+
+def deblur(image, model: Optional[INIKNet] = None, *, tile: Optional[int] = None,
+           overlap: Optional[int] = None, device: Optional[str] = None, half: bool = False):
+    """Deblur one image and return the same kind of object.
+
+    ``image``: numpy (H, W), (H, W, 3) or (H, W, 4) - uint8, uint16 or float in
+    [0, 1]; a torch tensor (3, H, W) or (B, 3, H, W) in [0, 1]; or a PIL image.
+    Grey images are deblurred as RGB and returned grey; alpha passes through.
+    ``model``: default: the bundled default weights. ``tile``/``overlap``: tiled
+    inference (see :func:`restore`). ``half``: bf16 autocast (fp16 on CUDA).
+    """
+    if device is None:
+        device = next(model.parameters()).device if model is not None else "cpu"
+    model = model if model is not None else _default_model(device)
+    model = model.to(device)
+    autocast = None
+    if half:
+        autocast = torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16
+
+    def run(y):
+        return restore(model, y, tile=tile, overlap=overlap, autocast_dtype=autocast)
+
+    if isinstance(image, torch.Tensor):
+        if image.dim() == 3:
+            return deblur(image[None], model, tile=tile, overlap=overlap, device=device, half=half)[0]
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"image tensor must be (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
+        return run(image.float()).to(image.dtype)
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        Image = None
+    if Image is not None and isinstance(image, Image.Image):
+        arr = np.asarray(image)
+        out = deblur(arr, model, tile=tile, overlap=overlap, device=device, half=half)
+        return Image.fromarray(out, mode=image.mode if image.mode in ("L", "LA", "RGB", "RGBA") else None)
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array, torch tensor or PIL image, got {type(image).__name__}")
+    return _deblur_array(image, run)
+
+
+def _deblur_array(image: np.ndarray, run) -> np.ndarray:
+    if image.ndim == 2:
+        return _deblur_array(image[:, :, None], run)[:, :, 0]
+    if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4) or min(image.shape[:2]) < 1:
+        raise ValueError(f"image must be (H, W) or (H, W, C) with C in 1..4 and H, W >= 1, "
+                         f"got shape {image.shape}")
+    dtype = image.dtype
+    if dtype == np.uint8 or dtype == np.uint16:
+        scale = float(np.iinfo(dtype).max)
+        f = image.astype(np.float32) / scale
+    elif np.issubdtype(dtype, np.floating):
+        scale, f = None, image.astype(np.float32)
+    else:
+        raise TypeError(f"image dtype must be uint8, uint16 or floating, got {dtype}")
+    if not np.isfinite(f).all():
+        raise ValueError("image contains NaN or Inf values")
+    c = f.shape[2]
+    colour = f[:, :, :3] if c >= 3 else np.repeat(f[:, :, :1], 3, axis=2)
+    y = torch.from_numpy(np.ascontiguousarray(colour.transpose(2, 0, 1)))[None]
+    x = run(y)[0].numpy().transpose(1, 2, 0)
+    if c < 3:
+        x = x.mean(2, keepdims=True)
+    out = np.concatenate([x, f[:, :, c - 1:]], 2) if c in (2, 4) else x
+    if scale is not None:
+        return np.round(np.clip(out, 0, 1) * scale).astype(dtype)
+    return out.astype(dtype)
+
+
+# ------------------------------------------------------------------ command line
+
+def _expand(inputs: list[str]) -> list[tuple[Path, Optional[Path]]]:
+    """(file, folder it came from or None) for every input file, folder or glob."""
+    from .data.io import list_images
+    found = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += [(f, p) for f in list_images(p)]
+        elif p.exists():
+            found.append((p, None))
+        else:
+            matches = sorted(glob.glob(item))
+            if not matches:
+                found.append((p, None))  # reported as missing when read
+            found += [(Path(m), None) for m in matches]
+    return found
+
+
+def configure_parser(p) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file (one input) or folder (created if needed)")
+    p.add_argument("--weights", help="INIKNet safetensors file (default: the bundled weights)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--tile", type=int, default=None, help="tile size for large photos (pixels)")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap (default tile/4)")
+    p.add_argument("--half", action="store_true", help="bf16 autocast (fp16 on CUDA)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def _output_path(src: Path, root: Optional[Path], out: Path, single: bool) -> Path:
+    from .data.io import IMAGE_EXTENSIONS
+    if single and out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir():
+        return out
+    rel = src.relative_to(root) if root is not None else Path(src.name)
+    suffix = src.suffix if src.suffix.lower() in (".png", ".tif", ".tiff", ".jpg", ".jpeg") else ".png"
+    return out / rel.with_suffix(suffix)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from .data.io import read_image, write_image
+    if args.tile is not None and args.tile < 32:
+        print(f"inik deblur: --tile must be at least 32 pixels, got {args.tile}", file=sys.stderr)
+        return 2
+    try:
+        model, trained = load_model(args.weights, device=args.device)
+    except (OSError, ValueError) as exc:
+        print(f"inik deblur: cannot load weights: {exc}", file=sys.stderr)
+        return 2
+    if not trained:
+        print("inik deblur: WARNING: " + UNTRAINED_NOTE.format(path=DEFAULT_WEIGHTS), file=sys.stderr)
+    files = _expand(args.inputs)
+    out = Path(args.output)
+    single = len(files) == 1
+    failures = 0
+    for src, root in tqdm(files, desc="deblur", unit="img", disable=None):
+        dst = _output_path(src, root, out, single)
+        try:
+            if dst.resolve() == src.resolve() and not args.overwrite:
+                raise FileExistsError(f"{dst}: output would replace the input (pass --overwrite)")
+            if dst.exists() and not args.overwrite:
+                raise FileExistsError(f"{dst}: exists (pass --overwrite to replace it)")
+            img, info = read_image(src, mode=None)
+            t0 = time.perf_counter()
+            result = deblur(img, model, tile=args.tile, overlap=args.overlap, device=args.device,
+                            half=args.half)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            depth = 16 if info.bit_depth == 16 and dst.suffix.lower() != ".jpg" else 8
+            write_image(dst, result, bit_depth=depth, overwrite=args.overwrite)
+            tqdm.write(f"{src} -> {dst} ({info.width}x{info.height}, {depth}-bit, "
+                       f"{time.perf_counter() - t0:.1f} s)")
+        except Exception as exc:  # one bad file must not stop the batch
+            failures += 1
+            print(f"inik deblur: {src}: {exc}", file=sys.stderr)
+    if not trained:
+        print("inik deblur: the output above came from an UNTRAINED model", file=sys.stderr)
+    return 1 if failures else 0

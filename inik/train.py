@@ -1,0 +1,357 @@
+"""``inik train``: INIKNet training with the paper's protocol (ARCHITECTURE.md section 4).
+
+One config system: :class:`TrainConfig` (defaults = the paper's schedule), read
+from a JSON or TOML file with ``--config`` and overridden by command-line flags.
+
+Determinism: the n-th training sample of the whole run is a pure function of
+(seed, n) - see :class:`SampleStream` - so ``--resume`` continues exactly where
+an interrupted run stopped, and each DDP rank draws its own samples.
+Checkpoints: ``OUT/last.safetensors`` (weights + model config, loadable by
+``inik.INIKNet.load``) and ``OUT/last.state.pt`` (optimiser, scheduler, RNG,
+iteration), both written atomically; ``OUT/log.csv`` logs every ``log_every``
+iterations.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .models import INIKNet, INIKNetConfig
+
+DATASETS = ("synthetic", "folder", "dpdd", "lfdof")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. Defaults: the paper's schedule on DPDD-like data."""
+
+    dataset: str = "synthetic"        # synthetic | folder | dpdd | lfdof
+    data: Optional[str] = None        # dataset root; for synthetic: optional folder of sharp photos
+    val_data: Optional[str] = None    # a folder with source/ and target/ for validation (else held-out synthetic)
+    iters: int = 400_000
+    batch: int = 4
+    crop: int = 256
+    lr: float = 2e-4
+    lr_step: int = 100_000            # halve the learning rate every lr_step iterations
+    lr_gamma: float = 0.5
+    mse_weight: float = 1.0
+    freq_weight: float = 0.1
+    lpips_weight: float = 0.1
+    vgg_weight: float = 0.0           # the authors' extra VGG-19 feature term (off, as in the paper)
+    model: dict = field(default_factory=dict)  # INIKNetConfig fields
+    amp: str = "auto"                 # auto (bf16 on CUDA, off on CPU) | off | bf16 | fp16
+    channels_last: bool = True
+    seed: int = 0
+    workers: int = 2
+    log_every: int = 10
+    val_every: int = 1000
+    val_images: int = 8
+    ckpt_every: int = 500
+    max_blur: float = 12.0            # synthetic: largest circle-of-confusion radius, pixels
+    out: str = "runs/inik"
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset != "synthetic" and not self.data:
+            raise ValueError(f"dataset {self.dataset!r} needs --data DIR")
+        if self.crop % 16 or self.crop < 32:
+            raise ValueError(f"crop must be a multiple of 16 and at least 32, got {self.crop}")
+        for name in ("iters", "batch", "lr_step", "log_every", "val_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise ValueError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        INIKNetConfig(**self.model)  # validates the model fields early
+
+
+def load_config(path: Optional[str], overrides: dict) -> TrainConfig:
+    """A TrainConfig from a JSON/TOML file (optional) plus overrides (None values ignored)."""
+    values: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"--config: no file {path!r}")
+        if p.suffix.lower() == ".toml":
+            import tomllib
+            values = tomllib.loads(p.read_text())
+        else:
+            values = json.loads(p.read_text())
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"--config {path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values)
+
+
+# ------------------------------------------------------------------ data
+
+class SampleStream(torch.utils.data.Dataset):
+    """Sample n of the run (n = 0, 1, 2, ...) as (blurry, sharp) (3, S, S) tensors.
+
+    Paired datasets: epoch e = n // len, a permutation seeded by (seed, e), and the
+    dataset's own augmentation seeded by (seed, e, index). Synthetic: the
+    generator's sample for seed (seed, n).
+    """
+
+    def __init__(self, source, seed: int):
+        self.source, self.seed = source, seed
+        self.paired = hasattr(source, "set_epoch")
+
+    def __len__(self):  # indexed by sample number, not by epoch
+        return sys.maxsize
+
+    def __getitem__(self, n: int):
+        if not self.paired:
+            return self.source[n]
+        size = len(self.source)
+        epoch, pos = divmod(int(n), size)
+        perm = torch.randperm(size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        self.source.set_epoch(epoch)
+        return self.source[int(perm[pos])]
+
+
+class _BatchSampler(torch.utils.data.Sampler):
+    """Lists of sample numbers, one list per iteration from ``start``, for this rank."""
+
+    def __init__(self, start: int, iters: int, batch: int, rank: int, world: int):
+        self.start, self.iters, self.batch, self.rank, self.world = start, iters, batch, rank, world
+
+    def __iter__(self):
+        for it in range(self.start, self.iters):
+            first = (it * self.world + self.rank) * self.batch
+            yield list(range(first, first + self.batch))
+
+    def __len__(self):
+        return max(0, self.iters - self.start)
+
+
+def build_source(cfg: TrainConfig, seed: int):
+    """The training dataset named by ``cfg.dataset``."""
+    from .data import pairs
+    if cfg.dataset == "synthetic":
+        from .data.synthetic import SyntheticDefocusDataset
+        return SyntheticDefocusDataset(size=cfg.crop, sharp_dir=cfg.data, seed=seed, max_radius=cfg.max_blur)
+    layout = {"folder": "auto", "dpdd": "dpdd", "lfdof": "lfdof"}[cfg.dataset]
+    found = pairs.find_pairs(cfg.data, layout=layout, split="train")
+    return pairs.PairedImageDataset(found, crop=cfg.crop, augment=True, seed=seed)
+
+
+def validation_pairs(cfg: TrainConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A fixed validation set: the val folder's images, or held-out synthetic samples
+    (seeds disjoint from training)."""
+    if cfg.val_data:
+        from .data import pairs
+        ds = pairs.PairedImageDataset(pairs.find_pairs(cfg.val_data, split="val"), crop=None, augment=False)
+        return [ds[i] for i in range(min(len(ds), cfg.val_images))]
+    from .data.synthetic import SyntheticDefocusDataset
+    ds = SyntheticDefocusDataset(size=cfg.crop, sharp_dir=cfg.data if cfg.dataset == "synthetic" else None,
+                                 seed=cfg.seed + 7_777_777, max_radius=cfg.max_blur)
+    return [ds[i] for i in range(cfg.val_images)]
+
+
+# ------------------------------------------------------------------ checkpoints
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(out: Path, model: INIKNet, opt, sched, it: int, cfg: TrainConfig) -> None:
+    """Weights (safetensors) and training state, each replaced atomically; the state
+    names the iteration so a half-written pair is detected on resume."""
+    model.save(out / "last.safetensors")
+    _atomic_torch_save({"iteration": it, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "torch_rng": torch.get_rng_state(), "config": dataclasses.asdict(cfg)},
+                       out / "last.state.pt")
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    mse = F.mse_loss(x.clamp(0, 1).float(), y.float()).item()
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+# ------------------------------------------------------------------ loop
+
+def _ddp_env() -> tuple[int, int]:
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
+    if cfg.amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+
+
+def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
+          progress: bool = True) -> Path:
+    """Run (or resume) training; returns the output folder."""
+    from .losses import DeblurLoss
+    rank, world = _ddp_env()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(cfg.seed)
+    model = INIKNet(INIKNetConfig(**cfg.model)).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    start = 0
+    if resume:
+        state_path = out / "last.state.pt"
+        if not state_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint in {out} (expected {state_path})")
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(INIKNet.load(out / "last.safetensors").state_dict())
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start = state["iteration"]
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    loss_fn = DeblurLoss(mse_weight=cfg.mse_weight, freq_weight=cfg.freq_weight,
+                         lpips_weight=cfg.lpips_weight, vgg_weight=cfg.vgg_weight).to(device)
+    amp = _autocast_dtype(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+
+    stream = SampleStream(build_source(cfg, cfg.seed), cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        stream, batch_sampler=_BatchSampler(start, cfg.iters, cfg.batch, rank, world),
+        num_workers=cfg.workers, persistent_workers=False, pin_memory=device.type == "cuda")
+    val = validation_pairs(cfg) if rank == 0 else []
+
+    log_path = out / "log.csv"
+    fields = ["iter", "loss", "psnr", "lr", "seconds", "val_psnr"]
+    if rank == 0 and (not resume or not log_path.exists()):
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerow(fields)
+    if rank == 0 and resume:  # drop log rows past the checkpoint (they will be recomputed)
+        with open(log_path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["iter"]) <= start]
+        with open(log_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.iters, initial=start, desc="train", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    model.train()
+    it = start
+    for blurry, sharp in loader:
+        blurry, sharp = blurry.to(device, non_blocking=True), sharp.to(device, non_blocking=True)
+        if cfg.channels_last:
+            blurry = blurry.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            outputs = net(blurry, levels=True)
+        loss = loss_fn(outputs, sharp)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        it += 1
+        if rank == 0:
+            if bar is not None:
+                bar.update()
+            if it % cfg.log_every == 0 or it == cfg.iters:
+                row = {"iter": it, "loss": f"{loss.item():.6g}", "psnr": f"{psnr(outputs[-1].detach(), sharp):.4f}",
+                       "lr": f"{sched.get_last_lr()[0]:.6g}", "seconds": f"{time.perf_counter() - t0:.1f}",
+                       "val_psnr": ""}
+                if val and (it % cfg.val_every == 0 or it == cfg.iters):
+                    row["val_psnr"] = f"{validate(model, val, device):.4f}"
+                    model.train()
+                with open(log_path, "a", newline="") as f:
+                    csv.DictWriter(f, fieldnames=fields).writerow(row)
+                if bar is not None:
+                    bar.set_postfix(loss=row["loss"], psnr=row["psnr"])
+            if it % cfg.ckpt_every == 0 or it == cfg.iters:
+                save_checkpoint(out, model, opt, sched, it, cfg)
+    if bar is not None:
+        bar.close()
+    if world > 1:
+        dist.barrier()
+    return out
+
+
+@torch.no_grad()
+def validate(model: INIKNet, pairs, device) -> float:
+    """Mean PSNR of the model's output over (blurry, sharp) pairs."""
+    model.eval()
+    scores = [psnr(model(b[None].to(device)), s[None].to(device)) for b, s in pairs]
+    return float(np.mean(scores))
+
+
+# ------------------------------------------------------------------ command line
+
+def configure_parser(p) -> None:
+    p.add_argument("--config", help="JSON or TOML file with TrainConfig fields")
+    p.add_argument("--dataset", choices=DATASETS)
+    p.add_argument("--data", help="dataset root (synthetic: optional folder of sharp photos)")
+    p.add_argument("--val-data", dest="val_data", help="validation folder with source/ and target/")
+    p.add_argument("--iters", type=int)
+    p.add_argument("--crop", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--lr-step", dest="lr_step", type=int)
+    p.add_argument("--lpips-weight", dest="lpips_weight", type=float)
+    p.add_argument("--freq-weight", dest="freq_weight", type=float)
+    p.add_argument("--vgg-weight", dest="vgg_weight", type=float)
+    p.add_argument("--max-blur", dest="max_blur", type=float)
+    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"])
+    p.add_argument("--workers", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--log-every", dest="log_every", type=int)
+    p.add_argument("--val-every", dest="val_every", type=int)
+    p.add_argument("--ckpt-every", dest="ckpt_every", type=int)
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.*")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def run(args) -> int:
+    keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in keys}
+    try:
+        cfg = load_config(args.config, overrides)
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        print(f"inik train: {exc}", file=sys.stderr)
+        return 2
+    out = train(cfg, resume=args.resume, device=args.device, progress=args.progress)
+    print(f"inik train: weights in {out / 'last.safetensors'}, log in {out / 'log.csv'}")
+    return 0
