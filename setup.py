@@ -2,11 +2,88 @@
 
 The Triton kernels live in ``kernels/`` and install as ``inik.kernels`` (a PyPI
 package is already called ``kernels``).
+
+The compiled IFM extension ``inik._C`` (``csrc/``) is built when torch is
+importable at build time; install with ``pip install --no-build-isolation -e .``
+so the build sees the installed torch. Environment variables:
+
+* ``INIK_NO_EXTENSION=1``: build no extension (the package then uses the
+  pure PyTorch reference);
+* ``INIK_BUILD_CUDA=1`` (or a set ``TORCH_CUDA_ARCH_LIST``): also build the CUDA
+  kernels, even without a visible GPU. By default they are built only when torch
+  has CUDA and a GPU is visible; ``INIK_BUILD_CUDA=0`` never builds them;
+* ``INIK_CPU_NATIVE=1``: compile the CPU kernels with ``-march=native`` (faster
+  on this machine, not portable). By default one binary carries x86-64-v4/v3/
+  baseline copies of the hot loops, picked at load time;
+* ``MAX_JOBS``: parallel compile jobs (torch's variable).
 """
+
+import os
+import sys
 
 from setuptools import find_packages, setup
 
 packages = find_packages(include=["inik", "inik.*"]) + ["inik.kernels"]
+
+
+def _say(msg: str) -> None:
+    print(f"inik setup: {msg}", file=sys.stderr)
+
+
+def _extension_build():
+    """(ext_modules, cmdclass) for inik._C, or ([], {}) when it is not built."""
+    if os.environ.get("INIK_NO_EXTENSION", "") == "1":
+        _say("INIK_NO_EXTENSION=1: building no extension; inik.ops.ifm uses the PyTorch reference")
+        return [], {}
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        _say("torch is not importable at build time: building no extension (install torch first, then "
+             "reinstall with `pip install --no-build-isolation -e .` to build inik._C)")
+        return [], {}
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    csrc = os.path.join("csrc")
+    cxx = ["-O3", "-fopenmp"]  # torch adds the C++ standard it needs
+    if os.environ.get("INIK_CPU_NATIVE", "") == "1":
+        cxx += ["-march=native", "-DINIK_NO_CLONES"]
+    link = ["-fopenmp"]
+
+    build_cuda_env = os.environ.get("INIK_BUILD_CUDA", "")
+    if build_cuda_env == "0":
+        want_cuda, why = False, "INIK_BUILD_CUDA=0"
+    elif torch.version.cuda is None:
+        want_cuda, why = False, "torch has no CUDA"
+    elif cpp_extension.CUDA_HOME is None:
+        want_cuda, why = False, "no CUDA toolkit (CUDA_HOME) found"
+    elif build_cuda_env == "1" or os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        want_cuda, why = True, "requested by INIK_BUILD_CUDA=1 / TORCH_CUDA_ARCH_LIST"
+    elif torch.cuda.is_available():
+        want_cuda, why = True, "a GPU is visible"
+    else:
+        want_cuda, why = False, "no GPU visible (set INIK_BUILD_CUDA=1 to build the CUDA kernels anyway)"
+
+    sources = [os.path.join(csrc, "ifm_cpu.cpp")]
+    if want_cuda:
+        sources.append(os.path.join(csrc, "ifm_cuda.cu"))
+        ext = cpp_extension.CUDAExtension(
+            "inik._C", sources,
+            include_dirs=[os.path.join(here, "csrc")],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
+            extra_link_args=link)
+        _say(f"building inik._C with CPU and CUDA kernels ({why})")
+    else:
+        ext = cpp_extension.CppExtension(
+            "inik._C", sources,
+            include_dirs=[os.path.join(here, "csrc")],
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=link)
+        _say(f"building inik._C with CPU kernels only ({why})")
+    return [ext], {"build_ext": cpp_extension.BuildExtension}
+
+
+ext_modules, cmdclass = _extension_build()
 
 setup(
     name="inik",
@@ -18,6 +95,8 @@ setup(
     packages=packages,
     package_dir={"inik.kernels": "kernels"},
     package_data={"inik": ["weights/*.safetensors", "assets/*"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
     install_requires=[
         "torch>=2.4",
         "numpy",

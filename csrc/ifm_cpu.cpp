@@ -1,0 +1,393 @@
+// CPU kernels of the IFM and the registration of the native ops
+//   inik::ifm_native_forward(image, mu, omega, atoms, support) -> out
+//   inik::ifm_native_backward(grad, image, mu, omega, atoms, support, needs) -> 4 grads
+// (ARCHITECTURE.md section 2). The CUDA kernels register for the same schemas in ifm_cuda.cu.
+//
+// Layout of the work: a tile is kTile = 16 neighbouring pixels of one row, and
+// every per-pixel quantity is a 16-lane vector (GCC/Clang vector extensions), so
+// synthesising the per-pixel kernel k = sum_{r,n} mu*omega*atoms[r,n] - the
+// dominant cost, N * sum_r s_r^2 multiply-adds per pixel - and applying it to all
+// C channels vectorise across pixels with the tap loops left scalar. The tile's
+// kernel (Qmax x 16 values, 14 KB for K=15 fp32) stays in L1.
+//
+// Backward is deterministic and atomic-free:
+// * image gradient: each tile adds k * grad into a padded image-gradient buffer
+//   (a scatter, exact transpose of the forward gather). Rows are split into chunks
+//   of >= 2h rows; even chunks run in parallel first, then odd chunks, so no two
+//   threads ever write one row and every element's sum has a fixed order;
+// * atom gradient: chunks are grouped into at most kMaxAtomPartials fixed groups
+//   (independent of the thread count), each accumulating its own partial sum;
+//   the partials are added in group order at the end.
+// All offsets are 64-bit.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <Python.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "ifm_host.h"
+
+#if !defined(__GNUC__)
+#error "inik's CPU kernels use GCC/Clang vector extensions; build with GCC or Clang"
+#endif
+
+// Generic-wheel vectorisation: one copy of each hot function per x86-64 ISA
+// level, the best picked at load time (glibc ifunc). -march=native builds
+// (INIK_CPU_NATIVE=1) and other compilers/architectures get one plain copy.
+#if defined(__x86_64__) && defined(__linux__) && !defined(__clang__) && __GNUC__ >= 11 && \
+    !defined(INIK_NO_CLONES)
+#define INIK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define INIK_CLONES
+#endif
+#define INIK_AI inline __attribute__((always_inline))
+
+namespace inik {
+namespace cpu {
+
+typedef float vf16 __attribute__((vector_size(16 * sizeof(float))));
+typedef double vd16 __attribute__((vector_size(16 * sizeof(double))));
+template <class T> struct VecOf;
+template <> struct VecOf<float> { using type = vf16; };
+template <> struct VecOf<double> { using type = vd16; };
+static_assert(kTile == 16, "vector types hold kTile lanes");
+
+template <class V, class T> INIK_AI V loadu(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <class V, class T> INIK_AI void storeu(T* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
+
+template <class V, class T> INIK_AI V load_tile(const T* p, int64_t valid) {
+  if (valid >= kTile) return loadu<V>(p);
+  T tmp[kTile] = {};
+  for (int64_t jj = 0; jj < valid; ++jj) tmp[jj] = p[jj];
+  return loadu<V>(tmp);
+}
+template <class V, class T> INIK_AI void store_tile(T* p, const V& v, int64_t valid) {
+  if (valid >= kTile) return storeu(p, v);
+  T tmp[kTile];
+  storeu(tmp, v);
+  for (int64_t jj = 0; jj < valid; ++jj) p[jj] = tmp[jj];
+}
+
+template <class T> struct Args {
+  const T* ypad;  // (B, C, Hp, Wp) zero-padded image
+  const T* mu;  // (B, R, H, W)
+  const T* om;  // (B, N, H, W)
+  const T* Aqn;  // (R, Qmax, N) ring-ordered atoms, n fastest
+  const T* Anq;  // (R, N, Qmax) ring-ordered atoms, tap fastest
+  const T* dx;  // (B, C, H, W) output gradient (backward)
+  T* out;  // (B, C, H, W) forward output
+  T* dypad;  // (B, C, Hp, Wp) image gradient, padded
+  T* dmu;  // (B, R, H, W)
+  T* dom;  // (B, N, H, W)
+  T* dpart;  // (P, R, N, Qpad) atom-gradient partials
+  const int* Q;  // (R) s_r^2
+  const int64_t* off;  // (Qmax) tap offsets in the padded plane
+  const int* scatter;  // (Qmax) tap order for the image-gradient scatter
+  int64_t B, C, H, W, R, N, Qmax, Qpad, Hp, Wp, h;
+  int64_t chunk_rows, chunks_per_image, groups;
+  bool need_dy, need_dmu, need_dom, need_datoms;
+};
+
+// Scratch of one worker: vectors for mu, omega, grad tiles, kernel, dk, dcoef.
+// One block, aligned by hand (std::vector does not promise a vector type's alignment).
+template <class V, class T> struct Scratch {
+  std::vector<unsigned char> raw;
+  V *m, *o, *g, *cc, *kb, *dk, *dc, *domacc;
+  T* dkT;
+  explicit Scratch(const Args<T>& a) {
+    const int64_t nv = a.R + 3 * a.N + a.C + 2 * a.Qmax + a.N + kTile * a.Qpad;
+    raw.assign((nv + 1) * sizeof(V), 0);
+    const auto addr = reinterpret_cast<std::uintptr_t>(raw.data());
+    V* p = reinterpret_cast<V*>((addr + sizeof(V) - 1) / sizeof(V) * sizeof(V));
+    m = p; p += a.R;
+    o = p; p += a.N;
+    g = p; p += a.C;
+    cc = p; p += a.N;
+    kb = p; p += a.Qmax;
+    dk = p; p += a.Qmax;
+    dc = p; p += a.N;
+    domacc = p; p += a.N;
+    dkT = reinterpret_cast<T*>(p);  // kTile * Qpad scalars
+  }
+};
+
+template <class V, class T>
+INIK_AI void load_coeffs(const Args<T>& a, Scratch<V, T>& s, int64_t b, int64_t pix, int64_t valid) {
+  const int64_t hw = a.H * a.W;
+  for (int64_t r = 0; r < a.R; ++r) s.m[r] = load_tile<V>(a.mu + (b * a.R + r) * hw + pix, valid);
+  for (int64_t n = 0; n < a.N; ++n) s.o[n] = load_tile<V>(a.om + (b * a.N + n) * hw + pix, valid);
+}
+
+// kb[q] = sum_{r : q < Q_r} sum_n mu_r * omega_n * A[r, q, n]   for q < Qmax.
+template <class V, class T> INIK_AI void synthesise(const Args<T>& a, Scratch<V, T>& s) {
+  V* kb = s.kb;
+  V* cc = s.cc;
+  for (int64_t q = 0; q < a.Qmax; ++q) kb[q] = V{};
+  for (int64_t r = 0; r < a.R; ++r) {
+    for (int64_t n = 0; n < a.N; ++n) cc[n] = s.m[r] * s.o[n];
+    const T* Ar = a.Aqn + r * a.Qmax * a.N;
+    const int64_t qr = a.Q[r];
+    for (int64_t q = 0; q < qr; ++q) {
+      V acc = kb[q];
+      const T* Aq = Ar + q * a.N;
+      for (int64_t n = 0; n < a.N; ++n) acc += cc[n] * Aq[n];
+      kb[q] = acc;
+    }
+  }
+}
+
+template <class V, class T> INIK_AI void forward_rows_t(const Args<T>& a, int64_t row0, int64_t row1) {
+  Scratch<V, T> s(a);
+  const int64_t hw = a.H * a.W;
+  for (int64_t row = row0; row < row1; ++row) {
+    const int64_t b = row / a.H, i = row % a.H;
+    for (int64_t j0 = 0; j0 < a.W; j0 += kTile) {
+      const int64_t valid = std::min<int64_t>(kTile, a.W - j0);
+      const int64_t pix = i * a.W + j0;
+      load_coeffs(a, s, b, pix, valid);
+      synthesise(a, s);
+      for (int64_t c = 0; c < a.C; ++c) {
+        const T* yb = a.ypad + ((b * a.C + c) * a.Hp + i + a.h) * a.Wp + j0 + a.h;
+        V acc{};
+        for (int64_t q = 0; q < a.Qmax; ++q) acc += s.kb[q] * loadu<V>(yb + a.off[q]);
+        store_tile(a.out + (b * a.C + c) * hw + pix, acc, valid);
+      }
+    }
+  }
+}
+
+template <class V, class T>
+INIK_AI void backward_chunk_t(const Args<T>& a, int64_t b, int64_t i0, int64_t i1, T* D) {
+  Scratch<V, T> s(a);
+  const int64_t hw = a.H * a.W;
+  const bool need_dk = a.need_dmu || a.need_dom || a.need_datoms;
+  for (int64_t i = i0; i < i1; ++i) {
+    for (int64_t j0 = 0; j0 < a.W; j0 += kTile) {
+      const int64_t valid = std::min<int64_t>(kTile, a.W - j0);
+      const int64_t pix = i * a.W + j0;
+      load_coeffs(a, s, b, pix, valid);
+      for (int64_t c = 0; c < a.C; ++c) s.g[c] = load_tile<V>(a.dx + (b * a.C + c) * hw + pix, valid);
+      const int64_t base = (i + a.h) * a.Wp + j0 + a.h;  // tile origin in a padded plane
+
+      if (a.need_dy) {  // dy[p + d_q] += k[p, q] * dx[p]
+        synthesise(a, s);
+        for (int64_t c = 0; c < a.C; ++c) {
+          T* db = a.dypad + (b * a.C + c) * a.Hp * a.Wp + base;
+          const V gc = s.g[c];
+          for (int64_t t = 0; t < a.Qmax; ++t) {
+            const int q = a.scatter[t];
+            T* p = db + a.off[q];
+            storeu(p, loadu<V>(p) + s.kb[q] * gc);
+          }
+        }
+      }
+      if (!need_dk) continue;
+
+      // dk[q] = sum_c dx[c] * y[c, p + d_q]
+      for (int64_t q = 0; q < a.Qmax; ++q) s.dk[q] = V{};
+      for (int64_t c = 0; c < a.C; ++c) {
+        const T* yb = a.ypad + (b * a.C + c) * a.Hp * a.Wp + base;
+        const V gc = s.g[c];
+        for (int64_t q = 0; q < a.Qmax; ++q) s.dk[q] += gc * loadu<V>(yb + a.off[q]);
+      }
+
+      if (a.need_dmu || a.need_dom) {  // dcoef[r, n] = <dk, A[r, n]>
+        for (int64_t n = 0; n < a.N; ++n) s.domacc[n] = V{};
+        for (int64_t r = 0; r < a.R; ++r) {
+          const int64_t qr = a.Q[r];
+          for (int64_t n = 0; n < a.N; ++n) {
+            const T* An = a.Anq + (r * a.N + n) * a.Qmax;
+            V acc{};
+            for (int64_t q = 0; q < qr; ++q) acc += s.dk[q] * An[q];
+            s.dc[n] = acc;
+          }
+          if (a.need_dmu) {
+            V acc{};
+            for (int64_t n = 0; n < a.N; ++n) acc += s.o[n] * s.dc[n];
+            store_tile(a.dmu + (b * a.R + r) * hw + pix, acc, valid);
+          }
+          if (a.need_dom)
+            for (int64_t n = 0; n < a.N; ++n) s.domacc[n] += s.m[r] * s.dc[n];
+        }
+        if (a.need_dom)
+          for (int64_t n = 0; n < a.N; ++n) store_tile(a.dom + (b * a.N + n) * hw + pix, s.domacc[n], valid);
+      }
+
+      if (a.need_datoms) {  // D[r, n, q] += sum_lanes mu_r * omega_n * dk[q]
+        T* dkT = s.dkT;  // (kTile, Qpad): taps fastest, so the update vectorises along taps
+        for (int64_t q = 0; q < a.Qmax; ++q) {
+          T lanes[kTile];
+          storeu(lanes, s.dk[q]);
+          for (int64_t jj = 0; jj < kTile; ++jj) dkT[jj * a.Qpad + q] = lanes[jj];
+        }
+        for (int64_t r = 0; r < a.R; ++r) {
+          const int64_t qr = a.Q[r];
+          for (int64_t n = 0; n < a.N; ++n) {
+            T cs[kTile];
+            storeu(cs, s.m[r] * s.o[n]);
+            T* Drn = D + (r * a.N + n) * a.Qpad;
+            for (int64_t q0 = 0; q0 < qr; q0 += kTile) {  // may run past qr into Qpad; masked at the end
+              V acc = loadu<V>(Drn + q0);
+              for (int64_t jj = 0; jj < kTile; ++jj) acc += cs[jj] * loadu<V>(dkT + jj * a.Qpad + q0);
+              storeu(Drn + q0, acc);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// The clone-dispatched entry points (one per accumulation type).
+INIK_CLONES void forward_rows(const Args<float>& a, int64_t r0, int64_t r1) { forward_rows_t<vf16>(a, r0, r1); }
+INIK_CLONES void forward_rows(const Args<double>& a, int64_t r0, int64_t r1) { forward_rows_t<vd16>(a, r0, r1); }
+INIK_CLONES void backward_chunk(const Args<float>& a, int64_t b, int64_t i0, int64_t i1, float* D) {
+  backward_chunk_t<vf16>(a, b, i0, i1, D);
+}
+INIK_CLONES void backward_chunk(const Args<double>& a, int64_t b, int64_t i0, int64_t i1, double* D) {
+  backward_chunk_t<vd16>(a, b, i0, i1, D);
+}
+
+template <class T> Args<T> make_args(const Geometry& g, const at::Tensor& ypad, const at::Tensor& mu,
+                                     const at::Tensor& om, const at::Tensor& Aqn, const at::Tensor& Anq) {
+  Args<T> a{};
+  a.ypad = ypad.data_ptr<T>();
+  a.mu = mu.data_ptr<T>();
+  a.om = om.data_ptr<T>();
+  a.Aqn = Aqn.data_ptr<T>();
+  a.Anq = Anq.data_ptr<T>();
+  a.Q = g.Q.data();
+  a.off = g.off.data();
+  a.B = g.B; a.C = g.C; a.H = g.H; a.W = g.W; a.R = g.R; a.N = g.N;
+  a.Qmax = g.Qmax; a.Qpad = g.Qpad; a.Hp = g.Hp; a.Wp = g.Wp; a.h = g.h;
+  return a;
+}
+
+}  // namespace cpu
+
+at::Tensor ifm_forward_cpu(const at::Tensor& image, const at::Tensor& mu, const at::Tensor& omega,
+                           const at::Tensor& atoms, at::IntArrayRef support) {
+  const Geometry g = check_and_plan("ifm_native_forward", image, mu, omega, atoms, support);
+  const auto acc = acc_type(image.scalar_type());
+  at::Tensor ypad = padded_image(image, g);
+  at::Tensor mu_c = mu.to(acc).contiguous(), om_c = omega.to(acc).contiguous();
+  at::Tensor Aqn = packed_atoms(atoms, g);
+  at::Tensor Anq = Aqn.permute({0, 2, 1}).contiguous();
+  at::Tensor out = at::empty({g.B, g.C, g.H, g.W}, image.options().dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES(acc, "ifm_native_forward_cpu", [&] {
+    auto a = cpu::make_args<scalar_t>(g, ypad, mu_c, om_c, Aqn, Anq);
+    a.out = out.data_ptr<scalar_t>();
+    at::parallel_for(0, g.B * g.H, 1, [&](int64_t r0, int64_t r1) { cpu::forward_rows(a, r0, r1); });
+  });
+  return out.to(image.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ifm_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& image, const at::Tensor& mu, const at::Tensor& omega,
+    const at::Tensor& atoms, at::IntArrayRef support, std::array<bool, 4> needs) {
+  const Geometry g = check_and_plan("ifm_native_backward", image, mu, omega, atoms, support);
+  TORCH_CHECK(grad.sizes() == image.sizes() && grad.scalar_type() == image.scalar_type() &&
+                  grad.device() == image.device(),
+              "ifm_native_backward: grad must match image (shape ", image.sizes(), ", dtype ",
+              image.scalar_type(), "), got shape ", grad.sizes(), ", dtype ", grad.scalar_type());
+  const auto st = image.scalar_type();
+  const auto acc = acc_type(st);
+  const auto opt = image.options().dtype(acc);
+  at::Tensor none_image = at::empty({0}, image.options()), none_mu = at::empty({0}, mu.options()),
+             none_om = at::empty({0}, omega.options()), none_atoms = at::empty({0}, atoms.options());
+  if (!(needs[0] || needs[1] || needs[2] || needs[3])) return {none_image, none_mu, none_om, none_atoms};
+
+  at::Tensor ypad = padded_image(image, g);
+  at::Tensor mu_c = mu.to(acc).contiguous(), om_c = omega.to(acc).contiguous();
+  at::Tensor dx = grad.to(acc).contiguous();
+  at::Tensor Aqn = packed_atoms(atoms, g);
+  at::Tensor Anq = Aqn.permute({0, 2, 1}).contiguous();
+  at::Tensor dypad = needs[0] ? at::zeros({g.B, g.C, g.Hp, g.Wp}, opt) : at::Tensor();
+  at::Tensor dmu = needs[1] ? at::empty({g.B, g.R, g.H, g.W}, opt) : at::Tensor();
+  at::Tensor dom = needs[2] ? at::empty({g.B, g.N, g.H, g.W}, opt) : at::Tensor();
+
+  const int64_t chunk_rows = bwd_chunk_rows(g.h);
+  const int64_t chunks_per_image = (g.H + chunk_rows - 1) / chunk_rows;
+  const int64_t chunks = g.B * chunks_per_image;
+  const int64_t groups = std::min(chunks, kMaxAtomPartials);
+  at::Tensor dpart = needs[3] ? at::zeros({groups, g.R, g.N, g.Qpad}, opt) : at::Tensor();
+  // Scatter taps column-offset-major so consecutive read-modify-writes hit different rows.
+  std::vector<int> scatter(g.Qmax);
+  for (int64_t q = 0; q < g.Qmax; ++q) scatter[q] = static_cast<int>(q);
+  std::stable_sort(scatter.begin(), scatter.end(), [&](int x, int y) {
+    return g.dv[x] != g.dv[y] ? g.dv[x] < g.dv[y] : g.du[x] < g.du[y];
+  });
+
+  AT_DISPATCH_FLOATING_TYPES(acc, "ifm_native_backward_cpu", [&] {
+    auto a = cpu::make_args<scalar_t>(g, ypad, mu_c, om_c, Aqn, Anq);
+    a.dx = dx.data_ptr<scalar_t>();
+    a.dypad = needs[0] ? dypad.data_ptr<scalar_t>() : nullptr;
+    a.dmu = needs[1] ? dmu.data_ptr<scalar_t>() : nullptr;
+    a.dom = needs[2] ? dom.data_ptr<scalar_t>() : nullptr;
+    a.dpart = needs[3] ? dpart.data_ptr<scalar_t>() : nullptr;
+    a.scatter = scatter.data();
+    a.need_dy = needs[0];
+    a.need_dmu = needs[1];
+    a.need_dom = needs[2];
+    a.need_datoms = needs[3];
+    const int64_t part_size = g.R * g.N * g.Qpad;
+    // Phase 0: even chunks of every image, phase 1: odd ones (see the file comment).
+    for (int64_t phase = 0; phase < 2; ++phase) {
+      at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+        for (int64_t grp = g0; grp < g1; ++grp) {
+          scalar_t* D = a.dpart ? a.dpart + grp * part_size : nullptr;
+          for (int64_t m = grp * chunks / groups; m < (grp + 1) * chunks / groups; ++m) {
+            const int64_t b = m / chunks_per_image, k = m % chunks_per_image;
+            if (k % 2 != phase) continue;
+            cpu::backward_chunk(a, b, k * chunk_rows, std::min(g.H, (k + 1) * chunk_rows), D);
+          }
+        }
+      });
+    }
+    if (needs[3]) {  // sum the group partials in group order
+      scalar_t* p = a.dpart;
+      for (int64_t grp = 1; grp < groups; ++grp) {
+        const scalar_t* src = p + grp * part_size;
+        for (int64_t e = 0; e < part_size; ++e) p[e] += src[e];
+      }
+    }
+  });
+
+  at::Tensor g_image = none_image, g_mu = none_mu, g_om = none_om, g_atoms = none_atoms;
+  if (needs[0])
+    g_image = dypad.narrow(2, g.h, g.H).narrow(3, g.h, g.W).to(st).contiguous();
+  if (needs[1]) g_mu = dmu.to(st);
+  if (needs[2]) g_om = dom.to(st);
+  if (needs[3]) g_atoms = unpack_atom_grad(dpart[0], g, st);
+  return {g_image, g_mu, g_om, g_atoms};
+}
+
+}  // namespace inik
+
+TORCH_LIBRARY_FRAGMENT(inik, m) {
+  m.def("ifm_native_forward(Tensor image, Tensor mu, Tensor omega, Tensor atoms, int[] support) -> Tensor");
+  m.def(
+      "ifm_native_backward(Tensor grad, Tensor image, Tensor mu, Tensor omega, Tensor atoms, int[] support, "
+      "bool[4] needs) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(inik, CPU, m) {
+  m.impl("ifm_native_forward", &inik::ifm_forward_cpu);
+  m.impl("ifm_native_backward", &inik::ifm_backward_cpu);
+}
+
+// `import inik._C` loads this library (registering the ops above); the module itself is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

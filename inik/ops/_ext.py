@@ -1,0 +1,112 @@
+"""The compiled IFM extension ``inik._C`` (``csrc/``), if it was built.
+
+Importing ``inik._C`` registers two native ops (CPU kernels always, CUDA kernels
+when the extension was built with them):
+
+* ``torch.ops.inik.ifm_native_forward(image, mu, omega, atoms, support) -> out``
+* ``torch.ops.inik.ifm_native_backward(grad, image, mu, omega, atoms, support, needs)
+  -> (d_image, d_mu, d_omega, d_atoms)``, an unneeded gradient being an empty tensor.
+
+Both return contiguous tensors of the inputs' dtype (float16/bfloat16 are computed
+in float32). :func:`cpp_backend` and :func:`cuda_backend` wrap them as
+:class:`inik.ops.ifm.Backend` objects for the backend registry; they raise
+ImportError when the extension is not built, so the registry reports the backend
+as unavailable.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .ifm import Backend
+
+try:
+    from .. import _C  # noqa: F401  (loading it registers the ops)
+except ImportError as exc:  # not built
+    _C = None
+    _IMPORT_ERROR: Optional[str] = f"{type(exc).__name__}: {exc}"
+else:
+    _IMPORT_ERROR = None
+
+NO_EXTENSION_ENV = "INIK_NO_EXTENSION"
+
+
+def is_built() -> bool:
+    """True when ``inik._C`` was found and loaded."""
+    return _C is not None
+
+
+def build_hint() -> str:
+    """Why the extension is missing and how to build it."""
+    if os.environ.get(NO_EXTENSION_ENV, "") == "1":
+        return f"{NO_EXTENSION_ENV}=1 is set (the extension was not built on purpose)"
+    return (f"inik._C is not built ({_IMPORT_ERROR}); build it with "
+            "`pip install --no-build-isolation -e .` (torch must be installed first)")
+
+
+def has_cuda_kernels() -> bool:
+    """True when the loaded extension carries CUDA kernels."""
+    return is_built() and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "inik::ifm_native_forward", "CUDA")
+
+
+if _C is not None:
+    @torch.library.register_fake("inik::ifm_native_forward")
+    def _(image, mu, omega, atoms, support):
+        torch._check(image.dim() == 4 and mu.dim() == 4 and omega.dim() == 4 and atoms.dim() == 4,
+                     lambda: "ifm_native_forward: inputs must be 4-D")
+        torch._check(len(support) == atoms.shape[0],
+                     lambda: "ifm_native_forward: support must give one size per scale")
+        return image.new_empty(image.shape)
+
+    @torch.library.register_fake("inik::ifm_native_backward")
+    def _(grad, image, mu, omega, atoms, support, needs):
+        torch._check(grad.shape == image.shape, lambda: "ifm_native_backward: grad must match image")
+        return tuple(x.new_empty(x.shape) if nd else x.new_empty(0)
+                     for x, nd in zip((image, mu, omega, atoms), needs))
+
+
+def _forward(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor, support: Sequence[int]) -> Tensor:
+    return torch.ops.inik.ifm_native_forward(image, mu, omega, atoms, list(support))
+
+
+def _backward(grad, image, mu, omega, atoms, support, needs):
+    grads = torch.ops.inik.ifm_native_backward(grad, image, mu, omega, atoms, list(support),
+                                               [bool(x) for x in needs])
+    return tuple(g if nd else None for g, nd in zip(grads, needs))
+
+
+def _require_built() -> None:
+    if _C is None:
+        raise ImportError(build_hint())
+
+
+def cpp_backend() -> Backend:
+    """The C++ CPU kernels as a Backend (ImportError when ``inik._C`` is not built)."""
+    _require_built()
+
+    def unavailable(device: torch.device) -> Optional[str]:
+        if device.type != "cpu":
+            return f"the cpp backend runs on CPU tensors, got device {device}"
+        return None
+
+    return Backend("cpp", _forward, _backward, unavailable)
+
+
+def cuda_backend() -> Backend:
+    """The CUDA kernels as a Backend (ImportError when ``inik._C`` is not built)."""
+    _require_built()
+
+    def unavailable(device: torch.device) -> Optional[str]:
+        if device.type != "cuda":
+            return f"the cuda backend runs on CUDA tensors, got device {device}"
+        if not has_cuda_kernels():
+            return ("inik._C was built without CUDA kernels (rebuild with INIK_BUILD_CUDA=1 or with a "
+                    "GPU visible)")
+        return None
+
+    return Backend("cuda", _forward, _backward, unavailable)
