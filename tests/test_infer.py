@@ -1,0 +1,108 @@
+"""inik.deblur and `inik deblur`: kinds of input, bit depth, alpha, tiling, batch errors."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import inik
+from inik.cli import main
+from inik.data.io import read_image, write_image
+from inik.infer import restore
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    return inik.INIKNet(width=8).eval()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, small_model):
+    path = tmp_path_factory.mktemp("w") / "small.safetensors"
+    small_model.save(path)
+    return path
+
+
+def test_numpy_kinds_round_trip(small_model):
+    rng = np.random.default_rng(0)
+    f = rng.random((20, 30, 3), dtype=np.float32)
+    want = small_model(torch.from_numpy(f.transpose(2, 0, 1))[None]).detach().clamp(0, 1)[0]
+    out = inik.deblur(f, small_model)
+    assert out.dtype == np.float32 and out.shape == f.shape
+    np.testing.assert_allclose(out, want.numpy().transpose(1, 2, 0), atol=1e-6)
+    u8 = (f * 255).round().astype(np.uint8)
+    assert inik.deblur(u8, small_model).dtype == np.uint8
+    u16 = (f * 65535).round().astype(np.uint16)
+    out16 = inik.deblur(u16, small_model)
+    assert out16.dtype == np.uint16 and out16.shape == u16.shape
+
+
+def test_grey_alpha_torch_pil(small_model):
+    rng = np.random.default_rng(1)
+    grey = rng.random((17, 19), dtype=np.float32)
+    assert inik.deblur(grey, small_model).shape == (17, 19)
+    rgba = rng.random((17, 19, 4), dtype=np.float32)
+    out = inik.deblur(rgba, small_model)
+    assert out.shape == (17, 19, 4)
+    np.testing.assert_array_equal(out[..., 3], rgba[..., 3])  # alpha passes through untouched
+    t = torch.rand(3, 16, 24)
+    assert inik.deblur(t, small_model).shape == (3, 16, 24)
+    pil = Image.fromarray((rng.random((12, 13, 3)) * 255).astype(np.uint8))
+    out_pil = inik.deblur(pil, small_model)
+    assert isinstance(out_pil, Image.Image) and out_pil.size == pil.size and out_pil.mode == "RGB"
+
+
+def test_bad_inputs(small_model):
+    with pytest.raises(ValueError, match="H, W >= 1"):
+        inik.deblur(np.zeros((0, 5, 3), np.float32), small_model)
+    with pytest.raises(TypeError, match="dtype must be uint8, uint16 or floating"):
+        inik.deblur(np.zeros((5, 5, 3), np.int32), small_model)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        inik.deblur(np.full((5, 5, 3), np.nan, np.float32), small_model)
+    with pytest.raises(TypeError, match="numpy array, torch tensor or PIL"):
+        inik.deblur("photo.jpg", small_model)
+    with pytest.raises(ValueError, match="tile must be at least 32"):
+        restore(small_model, torch.rand(1, 3, 64, 64), tile=8)
+
+
+def test_tiles_cover_and_blend(small_model):
+    """Every pixel is covered, weights are normalised, and a tile as large as the
+    image reproduces the untiled result exactly."""
+    y = torch.rand(1, 3, 70, 90)
+    full = restore(small_model, y)
+    torch.testing.assert_close(restore(small_model, y, tile=96), full)
+    tiled = restore(small_model, y, tile=48, overlap=16)
+    assert tiled.shape == full.shape and torch.isfinite(tiled).all()
+    assert (tiled - full).abs().mean() < 0.05
+
+
+def test_cli_batch_keeps_bit_depth_and_survives_bad_files(tmp_path, weights, capsys):
+    rng = np.random.default_rng(2)
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(src / "a.png", (rng.random((20, 24, 3)) * 65535).astype(np.uint16))
+    write_image(src / "b.png", (rng.random((21, 22, 4)) * 255).astype(np.uint8))
+    (src / "c.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    rc = main(["deblur", str(src), "-o", str(out), "--weights", str(weights)])
+    assert rc == 1  # one bad file
+    assert "c.png" in capsys.readouterr().err
+    a, info_a = read_image(out / "a.png", mode=None)
+    b, info_b = read_image(out / "b.png", mode=None)
+    assert info_a.bit_depth == 16 and a.shape == (20, 24, 3)
+    assert info_b.bit_depth == 8 and info_b.has_alpha and b.shape == (21, 22, 4)
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    # A second run refuses to overwrite; the input is never replaced.
+    rc = main(["deblur", str(src / "a.png"), "-o", str(out / "a.png"), "--weights", str(weights)])
+    assert rc == 1 and "exists" in capsys.readouterr().err
+    rc = main(["deblur", str(src / "a.png"), "-o", str(src / "a.png"), "--weights", str(weights)])
+    assert rc == 1 and "replace the input" in capsys.readouterr().err
+
+
+def test_cli_untrained_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(inik.infer, "DEFAULT_WEIGHTS", tmp_path / "none.safetensors")
+    write_image(tmp_path / "p.png", np.zeros((8, 8, 3), np.uint8))
+    assert main(["deblur", str(tmp_path / "p.png"), "-o", str(tmp_path / "q.png")]) == 0
+    assert "UNTRAINED" in capsys.readouterr().err
+    assert (tmp_path / "q.png").is_file()
