@@ -129,21 +129,72 @@ INIK_AI void load_coeffs(const Args<T>& a, Scratch<V, T>& s, int64_t b, int64_t 
 }
 
 // kb[q] = sum_{r : q < Q_r} sum_n mu_r * omega_n * A[r, q, n]   for q < Qmax.
+// Eight taps at a time: eight independent FMA chains hide the FMA latency and
+// each coefficient vector loaded is used eight times.
 template <class V, class T> INIK_AI void synthesise(const Args<T>& a, Scratch<V, T>& s) {
   V* kb = s.kb;
   V* cc = s.cc;
+  const int64_t N = a.N;
   for (int64_t q = 0; q < a.Qmax; ++q) kb[q] = V{};
   for (int64_t r = 0; r < a.R; ++r) {
-    for (int64_t n = 0; n < a.N; ++n) cc[n] = s.m[r] * s.o[n];
-    const T* Ar = a.Aqn + r * a.Qmax * a.N;
+    for (int64_t n = 0; n < N; ++n) cc[n] = s.m[r] * s.o[n];
+    const T* Ar = a.Aqn + r * a.Qmax * N;
     const int64_t qr = a.Q[r];
-    for (int64_t q = 0; q < qr; ++q) {
+    int64_t q = 0;
+    for (; q + 8 <= qr; q += 8) {
+      V k0 = kb[q], k1 = kb[q + 1], k2 = kb[q + 2], k3 = kb[q + 3];
+      V k4 = kb[q + 4], k5 = kb[q + 5], k6 = kb[q + 6], k7 = kb[q + 7];
+      const T* Aq = Ar + q * N;
+      for (int64_t n = 0; n < N; ++n) {
+        const V c = cc[n];
+        k0 += c * Aq[n];
+        k1 += c * Aq[N + n];
+        k2 += c * Aq[2 * N + n];
+        k3 += c * Aq[3 * N + n];
+        k4 += c * Aq[4 * N + n];
+        k5 += c * Aq[5 * N + n];
+        k6 += c * Aq[6 * N + n];
+        k7 += c * Aq[7 * N + n];
+      }
+      kb[q] = k0; kb[q + 1] = k1; kb[q + 2] = k2; kb[q + 3] = k3;
+      kb[q + 4] = k4; kb[q + 5] = k5; kb[q + 6] = k6; kb[q + 7] = k7;
+    }
+    for (; q < qr; ++q) {
       V acc = kb[q];
-      const T* Aq = Ar + q * a.N;
-      for (int64_t n = 0; n < a.N; ++n) acc += cc[n] * Aq[n];
+      const T* Aq = Ar + q * N;
+      for (int64_t n = 0; n < N; ++n) acc += cc[n] * Aq[n];
       kb[q] = acc;
     }
   }
+}
+
+// sum_{q < nq} x[q] * load(base + off[q]), four partial sums.
+template <class V, class T>
+INIK_AI V dot_taps(const V* x, const T* base, const int64_t* off, int64_t nq) {
+  V s0{}, s1{}, s2{}, s3{};
+  int64_t q = 0;
+  for (; q + 4 <= nq; q += 4) {
+    s0 += x[q] * loadu<V>(base + off[q]);
+    s1 += x[q + 1] * loadu<V>(base + off[q + 1]);
+    s2 += x[q + 2] * loadu<V>(base + off[q + 2]);
+    s3 += x[q + 3] * loadu<V>(base + off[q + 3]);
+  }
+  for (; q < nq; ++q) s0 += x[q] * loadu<V>(base + off[q]);
+  return (s0 + s1) + (s2 + s3);
+}
+
+// sum_{q < nq} x[q] * w[q] for vectors x and scalars w, four partial sums.
+template <class V, class T> INIK_AI V dot_weights(const V* x, const T* w, int64_t nq) {
+  V s0{}, s1{}, s2{}, s3{};
+  int64_t q = 0;
+  for (; q + 4 <= nq; q += 4) {
+    s0 += x[q] * w[q];
+    s1 += x[q + 1] * w[q + 1];
+    s2 += x[q + 2] * w[q + 2];
+    s3 += x[q + 3] * w[q + 3];
+  }
+  for (; q < nq; ++q) s0 += x[q] * w[q];
+  return (s0 + s1) + (s2 + s3);
 }
 
 template <class V, class T> INIK_AI void forward_rows_t(const Args<T>& a, int64_t row0, int64_t row1) {
@@ -158,9 +209,7 @@ template <class V, class T> INIK_AI void forward_rows_t(const Args<T>& a, int64_
       synthesise(a, s);
       for (int64_t c = 0; c < a.C; ++c) {
         const T* yb = a.ypad + ((b * a.C + c) * a.Hp + i + a.h) * a.Wp + j0 + a.h;
-        V acc{};
-        for (int64_t q = 0; q < a.Qmax; ++q) acc += s.kb[q] * loadu<V>(yb + a.off[q]);
-        store_tile(a.out + (b * a.C + c) * hw + pix, acc, valid);
+        store_tile(a.out + (b * a.C + c) * hw + pix, dot_taps(s.kb, yb, a.off, a.Qmax), valid);
       }
     }
   }
@@ -207,9 +256,7 @@ INIK_AI void backward_chunk_t(const Args<T>& a, int64_t b, int64_t i0, int64_t i
           const int64_t qr = a.Q[r];
           for (int64_t n = 0; n < a.N; ++n) {
             const T* An = a.Anq + (r * a.N + n) * a.Qmax;
-            V acc{};
-            for (int64_t q = 0; q < qr; ++q) acc += s.dk[q] * An[q];
-            s.dc[n] = acc;
+            s.dc[n] = dot_weights(s.dk, An, qr);
           }
           if (a.need_dmu) {
             V acc{};
@@ -237,9 +284,15 @@ INIK_AI void backward_chunk_t(const Args<T>& a, int64_t b, int64_t i0, int64_t i
             storeu(cs, s.m[r] * s.o[n]);
             T* Drn = D + (r * a.N + n) * a.Qpad;
             for (int64_t q0 = 0; q0 < qr; q0 += kTile) {  // may run past qr into Qpad; masked at the end
-              V acc = loadu<V>(Drn + q0);
-              for (int64_t jj = 0; jj < kTile; ++jj) acc += cs[jj] * loadu<V>(dkT + jj * a.Qpad + q0);
-              storeu(Drn + q0, acc);
+              const T* col = dkT + q0;
+              V s0{}, s1{}, s2{}, s3{};
+              for (int64_t jj = 0; jj < kTile; jj += 4) {
+                s0 += cs[jj] * loadu<V>(col + jj * a.Qpad);
+                s1 += cs[jj + 1] * loadu<V>(col + (jj + 1) * a.Qpad);
+                s2 += cs[jj + 2] * loadu<V>(col + (jj + 2) * a.Qpad);
+                s3 += cs[jj + 3] * loadu<V>(col + (jj + 3) * a.Qpad);
+              }
+              storeu(Drn + q0, loadu<V>(Drn + q0) + ((s0 + s1) + (s2 + s3)));
             }
           }
         }
