@@ -3,6 +3,7 @@
 
 from .io import ImageInfo, ImageReadError, image_to_tensor, list_images, read_image, read_image_info, tensor_to_image, write_image
 from .pairs import ImagePair, PairedImageDataset, PairingError, find_pairs, pair_folders
+from .synthetic import DefocusSample, DefocusSynthesizer, SyntheticConfig, SyntheticDefocusDataset, SyntheticDefocusStream, split_photos
 
 __all__ = [
     "ImageInfo",
@@ -18,4 +19,10 @@ __all__ = [
     "PairingError",
     "find_pairs",
     "pair_folders",
+    "DefocusSample",
+    "DefocusSynthesizer",
+    "SyntheticConfig",
+    "SyntheticDefocusDataset",
+    "SyntheticDefocusStream",
+    "split_photos",
 ]

@@ -1,0 +1,216 @@
+"""Synthetic defocus generator: optics, blur, occlusion, determinism (no files
+needed except photos this test writes itself)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from inik.data.io import write_image
+from inik.data.synthetic import (
+    DefocusSynthesizer,
+    SyntheticConfig,
+    SyntheticDefocusDataset,
+    SyntheticDefocusStream,
+    aperture_kernel,
+    blur_and_composite,
+    coc_radius_px,
+    composite,
+    linear_to_srgb,
+    split_photos,
+    srgb_to_linear,
+)
+
+SMALL = dict(size=48, max_radius=6.0, num_layers=4, dead_leaves_shapes=(5, 15))
+
+
+def test_thin_lens_by_hand():
+    # f = 50 mm, N = 2 -> aperture 25 mm; focus 2 m; pitch 0.036 mm
+    # object at infinity: c = A f / (s - f) = 25 * 50 / 1950 mm; r = c / 2 / pitch
+    r_inf = coc_radius_px(np.inf, 2.0, 50.0, 2.0, 0.036)
+    assert r_inf == pytest.approx(25 * 50 / 1950 / 2 / 0.036)
+    assert coc_radius_px(2.0, 2.0, 50.0, 2.0, 0.036) == pytest.approx(0.0)
+    # 1 m: c = A f |d - s| / (d (s - f)) = 25 * 50 * 1000 / (1000 * 1950)
+    assert coc_radius_px(1.0, 2.0, 50.0, 2.0, 0.036) == pytest.approx(25 * 50 * 1000 / (1000 * 1950) / 2 / 0.036)
+    # radius is linear in inverse depth, and halves when the f-number doubles
+    r = coc_radius_px(np.array([1.0, 4.0]), 2.0, 50.0, 4.0, 0.036)
+    assert r[0] == pytest.approx(r_inf / 2) and r[1] == pytest.approx(r_inf / 4)
+    with pytest.raises(ValueError, match="focal length"):
+        coc_radius_px(1.0, 0.01, 50.0, 2.0, 0.036)
+
+
+def test_aperture_kernels():
+    assert aperture_kernel(0.3).shape == (1, 1)
+    delta = aperture_kernel(0.4, size=5)
+    assert delta[2, 2] == 1 and delta.sum() == 1
+    for r in (1.0, 3.5, 10.0):
+        k = aperture_kernel(r)
+        assert k.shape == (2 * math.ceil(r) + 1,) * 2
+        assert k.sum().item() == pytest.approx(1.0, abs=1e-6)
+        torch.testing.assert_close(k, k.flip(0).flip(1))
+        torch.testing.assert_close(k, k.t())
+        # support area (sum of coverage before normalising) close to pi r^2
+        area = 1.0 / k.max().item()
+        assert area == pytest.approx(math.pi * r * r, rel=0.08)
+    hexagon = aperture_kernel(8.0, blades=6, rotation=0.3)
+    assert 1.0 / hexagon.max().item() == pytest.approx(3 * math.sqrt(3) / 2 * 64, rel=0.05)
+    # a 5-bladed aperture turned by pi is its point reflection
+    k5 = aperture_kernel(6.0, blades=5, rotation=0.2)
+    torch.testing.assert_close(aperture_kernel(6.0, blades=5, rotation=0.2 + math.pi), k5.flip(0).flip(1), atol=1e-6, rtol=0)
+
+
+def test_gamma_round_trip():
+    x = torch.linspace(0, 1, 1001)
+    torch.testing.assert_close(linear_to_srgb(srgb_to_linear(x)), x, atol=1e-6, rtol=0)
+    assert srgb_to_linear(torch.tensor(0.5)).item() == pytest.approx(0.21404, abs=1e-4)
+
+
+def test_fft_blur_equals_direct_convolution():
+    torch.manual_seed(0)
+    img = torch.rand(1, 3, 40, 40)
+    r = 4.5
+    out = blur_and_composite(img, torch.ones(1, 1, 40, 40), [r])
+    k = aperture_kernel(r)
+    direct = F.conv2d(img.reshape(3, 1, 40, 40), k[None, None], padding=k.shape[0] // 2).reshape(3, 40, 40)
+    p = math.ceil(r)
+    torch.testing.assert_close(out[:, p:-p, p:-p], direct[:, p:-p, p:-p], atol=1e-5, rtol=0)
+
+
+def test_occlusion_composite():
+    H = W = 48
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    disc = (((yy - 24) ** 2 + (xx - 24) ** 2) <= 100).float()[None]
+    back_colour, front_colour = torch.tensor([1.0, 0.5, 0.2]), torch.tensor([0.0, 0.3, 0.9])
+    colours = torch.stack([back_colour[:, None, None].expand(3, H, W), front_colour[:, None, None].expand(3, H, W)])
+    alphas = torch.stack([torch.ones(1, H, W), disc])
+    premult = colours * alphas
+    # sharp foreground over blurred background: the foreground stays exactly itself
+    out = blur_and_composite(premult, alphas, [5.0, 0.0])
+    torch.testing.assert_close(out[:, disc[0] > 0], front_colour[:, None].expand(3, int(disc.sum())), atol=1e-5, rtol=0)
+    # blurred foreground over sharp background: out = c_f * B(a) + (1 - B(a)) * c_b
+    out = blur_and_composite(premult, alphas, [0.0, 5.0])
+    ba = blur_and_composite(disc[None], torch.ones(1, 1, H, W), [5.0])
+    expected = front_colour[:, None, None] * ba + (1 - ba) * back_colour[:, None, None]
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    # one colour everywhere stays that colour whatever the radii (no halos, no energy loss)
+    same = torch.stack([back_colour[:, None, None].expand(3, H, W)] * 2) * alphas
+    out = blur_and_composite(same, alphas, [3.0, 6.0], blades=5, rotation=0.4)
+    torch.testing.assert_close(out, back_colour[:, None, None].expand(3, H, W), atol=1e-5, rtol=0)
+    torch.testing.assert_close(composite(premult, alphas), blur_and_composite(premult, alphas, [0.0, 0.0]))
+
+
+def test_deterministic_for_a_seed():
+    syn = DefocusSynthesizer(None, SyntheticConfig(**SMALL))
+    a, b, c = syn.sample([3, 1]), syn.sample([3, 1]), syn.sample([3, 2])
+    for name in ("blurry", "sharp", "radius"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=0, rtol=0)
+    assert a.params == b.params
+    assert not torch.equal(a.sharp, c.sharp)
+    assert a.blurry.shape == a.sharp.shape == (3, 48, 48) and a.radius.shape == (1, 48, 48)
+    assert a.blurry.dtype == torch.float32 and 0 <= a.blurry.min() and a.blurry.max() <= 1
+
+
+def test_all_in_focus_is_identity():
+    cfg = SyntheticConfig(**{**SMALL, "max_radius": 0.0}, noise_prob=0.0, quantize_bits=None)
+    s = DefocusSynthesizer(None, cfg).sample(5)
+    torch.testing.assert_close(s.blurry, s.sharp, atol=1e-5, rtol=0)
+    assert s.radius.abs().max() == 0
+
+
+def test_blur_map_consistent():
+    cfg = SyntheticConfig(**SMALL, in_focus_prob=1.0, noise_prob=0.0, quantize_bits=None)
+    syn = DefocusSynthesizer(None, cfg)
+    reach = 2 * math.ceil(cfg.max_radius) + 1
+    checked = 0
+    for seed in range(40):
+        s = syn.sample(seed)
+        radii = np.array(s.params["radii"])
+        assert (radii >= 0).all() and (radii <= cfg.max_radius + 1e-9).all()
+        assert 0 <= s.radius.min() and s.radius.max() <= cfg.max_radius + 1e-5
+        # f-number reported reproduces the radii through the thin-lens formula
+        if np.isfinite(s.params["f_number"]):
+            depths = [1 / d if d > 0 else np.inf for d in s.params["inverse_depth"]]
+            r = coc_radius_px(np.array(depths), s.params["focus_m"], s.params["focal_length_mm"], s.params["f_number"], s.params["pixel_pitch_mm"])
+            np.testing.assert_allclose(np.minimum(r, cfg.max_radius), radii, atol=1e-6)
+        # pixels whose whole neighbourhood (within the largest blur; outside the
+        # crop is unknown, so counted as blurred) sees radius 0 stay sharp
+        padded = F.pad(s.radius[None], (reach // 2,) * 4, value=float("inf"))
+        sharp_zone = F.max_pool2d(padded, reach, stride=1)[0, 0] == 0
+        if sharp_zone.sum() > 50:
+            diff = (s.blurry - s.sharp).abs()[:, sharp_zone]
+            assert diff.max() < 1e-5, seed
+            checked += 1
+        # and where everything is blurred by more than a pixel, the image changes
+        if radii.min() > 2 and s.sharp.std() > 0.05:
+            assert (s.blurry - s.sharp).abs().mean() > 1e-3
+    assert checked >= 3
+
+
+def test_noise_only_changes_blurry():
+    base = dict(SMALL, max_radius=0.0, quantize_bits=None)
+    clean = DefocusSynthesizer(None, SyntheticConfig(**base, noise_prob=0.0)).sample(1)
+    noisy = DefocusSynthesizer(None, SyntheticConfig(**base, noise_prob=1.0)).sample(1)
+    torch.testing.assert_close(clean.sharp, noisy.sharp)
+    d = (noisy.blurry - clean.blurry).abs().mean().item()
+    assert 1e-4 < d < 0.05
+    q = DefocusSynthesizer(None, SyntheticConfig(**SMALL)).sample(1).blurry
+    torch.testing.assert_close(q * 255, torch.round(q * 255), atol=1e-4, rtol=0)
+
+
+def _photos(folder, n=3, size=(120, 100)):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        h, w = size
+        yy, xx = np.mgrid[0:h, 0:w] / 10.0
+        img = 0.5 + 0.4 * np.sin(xx * rng.uniform(0.5, 2) + yy * rng.uniform(0.5, 2))[..., None] * rng.uniform(0.3, 1, 3)
+        write_image(folder / f"p{i}.png", img.astype(np.float32), bit_depth=16 if i == 0 else 8)
+    write_image(folder / "tiny.jpg", np.zeros((20, 20, 3), np.float32))
+    return folder
+
+
+def test_photo_scenes(tmp_path):
+    folder = _photos(tmp_path / "photos")
+    cfg = SyntheticConfig(**SMALL, noise_prob=0.0, quantize_bits=None)
+    with pytest.warns(UserWarning, match="tiny.jpg"):
+        syn = DefocusSynthesizer(folder, cfg)
+    assert len(syn.photos) == 3
+    s = syn.sample(0)
+    assert s.params["content"] == "photo" and s.blurry.shape == (3, 48, 48)
+    lo = cfg.canvas / 100  # smallest side 100 px limits the downscale
+    assert max(cfg.photo_scale[0], lo) - 1e-9 <= s.params["photo_scale"] <= 1.0 + 1e-9
+    # the sharp target is the (resampled) photo itself, untouched by layering
+    assert 0 <= s.sharp.min() and s.sharp.max() <= 1
+    with pytest.raises(ValueError, match="no usable photos"), pytest.warns(UserWarning):
+        DefocusSynthesizer([folder / "tiny.jpg"], cfg)
+
+
+def test_photo_mode_in_focus_equals_photo(tmp_path):
+    folder = _photos(tmp_path / "photos")
+    cfg = SyntheticConfig(**{**SMALL, "max_radius": 0.0}, noise_prob=0.0, quantize_bits=None, photo_scale=(1.0, 1.0))
+    with pytest.warns(UserWarning):
+        s = DefocusSynthesizer(folder, cfg).sample(2)
+    torch.testing.assert_close(s.blurry, s.sharp, atol=1e-5, rtol=0)
+
+
+def test_split_photos(tmp_path):
+    paths = [tmp_path / f"{i}.png" for i in range(20)]
+    train, held = split_photos(paths, 0.25, seed=1)
+    assert len(held) == 5 and len(train) == 15 and not set(train) & set(held)
+    assert split_photos(paths, 0.25, seed=1) == (train, held)
+
+
+def test_datasets_indexed_and_stream_agree():
+    cfg = SyntheticConfig(**SMALL)
+    ds = SyntheticDefocusDataset(None, cfg, length=4, seed=9)
+    assert len(ds) == 4
+    b, s = ds[2]
+    assert b.shape == s.shape == (3, 48, 48)
+    torch.testing.assert_close(ds[2][0], b, atol=0, rtol=0)
+    stream = iter(SyntheticDefocusStream(None, cfg, seed=9))
+    items = [next(stream) for _ in range(3)]
+    torch.testing.assert_close(items[2][0], b, atol=0, rtol=0)
+    with pytest.raises(IndexError):
+        ds[4]
