@@ -44,6 +44,7 @@ fp32, else TF32); fp64 (gradcheck, interpreter) multiplies and sums without
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional, Sequence
 
@@ -314,11 +315,33 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 
 
+@functools.lru_cache(maxsize=64)
+def _tables(k: int, support: tuple, rp: int, kkp: int, device: torch.device):
+    """Index tables of one (K, support) layout; see the module docstring."""
+    kk, r_ = k * k, len(support)
+    half = k // 2
+    taps = sorted(((max(abs(u - half), abs(v - half)), u, v) for u in range(k) for v in range(k)))
+    pad = kkp - kk
+    order = sorted(range(r_), key=lambda r: -support[r])
+    halves = [support[r] // 2 for r in order]
+    i32 = dict(dtype=torch.int32, device=device)
+    return dict(
+        cring=torch.tensor([t[0] for t in taps] + [k] * pad, **i32),
+        cdu=torch.tensor([t[1] - half for t in taps] + [0] * pad, **i32),
+        cdv=torch.tensor([t[2] - half for t in taps] + [0] * pad, **i32),
+        perm=torch.tensor(order + [0] * (rp - r_), **i32),
+        hs=torch.tensor(halves + [-1] * (rp - r_), **i32),
+        # flat tap index u*K+v of each column, scale order, support mask (sorted scale, column)
+        tap=torch.tensor([t[1] * k + t[2] for t in taps], dtype=torch.long, device=device),
+        order=torch.tensor(order, dtype=torch.long, device=device),
+        inside=torch.tensor([[t[0] <= h for t in taps] for h in halves], device=device),
+    )
+
+
 class _Plan:
-    """Tables and the padded synthesis matrix for one (atoms, support, dtype)."""
+    """Tables and the padded synthesis matrix for one call."""
 
     def __init__(self, atoms: torch.Tensor, support: Sequence[int]):
-        dev = atoms.device
         self.R, self.N, self.K = atoms.shape[0], atoms.shape[1], atoms.shape[-1]
         self.KK = self.K * self.K
         self.f64 = atoms.dtype == torch.float64
@@ -327,38 +350,20 @@ class _Plan:
         self.NP = max(_next_pow2(self.N), 16 if self.use_dot else 1)
         ch_max = _FIXED["CH"] if _INTERPRET else _CH_MAX
         self.KKP = -(-self.KK // ch_max) * ch_max
+        self.dot_dtype = atoms.dtype
         if atoms.dtype in (torch.float16, torch.bfloat16):
-            self.dot_dtype, self.prec = atoms.dtype, "ieee"
+            self.prec = "tf32"  # ignored for half operands; the default every fp16 matmul uses
         else:
-            self.dot_dtype = atoms.dtype
             self.prec = "ieee" if (_INTERPRET or torch.get_float32_matmul_precision() == "highest") else "tf32"
         self.acc_dtype = torch.float64 if self.f64 else torch.float32
-
-        half = self.K // 2
-        taps = sorted(((max(abs(u - half), abs(v - half)), u, v)
-                       for u in range(self.K) for v in range(self.K)))
-        ring = [t[0] for t in taps] + [self.K] * (self.KKP - self.KK)
-        du = [t[1] - half for t in taps] + [0] * (self.KKP - self.KK)
-        dv = [t[2] - half for t in taps] + [0] * (self.KKP - self.KK)
-        order = sorted(range(self.R), key=lambda r: -support[r])
-        halves = [support[r] // 2 for r in order] + [-1] * (self.RP - self.R)
-        i32 = dict(dtype=torch.int32, device=dev)
-        self.cring = torch.tensor(ring, **i32)
-        self.cdu = torch.tensor(du, **i32)
-        self.cdv = torch.tensor(dv, **i32)
-        self.perm = torch.tensor(order + [0] * (self.RP - self.R), **i32)
-        self.hs = torch.tensor(halves, **i32)
-        # flat tap index u*K+v of each column, and the support mask (scale, column)
-        self.tap = torch.tensor([t[1] * self.K + t[2] for t in taps], dtype=torch.long, device=dev)
-        self.order = torch.tensor(order, dtype=torch.long, device=dev)
-        self.inside = (torch.tensor([t[0] for t in taps], device=dev)[None, :]
-                       <= torch.tensor(halves[:self.R], device=dev)[:, None])  # (R, KK), sorted scales
+        t = _tables(self.K, tuple(int(s) for s in support), self.RP, self.KKP, atoms.device)
+        self.cring, self.cdu, self.cdv, self.perm, self.hs = t["cring"], t["cdu"], t["cdv"], t["perm"], t["hs"]
+        self.tap, self.order, self.inside = t["tap"], t["order"], t["inside"]
 
         a = atoms.to(self.acc_dtype).reshape(self.R, self.N, self.KK)[self.order][:, :, self.tap]
-        a = a * self.inside[:, None, :]
-        A = torch.zeros((self.RP, self.NP, self.KKP), dtype=self.acc_dtype, device=dev)
-        A[:self.R, :self.N, :self.KK] = a
-        self.A = A.to(self.dot_dtype).contiguous()
+        A = torch.zeros((self.RP, self.NP, self.KKP), dtype=self.dot_dtype, device=atoms.device)
+        A[:self.R, :self.N, :self.KK] = a * self.inside[:, None, :]
+        self.A = A
 
     def atoms_grad(self, summed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(RP, NP, KKP) sorted-layout sums -> (R, N, K, K), zero outside each support."""
