@@ -1,0 +1,229 @@
+"""The training loss of INIKNet (paper, Sec. 4.3; ARCHITECTURE.md section 4).
+
+Summed over the three output levels (coarse to fine), each compared with the
+ground truth bilinearly downsampled to that level's size:
+
+    loss = w_mse  * MSE(x, y)
+         + w_freq * (mean |Re(F(x) - F(y))| + mean |Im(F(x) - F(y))|)   F = 2-D FFT
+         + w_lpips * LPIPS_AlexNet(2x - 1, 2y - 1)
+         + w_vgg  * sum_l mean |VGG19_l(x) - VGG19_l(y)|      (off by default)
+
+Defaults: 1, 0.1, 0.1, 0. The VGG-19 term (the authors' training script,
+not the paper) uses the features after the 2nd, 4th and 7th convolutions,
+before their ReLU, of ImageNet-normalised inputs.
+
+LPIPS and VGG need torchvision's ImageNet weights in the torch hub cache; they
+are never downloaded from here: a missing file raises
+:class:`MissingWeightsError` saying which file to put where. A term whose
+weight is 0 is never built.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "LPIPS_MIN_SIZE",
+    "MissingWeightsError",
+    "hub_weights_path",
+    "build_lpips",
+    "VGG19Features",
+    "frequency_loss",
+    "downsample_to",
+    "INIKLoss",
+]
+
+
+#: Smallest image side AlexNet's LPIPS layers accept (11x11/4 conv, two 3x3/2 pools).
+LPIPS_MIN_SIZE = 31
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Pretrained backbone weights are not in the torch hub cache."""
+
+
+_WEIGHTS = {
+    # name: (torchvision weights enum name, what it is for, how to go without)
+    "alexnet": ("AlexNet_Weights", "LPIPS (AlexNet backbone)", "--lpips-weight 0 trains without the LPIPS term"),
+    "vgg19": ("VGG19_Weights", "the VGG-19 feature loss", "--vgg-weight 0 (the default) trains without it"),
+}
+
+
+def hub_weights_path(arch: str) -> tuple[str, str]:
+    """``(path, url)`` of torchvision's ImageNet weights for ``arch``
+    (``"alexnet"`` or ``"vgg19"``) in the torch hub cache
+    (``$TORCH_HOME/hub/checkpoints``, by default ``~/.cache/torch/hub/checkpoints``)."""
+    import torchvision.models as tvm
+
+    enum_name = _WEIGHTS[arch][0]
+    url = getattr(tvm, enum_name).IMAGENET1K_V1.url
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)), url
+
+
+def _require_weights(arch: str) -> None:
+    path, url = hub_weights_path(arch)
+    if not os.path.isfile(path):
+        _, purpose, without = _WEIGHTS[arch]
+        raise MissingWeightsError(
+            f"{purpose} needs torchvision's ImageNet {arch} weights, which are not in the torch hub cache. "
+            f"Put the file {os.path.basename(path)} (downloadable from {url}) at {path} "
+            f"(the folder is $TORCH_HOME/hub/checkpoints), or {without}."
+        )
+
+
+def build_lpips(net: str = "alex", pretrained_backbone: bool = True) -> nn.Module:
+    """An ``lpips.LPIPS`` module, frozen and in eval mode, expecting inputs in [-1, 1].
+
+    Args:
+        net: ``"alex"`` (the paper's choice).
+        pretrained_backbone: load the ImageNet backbone from the torch hub cache
+            (raises :class:`MissingWeightsError` if absent, never downloads).
+            False gives a random backbone: only for testing the wiring; its
+            values mean nothing. The linear calibration layers ship with the
+            ``lpips`` package and are always loaded.
+    """
+    import lpips
+
+    if net != "alex":
+        raise ValueError(f"only net='alex' is supported; got {net!r}")
+    if pretrained_backbone:
+        _require_weights("alexnet")
+    with warnings.catch_warnings():
+        # lpips asks torchvision for weights with the deprecated `pretrained=` argument
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=not pretrained_backbone, verbose=False)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class VGG19Features(nn.Module):
+    """VGG-19 features after the 2nd, 4th and 7th convolutions (before ReLU).
+
+    Input ``(B, 3, H, W)`` in [0, 1] (ImageNet-normalised inside); output a list
+    of three tensors with 64, 128 and 256 channels at full, 1/2 and 1/4 size.
+    ``pretrained=False`` (random weights) is for tests only."""
+
+    _TAPS = (2, 7, 14)  # indices of conv 2, 4 and 7 in torchvision's vgg19().features
+
+    def __init__(self, pretrained: bool = True):
+        super().__init__()
+        import torchvision.models as tvm
+
+        if pretrained:
+            _require_weights("vgg19")
+            path, _ = hub_weights_path("vgg19")
+            vgg = tvm.vgg19()
+            vgg.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        else:
+            vgg = tvm.vgg19()
+        self.features = vgg.features[: self._TAPS[-1] + 1].eval()
+        for m in self.features:
+            if isinstance(m, nn.ReLU):
+                m.inplace = False  # an in-place ReLU would overwrite the tapped conv outputs
+        for p in self.features.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = (x - self.mean) / self.std
+        out = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self._TAPS:
+                out.append(x)
+        return out
+
+
+def frequency_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``mean |Re(F(x) - F(y))| + mean |Im(F(x) - F(y))|``, F the 2-D FFT over
+    the last two dims (unnormalised, as ``torch.fft.fft2``); means over all
+    elements. ``x``, ``y``: ``(B, C, H, W)`` float."""
+    d = torch.fft.fft2(x.float() - y.float())  # F is linear: F(x) - F(y) = F(x - y)
+    return d.real.abs().mean() + d.imag.abs().mean()
+
+
+def downsample_to(y: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize of ``(B, C, H, W)`` to ``size`` (h, w), as the model's
+    input pyramid (``align_corners=False``, no antialiasing)."""
+    if tuple(y.shape[-2:]) == tuple(size):
+        return y
+    return F.interpolate(y, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class INIKLoss(nn.Module):
+    """Multi-level INIKNet loss.
+
+    Args:
+        mse_weight, freq_weight, lpips_weight, vgg_weight: term weights
+            (paper: 1, 0.1, 0.1; VGG 0 = off). A zero weight never builds its
+            network.
+        pretrained_backbones: load ImageNet backbones for LPIPS / VGG from the
+            torch hub cache (False: random backbones, for wiring tests only).
+
+    ``forward(outputs, target)``: ``outputs`` a sequence of ``(B, 3, h_l, w_l)``
+    (e.g. ``INIKNet.forward_levels``, coarse to fine) or one tensor; ``target``
+    ``(B, 3, H, W)`` in [0, 1]. Returns ``(total, terms)``: the scalar loss and
+    a dict of detached per-term sums over levels (``mse``, ``freq``, ``lpips``,
+    ``vgg``; only the enabled ones) for logging.
+    """
+
+    def __init__(
+        self,
+        mse_weight: float = 1.0,
+        freq_weight: float = 0.1,
+        lpips_weight: float = 0.1,
+        vgg_weight: float = 0.0,
+        *,
+        pretrained_backbones: bool = True,
+    ):
+        super().__init__()
+        for name, w in (("mse", mse_weight), ("freq", freq_weight), ("lpips", lpips_weight), ("vgg", vgg_weight)):
+            if w < 0:
+                raise ValueError(f"{name}_weight must be >= 0; got {w}")
+        self.weights = {"mse": mse_weight, "freq": freq_weight, "lpips": lpips_weight, "vgg": vgg_weight}
+        self.lpips = build_lpips("alex", pretrained_backbones) if lpips_weight > 0 else None
+        self.vgg = VGG19Features(pretrained_backbones) if vgg_weight > 0 else None
+
+    def level_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unweighted terms for one level; ``x``, ``y`` the same shape."""
+        terms = {}
+        if self.weights["mse"] > 0:
+            terms["mse"] = F.mse_loss(x.float(), y.float())
+        if self.weights["freq"] > 0:
+            terms["freq"] = frequency_loss(x, y)
+        if self.lpips is not None:
+            if min(x.shape[-2:]) < LPIPS_MIN_SIZE:
+                raise ValueError(
+                    f"LPIPS (AlexNet) needs every level at least {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE} px; got a "
+                    f"{x.shape[-2]}x{x.shape[-1]} level (the coarsest level is 1/4 of the crop): use crops of at "
+                    f"least {4 * LPIPS_MIN_SIZE} px or --lpips-weight 0"
+                )
+            terms["lpips"] = self.lpips(x.float() * 2 - 1, y.float() * 2 - 1).mean()
+        if self.vgg is not None:
+            terms["vgg"] = sum(F.l1_loss(a, b) for a, b in zip(self.vgg(x.float()), self.vgg(y.float())))
+        return terms
+
+    def forward(self, outputs, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if isinstance(outputs, torch.Tensor):
+            outputs = [outputs]
+        if not isinstance(outputs, Sequence) or not outputs:
+            raise TypeError("outputs must be a tensor or a non-empty sequence of (B, 3, h, w) tensors")
+        total = target.new_zeros((), dtype=torch.float32)
+        sums: dict[str, torch.Tensor] = {}
+        for x in outputs:
+            if x.shape[:2] != target.shape[:2]:
+                raise ValueError(f"output of shape {tuple(x.shape)} does not match target {tuple(target.shape)} in batch/channels")
+            y = downsample_to(target, x.shape[-2:])
+            for name, value in self.level_terms(x, y).items():
+                total = total + self.weights[name] * value
+                sums[name] = sums.get(name, 0) + value.detach()
+        return total, sums

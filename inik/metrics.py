@@ -1,0 +1,140 @@
+"""Image quality metrics with the paper's protocol (ARCHITECTURE.md section 5).
+
+* Images in [0, 1]: 8-bit or 16-bit files divided by 255 or 65535
+  (``inik.data.read_image``); the restored output is clipped to [0, 1]; full
+  images, no border crop; computed in float64.
+* PSNR: ``skimage.metrics.peak_signal_noise_ratio(target, output, data_range=1)``.
+* SSIM: ``skimage.metrics.structural_similarity(target, output,
+  channel_axis=-1, data_range=1)`` (7x7 uniform window, sample covariance).
+  ``backend="torch"`` computes the same thing with ``avg_pool2d`` (faster, any
+  device); it is tested equal to scikit-image to 1e-6.
+* MAE: mean absolute error.
+* LPIPS (AlexNet) on inputs scaled to [-1, 1], via :class:`LPIPSMetric`.
+
+Images are accepted as numpy ``(H, W, C)`` or torch ``(C, H, W)`` /
+``(1, C, H, W)``; the argument order is (output, target) throughout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["as_eval_array", "psnr", "ssim", "mae", "LPIPSMetric", "evaluate"]
+
+
+def as_eval_array(image, clip: bool = True) -> np.ndarray:
+    """numpy ``(H, W, C)`` or torch ``(C, H, W)``/``(1, C, H, W)`` -> float64
+    numpy ``(H, W, C)``, clipped to [0, 1] when ``clip``."""
+    if isinstance(image, torch.Tensor):
+        t = image.detach()
+        if t.ndim == 4:
+            if t.shape[0] != 1:
+                raise ValueError(f"expected one image, got a batch of {t.shape[0]}")
+            t = t[0]
+        if t.ndim != 3:
+            raise ValueError(f"expected a (C, H, W) tensor; got shape {tuple(image.shape)}")
+        arr = t.to("cpu", torch.float64).permute(1, 2, 0).numpy()
+    else:
+        arr = np.asarray(image, dtype=np.float64)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        if arr.ndim != 3:
+            raise ValueError(f"expected an (H, W, C) array; got shape {arr.shape}")
+    return np.clip(arr, 0.0, 1.0) if clip else arr
+
+
+def _pair(output, target) -> tuple[np.ndarray, np.ndarray]:
+    x, y = as_eval_array(output, clip=True), as_eval_array(target, clip=False)
+    if x.shape != y.shape:
+        raise ValueError(f"output shape {x.shape} differs from target shape {y.shape} (both as H, W, C)")
+    return x, y
+
+
+def psnr(output, target) -> float:
+    """PSNR in dB (data range 1) of the clipped output against the target."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    x, y = _pair(output, target)
+    return float(peak_signal_noise_ratio(y, x, data_range=1.0))
+
+
+def mae(output, target) -> float:
+    """Mean absolute error of the clipped output, in units of the [0, 1] range."""
+    x, y = _pair(output, target)
+    return float(np.abs(x - y).mean())
+
+
+def _ssim_torch(x: np.ndarray, y: np.ndarray, win: int = 7) -> float:
+    """scikit-image's SSIM (uniform window, sample covariance, data range 1,
+    mean over the image minus a (win-1)/2 border, then over channels)."""
+    X = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[:, None]
+    Y = torch.from_numpy(np.ascontiguousarray(y.transpose(2, 0, 1)))[:, None]
+    if min(X.shape[-2:]) < win:
+        raise ValueError(f"SSIM needs images of at least {win}x{win} pixels; got {tuple(X.shape[-2:])}")
+
+    # skimage filters with reflect padding and then crops (win-1)/2 pixels off each
+    # border; the cropped region only ever reads real pixels, so a valid
+    # (unpadded) average gives exactly the values that are kept.
+    def mean(t):
+        return F.avg_pool2d(t, win, stride=1)
+
+    n = win * win
+    cov_norm = n / (n - 1)
+    ux, uy = mean(X), mean(Y)
+    vx = cov_norm * (mean(X * X) - ux * ux)
+    vy = cov_norm * (mean(Y * Y) - uy * uy)
+    vxy = cov_norm * (mean(X * Y) - ux * uy)
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return float(s.mean(dim=(1, 2, 3)).mean())
+
+
+def ssim(output, target, backend: str = "skimage") -> float:
+    """SSIM of the clipped output against the target (protocol: module doc).
+
+    backend: ``"skimage"`` (the reference) or ``"torch"`` (same values, faster)."""
+    x, y = _pair(output, target)
+    if backend == "torch":
+        return _ssim_torch(x, y)
+    if backend != "skimage":
+        raise ValueError(f"backend must be 'skimage' or 'torch'; got {backend!r}")
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(y, x, channel_axis=-1, data_range=1.0))
+
+
+class LPIPSMetric:
+    """LPIPS (AlexNet, v0.1) of the clipped output against the target.
+
+    Args:
+        device: where to run the network.
+        pretrained_backbone: see :func:`inik.losses.build_lpips` (raises
+            ``MissingWeightsError`` naming the file to provide when the
+            AlexNet weights are missing; False only for tests).
+    """
+
+    def __init__(self, device="cpu", pretrained_backbone: bool = True):
+        from .losses import build_lpips
+
+        self.device = torch.device(device)
+        self.net = build_lpips("alex", pretrained_backbone).to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, output, target) -> float:
+        x, y = _pair(output, target)
+
+        def prep(a):
+            return torch.from_numpy(a.transpose(2, 0, 1).copy()).float()[None].to(self.device) * 2 - 1
+
+        return float(self.net(prep(x), prep(y)).mean())
+
+
+def evaluate(output, target, lpips: LPIPSMetric | None = None, ssim_backend: str = "skimage") -> dict[str, float]:
+    """All metrics of one image pair: ``{"psnr", "ssim", "mae"}`` plus
+    ``"lpips"`` when an :class:`LPIPSMetric` is given."""
+    out = {"psnr": psnr(output, target), "ssim": ssim(output, target, ssim_backend), "mae": mae(output, target)}
+    if lpips is not None:
+        out["lpips"] = lpips(output, target)
+    return out
