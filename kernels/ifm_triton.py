@@ -34,6 +34,10 @@ Kernels (one program per pixel tile ``TH x TW`` of one image unless noted):
   ``_fwd_kernel(STORE_K)`` wrote for a band of rows plus its K//2 halo; bands
   keep that buffer under ``_KBUF_BYTES`` (no atomics).
 
+A program holds up to four channels (``CB``, all of an RGB image); more channels
+are split over a third grid axis in the forward and the image gradient (the
+forward then re-synthesises ``k`` per block) and looped over for ``dk``.
+
 Inputs are made contiguous in the wrapper (one copy for a strided or
 channels_last input, then plain NCHW indexing everywhere). Half inputs
 (fp16/bf16) use tensor-core dots in their own dtype with fp32 accumulation;
@@ -96,7 +100,7 @@ def _up(x, F64: tl.constexpr):
 
 @triton.jit
 def _patch(img_b, i, j, valid, cdu, cdv, cols, cc, C, H, W, KK, F64: tl.constexpr):
-    """(BP, CP, CH) image taps ``img[c, i + du, j + dv]``, zero outside the image."""
+    """(BP, CB, CH) image taps ``img[c, i + du, j + dv]``, zero outside the image."""
     du = tl.load(cdu + cols)
     dv = tl.load(cdv + cols)
     ii = i[:, None] + du[None, :]
@@ -107,12 +111,30 @@ def _patch(img_b, i, j, valid, cdu, cdv, cols, cc, C, H, W, KK, F64: tl.constexp
     return _up(tl.load(img_b + off, mask=m, other=0.0), F64)
 
 
+@triton.jit
+def _dk(dx_b, img_b, i, j, valid, cdu, cdv, cols, C, H, W, KK,
+        BP: tl.constexpr, CB: tl.constexpr, CH: tl.constexpr, F64: tl.constexpr):
+    """(BP, CH) ``dk = sum_c dx[c] * patch[c]`` for one column chunk, channels in blocks of CB."""
+    pix = i * W + j
+    if F64:
+        dk = tl.zeros((BP, CH), dtype=tl.float64)
+    else:
+        dk = tl.zeros((BP, CH), dtype=tl.float32)
+    for c0 in range(0, C, CB):
+        cc = c0 + tl.arange(0, CB)
+        dx_t = _up(tl.load(dx_b + (cc.to(tl.int64) * H * W)[None, :] + pix[:, None],
+                           mask=valid[:, None] & (cc < C)[None, :], other=0.0), F64)
+        patch = _patch(img_b, i, j, valid, cdu, cdv, cols, cc, C, H, W, KK, F64)
+        dk += tl.sum(patch * dx_t[:, :, None], axis=1)
+    return dk
+
+
 # ---------------------------------------------------------------- kernels
 
 @triton.jit
 def _fwd_kernel(img, mu, om, A, perm, hs, cdu, cdv, cring, out, kbuf,
                 C, H, W, R, N, KK, row0, nrows,
-                STORE_K: tl.constexpr, CP: tl.constexpr, RP: tl.constexpr, NP: tl.constexpr,
+                STORE_K: tl.constexpr, CB: tl.constexpr, RP: tl.constexpr, NP: tl.constexpr,
                 KKP: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, CH: tl.constexpr,
                 USE_DOT: tl.constexpr, PREC: tl.constexpr, F64: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
@@ -120,16 +142,16 @@ def _fwd_kernel(img, mu, om, A, perm, hs, cdu, cdv, cring, out, kbuf,
     HW = H * W
     pix = i * W + j
     nn = tl.arange(0, NP)
-    cc = tl.arange(0, CP)
+    cc = tl.program_id(2) * CB + tl.arange(0, CB)  # this program's channels
     mu_b = mu + b * R * HW
     img_b = img + b * C * HW
     om_t = _up(tl.load(om + b * N * HW + (nn.to(tl.int64) * HW)[None, :] + pix[:, None],
                        mask=valid[:, None] & (nn < N)[None, :], other=0.0), F64)
     halves = tl.load(hs + tl.arange(0, RP))
     if F64:
-        acc = tl.zeros((TH * TW, CP), dtype=tl.float64)
+        acc = tl.zeros((TH * TW, CB), dtype=tl.float64)
     else:
-        acc = tl.zeros((TH * TW, CP), dtype=tl.float32)
+        acc = tl.zeros((TH * TW, CB), dtype=tl.float32)
     for c0 in range(0, KKP, CH):
         cols = c0 + tl.arange(0, CH)
         # scales whose support reaches the chunk's innermost ring: a prefix of the sorted scales
@@ -159,7 +181,7 @@ def _fwd_kernel(img, mu, om, A, perm, hs, cdu, cdv, cring, out, kbuf,
 def _bwd_coef_kernel(dx, img, mu, om, A, perm, cdu, cdv, gmu, gom,
                      C, H, W, R, N, KK,
                      NEED_MU: tl.constexpr, NEED_OM: tl.constexpr,
-                     CP: tl.constexpr, RP: tl.constexpr, NP: tl.constexpr, KKP: tl.constexpr,
+                     CB: tl.constexpr, RP: tl.constexpr, NP: tl.constexpr, KKP: tl.constexpr,
                      TH: tl.constexpr, TW: tl.constexpr, CH: tl.constexpr,
                      USE_DOT: tl.constexpr, PREC: tl.constexpr, F64: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
@@ -168,19 +190,15 @@ def _bwd_coef_kernel(dx, img, mu, om, A, perm, cdu, cdv, gmu, gom,
     pix = i * W + j
     nn = tl.arange(0, NP)
     qq = tl.arange(0, RP)
-    cc = tl.arange(0, CP)
     rows = (qq[:, None] * NP + nn[None, :]).reshape(RP * NP)
     img_b = img + b * C * HW
-    dx_t = _up(tl.load(dx + b * C * HW + (cc.to(tl.int64) * HW)[None, :] + pix[:, None],
-                       mask=valid[:, None] & (cc < C)[None, :], other=0.0), F64)
     if F64:
         dcoef = tl.zeros((TH * TW, RP * NP), dtype=tl.float64)
     else:
         dcoef = tl.zeros((TH * TW, RP * NP), dtype=tl.float32)
     for c0 in range(0, KKP, CH):
         cols = c0 + tl.arange(0, CH)
-        patch = _patch(img_b, i, j, valid, cdu, cdv, cols, cc, C, H, W, KK, F64)
-        dk = tl.sum(patch * dx_t[:, :, None], axis=1)
+        dk = _dk(dx + b * C * HW, img_b, i, j, valid, cdu, cdv, cols, C, H, W, KK, TH * TW, CB, CH, F64)
         at = tl.load(A + rows[None, :] * KKP + cols[:, None])  # (CH, RP*NP) = A[:, chunk]^T
         dcoef += _mm(dk.to(at.dtype), at, USE_DOT, PREC)
     dcoef3 = dcoef.reshape(TH * TW, RP, NP)
@@ -203,7 +221,7 @@ def _bwd_coef_kernel(dx, img, mu, om, A, perm, cdu, cdv, gmu, gom,
 @triton.jit
 def _bwd_atoms_kernel(dx, img, mu, om, perm, cdu, cdv, part,
                       B, C, H, W, R, N, KK, SPLIT,
-                      CP: tl.constexpr, RP: tl.constexpr, NP: tl.constexpr, KKP: tl.constexpr,
+                      CB: tl.constexpr, RP: tl.constexpr, NP: tl.constexpr, KKP: tl.constexpr,
                       TH: tl.constexpr, TW: tl.constexpr, CH: tl.constexpr,
                       DOT_DTYPE: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
                       F64: tl.constexpr):
@@ -213,7 +231,6 @@ def _bwd_atoms_kernel(dx, img, mu, om, perm, cdu, cdv, part,
     cols = c0 + tl.arange(0, CH)
     nn = tl.arange(0, NP)
     qq = tl.arange(0, RP)
-    cc = tl.arange(0, CP)
     r = tl.load(perm + qq).to(tl.int64)
     tiles = tl.cdiv(H, TH) * tl.cdiv(W, TW)
     if F64:
@@ -229,10 +246,7 @@ def _bwd_atoms_kernel(dx, img, mu, om, perm, cdu, cdv, part,
         om_t = _up(tl.load(om + b * N * HW + (nn.to(tl.int64) * HW)[None, :] + pix[:, None],
                            mask=valid[:, None] & (nn < N)[None, :], other=0.0), F64)
         coef = (mu_t[:, :, None] * om_t[:, None, :]).reshape(TH * TW, RP * NP)
-        dx_t = _up(tl.load(dx + b * C * HW + (cc.to(tl.int64) * HW)[None, :] + pix[:, None],
-                           mask=valid[:, None] & (cc < C)[None, :], other=0.0), F64)
-        patch = _patch(img + b * C * HW, i, j, valid, cdu, cdv, cols, cc, C, H, W, KK, F64)
-        dk = tl.sum(patch * dx_t[:, :, None], axis=1)
+        dk = _dk(dx + b * C * HW, img + b * C * HW, i, j, valid, cdu, cdv, cols, C, H, W, KK, TH * TW, CB, CH, F64)
         acc += _mm(tl.trans(coef.to(DOT_DTYPE)), dk.to(DOT_DTYPE), USE_DOT, PREC)
     rows = tl.arange(0, RP * NP)
     dst = part + split.to(tl.int64) * RP * NP * KKP + rows[:, None] * KKP + cols[None, :]
@@ -242,17 +256,17 @@ def _bwd_atoms_kernel(dx, img, mu, om, perm, cdu, cdv, part,
 @triton.jit
 def _bwd_image_kernel(dx, kbuf, cdu, cdv, gimg,
                       C, H, W, KK, row0, nrows, krow0, knrows,
-                      CP: tl.constexpr, KKP: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                      CB: tl.constexpr, KKP: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
                       CH: tl.constexpr, F64: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
     i, j, valid = _tile(tl.program_id(0), W, row0, nrows, TH, TW)
     HW = H * W
-    cc = tl.arange(0, CP)
+    cc = tl.program_id(2) * CB + tl.arange(0, CB)  # this program's channels
     dx_b = dx + b * C * HW
     if F64:
-        acc = tl.zeros((TH * TW, CP), dtype=tl.float64)
+        acc = tl.zeros((TH * TW, CB), dtype=tl.float64)
     else:
-        acc = tl.zeros((TH * TW, CP), dtype=tl.float32)
+        acc = tl.zeros((TH * TW, CB), dtype=tl.float32)
     for c0 in range(0, KKP, CH):
         cols = c0 + tl.arange(0, CH)
         # pixel q = p - tap uses tap `col` of its kernel on p
@@ -313,6 +327,12 @@ def _launch(kernel, tuned, grid, f64, *args, **kwargs):
 
 def _next_pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
+
+
+def _channel_block(c: int) -> int:
+    """Channels one program holds at once: all of an RGB image; more are split
+    over programs (forward, image gradient) or looped over (dk)."""
+    return min(_next_pow2(c), 4)
 
 
 @functools.lru_cache(maxsize=64)
@@ -384,15 +404,15 @@ def ifm_triton(image, mu, omega, atoms, support: Sequence[int]):
     plan = _Plan(atoms, support)
     B, C, H, W = image.shape
     out = torch.empty_like(image)
-    CP = _next_pow2(C)
+    CB = _channel_block(C)
 
     def grid(meta):
-        return (triton.cdiv(H, meta["TH"]) * triton.cdiv(W, meta["TW"]), B)
+        return (triton.cdiv(H, meta["TH"]) * triton.cdiv(W, meta["TW"]), B, triton.cdiv(C, CB))
 
     _launch(_fwd_kernel, _fwd_tuned, grid, plan.f64,
             image, mu, omega, plan.A, plan.perm, plan.hs, plan.cdu, plan.cdv, plan.cring, out, out,
             C, H, W, plan.R, plan.N, plan.KK, 0, H,
-            STORE_K=False, CP=CP, RP=plan.RP, NP=plan.NP, KKP=plan.KKP,
+            STORE_K=False, CB=CB, RP=plan.RP, NP=plan.NP, KKP=plan.KKP,
             USE_DOT=plan.use_dot, PREC=plan.prec, F64=plan.f64)
     return out
 
@@ -410,8 +430,8 @@ def ifm_triton_backward(grad, image, mu, omega, atoms, support: Sequence[int], n
     grad, image, mu, omega = _contig(grad, image, mu, omega)
     plan = _Plan(atoms, support)
     B, C, H, W = image.shape
-    CP = _next_pow2(C)
-    common = dict(CP=CP, KKP=plan.KKP)
+    CB = _channel_block(C)
+    common = dict(CB=CB, KKP=plan.KKP)
     g_image = g_mu = g_omega = g_atoms = None
 
     if needs[1] or needs[2]:
@@ -465,7 +485,7 @@ def ifm_triton_backward(grad, image, mu, omega, atoms, support: Sequence[int], n
                     USE_DOT=plan.use_dot, PREC=plan.prec, F64=plan.f64, **common)
 
             def igrid(meta, rows=r1 - r0):
-                return (triton.cdiv(rows, meta["TH"]) * triton.cdiv(W, meta["TW"]), B)
+                return (triton.cdiv(rows, meta["TH"]) * triton.cdiv(W, meta["TW"]), B, triton.cdiv(C, CB))
 
             _launch(_bwd_image_kernel, _bwd_image_tuned, igrid, plan.f64,
                     grad, kbuf, plan.cdu, plan.cdv, g_image,

@@ -28,6 +28,7 @@ CASES = {
     "k_gt_image": (1, 1, 3, 4, 2, 3, 7, None),
     "wide_n": (2, 2, 6, 5, 2, 17, 3, [1, 3]),
     "many_chunks": (1, 2, 4, 9, 3, 2, 7, [7, 3, 5]),
+    "channel_blocks": (1, 6, 3, 5, 2, 2, 3, None),  # 6 channels: blocks of 4 + 2
 }
 
 
