@@ -56,6 +56,10 @@ def test_aperture_kernels():
         assert area == pytest.approx(math.pi * r * r, rel=0.08)
     hexagon = aperture_kernel(8.0, blades=6, rotation=0.3)
     assert 1.0 / hexagon.max().item() == pytest.approx(3 * math.sqrt(3) / 2 * 64, rel=0.05)
+    # a soft edge keeps the support and spreads weight inwards
+    soft = aperture_kernel(6.0, softness=0.3)
+    assert soft.shape == (13, 13) and soft.sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert soft[6, 6] > aperture_kernel(6.0)[6, 6]
     # a 5-bladed aperture turned by pi is its point reflection
     k5 = aperture_kernel(6.0, blades=5, rotation=0.2)
     torch.testing.assert_close(aperture_kernel(6.0, blades=5, rotation=0.2 + math.pi), k5.flip(0).flip(1), atol=1e-6, rtol=0)

@@ -33,8 +33,9 @@ Image formation (all in linear light, per sample):
    point-reflected (it matters for odd-bladed polygons).
 
 3. **Aperture**: an antialiased disc (or, with probability
-   ``polygon_prob``, a regular 5-9-bladed polygon with random rotation), one
-   normalised kernel per layer radius; radius below 0.5 px is a delta.
+   ``polygon_prob``, a regular 5-9-bladed polygon with random rotation), its
+   edge softened by a random amount (``edge_softness``), one normalised kernel
+   per layer radius; a radius below 0.5 px is a delta.
 
 4. **Blur and occlusion**: every layer's premultiplied colour and its alpha
    are blurred with the layer's kernel (one batched FFT), then composited back
@@ -119,7 +120,9 @@ def coc_radius_px(depth_m, focus_m: float, focal_length_mm: float, f_number: flo
     return aperture * f * s / (s - f) * np.abs(1.0 / s - inv_d) / (2.0 * pixel_pitch_mm)
 
 
-def aperture_kernel(radius: float, blades: int = 0, rotation: float = 0.0, size: int | None = None) -> torch.Tensor:
+def aperture_kernel(
+    radius: float, blades: int = 0, rotation: float = 0.0, size: int | None = None, softness: float = 0.0
+) -> torch.Tensor:
     """Normalised antialiased aperture PSF, float32 ``(size, size)``, centred.
 
     Args:
@@ -128,9 +131,13 @@ def aperture_kernel(radius: float, blades: int = 0, rotation: float = 0.0, size:
         blades: 0 for a disc, else a regular polygon with this many sides (>= 3).
         rotation: polygon rotation in radians.
         size: odd kernel size; default ``2 * ceil(radius) + 1`` (1 for a delta).
+        softness: edge ramp width as a fraction of the diameter (0: a sharp,
+            antialiased edge; real lenses' PSFs are softer than ideal discs).
 
-    Pixel coverage is approximated by ``clip(r + 0.5 - distance, 0, 1)`` with
-    the Euclidean distance (disc) or the polygon's edge distance.
+    The profile is ``clip((r + 0.5 - distance) / w, 0, 1)``, ``w = max(1, 2 *
+    softness * r)``, with the Euclidean distance (disc) or the polygon's edge
+    distance; for ``w = 1`` it is the pixel coverage of the ideal aperture.
+    The support never exceeds ``r + 0.5``.
     """
     if size is None:
         size = 1 if radius < 0.5 else 2 * math.ceil(radius) + 1
@@ -142,6 +149,7 @@ def aperture_kernel(radius: float, blades: int = 0, rotation: float = 0.0, size:
         k[c, c] = 1.0
         return k
     yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float64) - c, torch.arange(size, dtype=torch.float64) - c, indexing="ij")
+    ramp = max(1.0, 2.0 * softness * radius)
     if blades:
         if blades < 3:
             raise ValueError(f"blades must be 0 (disc) or >= 3; got {blades}")
@@ -149,9 +157,9 @@ def aperture_kernel(radius: float, blades: int = 0, rotation: float = 0.0, size:
         proj = xx[..., None] * torch.cos(normals) + yy[..., None] * torch.sin(normals)
         dist = proj.max(dim=-1).values
         edge = radius * math.cos(math.pi / blades)
-        k = (edge + 0.5 - dist).clamp(0, 1)
+        k = ((edge + 0.5 - dist) / ramp).clamp(0, 1)
     else:
-        k = (radius + 0.5 - torch.sqrt(xx**2 + yy**2)).clamp(0, 1)
+        k = ((radius + 0.5 - torch.sqrt(xx**2 + yy**2)) / ramp).clamp(0, 1)
     return (k / k.sum()).float()
 
 
@@ -174,6 +182,7 @@ def blur_and_composite(
     *,
     blades: int = 0,
     rotation: float = 0.0,
+    softness: float = 0.0,
     reflected=None,
 ) -> torch.Tensor:
     """Blur each layer with its aperture kernel and composite back to front.
@@ -182,7 +191,7 @@ def blur_and_composite(
         colors: premultiplied linear colour ``(L, C, H, W)``, layer 0 at the back.
         alphas: ``(L, 1, H, W)`` in [0, 1]; layer 0 should be opaque.
         radii: ``L`` blur radii in pixels.
-        blades, rotation: aperture shape (see :func:`aperture_kernel`).
+        blades, rotation, softness: aperture shape (see :func:`aperture_kernel`).
         reflected: ``L`` booleans: layer in front of the focus plane (aperture
             point-reflected); default all False.
 
@@ -201,7 +210,7 @@ def blur_and_composite(
             raise ValueError(f"blur radius {max(radii)} too large for a {H}x{W} canvas")
         kernels = torch.zeros(len(idx), H, W)
         for j, i in enumerate(idx):
-            kernels[j, :size, :size] = aperture_kernel(radii[i], blades, rotation + (math.pi if reflected[i] else 0.0), size)
+            kernels[j, :size, :size] = aperture_kernel(radii[i], blades, rotation + (math.pi if reflected[i] else 0.0), size, softness)
         kspec = torch.fft.rfft2(torch.roll(kernels, shifts=(-(size // 2), -(size // 2)), dims=(-2, -1)))[:, None]
         colors, alphas = colors.clone(), alphas.clone()
         colors[idx] = torch.fft.irfft2(torch.fft.rfft2(colors[idx]) * kspec, s=(H, W))
@@ -239,6 +248,8 @@ class SyntheticConfig:
     in_focus_prob: probability that the focus lies exactly on one layer
         (an in-focus region, as in most real photos).
     polygon_prob: probability of a polygonal (5-9 bladed) aperture.
+    edge_softness: range of the aperture edge softness (uniform; see
+        :func:`aperture_kernel`).
     noise_prob: probability of sensor noise; shot: range of the Poisson gain
         (variance per unit linear signal), log-uniform; read: range of the
         Gaussian read-noise sigma, log-uniform.
@@ -258,6 +269,7 @@ class SyntheticConfig:
     inverse_depth: tuple[float, float] = (0.0, 3.0)
     in_focus_prob: float = 0.6
     polygon_prob: float = 0.25
+    edge_softness: tuple[float, float] = (0.0, 0.3)
     noise_prob: float = 0.8
     shot: tuple[float, float] = (1e-4, 3e-3)
     read: tuple[float, float] = (2e-4, 4e-3)
@@ -590,10 +602,11 @@ class DefocusSynthesizer:
         radii, farther = self._camera(rng, present, L, params)
         blades = int(rng.integers(5, 10)) if rng.uniform() < c.polygon_prob else 0
         rotation = float(rng.uniform(0, 2 * np.pi))
-        params.update(blades=blades, rotation=rotation)
+        softness = float(rng.uniform(*c.edge_softness))
+        params.update(blades=blades, rotation=rotation, softness=softness)
 
         premult = colors * alphas  # linear light
-        blurred = blur_and_composite(premult, alphas, radii, blades=blades, rotation=rotation, reflected=~farther)
+        blurred = blur_and_composite(premult, alphas, radii, blades=blades, rotation=rotation, softness=softness, reflected=~farther)
         sharp_lin = composite(premult, alphas)
         radius_map = composite(torch.as_tensor(radii, dtype=torch.float32)[:, None, None, None] * alphas, alphas)
 
