@@ -57,6 +57,14 @@ def test_modes_rgb_rgba(tmp_path):
     np.testing.assert_allclose(rgb[..., 1], la[..., 0] / 255, atol=1e-7)
 
 
+def test_16bit_grey_pgm(tmp_path):
+    codes = (np.arange(20).reshape(4, 5) * 3000).astype(np.int32)
+    Image.fromarray(codes, "I").save(tmp_path / "g.pgm")  # Pillow opens it as mode "I"
+    img, info = read_image(tmp_path / "g.pgm", mode=None)
+    assert info.bit_depth == 16 and info.mode == "L"
+    np.testing.assert_array_equal(np.round(img[..., 0] * 65535), codes)
+
+
 def _png16_all_filters(path, codes):
     """A 16-bit PNG whose rows use every PNG filter type (as libpng's adaptive
     filtering does), written by hand from the PNG specification."""

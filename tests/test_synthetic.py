@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inik.data.io import write_image
+from inik.data.io import read_image, write_image
+from inik.data.pairs import find_pairs
 from inik.data.synthetic import (
     DefocusSynthesizer,
     SyntheticConfig,
@@ -19,6 +20,7 @@ from inik.data.synthetic import (
     coc_radius_px,
     composite,
     linear_to_srgb,
+    export_synthetic_pairs,
     split_photos,
     srgb_to_linear,
 )
@@ -218,3 +220,21 @@ def test_datasets_indexed_and_stream_agree():
     torch.testing.assert_close(items[2][0], b, atol=0, rtol=0)
     with pytest.raises(IndexError):
         ds[4]
+
+
+def test_export_synthetic_pairs(tmp_path):
+    cfg = SyntheticConfig(**SMALL)
+    names = export_synthetic_pairs(tmp_path / "set", 3, config=cfg, seed=4)
+    assert names == ["00000", "00001", "00002"]
+    pairs = find_pairs(tmp_path / "set")
+    assert [p.name for p in pairs] == names
+    expected = DefocusSynthesizer(None, cfg).sample([4, 1])
+    blurry, info = read_image(pairs[1].blurry)
+    assert info.bit_depth == 8
+    np.testing.assert_allclose(blurry, expected.blurry.permute(1, 2, 0).numpy(), atol=0.5 / 255 + 1e-6)
+    sharp, info = read_image(pairs[1].sharp)
+    assert info.bit_depth == 16
+    np.testing.assert_allclose(sharp, expected.sharp.permute(1, 2, 0).numpy(), atol=0.5 / 65535 + 1e-6)
+    assert len((tmp_path / "set" / "params.jsonl").read_text().splitlines()) == 3
+    with pytest.raises(FileExistsError):
+        export_synthetic_pairs(tmp_path / "set", 3, config=cfg, seed=4)

@@ -1,9 +1,26 @@
 """Data: bit-depth-true image I/O (:mod:`.io`), paired datasets from folders
 (:mod:`.pairs`) and synthetic defocus (:mod:`.synthetic`)."""
 
-from .io import ImageInfo, ImageReadError, image_to_tensor, list_images, read_image, read_image_info, tensor_to_image, write_image
+from .io import (
+    ImageInfo,
+    ImageReadError,
+    image_to_tensor,
+    list_images,
+    read_image,
+    read_image_info,
+    tensor_to_image,
+    write_image,
+)
 from .pairs import ImagePair, PairedImageDataset, PairingError, find_pairs, pair_folders
-from .synthetic import DefocusSample, DefocusSynthesizer, SyntheticConfig, SyntheticDefocusDataset, SyntheticDefocusStream, split_photos
+from .synthetic import (
+    DefocusSample,
+    DefocusSynthesizer,
+    SyntheticConfig,
+    SyntheticDefocusDataset,
+    SyntheticDefocusStream,
+    export_synthetic_pairs,
+    split_photos,
+)
 
 __all__ = [
     "ImageInfo",
@@ -25,4 +42,5 @@ __all__ = [
     "SyntheticDefocusDataset",
     "SyntheticDefocusStream",
     "split_photos",
+    "export_synthetic_pairs",
 ]

@@ -222,8 +222,15 @@ def _decode(path) -> tuple[np.ndarray, int, str, int]:
         orientation = _orientation_of(im)
         mode = im.mode
         try:
-            if mode in ("I;16", "I;16B", "I;16L") or (mode == "I" and fmt == "PNG"):
+            if mode in ("I;16", "I;16B", "I;16L"):
                 arr, depth = np.asarray(im).astype(np.uint16)[:, :, None], 16
+            elif mode == "I":  # 32-bit integer grey: accepted when it holds 16-bit codes
+                arr = np.asarray(im)
+                if arr.size and (arr.min() < 0 or arr.max() > 65535):
+                    raise _error(path, f"32-bit integer samples outside 0..65535 (range {arr.min()}..{arr.max()})")
+                arr, depth = arr.astype(np.uint16)[:, :, None], 16
+            elif mode == "F":
+                arr, depth = np.asarray(im).astype(np.float32)[:, :, None], 32
             elif fmt == "PNG" and _png_bit_depth(path) == 16:
                 arr, depth = _read_png16(path, mode), 16
             else:

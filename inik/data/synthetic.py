@@ -77,6 +77,7 @@ __all__ = [
     "srgb_to_linear",
     "linear_to_srgb",
     "split_photos",
+    "export_synthetic_pairs",
 ]
 
 
@@ -677,3 +678,48 @@ class SyntheticDefocusStream(torch.utils.data.IterableDataset):
             s = self.synth.sample([self.seed, i])
             yield s.blurry, s.sharp
             i += n
+
+
+def export_synthetic_pairs(
+    folder,
+    count: int,
+    photos=None,
+    config: SyntheticConfig | None = None,
+    *,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> list:
+    """Write ``count`` synthetic pairs as a fixed evaluation set in the generic
+    ``source``/``target`` layout (readable with ``inik.data.find_pairs``).
+
+    Files: ``source/NNNNN.png`` (blurry, 8-bit), ``target/NNNNN.png`` (sharp,
+    16-bit, so the target is not quantised), ``radius/NNNNN.png`` (blur radius
+    map, 16-bit, value = radius / max_radius) and ``params.jsonl`` (one JSON
+    object per pair, in order). Item ``i`` is ``sample([seed, i])``, as in
+    :class:`SyntheticDefocusDataset`. Returns the pairs' names.
+    """
+    import json
+
+    from .io import write_image
+
+    folder = Path(folder)
+    synth = DefocusSynthesizer(photos, config)
+    c = synth.config
+    for sub in ("source", "target", "radius"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    params_path = folder / "params.jsonl"
+    if params_path.exists() and not overwrite:
+        raise FileExistsError(f"{params_path}: file exists (pass overwrite=True to replace the set)")
+    names, lines = [], []
+    for i in range(int(count)):
+        s = synth.sample([seed, i])
+        name = f"{i:05d}"
+        write_image(folder / "source" / f"{name}.png", s.blurry, bit_depth=8, overwrite=overwrite)
+        write_image(folder / "target" / f"{name}.png", s.sharp, bit_depth=16, overwrite=overwrite)
+        scale = c.max_radius if c.max_radius > 0 else 1.0
+        write_image(folder / "radius" / f"{name}.png", s.radius / scale, bit_depth=16, overwrite=overwrite)
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in s.params.items()}
+        lines.append(json.dumps({"name": name, "seed": [seed, i], **record}))
+        names.append(name)
+    params_path.write_text("\n".join(lines) + "\n")
+    return names
