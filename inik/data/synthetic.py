@@ -27,9 +27,9 @@ Image formation (all in linear light, per sample):
    ``K = A f s / (2 p (s - f))``: radius is linear in inverse depth. Per
    sample the focal length, the focus distance and the layer depths are drawn,
    and the aperture is solved for so that the largest radius in the crop
-   equals a target drawn uniformly from ``[0, max_radius]`` - every radius up
-   to the cap is covered (real photos at ~1000 px width reach 12-16 px); the
-   implied f-number is reported. Layers nearer than the focus see the aperture
+   equals a target drawn from ``[0, max_radius]`` (``radius_power``) - every
+   radius up to the cap is covered (real photos at ~1000 px width reach
+   12-16 px); the implied f-number is reported. Layers nearer than the focus see the aperture
    point-reflected (it matters for odd-bladed polygons).
 
 3. **Aperture**: an antialiased disc (or, with probability
@@ -236,8 +236,10 @@ class SyntheticConfig:
     """Parameters of the generator (units in brackets).
 
     size: output crop side [px].
-    max_radius: largest blur radius [px]; the per-sample target radius is
-        uniform in [0, max_radius].
+    max_radius: largest blur radius [px].
+    radius_power: the largest radius in a crop is ``max_radius * u **
+        radius_power``, u uniform in [0, 1]: 1 = uniform; the default 0.5
+        favours large blur, which the other layers' radii then spread below.
     num_layers: depth layers per scene.
     sensor_width_mm, frame_width_px: the pixel pitch is their ratio: the crop
         is thought of as part of a frame this wide.
@@ -263,6 +265,7 @@ class SyntheticConfig:
 
     size: int = 256
     max_radius: float = 16.0
+    radius_power: float = 0.5
     num_layers: int = 8
     sensor_width_mm: float = 36.0
     frame_width_px: int = 1000
@@ -550,7 +553,7 @@ class DefocusSynthesizer:
             inv_focus = rng.uniform(far, near)
         focal = _log_uniform(rng, *c.focal_length_mm)
         inv_focus = max(inv_focus, 0.01)  # focus at 100 m at most (finite for the lens formula)
-        target = rng.uniform(0.0, c.max_radius)
+        target = c.max_radius * rng.uniform() ** c.radius_power
         delta = np.abs(inv_depth - inv_focus)
         spread = float(delta[present].max()) if present.any() else 0.0
         pitch = c.sensor_width_mm / c.frame_width_px
