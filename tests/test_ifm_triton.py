@@ -194,3 +194,70 @@ def test_torch_compile_fullgraph_keeps_one_opaque_call():
     torch.compile(f, fullgraph=True)(*compiled).backward()
     for a, b in zip(eager, compiled):
         _close(b.grad, a.grad, torch.float32, "compiled grad")
+
+
+# ---------------------------------------------------------------- GPU compile check (no GPU needed)
+
+def _compile_for_gpu(arch: int, dtype: str) -> list[str]:
+    """Compile every kernel to a cubin for sm_``arch`` with the configuration the
+    wrapper launches first (Triton's bundled ptxas; no GPU). Run with the
+    interpreter off, i.e. in a fresh process."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    import triton.language as tl
+
+    kt = ifm_triton
+    assert not kt._INTERPRET, "compile check needs TRITON_INTERPRET unset"
+    f64 = dtype == "fp64"
+    cfg = kt._FIXED_GPU_F64 if f64 else kt._GPU_CONFIGS[0].kwargs
+    acc = "*fp64" if f64 else "*fp32"
+    ptr = {"img", "mu", "om", "A", "out", "dx", "gmu", "gom", "gimg"}
+    idx = {"perm", "hs", "cdu", "cdv", "cring"}
+    done = []
+    shared = dict(RP=8, NP=16, KKP=256, CB=4, F64=f64, USE_DOT=not f64, PREC="tf32")
+    launches = [
+        (kt._fwd_kernel, dict(STORE_K=False, **cfg)), (kt._fwd_kernel, dict(STORE_K=True, **cfg)),
+        (kt._bwd_coef_kernel, dict(NEED_MU=True, NEED_OM=True, **cfg)),
+        (kt._bwd_atoms_kernel, dict(DOT_DTYPE=getattr(tl, {"fp32": "float32", "bf16": "bfloat16",
+                                                            "fp16": "float16", "fp64": "float64"}[dtype]),
+                                    **(kt._FIXED if f64 else {"TH": 8, "TW": 8, "CH": 32}))),
+        (kt._bwd_image_kernel, dict(cfg)),
+    ]
+    for fn, consts in launches:
+        consts = {k: v for k, v in {**shared, **consts}.items() if k in fn.arg_names}
+        sig = {a: "constexpr" if a in consts else
+               (f"*{dtype}" if a in ptr else "*i32" if a in idx else acc if a in ("kbuf", "part") else "i32")
+               for a in fn.arg_names}
+        triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", arch, 32),
+                       options={"num_warps": 4, "num_stages": 2})
+        done.append(fn.__name__)
+    return done
+
+
+@pytest.mark.parametrize("arch,dtype", [(80, "fp32"), (90, "fp32"), (90, "bf16"), (90, "fp64")])
+def test_kernels_compile_for_ampere_and_hopper(arch, dtype):
+    """A syntax or typing error in device code must fail here, even without a GPU."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, __file__, str(arch), dtype], env=env,
+                          capture_output=True, text=True, timeout=240)
+    if "NO-PTXAS" in proc.stdout:
+        pytest.skip("Triton's NVIDIA backend (ptxas) is not available")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("compiled") == 5, proc.stdout
+
+
+if __name__ == "__main__":
+    import sys
+
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+        get_ptxas(90).path
+    except Exception:  # noqa: BLE001 - any failure to find ptxas means: nothing to check here
+        print("NO-PTXAS")
+        sys.exit(0)
+    for name in _compile_for_gpu(int(sys.argv[1]), sys.argv[2]):
+        print("compiled", name)
