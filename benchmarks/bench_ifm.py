@@ -7,9 +7,13 @@
 Default dictionary: R=7 scales of support 3, 5, ..., 15 inside K=15 atoms, N=10
 atoms per scale. Prints the median time, the speed-up over ``unfused`` (the
 authors' algorithm) measured in the same run, and the peak extra memory of one
-call; on a GPU also the achieved bandwidth over the compulsory traffic and the
-fraction of the roofline (ARCHITECTURE.md section 2). Times use
-``triton.testing.do_bench`` on a GPU and a median of a few runs on a CPU.
+call (GPU: ``torch.cuda.max_memory_allocated``; CPU: growth of the sampled
+resident set, see :class:`RssPeak`); on a GPU also the achieved bandwidth over
+the compulsory traffic (every input read once, every output written once) and
+the fraction of the roofline, max(bytes / peak bandwidth, flops / peak flops),
+reached (ARCHITECTURE.md section 2). Times use ``triton.testing.do_bench`` on a
+GPU and the median of up to ``--reps`` runs on a CPU (one run for calls slower
+than ``--min-ms``), so CPU numbers are rough, more so on a shared machine.
 Absolute numbers only mean something next to the device line printed above them.
 
 Backends: unfused, reference, reference-compiled (the reference functions under
