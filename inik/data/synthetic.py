@@ -328,10 +328,12 @@ def _smooth_field(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _photo_layers(rng: np.random.Generator, photo: torch.Tensor, num_layers: int):
     """Cumulative soft masks of ``num_layers`` depth levels of a smooth random
-    field over the photo: alphas (L, 1, P, P), layer 0 opaque, layer l covers
+    field (spanning a random part of the levels) over the photo: alphas (L, 1, P, P), layer 0 opaque, layer l covers
     every pixel at level >= l with a ~1 px antialiased edge."""
     P = photo.shape[-1]
-    u = _smooth_field(rng, P) * num_layers
+    # a crop sees part of the scene's depth range: often a few levels, sometimes all
+    span = rng.uniform(0.15, 1.0)
+    u = (_smooth_field(rng, P) * span + rng.uniform(0.0, 1.0 - span)) * num_layers
     gy, gx = np.gradient(u)
     grad = np.sqrt(gx**2 + gy**2) + 1e-6
     alphas = np.empty((num_layers, 1, P, P), np.float32)
