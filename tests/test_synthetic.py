@@ -193,12 +193,31 @@ def test_photo_scenes(tmp_path):
         DefocusSynthesizer([folder / "tiny.jpg"], cfg)
 
 
-def test_photo_mode_in_focus_equals_photo(tmp_path):
+def test_photo_mode_in_focus_is_identity(tmp_path):
     folder = _photos(tmp_path / "photos")
     cfg = SyntheticConfig(**{**SMALL, "max_radius": 0.0}, noise_prob=0.0, quantize_bits=None, photo_scale=(1.0, 1.0))
     with pytest.warns(UserWarning):
         s = DefocusSynthesizer(folder, cfg).sample(2)
     torch.testing.assert_close(s.blurry, s.sharp, atol=1e-5, rtol=0)
+
+
+def test_photo_scenes_with_objects(tmp_path):
+    folder = _photos(tmp_path / "photos")
+    cfg = SyntheticConfig(**SMALL, object_prob=1.0, max_objects=2, noise_prob=0.0, quantize_bits=None)
+    with pytest.warns(UserWarning):
+        syn = DefocusSynthesizer(folder, cfg)
+    counts = set()
+    for seed in range(6):
+        s = syn.sample(seed)
+        n = s.params["objects"]
+        counts.add(n)
+        assert 1 <= n <= 2 and len(s.params["radii"]) == cfg.num_layers + n
+        # objects are the nearest layers
+        inv = s.params["inverse_depth"]
+        assert inv == sorted(inv)
+    assert counts == {1, 2}
+    again = syn.sample(5)
+    torch.testing.assert_close(again.blurry, s.blurry, atol=0, rtol=0)
 
 
 def test_split_photos(tmp_path):

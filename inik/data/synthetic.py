@@ -11,7 +11,10 @@ Image formation (all in linear light, per sample):
      section 7) split into layers by a smooth random depth map. Layer ``l``'s
      alpha covers every pixel at layer ``l`` *or nearer* (cumulative masks), so
      content hidden behind a near layer is approximated by the near layer's
-     own colour instead of a dark hole.
+     own colour instead of a dark hole. Since those depth edges ignore the
+     photo's content, half the scenes also get one or two foreground objects:
+     blobs or shapes cut from other photo crops, whose depth edges are their
+     own outlines (a subject in front of a background).
    * ``dead_leaves``: procedural (no files): a textured background plane and
      random discs, ellipses, polygons and rectangles with flat, gradient,
      stripe or noise textures, grouped into depth layers; occluded parts of a
@@ -261,6 +264,9 @@ class SyntheticConfig:
     dead_leaves_shapes: range of the number of shapes per procedural scene.
     photo_prob: with photos available, the fraction of photo scenes (the rest
         are procedural dead leaves).
+    object_prob, max_objects: probability that a photo scene gets 1 to
+        ``max_objects`` foreground objects (blobs or shapes cut from other
+        photo crops) in front of its depth layers.
     """
 
     size: int = 256
@@ -281,6 +287,8 @@ class SyntheticConfig:
     photo_scale: tuple[float, float] = (0.5, 1.0)
     dead_leaves_shapes: tuple[int, int] = (20, 70)
     photo_prob: float = 1.0
+    object_prob: float = 0.5
+    max_objects: int = 2
 
     @property
     def pad(self) -> int:
@@ -346,6 +354,26 @@ def _photo_layers(rng: np.random.Generator, photo: torch.Tensor, num_layers: int
 def _srgb_to_linear_np(x: np.ndarray) -> np.ndarray:
     x = np.clip(x, 0, 1).astype(np.float32)
     return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def _object_mask(rng: np.random.Generator, P: int) -> torch.Tensor:
+    """Antialiased mask (P, P) of one foreground object: an organic blob (a
+    level set of a smooth random field) or a large geometric shape."""
+    if rng.uniform() < 0.6:
+        g = int(rng.integers(2, 5))
+        coarse = torch.from_numpy(rng.uniform(0, 1, (1, 1, g, g)).astype(np.float32))
+        f = F.interpolate(coarse, size=(P, P), mode="bicubic", align_corners=True)[0, 0].numpy()
+        level = np.quantile(f, rng.uniform(0.5, 0.85))
+        gy, gx = np.gradient(f)
+        mask = np.clip((f - level) / (np.sqrt(gx**2 + gy**2) + 1e-6) + 0.5, 0, 1)
+        return torch.from_numpy(mask.astype(np.float32))
+    mask = np.zeros((P, P), np.float32)
+    shape = None
+    while shape is None:
+        shape = _shape_mask(rng, P, P * rng.uniform(0.12, 0.35))
+    m, top, left = shape
+    mask[top : top + m.shape[0], left : left + m.shape[1]] = m
+    return torch.from_numpy(mask)
 
 
 def _shape_mask(rng: np.random.Generator, P: int, scale: float):
@@ -517,9 +545,10 @@ class DefocusSynthesizer:
                 raise ValueError(f"no usable photos (need at least {c.canvas}x{c.canvas} px) in {photos}")
         self._cache = _PhotoCache(cache_bytes)
 
-    def _photo_crop(self, rng: np.random.Generator, params: dict) -> torch.Tensor:
+    def _photo_crop(self, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
         """A random (3, P, P) sRGB crop of a random photo, downscaled by a random
-        factor in ``photo_scale`` (limited by the photo's size), flipped/turned."""
+        factor in ``photo_scale`` (limited by the photo's size), flipped/turned;
+        and a dict saying where it came from."""
         P = self.config.canvas
         i = int(rng.integers(len(self.photos)))
         w, h = self.photo_sizes[i]
@@ -536,8 +565,7 @@ class DefocusSynthesizer:
         t = torch.rot90(t, k, dims=(1, 2))
         if flip:
             t = t.flip(-1)
-        params.update(photo=str(self.photos[i]), photo_scale=P / region, photo_box=(top, left, region))
-        return t.contiguous()
+        return t.contiguous(), {"photo": str(self.photos[i]), "photo_scale": P / region, "photo_box": (top, left, region)}
 
     def _camera(self, rng: np.random.Generator, present: np.ndarray, L: int, params: dict):
         """Inverse depths, focus and lens for L layers; radii [px] per layer.
@@ -591,13 +619,28 @@ class DefocusSynthesizer:
         L = c.num_layers
         params: dict = {}
         if self.photos and rng.uniform() < c.photo_prob:
-            photo = self._photo_crop(rng, params)
+            photo, where = self._photo_crop(rng)
+            params.update(where)
             alphas = _photo_layers(rng, photo, L)
             colors = srgb_to_linear(photo)[None].expand(L, -1, -1, -1)
             params["content"] = "photo"
+            n_objects = int(rng.integers(1, c.max_objects + 1)) if c.max_objects and rng.uniform() < c.object_prob else 0
+            if n_objects:
+                # foreground objects cut from other crops: depth edges that follow content edges
+                crops, masks, sources = [], [], []
+                for _ in range(n_objects):
+                    crop, where = self._photo_crop(rng)
+                    crops.append(srgb_to_linear(crop))
+                    masks.append(_object_mask(rng, P))
+                    sources.append(where["photo"])
+                colors = torch.cat([colors, torch.stack(crops)])
+                alphas = torch.cat([alphas, torch.stack(masks)[:, None]])
+                L += n_objects
+            params["objects"] = n_objects
         else:
             colors, alphas = _dead_leaves(rng, P, L, c.dead_leaves_shapes)
             params["content"] = "dead_leaves"
+            params["objects"] = 0
         inner = alphas[:, 0, pad : pad + S, pad : pad + S]
         # a layer is visible where it is not covered by the layers in front of it
         cover = torch.zeros_like(inner[0])
