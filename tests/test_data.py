@@ -57,6 +57,16 @@ def test_modes_rgb_rgba(tmp_path):
     np.testing.assert_allclose(rgb[..., 1], la[..., 0] / 255, atol=1e-7)
 
 
+def test_palette_with_transparency(tmp_path):
+    im = Image.new("P", (4, 3))
+    im.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    im.putpixel((1, 1), 1)
+    im.save(tmp_path / "p.png", transparency=0)
+    img, info = read_image(tmp_path / "p.png", mode=None)
+    assert info.has_alpha and info.mode == "RGBA" and info.bit_depth == 8
+    assert img[1, 1].tolist() == [1, 0, 0, 1] and img[0, 0, 3] == 0
+
+
 def test_16bit_grey_pgm(tmp_path):
     codes = (np.arange(20).reshape(4, 5) * 3000).astype(np.int32)
     Image.fromarray(codes, "I").save(tmp_path / "g.pgm")  # Pillow opens it as mode "I"
