@@ -119,7 +119,10 @@ def _png_bit_depth(path) -> int:
     return head[24]
 
 
-_PNG16_PILLOW = {"RGB;16B": ("RGB;16L", 3), "RGBA;16B": ("RGBA;16L", 4)}
+# Pillow's 8-bit unpackers keep the most significant byte of each 16-bit sample;
+# reading the big-endian PNG data as little-endian ("16L") makes them keep the
+# least significant byte instead.
+_PNG16_PILLOW = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
 
 
 def _read_png16_pillow(path) -> np.ndarray | None:
@@ -129,7 +132,7 @@ def _read_png16_pillow(path) -> np.ndarray | None:
         tile = list(getattr(im, "tile", []))
         if len(tile) != 1 or tile[0][0] != "zip" or tile[0][3] not in _PNG16_PILLOW:
             return None
-        low_rawmode, _ = _PNG16_PILLOW[tile[0][3]]
+        low_rawmode = _PNG16_PILLOW[tile[0][3]]
         im.load()
         high = np.asarray(im)
     with Image.open(path) as im:
