@@ -143,9 +143,17 @@ def _read_png16_pillow(path) -> np.ndarray | None:
     return (high.astype(np.uint16) << 8) | low.astype(np.uint16)
 
 
+def _pypng():
+    try:
+        import png
+    except ImportError:
+        raise ImportError("16-bit PNG support needs the pypng package: pip install pypng") from None
+    return png
+
+
 def _read_png16_pypng(path) -> np.ndarray:
     """Any 16-bit PNG as uint16 (H, W, C) through pypng (pure Python, slower)."""
-    import png
+    png = _pypng()
 
     width, height, rows, info = png.Reader(filename=str(path)).asDirect()
     planes = info["planes"]
@@ -347,7 +355,7 @@ def _quantize(img: np.ndarray, bit_depth: int) -> np.ndarray:
 
 
 def _write_png16(f, q: np.ndarray) -> None:
-    import png
+    png = _pypng()
 
     h, w, c = q.shape
     writer = png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16, compression=6)
