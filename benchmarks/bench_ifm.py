@@ -13,7 +13,9 @@ the compulsory traffic (every input read once, every output written once) and
 the fraction of the roofline, max(bytes / peak bandwidth, flops / peak flops),
 reached (ARCHITECTURE.md section 2). Times use ``triton.testing.do_bench`` on a
 GPU and the median of up to ``--reps`` runs on a CPU (one run for calls slower
-than ``--min-ms``), so CPU numbers are rough, more so on a shared machine.
+than ``--min-ms``), so CPU numbers are rough, more so on a shared machine; on
+a CPU no measurement starts after ``--budget-s`` (90 s), which keeps a default
+run near two minutes and says what it skipped.
 Absolute numbers only mean something next to the device line printed above them.
 
 Backends: unfused, reference, reference-compiled (the reference functions under
@@ -43,7 +45,8 @@ import inik  # noqa: E402
 from inik.ops import available_backends, backend_unavailable, ifm  # noqa: E402
 from inik.ops import reference as ref  # noqa: E402
 
-ALL_BACKENDS = ("unfused", "reference", "reference-compiled", "cpp", "cuda", "triton")
+# The baseline first, then the fast backends, so a time budget cuts the slow ones.
+ALL_BACKENDS = ("unfused", "cpp", "cuda", "triton", "reference", "reference-compiled")
 MODES = ("forward", "backward", "forward+backward")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -281,6 +284,8 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=3, help="at most this many timed runs per measurement on a CPU")
     p.add_argument("--min-ms", type=float, default=1000.0,
                    help="on a CPU, stop repeating once this many milliseconds were spent (default 1000)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="start no measurement after this many seconds (default: 90 on a CPU, none on a GPU)")
     p.add_argument("--out", help="write the results to this .csv or .json file")
     args = p.parse_args(argv)
 
@@ -316,6 +321,8 @@ def main(argv=None) -> int:
           + (f"; roofline: {bw / 1e12:.2f} TB/s" if bw else "")
           + (f", {fl / 1e12:.0f} TFLOP/s" if fl else ""))
 
+    budget = args.budget_s if args.budget_s is not None else (90.0 if device.type == "cpu" else 0.0)
+    start = time.perf_counter()
     rows, baseline = [], {}
     for name in names:
         why = skip_reason(name, device)
@@ -324,6 +331,9 @@ def main(argv=None) -> int:
             continue
         fns = make_callables(name, tensors, support, grad)
         for mode in modes:
+            if budget and time.perf_counter() - start > budget:
+                print(f"skipped {name} {mode}: past the time budget of {budget:.0f} s (--budget-s)")
+                continue
             fn = fns[mode]
             try:
                 if device.type == "cuda" or name == "reference-compiled":
