@@ -30,6 +30,20 @@ def _say(msg: str) -> None:
     print(f"inik setup: {msg}", file=sys.stderr)
 
 
+def _cudart_dirs(cuda_home: str) -> list:
+    """Extra library dirs holding libcudart.so when CUDA_HOME/lib64 has none (torch
+    derives CUDA_HOME from the nvcc on PATH, which may be a wrapper script)."""
+    import glob
+
+    if os.path.exists(os.path.join(cuda_home, "lib64", "libcudart.so")):
+        return []
+    for d in [os.path.join(cuda_home, "lib"), *sorted(glob.glob("/usr/local/cuda*/lib64")),
+              *sorted(glob.glob("/usr/local/cuda*/lib"))]:
+        if os.path.exists(os.path.join(d, "libcudart.so")):
+            return [d]
+    return []
+
+
 def _extension_build():
     """(ext_modules, cmdclass) for inik._C, or ([], {}) when it is not built."""
     if os.environ.get("INIK_NO_EXTENSION", "") == "1":
@@ -45,7 +59,8 @@ def _extension_build():
 
     here = os.path.dirname(os.path.abspath(__file__))
     csrc = os.path.join("csrc")
-    cxx = ["-O3", "-fopenmp"]  # torch adds the C++ standard it needs
+    # torch adds the C++ standard it needs; -Wno-psabi: vector types never cross a call boundary
+    cxx = ["-O3", "-fopenmp", "-Wno-psabi"]
     if os.environ.get("INIK_CPU_NATIVE", "") == "1":
         cxx += ["-march=native", "-DINIK_NO_CLONES"]
     link = ["-fopenmp"]
@@ -70,8 +85,13 @@ def _extension_build():
         ext = cpp_extension.CUDAExtension(
             "inik._C", sources,
             include_dirs=[os.path.join(here, "csrc")],
+            library_dirs=_cudart_dirs(cpp_extension.CUDA_HOME),
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
             extra_link_args=link)
+        if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            # torch reads the architectures off the visible GPUs; with none, name some.
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+            why += "; no GPU visible, so TORCH_CUDA_ARCH_LIST=8.0;9.0+PTX"
         _say(f"building inik._C with CPU and CUDA kernels ({why})")
     else:
         ext = cpp_extension.CppExtension(
