@@ -52,6 +52,7 @@ class TrainConfig:
     freq_weight: float = 0.1
     lpips_weight: float = 0.1
     vgg_weight: float = 0.0           # the authors' extra VGG-19 feature term (off, as in the paper)
+    pretrained_backbones: bool = True  # False: random LPIPS/VGG backbones (wiring tests only)
     model: dict = field(default_factory=dict)  # INIKNetConfig fields
     amp: str = "auto"                 # auto (bf16 on CUDA, off on CPU) | off | bf16 | fp16
     channels_last: bool = True
@@ -62,6 +63,7 @@ class TrainConfig:
     val_images: int = 8
     ckpt_every: int = 500
     max_blur: float = 12.0            # synthetic: largest circle-of-confusion radius, pixels
+    photo_prob: float = 0.8           # synthetic with photos: fraction of photo scenes (rest procedural)
     out: str = "runs/inik"
 
     def __post_init__(self):
@@ -141,12 +143,24 @@ class _BatchSampler(torch.utils.data.Sampler):
         return max(0, self.iters - self.start)
 
 
+def _synthetic(cfg: TrainConfig, held_out: bool, seed: int):
+    """Synthetic pairs from cfg.data's sharp photos (90/10 train/held-out split by
+    file) or, without photos, procedural scenes."""
+    from .data.synthetic import SyntheticConfig, SyntheticDefocusDataset, split_photos
+    from .data.io import list_images
+    photos = None
+    if cfg.dataset == "synthetic" and cfg.data:
+        train_photos, held_photos = split_photos(list_images(cfg.data, recursive=True), held_out=0.1, seed=0)
+        photos = held_photos if held_out else train_photos
+    return SyntheticDefocusDataset(photos, SyntheticConfig(size=cfg.crop, max_radius=cfg.max_blur, photo_prob=cfg.photo_prob),
+                                   length=2**62, seed=seed)
+
+
 def build_source(cfg: TrainConfig, seed: int):
     """The training dataset named by ``cfg.dataset``."""
-    from .data import pairs
     if cfg.dataset == "synthetic":
-        from .data.synthetic import SyntheticDefocusDataset
-        return SyntheticDefocusDataset(size=cfg.crop, sharp_dir=cfg.data, seed=seed, max_radius=cfg.max_blur)
+        return _synthetic(cfg, held_out=False, seed=seed)
+    from .data import pairs
     layout = {"folder": "auto", "dpdd": "dpdd", "lfdof": "lfdof"}[cfg.dataset]
     found = pairs.find_pairs(cfg.data, layout=layout, split="train")
     return pairs.PairedImageDataset(found, crop=cfg.crop, augment=True, seed=seed)
@@ -154,14 +168,12 @@ def build_source(cfg: TrainConfig, seed: int):
 
 def validation_pairs(cfg: TrainConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed validation set: the val folder's images, or held-out synthetic samples
-    (seeds disjoint from training)."""
+    (held-out photos, seeds disjoint from training)."""
     if cfg.val_data:
         from .data import pairs
         ds = pairs.PairedImageDataset(pairs.find_pairs(cfg.val_data, split="val"), crop=None, augment=False)
         return [ds[i] for i in range(min(len(ds), cfg.val_images))]
-    from .data.synthetic import SyntheticDefocusDataset
-    ds = SyntheticDefocusDataset(size=cfg.crop, sharp_dir=cfg.data if cfg.dataset == "synthetic" else None,
-                                 seed=cfg.seed + 7_777_777, max_radius=cfg.max_blur)
+    ds = _synthetic(cfg, held_out=True, seed=cfg.seed + 7_777_777)
     return [ds[i] for i in range(cfg.val_images)]
 
 
@@ -178,12 +190,13 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 
 def save_checkpoint(out: Path, model: INIKNet, opt, sched, it: int, cfg: TrainConfig) -> None:
-    """Weights (safetensors) and training state, each replaced atomically; the state
-    names the iteration so a half-written pair is detected on resume."""
+    """``last.state.pt`` (everything ``--resume`` needs, weights included) then
+    ``last.safetensors`` (the weights for users), each replaced atomically: a crash
+    at any point leaves a loadable, self-consistent previous checkpoint."""
+    _atomic_torch_save({"iteration": it, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+                        "config": dataclasses.asdict(cfg)}, out / "last.state.pt")
     model.save(out / "last.safetensors")
-    _atomic_torch_save({"iteration": it, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "torch_rng": torch.get_rng_state(), "config": dataclasses.asdict(cfg)},
-                       out / "last.state.pt")
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -208,9 +221,9 @@ def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dt
 
 
 def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
-          progress: bool = True) -> Path:
-    """Run (or resume) training; returns the output folder."""
-    from .losses import DeblurLoss
+          progress: bool = True) -> INIKNet:
+    """Run (or resume) training into ``cfg.out``; returns the trained model."""
+    from .losses import INIKLoss
     rank, world = _ddp_env()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and world > 1:
@@ -229,7 +242,7 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
         if not state_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint in {out} (expected {state_path})")
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(INIKNet.load(out / "last.safetensors").state_dict())
+        model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -239,8 +252,8 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = DeblurLoss(mse_weight=cfg.mse_weight, freq_weight=cfg.freq_weight,
-                         lpips_weight=cfg.lpips_weight, vgg_weight=cfg.vgg_weight).to(device)
+    loss_fn = INIKLoss(mse_weight=cfg.mse_weight, freq_weight=cfg.freq_weight, lpips_weight=cfg.lpips_weight,
+                       vgg_weight=cfg.vgg_weight, pretrained_backbones=cfg.pretrained_backbones).to(device)
     amp = _autocast_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
 
@@ -278,7 +291,7 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
             blurry = blurry.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             outputs = net(blurry, levels=True)
-        loss = loss_fn(outputs, sharp)
+        loss, _ = loss_fn(outputs, sharp)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -288,13 +301,12 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
         if rank == 0:
             if bar is not None:
                 bar.update()
-            if it % cfg.log_every == 0 or it == cfg.iters:
+            do_val = bool(val) and (it % cfg.val_every == 0 or it == cfg.iters)
+            if do_val or it % cfg.log_every == 0 or it == cfg.iters:
                 row = {"iter": it, "loss": f"{loss.item():.6g}", "psnr": f"{psnr(outputs[-1].detach(), sharp):.4f}",
                        "lr": f"{sched.get_last_lr()[0]:.6g}", "seconds": f"{time.perf_counter() - t0:.1f}",
-                       "val_psnr": ""}
-                if val and (it % cfg.val_every == 0 or it == cfg.iters):
-                    row["val_psnr"] = f"{validate(model, val, device):.4f}"
-                    model.train()
+                       "val_psnr": f"{validate(model, val, device):.4f}" if do_val else ""}
+                model.train()
                 with open(log_path, "a", newline="") as f:
                     csv.DictWriter(f, fieldnames=fields).writerow(row)
                 if bar is not None:
@@ -305,7 +317,7 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
         bar.close()
     if world > 1:
         dist.barrier()
-    return out
+    return model
 
 
 @torch.no_grad()
@@ -352,6 +364,7 @@ def run(args) -> int:
     except (ValueError, FileNotFoundError, TypeError) as exc:
         print(f"inik train: {exc}", file=sys.stderr)
         return 2
-    out = train(cfg, resume=args.resume, device=args.device, progress=args.progress)
+    train(cfg, resume=args.resume, device=args.device, progress=args.progress)
+    out = Path(cfg.out)
     print(f"inik train: weights in {out / 'last.safetensors'}, log in {out / 'log.csv'}")
     return 0

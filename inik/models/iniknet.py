@@ -242,6 +242,9 @@ class INIKNet(nn.Module):
         os.close(fd)
         try:
             save_file(state, tmp, metadata=meta)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

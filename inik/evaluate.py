@@ -1,0 +1,121 @@
+"""``inik eval``: per-image and mean PSNR / SSIM / MAE / LPIPS with the paper's protocol.
+
+Protocol (ARCHITECTURE.md section 5): images scaled to [0, 1] (read as 8-bit by
+default, as the authors' cv2 reading does - a 16-bit file keeps its high byte -
+or at their native bit depth with ``--bits native``), the output clipped to
+[0, 1], full images, no border crop, scikit-image's PSNR and SSIM, LPIPS
+(AlexNet) on [-1, 1] when its weights are available.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .infer import load_model, restore
+
+
+def to_8bit(image: np.ndarray, bit_depth: int) -> np.ndarray:
+    """What an 8-bit reader (cv2.imread) sees of an image read at ``bit_depth``: a
+    16-bit file keeps its high byte; returns float32 in [0, 1] on the 8-bit grid."""
+    if bit_depth == 8:
+        return image
+    if bit_depth != 16:
+        raise ValueError(f"cannot reduce a {bit_depth}-bit image to 8 bits")
+    codes = np.round(image.astype(np.float64) * 65535).astype(np.uint16) >> 8
+    return (codes / 255.0).astype(np.float32)
+
+
+def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Optional[int] = None,
+                    lpips=None, progress: bool = False) -> dict:
+    """Metrics of ``model`` on ``pairs`` (from :func:`inik.data.pairs.find_pairs`).
+
+    Returns ``{"mean": {...}, "images": [{"name", "psnr", "ssim", "mae", ["lpips"], "seconds"}]}``.
+    """
+    from .data.io import read_image
+    from .metrics import evaluate
+    device = torch.device(device)
+    rows = []
+    it = pairs
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(pairs, desc="eval", unit="img")
+    for pair in it:
+        images = []
+        for path in (pair.blurry, pair.sharp):
+            img, info = read_image(path)
+            images.append(to_8bit(img, info.bit_depth) if bits == "8" else img)
+        blurry, sharp = images
+        y = torch.from_numpy(np.ascontiguousarray(blurry.transpose(2, 0, 1)))[None]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        x = restore(model, y, tile=tile)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        scores = evaluate(x[0], sharp, lpips=lpips)
+        rows.append({"name": Path(pair.blurry).name, **scores, "seconds": seconds})
+    keys = [k for k in ("psnr", "ssim", "mae", "lpips", "seconds") if rows and k in rows[0]]
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    return {"mean": mean, "images": rows}
+
+
+def configure_parser(p) -> None:
+    p.add_argument("--data", required=True, help="folder with source/ and target/ (or a DPDD/RealDOF/RTF/LFDOF root)")
+    p.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
+    p.add_argument("--split", default="test", help="DPDD split (default test)")
+    p.add_argument("--weights", help="INIKNet safetensors file (default: the bundled weights)")
+    p.add_argument("--out", required=True, help="report JSON path (a CSV is written beside it)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--tile", type=int, default=None)
+    p.add_argument("--bits", choices=["8", "native"], default="8",
+                   help="read images as 8-bit like the paper (default) or at their native bit depth")
+    p.add_argument("--lpips", choices=["auto", "on", "off"], default="auto",
+                   help="LPIPS: auto = when the AlexNet weights are available")
+
+
+def run(args) -> int:
+    from .data.pairs import find_pairs
+    from .losses import MissingWeightsError
+    from .metrics import LPIPSMetric
+    try:
+        pairs = find_pairs(args.data, layout=args.layout, split=args.split)
+    except (OSError, ValueError) as exc:
+        print(f"inik eval: {exc}", file=sys.stderr)
+        return 2
+    if not pairs:
+        print(f"inik eval: no image pairs in {args.data}", file=sys.stderr)
+        return 2
+    model, trained = load_model(args.weights, device=args.device)
+    if not trained:
+        print("inik eval: WARNING: evaluating an UNTRAINED model (no weights given or bundled)", file=sys.stderr)
+    lpips = None
+    if args.lpips != "off":
+        try:
+            lpips = LPIPSMetric(args.device)
+        except MissingWeightsError as exc:
+            if args.lpips == "on":
+                print(f"inik eval: {exc}", file=sys.stderr)
+                return 2
+            print(f"inik eval: LPIPS skipped: {exc}", file=sys.stderr)
+    report = evaluate_folder(model, pairs, bits=args.bits, device=args.device, tile=args.tile,
+                             lpips=lpips, progress=True)
+    report.update(data=str(args.data), weights=str(args.weights or "default"), trained=trained,
+                  device=str(args.device), bits=args.bits)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(report["images"][0]))
+        w.writeheader()
+        w.writerows(report["images"])
+    print("inik eval: " + ", ".join(f"{k} {v:.4f}" for k, v in report["mean"].items()) + f" over {len(pairs)} images")
+    return 0

@@ -1,0 +1,180 @@
+"""`inik train` and `inik eval`: learning, exact resume, atomic checkpoints, DDP, metrics."""
+
+import csv
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import inik
+from inik.cli import main
+from inik.data.io import write_image
+from inik.train import TrainConfig, load_config, save_checkpoint, train
+
+SMALL = dict(width=8, scales=4, atoms=3)
+
+
+def _pairs_folder(root, n=2, size=48, seed=0):
+    """source/ and target/ with n pairs: target a blocky image, source its 5x5 box blur."""
+    rng = np.random.default_rng(seed)
+    (root / "source").mkdir(parents=True)
+    (root / "target").mkdir()
+    for i in range(n):
+        sharp = np.kron(rng.random((size // 8, size // 8, 3)), np.ones((8, 8, 1))).astype(np.float32)
+        t = torch.from_numpy(sharp.transpose(2, 0, 1))[None]
+        blur = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(t, (2, 2, 2, 2), mode="replicate"), 5, 1)
+        write_image(root / "target" / f"img{i}.png", sharp)
+        write_image(root / "source" / f"img{i}.png", blur[0].permute(1, 2, 0).numpy())
+    return root
+
+
+def _log(out):
+    with open(out / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _cfg(tmp_path, data, **kw):
+    base = dict(dataset="folder", data=str(data), crop=32, batch=2, lpips_weight=0.0, workers=0,
+                log_every=1, val_every=1000, ckpt_every=1000, val_images=2, model=SMALL, amp="off",
+                out=str(tmp_path / "run"))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_short_run_lowers_the_loss(tmp_path):
+    data = _pairs_folder(tmp_path / "data")
+    cfg = _cfg(tmp_path, data, iters=60, lr=2e-3)
+    model = train(cfg, progress=False)
+    rows = _log(tmp_path / "run")
+    assert [int(r["iter"]) for r in rows] == list(range(1, 61))
+    first = np.mean([float(r["loss"]) for r in rows[:5]])
+    last = np.mean([float(r["loss"]) for r in rows[-5:]])
+    assert last < 0.5 * first, (first, last)
+    loaded = inik.INIKNet.load(tmp_path / "run" / "last.safetensors")
+    for a, b in zip(loaded.state_dict().values(), model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    data = _pairs_folder(tmp_path / "data", n=3)
+    full = train(_cfg(tmp_path, data, iters=8, out=str(tmp_path / "full")), progress=False)
+    train(_cfg(tmp_path, data, iters=5, ckpt_every=5, out=str(tmp_path / "cut")), progress=False)
+    resumed = train(_cfg(tmp_path, data, iters=8, out=str(tmp_path / "cut")), resume=True, progress=False)
+    losses = lambda d: [r["loss"] for r in _log(tmp_path / d)]  # noqa: E731
+    assert losses("cut") == losses("full") and len(losses("full")) == 8
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_failed_save_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    data = _pairs_folder(tmp_path / "data")
+    cfg = _cfg(tmp_path, data, iters=2, ckpt_every=2)
+    model = train(cfg, progress=False)
+    out = tmp_path / "run"
+    before = inik.INIKNet.load(out / "last.safetensors").state_dict()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+
+    def broken_save_file(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    import safetensors.torch
+    monkeypatch.setattr(safetensors.torch, "save_file", broken_save_file)
+    opt = torch.optim.Adam(model.parameters())
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(out, model, opt, torch.optim.lr_scheduler.StepLR(opt, 1), 3, cfg)
+    monkeypatch.undo()
+    after = inik.INIKNet.load(out / "last.safetensors").state_dict()
+    for k in before:
+        torch.testing.assert_close(after[k], before[k], rtol=0, atol=0)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_config_file_and_overrides(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"iters": 10, "crop": 64, "lr": 1e-3}))
+    cfg = load_config(str(path), {"crop": 96, "lr": None})
+    assert (cfg.iters, cfg.crop, cfg.lr) == (10, 96, 1e-3)
+    assert TrainConfig().iters == 400_000 and TrainConfig().lr == 2e-4 and TrainConfig().batch == 4
+    path.write_text(json.dumps({"iterz": 1}))
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_config(str(path), {})
+    with pytest.raises(ValueError, match="multiple of 16"):
+        TrainConfig(crop=50)
+    with pytest.raises(ValueError, match="needs --data"):
+        TrainConfig(dataset="dpdd")
+
+
+def test_cli_train_synthetic(tmp_path):
+    out = tmp_path / "syn"
+    rc = main(["train", "--dataset", "synthetic", "--iters", "2", "--crop", "32", "--batch", "1",
+               "--lpips-weight", "0", "--workers", "0", "--log-every", "1", "--val-every", "2", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    rows = _log(out)
+    assert [r["iter"] for r in rows] == ["1", "2"] and rows[-1]["val_psnr"]
+    assert inik.INIKNet.load(out / "last.safetensors").config == inik.INIKNetConfig()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, cfg, result_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    model = train(cfg, device="cpu", progress=False)
+    torch.save(model.state_dict(), os.path.join(result_dir, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_processes_keep_identical_weights(tmp_path):
+    data = _pairs_folder(tmp_path / "data", n=4)
+    cfg = _cfg(tmp_path, data, iters=3, batch=1)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    start = inik.INIKNet(**SMALL).state_dict()
+    moved = False
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+        moved |= not torch.equal(a[k], start[k])
+    assert moved
+
+
+def test_eval_matches_skimage(tmp_path):
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    data = _pairs_folder(tmp_path / "data", n=2, size=40)
+    torch.manual_seed(0)
+    model = inik.INIKNet(**SMALL).eval()
+    weights = tmp_path / "w.safetensors"
+    model.save(weights)
+    report_path = tmp_path / "report.json"
+    rc = main(["eval", "--data", str(data), "--weights", str(weights), "--out", str(report_path),
+               "--lpips", "off"])
+    assert rc == 0
+    report = json.loads(report_path.read_text())
+    assert [r["name"] for r in report["images"]] == ["img0.png", "img1.png"]
+    from PIL import Image
+    psnrs = []
+    for row in report["images"]:
+        blurry = np.asarray(Image.open(data / "source" / row["name"]), dtype=np.float64) / 255
+        sharp = np.asarray(Image.open(data / "target" / row["name"]), dtype=np.float64) / 255
+        with torch.no_grad():
+            out = model(torch.from_numpy(blurry.transpose(2, 0, 1)).float()[None])[0]
+        out = np.clip(out.double().numpy().transpose(1, 2, 0), 0, 1)
+        psnrs.append(peak_signal_noise_ratio(sharp, out, data_range=1))
+        assert row["psnr"] == pytest.approx(psnrs[-1], abs=1e-4)
+        assert row["ssim"] == pytest.approx(structural_similarity(sharp, out, channel_axis=-1, data_range=1), abs=1e-5)
+        assert row["mae"] == pytest.approx(np.abs(out - sharp).mean(), abs=1e-6)
+        assert row["seconds"] > 0
+    assert report["mean"]["psnr"] == pytest.approx(np.mean(psnrs), abs=1e-4)
+    assert (tmp_path / "report.csv").is_file()
