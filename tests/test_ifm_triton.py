@@ -139,6 +139,21 @@ def test_gradcheck_float64(k, support, fast):
                                     fast_mode=fast)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1, 1, 3), (1, 2, 1, 6, 2, 2, 5), (3, 1, 2, 1, 1, 3, 1)],
+                         ids=["1x1_image", "one_row", "k1_one_col"])
+def test_gradcheck_degenerate_shapes(shape):
+    xs, _ = _inputs((*shape, None), torch.float64)
+    xs = [x.requires_grad_() for x in xs]
+    assert torch.autograd.gradcheck(lambda *a: ifm(*a, backend="triton"), xs)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck(requires_grad):
+    xs, support = _inputs((1, 2, 3, 4, 2, 3, 3, [3, 1]))
+    xs = [x.requires_grad_(requires_grad) for x in xs]
+    torch.library.opcheck(torch.ops.inik.ifm.default, (*xs, support, "triton"))
+
+
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="fp16/bf16 kernels need a GPU (the interpreter runs fp32/fp64)")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_matches_fp32_reference(dtype):
