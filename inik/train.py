@@ -364,7 +364,12 @@ def run(args) -> int:
     except (ValueError, FileNotFoundError, TypeError) as exc:
         print(f"inik train: {exc}", file=sys.stderr)
         return 2
-    train(cfg, resume=args.resume, device=args.device, progress=args.progress)
+    from .losses import MissingWeightsError
+    try:
+        train(cfg, resume=args.resume, device=args.device, progress=args.progress)
+    except (MissingWeightsError, FileNotFoundError, NotADirectoryError) as exc:
+        print(f"inik train: {exc}", file=sys.stderr)
+        return 2
     out = Path(cfg.out)
     print(f"inik train: weights in {out / 'last.safetensors'}, log in {out / 'log.csv'}")
     return 0

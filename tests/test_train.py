@@ -178,3 +178,12 @@ def test_eval_matches_skimage(tmp_path):
         assert row["seconds"] > 0
     assert report["mean"]["psnr"] == pytest.approx(np.mean(psnrs), abs=1e-4)
     assert (tmp_path / "report.csv").is_file()
+
+
+def test_cli_train_without_lpips_weights_says_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    rc = main(["train", "--dataset", "synthetic", "--iters", "1", "--crop", "128", "--batch", "1",
+               "--workers", "0", "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "alexnet" in err and str(tmp_path / "torch_home") in err and "--lpips-weight 0" in err
