@@ -13,6 +13,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "deblur": ("inik.infer", "deblur photos (files, folders, globs) with INIKNet"),
+    "explain": ("inik.explain", "write the defocus-size, mu, omega and atom maps of a photo as PNGs"),
     "train": ("inik.train", "train INIKNet (paper protocol; synthetic, folder, DPDD or LFDOF data)"),
     "eval": ("inik.evaluate", "PSNR / SSIM / MAE / LPIPS of a model on a paired folder"),
 }

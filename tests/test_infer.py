@@ -106,3 +106,23 @@ def test_cli_untrained_says_so(tmp_path, monkeypatch, capsys):
     assert main(["deblur", str(tmp_path / "p.png"), "-o", str(tmp_path / "q.png")]) == 0
     assert "UNTRAINED" in capsys.readouterr().err
     assert (tmp_path / "q.png").is_file()
+
+
+def test_explain_writes_maps(tmp_path, weights):
+    write_image(tmp_path / "p.png", np.random.default_rng(3).random((40, 36, 3)).astype(np.float32))
+    out = tmp_path / "maps"
+    assert main(["explain", str(tmp_path / "p.png"), "-o", str(out), "--weights", str(weights)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["defocus_size.png", "omega.png", "atoms_spatial.png", "atoms_fourier.png",
+                            "explain.json"] + [f"mu_scale{r}.png" for r in range(8)])
+    size_map, _ = read_image(out / "defocus_size.png")
+    assert size_map.shape == (40, 36, 3)
+    mu0, _ = read_image(out / "mu_scale0.png", mode=None)
+    assert mu0.shape == (40, 36, 1)
+    import json
+    summary = json.loads((out / "explain.json").read_text())
+    assert 1 <= summary["defocus_size"]["min"] <= summary["defocus_size"]["max"] <= 15
+    assert summary["atom_sizes"] == [3, 5, 7, 9, 11, 13, 15]
+    assert abs(sum(summary["mu_mean_per_scale"]) - 1) < 1e-5
+    # A second run does not silently replace the maps.
+    assert main(["explain", str(tmp_path / "p.png"), "-o", str(out), "--weights", str(weights)]) == 1

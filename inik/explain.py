@@ -1,0 +1,139 @@
+"""``inik explain``: what the model saw in a photo, as PNGs (the paper's Figures 4 and 5).
+
+Writes into the output folder:
+
+* ``defocus_size.png``: the expected inverse-kernel size per pixel,
+  ``sum_r mu_r * k_r`` with ``k_r = 1, 3, ..., 2R-1`` (1 = in focus), colour-mapped,
+  with its range in ``explain.json``;
+* ``mu_scale{r}.png``: each scale's weight mu_r in [0, 1];
+* ``omega.png``: the N omega maps side by side, each normalised to its own range;
+* ``atoms_spatial.png`` and ``atoms_fourier.png``: the dictionary, one row per
+  scale (3x3 ... 15x15), one column per atom; Fourier = centred |FFT| on a
+  common grid;
+* ``explain.json``: the numbers behind the pictures.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# A perceptually ordered colour map (anchors of viridis), interpolated linearly.
+_ANCHORS = np.array([[68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142],
+                     [31, 158, 137], [53, 183, 121], [109, 205, 89], [180, 222, 44], [253, 231, 37]],
+                    dtype=np.float64) / 255
+
+
+def colormap(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(H, W) values -> (H, W, 3) float RGB in [0, 1], ``lo`` dark purple to ``hi`` yellow."""
+    t = np.clip((values - lo) / max(hi - lo, 1e-12), 0, 1) * (len(_ANCHORS) - 1)
+    i = np.minimum(t.astype(int), len(_ANCHORS) - 2)
+    f = (t - i)[..., None]
+    return _ANCHORS[i] * (1 - f) + _ANCHORS[i + 1] * f
+
+
+def _tile_row(images: list[np.ndarray], gap: int = 2) -> np.ndarray:
+    h = max(im.shape[0] for im in images)
+    row = []
+    for im in images:
+        pad = np.ones((h, im.shape[1], 3))
+        pad[:im.shape[0]] = im
+        row += [pad, np.ones((h, gap, 3))]
+    return np.concatenate(row[:-1], 1)
+
+
+def _upscale(im: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour upscale of a (k, k, 3) image to about ``size`` pixels."""
+    f = max(1, size // im.shape[0])
+    return np.kron(im, np.ones((f, f, 1)))
+
+
+def atom_sheets(atoms: list[torch.Tensor], cell: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """(spatial, fourier) RGB sheets of the dictionary: one row per scale, one column per atom."""
+    big = max(a.shape[-1] for a in atoms)
+    fft_size = 2 * big + 1
+    spatial_rows, fourier_rows = [], []
+    for a in atoms:
+        a = a.detach().double().cpu()
+        lim = float(a.abs().max()) or 1.0
+        spatial_rows.append(_tile_row([_upscale(colormap(x.numpy(), -lim, lim), cell) for x in a]))
+        spec = torch.fft.fftshift(torch.fft.fft2(a, s=(fft_size, fft_size)).abs(), dim=(-2, -1))
+        smax = float(spec.max()) or 1.0
+        fourier_rows.append(_tile_row([_upscale(colormap(x.numpy(), 0, smax), 2 * cell) for x in spec]))
+
+    def stack(rows):
+        width = max(r.shape[1] for r in rows)
+        padded = [np.concatenate([r, np.ones((r.shape[0], width - r.shape[1], 3))], 1) for r in rows]
+        return np.concatenate(sum([[p, np.ones((4, width, 3))] for p in padded], [])[:-1], 0)
+
+    return stack(spatial_rows), stack(fourier_rows)
+
+
+def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = False) -> dict:
+    """Write the interpretation PNGs of ``model`` on ``image`` ((H, W, 3) float in [0, 1]) into
+    ``out_dir``; returns the summary written to ``explain.json``."""
+    from .data.io import write_image
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    y = torch.from_numpy(np.ascontiguousarray(image[..., :3].transpose(2, 0, 1))).float()[None].to(device)
+    maps = model.interpret(y)
+    mu = maps.mu[-1][0].float().cpu()        # (R, H, W)
+    omega = maps.omega[-1][0].float().cpu()  # (N, H, W)
+    sizes = torch.arange(mu.shape[0], dtype=torch.float32) * 2 + 1
+    size_map = (mu * sizes[:, None, None]).sum(0).numpy()
+    kmax = float(sizes[-1])
+
+    def save(name, arr):
+        write_image(out / name, arr, overwrite=overwrite)
+
+    save("defocus_size.png", colormap(size_map, 1.0, kmax))
+    for r in range(mu.shape[0]):
+        save(f"mu_scale{r}.png", mu[r].numpy())
+    omegas = []
+    for n in range(omega.shape[0]):
+        o = omega[n].numpy()
+        omegas.append(colormap(o, float(o.min()), float(o.max())))
+    save("omega.png", _tile_row(omegas, gap=4))
+    spatial, fourier = atom_sheets(maps.atoms)
+    save("atoms_spatial.png", spatial)
+    save("atoms_fourier.png", fourier)
+    summary = {
+        "defocus_size": {"min": float(size_map.min()), "max": float(size_map.max()),
+                         "mean": float(size_map.mean()), "colour_range": [1.0, kmax]},
+        "mu_mean_per_scale": [float(m) for m in mu.mean((1, 2))],
+        "omega_range": [[float(o.min()), float(o.max())] for o in omega],
+        "atom_sizes": [int(a.shape[-1]) for a in maps.atoms],
+    }
+    (out / "explain.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def configure_parser(p) -> None:
+    p.add_argument("input", metavar="INPUT", help="an image file")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--weights", help="INIKNet safetensors file (default: the bundled weights)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files in DIR")
+
+
+def run(args) -> int:
+    from .data.io import read_image
+    from .infer import DEFAULT_WEIGHTS, UNTRAINED_NOTE, load_model
+    try:
+        image, _ = read_image(args.input)
+        model, trained = load_model(args.weights, device=args.device)
+        if not trained:
+            print("inik explain: WARNING: " + UNTRAINED_NOTE.format(path=DEFAULT_WEIGHTS), file=sys.stderr)
+        summary = explain(model, image, args.output, overwrite=args.overwrite)
+    except (OSError, ValueError) as exc:
+        print(f"inik explain: {exc}", file=sys.stderr)
+        return 1
+    d = summary["defocus_size"]
+    print(f"inik explain: wrote {args.output} (defocus size {d['min']:.2f}..{d['max']:.2f} px, "
+          f"mean {d['mean']:.2f})")
+    return 0
