@@ -284,12 +284,16 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=3, help="at most this many timed runs per measurement on a CPU")
     p.add_argument("--min-ms", type=float, default=1000.0,
                    help="on a CPU, stop repeating once this many milliseconds were spent (default 1000)")
+    p.add_argument("--tf32", action="store_true",
+                   help="fp32 matmuls on TF32 tensor cores (torch.set_float32_matmul_precision('high'))")
     p.add_argument("--budget-s", type=float, default=None,
                    help="start no measurement after this many seconds (default: 90 on a CPU, none on a GPU)")
     p.add_argument("--out", help="write the results to this .csv or .json file")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
+    if args.tf32:
+        torch.set_float32_matmul_precision("high")
     if device.type == "cpu":
         _malloc_unmaps_big_buffers()
     dtype = DTYPES[args.dtype]
@@ -316,7 +320,7 @@ def main(argv=None) -> int:
     print(f"IFM benchmark: B={args.batch} C={args.channels} {args.size}x{args.size} {args.dtype}, "
           f"R={len(support)} supports {support} in K={k}, N={tensors[2].shape[1]}")
     print(f"device: {_device_name(device)}")
-    print(f"versions: {_versions(device)}")
+    print(f"versions: {_versions(device)}; float32 matmul precision: {torch.get_float32_matmul_precision()}")
     print(f"timing: {'triton.testing.do_bench, median' if device.type == 'cuda' else f'median of up to {args.reps} runs (fewer past {args.min_ms:.0f} ms), compiled code warmed up; memory: sampled RSS growth'}"
           + (f"; roofline: {bw / 1e12:.2f} TB/s" if bw else "")
           + (f", {fl / 1e12:.0f} TFLOP/s" if fl else ""))
@@ -360,7 +364,8 @@ def main(argv=None) -> int:
 
     meta = {"device": _device_name(device), "dtype": args.dtype, "size": args.size, "batch": args.batch,
             "channels": args.channels, "support": support, "K": k, "N": tensors[2].shape[1],
-            "versions": _versions(device), "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+            "versions": _versions(device), "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
     if args.out:
         _write(Path(args.out), rows, meta)
         print(f"wrote {args.out}")

@@ -29,6 +29,7 @@ CASES = {
     "wide_n": (2, 2, 6, 5, 2, 17, 3, [1, 3]),
     "many_chunks": (1, 2, 4, 9, 3, 2, 7, [7, 3, 5]),
     "channel_blocks": (1, 6, 3, 5, 2, 2, 3, None),  # 6 channels: blocks of 4 + 2
+    "default_dictionary": (1, 3, 5, 6, 7, 10, 15, [3, 5, 7, 9, 11, 13, 15]),
 }
 
 
