@@ -12,7 +12,6 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-import inik.ops.ifm as ifm_mod  # noqa: E402
 from inik.ops import available_backends, backend_unavailable, ifm  # noqa: E402
 from inik.ops.reference import ifm_oracle  # noqa: E402
 
