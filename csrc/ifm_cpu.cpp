@@ -83,7 +83,6 @@ template <class T> struct Args {
   const T* mu;  // (B, R, H, W)
   const T* om;  // (B, N, H, W)
   const T* Aqn;  // (R, Qmax, N) ring-ordered atoms, n fastest
-  const T* Anq;  // (R, N, Qmax) ring-ordered atoms, tap fastest
   const T* dx;  // (B, C, H, W) output gradient (backward)
   T* out;  // (B, C, H, W) forward output
   T* dypad;  // (B, C, Hp, Wp) image gradient, padded
@@ -103,9 +102,9 @@ template <class T> struct Args {
 template <class V, class T> struct Scratch {
   std::vector<unsigned char> raw;
   V *m, *o, *g, *cc, *kb, *dk, *dc, *domacc;
-  T* dkT;
+  T *cs, *dkT;
   explicit Scratch(const Args<T>& a) {
-    const int64_t nv = a.R + 3 * a.N + a.C + 2 * a.Qmax + a.N + kTile * a.Qpad;
+    const int64_t nv = a.R + 3 * a.N + a.C + 2 * a.Qmax + a.N + kTile * a.Qpad + a.N;
     raw.assign((nv + 1) * sizeof(V), 0);
     const auto addr = reinterpret_cast<std::uintptr_t>(raw.data());
     V* p = reinterpret_cast<V*>((addr + sizeof(V) - 1) / sizeof(V) * sizeof(V));
@@ -117,6 +116,8 @@ template <class V, class T> struct Scratch {
     dk = p; p += a.Qmax;
     dc = p; p += a.N;
     domacc = p; p += a.N;
+    cs = reinterpret_cast<T*>(p);  // N * kTile scalars
+    p += a.N;
     dkT = reinterpret_cast<T*>(p);  // kTile * Qpad scalars
   }
 };
@@ -183,18 +184,34 @@ INIK_AI V dot_taps(const V* x, const T* base, const int64_t* off, int64_t nq) {
   return (s0 + s1) + (s2 + s3);
 }
 
-// sum_{q < nq} x[q] * w[q] for vectors x and scalars w, four partial sums.
-template <class V, class T> INIK_AI V dot_weights(const V* x, const T* w, int64_t nq) {
-  V s0{}, s1{}, s2{}, s3{};
+// dc[n] = sum_{q < nq} dk[q] * A[q, n] (A: taps x N, n fastest). Eight taps at a
+// time with their dk vectors in registers, so each accumulator load/store serves
+// eight multiply-adds (two independent chains per n).
+template <class V, class T>
+INIK_AI void coeff_grads(const V* dk, const T* A, int64_t N, int64_t nq, V* dc) {
+  for (int64_t n = 0; n < N; ++n) dc[n] = V{};
   int64_t q = 0;
-  for (; q + 4 <= nq; q += 4) {
-    s0 += x[q] * w[q];
-    s1 += x[q + 1] * w[q + 1];
-    s2 += x[q + 2] * w[q + 2];
-    s3 += x[q + 3] * w[q + 3];
+  for (; q + 8 <= nq; q += 8) {
+    const V d0 = dk[q], d1 = dk[q + 1], d2 = dk[q + 2], d3 = dk[q + 3];
+    const V d4 = dk[q + 4], d5 = dk[q + 5], d6 = dk[q + 6], d7 = dk[q + 7];
+    const T* Aq = A + q * N;
+    for (int64_t n = 0; n < N; ++n) {
+      V x = dc[n] + d0 * Aq[n];
+      V y = d1 * Aq[N + n];
+      x += d2 * Aq[2 * N + n];
+      y += d3 * Aq[3 * N + n];
+      x += d4 * Aq[4 * N + n];
+      y += d5 * Aq[5 * N + n];
+      x += d6 * Aq[6 * N + n];
+      y += d7 * Aq[7 * N + n];
+      dc[n] = x + y;
+    }
   }
-  for (; q < nq; ++q) s0 += x[q] * w[q];
-  return (s0 + s1) + (s2 + s3);
+  for (; q < nq; ++q) {
+    const V d = dk[q];
+    const T* Aq = A + q * N;
+    for (int64_t n = 0; n < N; ++n) dc[n] += d * Aq[n];
+  }
 }
 
 template <class V, class T> INIK_AI void forward_rows_t(const Args<T>& a, int64_t row0, int64_t row1) {
@@ -254,10 +271,7 @@ INIK_AI void backward_chunk_t(const Args<T>& a, int64_t b, int64_t i0, int64_t i
         for (int64_t n = 0; n < a.N; ++n) s.domacc[n] = V{};
         for (int64_t r = 0; r < a.R; ++r) {
           const int64_t qr = a.Q[r];
-          for (int64_t n = 0; n < a.N; ++n) {
-            const T* An = a.Anq + (r * a.N + n) * a.Qmax;
-            s.dc[n] = dot_weights(s.dk, An, qr);
-          }
+          coeff_grads(s.dk, a.Aqn + r * a.Qmax * a.N, a.N, qr, s.dc);
           if (a.need_dmu) {
             V acc{};
             for (int64_t n = 0; n < a.N; ++n) acc += s.o[n] * s.dc[n];
@@ -277,22 +291,41 @@ INIK_AI void backward_chunk_t(const Args<T>& a, int64_t b, int64_t i0, int64_t i
           storeu(lanes, s.dk[q]);
           for (int64_t jj = 0; jj < kTile; ++jj) dkT[jj * a.Qpad + q] = lanes[jj];
         }
+        T* cs = s.cs;  // (N, kTile): mu_r * omega_n per lane
         for (int64_t r = 0; r < a.R; ++r) {
           const int64_t qr = a.Q[r];
-          for (int64_t n = 0; n < a.N; ++n) {
-            T cs[kTile];
-            storeu(cs, s.m[r] * s.o[n]);
-            T* Drn = D + (r * a.N + n) * a.Qpad;
+          for (int64_t n = 0; n < a.N; ++n) storeu(cs + n * kTile, s.m[r] * s.o[n]);
+          int64_t n = 0;
+          for (; n + 4 <= a.N; n += 4) {  // four atoms share each dk load
+            const T *c0 = cs + n * kTile, *c1 = c0 + kTile, *c2 = c1 + kTile, *c3 = c2 + kTile;
+            T* D0 = D + (r * a.N + n) * a.Qpad;
             for (int64_t q0 = 0; q0 < qr; q0 += kTile) {  // may run past qr into Qpad; masked at the end
               const T* col = dkT + q0;
               V s0{}, s1{}, s2{}, s3{};
-              for (int64_t jj = 0; jj < kTile; jj += 4) {
-                s0 += cs[jj] * loadu<V>(col + jj * a.Qpad);
-                s1 += cs[jj + 1] * loadu<V>(col + (jj + 1) * a.Qpad);
-                s2 += cs[jj + 2] * loadu<V>(col + (jj + 2) * a.Qpad);
-                s3 += cs[jj + 3] * loadu<V>(col + (jj + 3) * a.Qpad);
+              for (int64_t jj = 0; jj < kTile; ++jj) {
+                const V d = loadu<V>(col + jj * a.Qpad);
+                s0 += c0[jj] * d;
+                s1 += c1[jj] * d;
+                s2 += c2[jj] * d;
+                s3 += c3[jj] * d;
               }
-              storeu(Drn + q0, loadu<V>(Drn + q0) + ((s0 + s1) + (s2 + s3)));
+              storeu(D0 + q0, loadu<V>(D0 + q0) + s0);
+              storeu(D0 + a.Qpad + q0, loadu<V>(D0 + a.Qpad + q0) + s1);
+              storeu(D0 + 2 * a.Qpad + q0, loadu<V>(D0 + 2 * a.Qpad + q0) + s2);
+              storeu(D0 + 3 * a.Qpad + q0, loadu<V>(D0 + 3 * a.Qpad + q0) + s3);
+            }
+          }
+          for (; n < a.N; ++n) {
+            const T* c0 = cs + n * kTile;
+            T* D0 = D + (r * a.N + n) * a.Qpad;
+            for (int64_t q0 = 0; q0 < qr; q0 += kTile) {
+              const T* col = dkT + q0;
+              V s0{}, s1{};
+              for (int64_t jj = 0; jj < kTile; jj += 2) {
+                s0 += c0[jj] * loadu<V>(col + jj * a.Qpad);
+                s1 += c0[jj + 1] * loadu<V>(col + (jj + 1) * a.Qpad);
+              }
+              storeu(D0 + q0, loadu<V>(D0 + q0) + (s0 + s1));
             }
           }
         }
@@ -312,13 +345,12 @@ INIK_CLONES void backward_chunk(const Args<double>& a, int64_t b, int64_t i0, in
 }
 
 template <class T> Args<T> make_args(const Geometry& g, const at::Tensor& ypad, const at::Tensor& mu,
-                                     const at::Tensor& om, const at::Tensor& Aqn, const at::Tensor& Anq) {
+                                     const at::Tensor& om, const at::Tensor& Aqn) {
   Args<T> a{};
   a.ypad = ypad.data_ptr<T>();
   a.mu = mu.data_ptr<T>();
   a.om = om.data_ptr<T>();
   a.Aqn = Aqn.data_ptr<T>();
-  a.Anq = Anq.data_ptr<T>();
   a.Q = g.Q.data();
   a.off = g.off.data();
   a.B = g.B; a.C = g.C; a.H = g.H; a.W = g.W; a.R = g.R; a.N = g.N;
@@ -335,10 +367,9 @@ at::Tensor ifm_forward_cpu(const at::Tensor& image, const at::Tensor& mu, const 
   at::Tensor ypad = padded_image(image, g);
   at::Tensor mu_c = mu.to(acc).contiguous(), om_c = omega.to(acc).contiguous();
   at::Tensor Aqn = packed_atoms(atoms, g);
-  at::Tensor Anq = Aqn.permute({0, 2, 1}).contiguous();
   at::Tensor out = at::empty({g.B, g.C, g.H, g.W}, image.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES(acc, "ifm_native_forward_cpu", [&] {
-    auto a = cpu::make_args<scalar_t>(g, ypad, mu_c, om_c, Aqn, Anq);
+    auto a = cpu::make_args<scalar_t>(g, ypad, mu_c, om_c, Aqn);
     a.out = out.data_ptr<scalar_t>();
     at::parallel_for(0, g.B * g.H, 1, [&](int64_t r0, int64_t r1) { cpu::forward_rows(a, r0, r1); });
   });
@@ -364,7 +395,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ifm_backward_cpu(
   at::Tensor mu_c = mu.to(acc).contiguous(), om_c = omega.to(acc).contiguous();
   at::Tensor dx = grad.to(acc).contiguous();
   at::Tensor Aqn = packed_atoms(atoms, g);
-  at::Tensor Anq = Aqn.permute({0, 2, 1}).contiguous();
   at::Tensor dypad = needs[0] ? at::zeros({g.B, g.C, g.Hp, g.Wp}, opt) : at::Tensor();
   at::Tensor dmu = needs[1] ? at::empty({g.B, g.R, g.H, g.W}, opt) : at::Tensor();
   at::Tensor dom = needs[2] ? at::empty({g.B, g.N, g.H, g.W}, opt) : at::Tensor();
@@ -382,7 +412,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ifm_backward_cpu(
   });
 
   AT_DISPATCH_FLOATING_TYPES(acc, "ifm_native_backward_cpu", [&] {
-    auto a = cpu::make_args<scalar_t>(g, ypad, mu_c, om_c, Aqn, Anq);
+    auto a = cpu::make_args<scalar_t>(g, ypad, mu_c, om_c, Aqn);
     a.dx = dx.data_ptr<scalar_t>();
     a.dypad = needs[0] ? dypad.data_ptr<scalar_t>() : nullptr;
     a.dmu = needs[1] ? dmu.data_ptr<scalar_t>() : nullptr;
