@@ -260,11 +260,15 @@ INIK_AI void backward_chunk_t(const Args<T>& a, int64_t b, int64_t i0, int64_t i
       if (!need_dk) continue;
 
       // dk[q] = sum_c dx[c] * y[c, p + d_q]
-      for (int64_t q = 0; q < a.Qmax; ++q) s.dk[q] = V{};
-      for (int64_t c = 0; c < a.C; ++c) {
-        const T* yb = a.ypad + (b * a.C + c) * a.Hp * a.Wp + base;
-        const V gc = s.g[c];
-        for (int64_t q = 0; q < a.Qmax; ++q) s.dk[q] += gc * loadu<V>(yb + a.off[q]);
+      {
+        const int64_t plane = a.Hp * a.Wp;
+        const T* yb = a.ypad + b * a.C * plane + base;
+        for (int64_t q = 0; q < a.Qmax; ++q) {
+          const T* yq = yb + a.off[q];
+          V d{};
+          for (int64_t c = 0; c < a.C; ++c) d += s.g[c] * loadu<V>(yq + c * plane);
+          s.dk[q] = d;
+        }
       }
 
       if (a.need_dmu || a.need_dom) {  // dcoef[r, n] = <dk, A[r, n]>
