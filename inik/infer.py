@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .models import INIKNet
+from .models.iniknet import MIN_SIZE, MULTIPLE, pad_to_valid
 
 log = logging.getLogger("inik")
 
@@ -34,16 +35,24 @@ def load_model(weights: Optional[str | os.PathLike] = None, device: str | torch.
     return INIKNet.load(path, map_location=device).eval(), True
 
 
-def _window(n: int, ramp: int, lo_edge: bool, hi_edge: bool) -> torch.Tensor:
-    """1-D blending weights of a tile of length n: linear ramps of length ``ramp`` on
-    sides that overlap a neighbour, flat 1 on sides at the image border."""
+def _window(n: int, overlap: int, lo_edge: bool, hi_edge: bool) -> torch.Tensor:
+    """1-D blending weights of a tile of length n.
+
+    On a side shared with a neighbour, the outer quarter of the overlap gets
+    weight 0 (a tile's own border, where its padding differs from the real
+    neighbourhood, is never used) and the middle half ramps linearly to 1; the
+    neighbour's weights mirror these, so the weights of every pixel sum to 1.
+    Sides at the image border keep weight 1.
+    """
     w = torch.ones(n)
-    if ramp > 0:
-        r = (torch.arange(ramp, dtype=torch.float32) + 1) / (ramp + 1)
+    if overlap > 0:
+        z = overlap // 4
+        d = torch.arange(n, dtype=torch.float32)
+        ramp = lambda dist: ((dist + 1 - z) / (overlap - 2 * z + 1)).clamp(0, 1)  # noqa: E731
         if not lo_edge:
-            w[:ramp] = r
+            w = torch.minimum(w, ramp(d))
         if not hi_edge:
-            w[n - ramp:] = r.flip(0)
+            w = torch.minimum(w, ramp(n - 1 - d))
     return w
 
 
@@ -59,9 +68,9 @@ def restore(model: INIKNet, y: torch.Tensor, tile: Optional[int] = None, overlap
             autocast_dtype: Optional[torch.dtype] = None, progress=None) -> torch.Tensor:
     """Deblur (B, 3, H, W) float in [0, 1] on the model's device; returns it clipped to [0, 1].
 
-    ``tile``: run on T x T windows (stride T - overlap) and blend them with linear
-    ramps over the overlaps, so memory stays bounded for any photo size.
-    ``overlap`` defaults to T // 4.
+    ``tile``: run on T x T windows (stride T - overlap; T rounded down to a
+    multiple of 16) and blend them over the overlaps (see :func:`_window`), so
+    memory stays bounded for any photo size. ``overlap`` defaults to T // 4.
     """
     device = next(model.parameters()).device
 
@@ -72,14 +81,19 @@ def restore(model: INIKNet, y: torch.Tensor, tile: Optional[int] = None, overlap
         with torch.autocast(device.type, dtype=autocast_dtype):
             return model(x).float()
 
-    b, c, h, w = y.shape
-    if tile is None or (h <= tile and w <= tile):
+    b, c, h0, w0 = y.shape
+    if tile is None or (h0 <= tile and w0 <= tile):
         return run(y).clamp_(0, 1).cpu()
-    if tile < 32:
-        raise ValueError(f"tile must be at least 32 pixels, got {tile}")
+    if tile < MIN_SIZE:
+        raise ValueError(f"tile must be at least {MIN_SIZE} pixels, got {tile}")
+    tile -= tile % MULTIPLE
     overlap = tile // 4 if overlap is None else overlap
     if not 0 <= overlap < tile:
         raise ValueError(f"overlap must be in [0, tile), got {overlap} for tile {tile}")
+    # Pad once, as model(y) would, so that tiles never pad: each tile then sees
+    # exactly the neighbourhood (image or border padding) the whole-image run sees.
+    y, _ = pad_to_valid(y)
+    h, w = y.shape[-2:]
     step = tile - overlap
     out = torch.zeros((b, c, h, w))
     weight = torch.zeros((1, 1, h, w))
@@ -97,7 +111,7 @@ def restore(model: INIKNet, y: torch.Tensor, tile: Optional[int] = None, overlap
             weight[:, :, top:top + th, left:left + tw] += wt
             if progress is not None:
                 progress.update()
-    return (out / weight).clamp_(0, 1)
+    return (out / weight)[..., :h0, :w0].clamp_(0, 1)
 
 
 _MODEL_CACHE: dict = {}
