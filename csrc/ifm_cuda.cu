@@ -35,7 +35,7 @@ cuda::Geom to_geom(const Geometry& g) {
 template <class Kernel>
 int block_for(Kernel kernel, int64_t values, int64_t elem, int64_t* smem) {
   const int bd = cuda::pick_block(values, elem, kDefaultSmem);
-  *smem = values * elem * bd;
+  *smem = cuda::smem_bytes(values, elem, bd);
   if (*smem > kDefaultSmem) {
     int dev = 0, optin = 0;
     C10_CUDA_CHECK(cudaGetDevice(&dev));
