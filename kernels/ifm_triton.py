@@ -38,8 +38,10 @@ A program holds up to four channels (``CB``, all of an RGB image); more channels
 are split over a third grid axis in the forward and the image gradient (the
 forward then re-synthesises ``k`` per block) and looped over for ``dk``.
 
-Inputs are made contiguous in the wrapper (one copy for a strided or
-channels_last input, then plain NCHW indexing everywhere). Half inputs
+Inputs are read in place through their batch, channel and row strides when
+their columns are contiguous (channel slices such as ``mu[:, 1:]``, crops of a
+larger image, expanded batches); other layouts (channels_last, transposed) are
+copied to contiguous first. Outputs and gradients are written contiguous. Half inputs
 (fp16/bf16) use tensor-core dots in their own dtype with fp32 accumulation;
 fp32 inputs follow ``torch.get_float32_matmul_precision()`` ("highest": IEEE
 fp32, else TF32); fp64 (gradcheck, interpreter) multiplies and sums without
@@ -99,54 +101,62 @@ def _up(x, F64: tl.constexpr):
 
 
 @triton.jit
-def _patch(img_b, i, j, valid, cdu, cdv, cols, cc, C, H, W, KK, F64: tl.constexpr):
-    """(BP, CB, CH) image taps ``img[c, i + du, j + dv]``, zero outside the image."""
+def _patch(img_b, i, j, valid, cdu, cdv, cols, cc, C, H, W, KK, s_c, s_h, F64: tl.constexpr):
+    """(BP, CB, CH) image taps ``img[c, i + du, j + dv]``, zero outside the image
+    (``s_c``, ``s_h``: channel and row strides of the image)."""
     du = tl.load(cdu + cols)
     dv = tl.load(cdv + cols)
     ii = i[:, None] + du[None, :]
     jj = j[:, None] + dv[None, :]
     inb = (ii >= 0) & (ii < H) & (jj >= 0) & (jj < W) & valid[:, None] & (cols < KK)[None, :]
-    off = (cc.to(tl.int64) * H * W)[None, :, None] + (ii * W + jj)[:, None, :]
+    off = (cc.to(tl.int64) * s_c)[None, :, None] + (ii.to(tl.int64) * s_h + jj)[:, None, :]
     m = inb[:, None, :] & (cc < C)[None, :, None]
     return _up(tl.load(img_b + off, mask=m, other=0.0), F64)
 
 
 @triton.jit
-def _dk(dx_b, img_b, i, j, valid, cdu, cdv, cols, C, H, W, KK,
+def _planes(base, ch, nch, i, j, valid, s_c, s_h, F64: tl.constexpr):
+    """(BP, len(ch)) values ``base[ch, i, j]`` of channels ``ch < nch``."""
+    off = (ch.to(tl.int64) * s_c)[None, :] + (i.to(tl.int64) * s_h + j)[:, None]
+    return _up(tl.load(base + off, mask=valid[:, None] & (ch < nch)[None, :], other=0.0), F64)
+
+
+@triton.jit
+def _dk(dx_b, img_b, i, j, valid, cdu, cdv, cols, C, H, W, KK, sd_c, sd_h, si_c, si_h,
         BP: tl.constexpr, CB: tl.constexpr, CH: tl.constexpr, F64: tl.constexpr):
     """(BP, CH) ``dk = sum_c dx[c] * patch[c]`` for one column chunk, channels in blocks of CB."""
-    pix = i * W + j
     if F64:
         dk = tl.zeros((BP, CH), dtype=tl.float64)
     else:
         dk = tl.zeros((BP, CH), dtype=tl.float32)
     for c0 in range(0, C, CB):
         cc = c0 + tl.arange(0, CB)
-        dx_t = _up(tl.load(dx_b + (cc.to(tl.int64) * H * W)[None, :] + pix[:, None],
-                           mask=valid[:, None] & (cc < C)[None, :], other=0.0), F64)
-        patch = _patch(img_b, i, j, valid, cdu, cdv, cols, cc, C, H, W, KK, F64)
+        dx_t = _planes(dx_b, cc, C, i, j, valid, sd_c, sd_h, F64)
+        patch = _patch(img_b, i, j, valid, cdu, cdv, cols, cc, C, H, W, KK, si_c, si_h, F64)
         dk += tl.sum(patch * dx_t[:, :, None], axis=1)
     return dk
 
 
 # ---------------------------------------------------------------- kernels
+# Inputs are read through (batch, channel, row) strides with unit column stride;
+# outputs and gradients are written contiguous.
 
 @triton.jit
 def _fwd_kernel(img, mu, om, A, perm, hs, cdu, cdv, cring, out, kbuf,
                 C, H, W, R, N, KK, row0, nrows,
+                si_b, si_c, si_h, sm_b, sm_c, sm_h, so_b, so_c, so_h,
                 STORE_K: tl.constexpr, CB: tl.constexpr, RP: tl.constexpr, NP: tl.constexpr,
                 KKP: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, CH: tl.constexpr,
                 USE_DOT: tl.constexpr, PREC: tl.constexpr, F64: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
     i, j, valid = _tile(tl.program_id(0), W, row0, nrows, TH, TW)
     HW = H * W
-    pix = i * W + j
     nn = tl.arange(0, NP)
     cc = tl.program_id(2) * CB + tl.arange(0, CB)  # this program's channels
-    mu_b = mu + b * R * HW
-    img_b = img + b * C * HW
-    om_t = _up(tl.load(om + b * N * HW + (nn.to(tl.int64) * HW)[None, :] + pix[:, None],
-                       mask=valid[:, None] & (nn < N)[None, :], other=0.0), F64)
+    mu_b = mu + b * sm_b
+    img_b = img + b * si_b
+    mu_pix = i.to(tl.int64) * sm_h + j
+    om_t = _planes(om + b * so_b, nn, N, i, j, valid, so_c, so_h, F64)
     halves = tl.load(hs + tl.arange(0, RP))
     if F64:
         acc = tl.zeros((TH * TW, CB), dtype=tl.float64)
@@ -162,7 +172,7 @@ def _fwd_kernel(img, mu, om, A, perm, hs, cdu, cdv, cring, out, kbuf,
             kc = tl.zeros((TH * TW, CH), dtype=tl.float32)
         for q in range(0, nq):
             r = tl.load(perm + q).to(tl.int64)
-            mu_q = _up(tl.load(mu_b + r * HW + pix, mask=valid, other=0.0), F64)
+            mu_q = _up(tl.load(mu_b + r * sm_c + mu_pix, mask=valid, other=0.0), F64)
             a = tl.load(A + (q * NP + nn)[:, None] * KKP + cols[None, :])
             coef = (mu_q[:, None] * om_t).to(a.dtype)
             kc += _mm(coef, a, USE_DOT, PREC)
@@ -170,16 +180,17 @@ def _fwd_kernel(img, mu, om, A, perm, hs, cdu, cdv, cring, out, kbuf,
             kb = kbuf + (b * KKP + cols.to(tl.int64))[None, :] * nrows * W + ((i - row0) * W + j)[:, None]
             tl.store(kb, kc.to(kbuf.dtype.element_ty), mask=valid[:, None] & (cols < KK)[None, :])
         else:
-            patch = _patch(img_b, i, j, valid, cdu, cdv, cols, cc, C, H, W, KK, F64)
+            patch = _patch(img_b, i, j, valid, cdu, cdv, cols, cc, C, H, W, KK, si_c, si_h, F64)
             acc += tl.sum(patch * kc[:, None, :], axis=2)
     if not STORE_K:
-        o = out + b * C * HW + (cc.to(tl.int64) * HW)[None, :] + pix[:, None]
+        o = out + b * C * HW + (cc.to(tl.int64) * HW)[None, :] + (i * W + j)[:, None]
         tl.store(o, acc.to(out.dtype.element_ty), mask=valid[:, None] & (cc < C)[None, :])
 
 
 @triton.jit
 def _bwd_coef_kernel(dx, img, mu, om, A, perm, cdu, cdv, gmu, gom,
                      C, H, W, R, N, KK,
+                     sd_b, sd_c, sd_h, si_b, si_c, si_h, sm_b, sm_c, sm_h, so_b, so_c, so_h,
                      NEED_MU: tl.constexpr, NEED_OM: tl.constexpr,
                      CB: tl.constexpr, RP: tl.constexpr, NP: tl.constexpr, KKP: tl.constexpr,
                      TH: tl.constexpr, TW: tl.constexpr, CH: tl.constexpr,
@@ -191,28 +202,26 @@ def _bwd_coef_kernel(dx, img, mu, om, A, perm, cdu, cdv, gmu, gom,
     nn = tl.arange(0, NP)
     qq = tl.arange(0, RP)
     rows = (qq[:, None] * NP + nn[None, :]).reshape(RP * NP)
-    img_b = img + b * C * HW
     if F64:
         dcoef = tl.zeros((TH * TW, RP * NP), dtype=tl.float64)
     else:
         dcoef = tl.zeros((TH * TW, RP * NP), dtype=tl.float32)
     for c0 in range(0, KKP, CH):
         cols = c0 + tl.arange(0, CH)
-        dk = _dk(dx + b * C * HW, img_b, i, j, valid, cdu, cdv, cols, C, H, W, KK, TH * TW, CB, CH, F64)
+        dk = _dk(dx + b * sd_b, img + b * si_b, i, j, valid, cdu, cdv, cols, C, H, W, KK,
+                 sd_c, sd_h, si_c, si_h, TH * TW, CB, CH, F64)
         at = tl.load(A + rows[None, :] * KKP + cols[:, None])  # (CH, RP*NP) = A[:, chunk]^T
         dcoef += _mm(dk.to(at.dtype), at, USE_DOT, PREC)
     dcoef3 = dcoef.reshape(TH * TW, RP, NP)
-    r = tl.load(perm + qq).to(tl.int64)
+    r = tl.load(perm + qq)
     qmask = qq < R
     if NEED_MU:
-        om_t = _up(tl.load(om + b * N * HW + (nn.to(tl.int64) * HW)[None, :] + pix[:, None],
-                           mask=valid[:, None] & (nn < N)[None, :], other=0.0), F64)
+        om_t = _planes(om + b * so_b, nn, N, i, j, valid, so_c, so_h, F64)
         dmu = tl.sum(dcoef3 * om_t[:, None, :], axis=2)
-        tl.store(gmu + b * R * HW + (r * HW)[None, :] + pix[:, None], dmu.to(gmu.dtype.element_ty),
-                 mask=valid[:, None] & qmask[None, :])
+        tl.store(gmu + b * R * HW + (r.to(tl.int64) * HW)[None, :] + pix[:, None],
+                 dmu.to(gmu.dtype.element_ty), mask=valid[:, None] & qmask[None, :])
     if NEED_OM:
-        mu_t = _up(tl.load(mu + b * R * HW + (r * HW)[None, :] + pix[:, None],
-                           mask=valid[:, None] & qmask[None, :], other=0.0), F64)
+        mu_t = tl.where(qmask[None, :], _planes(mu + b * sm_b, r, R, i, j, valid, sm_c, sm_h, F64), 0.0)
         dom = tl.sum(dcoef3 * mu_t[:, :, None], axis=1)
         tl.store(gom + b * N * HW + (nn.to(tl.int64) * HW)[None, :] + pix[:, None],
                  dom.to(gom.dtype.element_ty), mask=valid[:, None] & (nn < N)[None, :])
@@ -221,17 +230,17 @@ def _bwd_coef_kernel(dx, img, mu, om, A, perm, cdu, cdv, gmu, gom,
 @triton.jit
 def _bwd_atoms_kernel(dx, img, mu, om, perm, cdu, cdv, part,
                       B, C, H, W, R, N, KK, SPLIT,
+                      sd_b, sd_c, sd_h, si_b, si_c, si_h, sm_b, sm_c, sm_h, so_b, so_c, so_h,
                       CB: tl.constexpr, RP: tl.constexpr, NP: tl.constexpr, KKP: tl.constexpr,
                       TH: tl.constexpr, TW: tl.constexpr, CH: tl.constexpr,
                       DOT_DTYPE: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
                       F64: tl.constexpr):
     c0 = tl.program_id(0) * CH
     split = tl.program_id(1)
-    HW = H * W
     cols = c0 + tl.arange(0, CH)
     nn = tl.arange(0, NP)
     qq = tl.arange(0, RP)
-    r = tl.load(perm + qq).to(tl.int64)
+    r = tl.load(perm + qq)
     tiles = tl.cdiv(H, TH) * tl.cdiv(W, TW)
     if F64:
         acc = tl.zeros((RP * NP, CH), dtype=tl.float64)
@@ -240,13 +249,11 @@ def _bwd_atoms_kernel(dx, img, mu, om, perm, cdu, cdv, part,
     for t in range(split, B * tiles, SPLIT):
         b = (t // tiles).to(tl.int64)
         i, j, valid = _tile(t % tiles, W, 0, H, TH, TW)
-        pix = i * W + j
-        mu_t = _up(tl.load(mu + b * R * HW + (r * HW)[None, :] + pix[:, None],
-                           mask=valid[:, None] & (qq < R)[None, :], other=0.0), F64)
-        om_t = _up(tl.load(om + b * N * HW + (nn.to(tl.int64) * HW)[None, :] + pix[:, None],
-                           mask=valid[:, None] & (nn < N)[None, :], other=0.0), F64)
+        mu_t = tl.where((qq < R)[None, :], _planes(mu + b * sm_b, r, R, i, j, valid, sm_c, sm_h, F64), 0.0)
+        om_t = _planes(om + b * so_b, nn, N, i, j, valid, so_c, so_h, F64)
         coef = (mu_t[:, :, None] * om_t[:, None, :]).reshape(TH * TW, RP * NP)
-        dk = _dk(dx + b * C * HW, img + b * C * HW, i, j, valid, cdu, cdv, cols, C, H, W, KK, TH * TW, CB, CH, F64)
+        dk = _dk(dx + b * sd_b, img + b * si_b, i, j, valid, cdu, cdv, cols, C, H, W, KK,
+                 sd_c, sd_h, si_c, si_h, TH * TW, CB, CH, F64)
         acc += _mm(tl.trans(coef.to(DOT_DTYPE)), dk.to(DOT_DTYPE), USE_DOT, PREC)
     rows = tl.arange(0, RP * NP)
     dst = part + split.to(tl.int64) * RP * NP * KKP + rows[:, None] * KKP + cols[None, :]
@@ -255,14 +262,14 @@ def _bwd_atoms_kernel(dx, img, mu, om, perm, cdu, cdv, part,
 
 @triton.jit
 def _bwd_image_kernel(dx, kbuf, cdu, cdv, gimg,
-                      C, H, W, KK, row0, nrows, krow0, knrows,
+                      C, H, W, KK, row0, nrows, krow0, knrows, sd_b, sd_c, sd_h,
                       CB: tl.constexpr, KKP: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
                       CH: tl.constexpr, F64: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
     i, j, valid = _tile(tl.program_id(0), W, row0, nrows, TH, TW)
     HW = H * W
     cc = tl.program_id(2) * CB + tl.arange(0, CB)  # this program's channels
-    dx_b = dx + b * C * HW
+    dx_b = dx + b * sd_b
     if F64:
         acc = tl.zeros((TH * TW, CB), dtype=tl.float64)
     else:
@@ -275,7 +282,7 @@ def _bwd_image_kernel(dx, kbuf, cdu, cdv, gimg,
         inb = (qi >= 0) & (qi < H) & (qj >= 0) & (qj < W) & valid[:, None] & (cols < KK)[None, :]
         kb = kbuf + (b * KKP + cols.to(tl.int64))[None, :] * knrows * W + ((qi - krow0) * W + qj)
         kq = _up(tl.load(kb, mask=inb, other=0.0), F64)
-        off = (cc.to(tl.int64) * HW)[None, :, None] + (qi * W + qj)[:, None, :]
+        off = (cc.to(tl.int64) * sd_c)[None, :, None] + (qi.to(tl.int64) * sd_h + qj)[:, None, :]
         dxq = _up(tl.load(dx_b + off, mask=inb[:, None, :] & (cc < C)[None, :, None], other=0.0), F64)
         acc += tl.sum(dxq * kq[:, None, :], axis=2)
     o = gimg + b * C * HW + (cc.to(tl.int64) * HW)[None, :] + (i * W + j)[:, None]
@@ -394,16 +401,22 @@ class _Plan:
         return g.reshape(self.R, self.N, self.K, self.K).to(dtype)
 
 
-def _contig(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    return [t.contiguous() for t in tensors]
+def _rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors as the kernels read them: any batch, channel and row strides,
+    unit column stride (a copy only for other layouts, e.g. channels_last)."""
+    return [t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous() for t in tensors]
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
 
 
 def ifm_triton(image, mu, omega, atoms, support: Sequence[int]):
     """Fused forward: (B, C, H, W) output of the inputs' dtype."""
-    image, mu, omega = _contig(image, mu, omega)
+    image, mu, omega = _rows(image, mu, omega)
     plan = _Plan(atoms, support)
     B, C, H, W = image.shape
-    out = torch.empty_like(image)
+    out = torch.empty((B, C, H, W), dtype=image.dtype, device=image.device)
     CB = _channel_block(C)
 
     def grid(meta):
@@ -411,7 +424,7 @@ def ifm_triton(image, mu, omega, atoms, support: Sequence[int]):
 
     _launch(_fwd_kernel, _fwd_tuned, grid, plan.f64,
             image, mu, omega, plan.A, plan.perm, plan.hs, plan.cdu, plan.cdv, plan.cring, out, out,
-            C, H, W, plan.R, plan.N, plan.KK, 0, H,
+            C, H, W, plan.R, plan.N, plan.KK, 0, H, *_strides(image), *_strides(mu), *_strides(omega),
             STORE_K=False, CB=CB, RP=plan.RP, NP=plan.NP, KKP=plan.KKP,
             USE_DOT=plan.use_dot, PREC=plan.prec, F64=plan.f64)
     return out
@@ -427,7 +440,8 @@ def _atoms_split(n_tiles: int, n_chunks: int, device: torch.device) -> int:
 
 def ifm_triton_backward(grad, image, mu, omega, atoms, support: Sequence[int], needs):
     """Gradients for (image, mu, omega, atoms); an unneeded one is None."""
-    grad, image, mu, omega = _contig(grad, image, mu, omega)
+    grad, image, mu, omega = _rows(grad, image, mu, omega)
+    strides = (*_strides(grad), *_strides(image), *_strides(mu), *_strides(omega))
     plan = _Plan(atoms, support)
     B, C, H, W = image.shape
     CB = _channel_block(C)
@@ -435,15 +449,15 @@ def ifm_triton_backward(grad, image, mu, omega, atoms, support: Sequence[int], n
     g_image = g_mu = g_omega = g_atoms = None
 
     if needs[1] or needs[2]:
-        g_mu = torch.empty_like(mu) if needs[1] else mu
-        g_omega = torch.empty_like(omega) if needs[2] else omega
+        g_mu = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device) if needs[1] else mu
+        g_omega = torch.empty(omega.shape, dtype=omega.dtype, device=omega.device) if needs[2] else omega
 
         def grid(meta):
             return (triton.cdiv(H, meta["TH"]) * triton.cdiv(W, meta["TW"]), B)
 
         _launch(_bwd_coef_kernel, _bwd_coef_tuned, grid, plan.f64,
                 grad, image, mu, omega, plan.A, plan.perm, plan.cdu, plan.cdv, g_mu, g_omega,
-                C, H, W, plan.R, plan.N, plan.KK,
+                C, H, W, plan.R, plan.N, plan.KK, *strides,
                 NEED_MU=bool(needs[1]), NEED_OM=bool(needs[2]), RP=plan.RP, NP=plan.NP,
                 USE_DOT=plan.use_dot, PREC=plan.prec, F64=plan.f64, **common)
         g_mu = g_mu if needs[1] else None
@@ -459,14 +473,14 @@ def ifm_triton_backward(grad, image, mu, omega, atoms, support: Sequence[int], n
                      torch.float32: tl.float32, torch.float64: tl.float64}[plan.dot_dtype]
         _bwd_atoms_kernel[(n_chunks, split)](
             grad, image, mu, omega, plan.perm, plan.cdu, plan.cdv, part,
-            B, C, H, W, plan.R, plan.N, plan.KK, split,
+            B, C, H, W, plan.R, plan.N, plan.KK, split, *strides,
             RP=plan.RP, NP=plan.NP, DOT_DTYPE=dot_dtype, USE_DOT=plan.use_dot, PREC=plan.prec,
             F64=plan.f64, num_warps=4, **meta, **common)
         summed = part.sum(0).view(plan.RP, plan.NP, plan.KKP)
         g_atoms = plan.atoms_grad(summed, atoms.dtype)
 
     if needs[0]:
-        g_image = torch.empty_like(image)
+        g_image = torch.empty((B, C, H, W), dtype=image.dtype, device=image.device)
         half = plan.K // 2
         row_bytes = B * plan.KKP * W * (8 if plan.f64 else 4)
         band = max(plan.K, _KBUF_BYTES // row_bytes - 2 * half)
@@ -481,6 +495,7 @@ def ifm_triton_backward(grad, image, mu, omega, atoms, support: Sequence[int], n
             _launch(_fwd_kernel, _fwd_tuned, kgrid, plan.f64,
                     image, mu, omega, plan.A, plan.perm, plan.hs, plan.cdu, plan.cdv, plan.cring,
                     g_image, kbuf, C, H, W, plan.R, plan.N, plan.KK, k0, k1 - k0,
+                    *_strides(image), *_strides(mu), *_strides(omega),
                     STORE_K=True, RP=plan.RP, NP=plan.NP,
                     USE_DOT=plan.use_dot, PREC=plan.prec, F64=plan.f64, **common)
 
@@ -489,7 +504,7 @@ def ifm_triton_backward(grad, image, mu, omega, atoms, support: Sequence[int], n
 
             _launch(_bwd_image_kernel, _bwd_image_tuned, igrid, plan.f64,
                     grad, kbuf, plan.cdu, plan.cdv, g_image,
-                    C, H, W, plan.KK, r0, r1 - r0, k0, k1 - k0, F64=plan.f64, **common)
+                    C, H, W, plan.KK, r0, r1 - r0, k0, k1 - k0, *_strides(grad), F64=plan.f64, **common)
     return g_image, g_mu, g_omega, g_atoms
 
 
