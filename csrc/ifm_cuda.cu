@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <tuple>
 
@@ -24,7 +25,11 @@ namespace inik {
 namespace {
 
 constexpr int64_t kDefaultSmem = 48 * 1024;
-constexpr int64_t kMaxParamBlocks = 256;  // atom-gradient partials: fixed upper bound, memory-bounded
+// Blocks of the parameter-gradient kernel: enough to fill a large GPU, each holding
+// one atom-gradient partial, at most kMaxPartialBytes of partials. Depends on the
+// problem's shape only, so results are bitwise reproducible across runs and GPUs.
+constexpr int64_t kMaxParamBlocks = 1024;
+constexpr int64_t kMaxPartialBytes = 64 << 20;
 
 cuda::Geom to_geom(const Geometry& g) {
   return cuda::Geom{g.B, g.C, g.H, g.W, g.R, g.N, g.Qmax, g.Hp, g.Wp, g.h};
@@ -132,7 +137,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ifm_backward_cuda(
       int64_t smem = 0;
       const int bd = block_for(cuda::ifm_param_grad_kernel<scalar_t>, cuda::param_smem_values(cg),
                                sizeof(scalar_t), &smem);
-      const int64_t blocks = std::min(blocks_for(total, bd), kMaxParamBlocks);
+      const int64_t part_bytes = g.R * g.N * g.Qmax * static_cast<int64_t>(sizeof(scalar_t));
+      const int64_t blocks = std::max<int64_t>(
+          1, std::min({blocks_for(total, bd), kMaxParamBlocks, kMaxPartialBytes / part_bytes}));
       at::Tensor part = needs[3] ? at::zeros({blocks, g.R, g.N, g.Qmax}, opt) : at::Tensor();
       cuda::ifm_param_grad_kernel<scalar_t><<<blocks, bd, smem, stream>>>(
           ypad.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), mu_c.data_ptr<scalar_t>(),
