@@ -308,6 +308,10 @@ _BWD_GPU_CONFIGS = [
 # the broadcast-multiply path needs small tiles).
 _FIXED = {"TH": 4, "TW": 4, "CH": 16}
 _FIXED_GPU_F64 = {"TH": 4, "TW": 8, "CH": 16}
+# The atom-gradient reduction (not autotuned: its partials' layout depends on CH);
+# 8 warps keep its (RP*NP, CH) accumulator and (BP, RP*NP) coefficients unspilled.
+_ATOMS_GPU = {"TH": 8, "TW": 8, "CH": 32}
+_ATOMS_GPU_WARPS = 8
 
 def _tuned(kernel, configs, key=("C", "R", "N", "KK")):
     return triton.autotune(configs=configs, key=list(key))(kernel)
@@ -464,7 +468,8 @@ def ifm_triton_backward(grad, image, mu, omega, atoms, support: Sequence[int], n
         g_omega = g_omega if needs[2] else None
 
     if needs[3]:
-        meta = dict(_FIXED if (_INTERPRET or plan.f64) else {"TH": 8, "TW": 8, "CH": 32})
+        fixed = _INTERPRET or plan.f64
+        meta = dict(_FIXED if fixed else _ATOMS_GPU)
         n_tiles = B * triton.cdiv(H, meta["TH"]) * triton.cdiv(W, meta["TW"])
         n_chunks = plan.KKP // meta["CH"]
         split = _atoms_split(n_tiles, n_chunks, image.device)
@@ -475,7 +480,7 @@ def ifm_triton_backward(grad, image, mu, omega, atoms, support: Sequence[int], n
             grad, image, mu, omega, plan.perm, plan.cdu, plan.cdv, part,
             B, C, H, W, plan.R, plan.N, plan.KK, split, *strides,
             RP=plan.RP, NP=plan.NP, DOT_DTYPE=dot_dtype, USE_DOT=plan.use_dot, PREC=plan.prec,
-            F64=plan.f64, num_warps=4, **meta, **common)
+            F64=plan.f64, num_warps=4 if fixed else _ATOMS_GPU_WARPS, **meta, **common)
         summed = part.sum(0).view(plan.RP, plan.NP, plan.KKP)
         g_atoms = plan.atoms_grad(summed, atoms.dtype)
 

@@ -267,7 +267,7 @@ def _compile_for_gpu(arch: int, dtype: str) -> list[str]:
         (kt._bwd_coef_kernel, dict(NEED_MU=True, NEED_OM=True, **cfg)),
         (kt._bwd_atoms_kernel, dict(DOT_DTYPE=getattr(tl, {"fp32": "float32", "bf16": "bfloat16",
                                                             "fp16": "float16", "fp64": "float64"}[dtype]),
-                                    **(kt._FIXED if f64 else {"TH": 8, "TW": 8, "CH": 32}))),
+                                    **(kt._FIXED if f64 else kt._ATOMS_GPU))),
         (kt._bwd_image_kernel, dict(cfg)),
     ]
     for fn, consts in launches:
@@ -275,8 +275,9 @@ def _compile_for_gpu(arch: int, dtype: str) -> list[str]:
         sig = {a: "constexpr" if a in consts else
                (f"*{dtype}" if a in ptr else "*i32" if a in idx else acc if a in ("kbuf", "part") else "i32")
                for a in fn.arg_names}
+        warps = kt._ATOMS_GPU_WARPS if fn is kt._bwd_atoms_kernel and not f64 else 4
         triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", arch, 32),
-                       options={"num_warps": 4, "num_stages": 2})
+                       options={"num_warps": warps, "num_stages": 2})
         done.append(fn.__name__)
     return done
 
