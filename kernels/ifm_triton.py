@@ -322,7 +322,7 @@ if _INTERPRET:
 else:
     _fwd_tuned = _tuned(_fwd_kernel, _GPU_CONFIGS, key=("C", "R", "N", "KK", "STORE_K"))
     _bwd_coef_tuned = _tuned(_bwd_coef_kernel, _BWD_GPU_CONFIGS)
-    _bwd_image_tuned = _tuned(_bwd_image_kernel, _BWD_GPU_CONFIGS)
+    _bwd_image_tuned = _tuned(_bwd_image_kernel, _BWD_GPU_CONFIGS, key=("C", "KK"))
 
 
 def _launch(kernel, tuned, grid, f64, *args, **kwargs):
