@@ -31,8 +31,11 @@ def load_model(weights: Optional[str | os.PathLike] = None, device: str | torch.
     path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
     if weights is None and not path.is_file():
         torch.manual_seed(0)
-        return INIKNet().eval().to(device), False
-    return INIKNet.load(path, map_location=device).eval(), True
+        model, trained = INIKNet(), False
+    else:
+        model, trained = INIKNet.load(path, map_location=device), True
+    # channels_last: same numbers (tests/test_fast_path.py), 2-3x faster convolutions on CPU
+    return model.eval().to(device, memory_format=torch.channels_last), trained
 
 
 def _window(n: int, overlap: int, lo_edge: bool, hi_edge: bool) -> torch.Tensor:
@@ -75,7 +78,7 @@ def restore(model: INIKNet, y: torch.Tensor, tile: Optional[int] = None, overlap
     device = next(model.parameters()).device
 
     def run(x):
-        x = x.to(device)
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
         if autocast_dtype is None:
             return model(x).float()
         with torch.autocast(device.type, dtype=autocast_dtype):

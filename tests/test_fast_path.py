@@ -1,0 +1,56 @@
+"""Numerics guards of the fast path (channels_last, fastest IFM backend, IFM at the
+finest level only, bf16 autocast) against the authors' way of running the model."""
+
+import math
+
+import pytest
+import torch
+
+import inik
+from inik.data.synthetic import DefocusSynthesizer, SyntheticConfig
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    baseline = inik.INIKNet(ifm_backend="unfused").eval()
+    fast = inik.INIKNet().eval()
+    fast.load_state_dict(baseline.state_dict())
+    return baseline, fast.to(memory_format=torch.channels_last)
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return DefocusSynthesizer(None, SyntheticConfig(size=96, max_radius=8)).sample(5).blurry[None]
+
+
+def test_fast_fp32_equals_baseline(models, photo):
+    baseline, fast = models
+    with torch.no_grad():
+        want = baseline.forward_levels(photo.contiguous())[-1]
+        got = fast(photo.contiguous(memory_format=torch.channels_last))
+    assert (got - want).abs().max() < 1e-5
+
+
+def test_bf16_autocast_scores_40db_against_fp32(models, photo):
+    _, fast = models
+    x = photo.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = fast(x).clamp(0, 1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = fast(x).float().clamp(0, 1)
+    psnr = 10 * math.log10(1 / ((half - ref) ** 2).mean().item())
+    assert psnr >= 40, psnr
+
+
+def test_training_step_fast_equals_baseline_gradients(models, photo):
+    baseline, fast = models
+    target = torch.rand_like(photo)
+    grads = []
+    for model, x in ((baseline, photo.contiguous()), (fast, photo.contiguous(memory_format=torch.channels_last))):
+        model.zero_grad()
+        loss = sum(torch.nn.functional.mse_loss(o, torch.nn.functional.interpolate(
+            target, size=o.shape[-2:], mode="bilinear", align_corners=False)) for o in model.forward_levels(x))
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-6)
