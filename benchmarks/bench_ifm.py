@@ -14,7 +14,7 @@ the fraction of the roofline, max(bytes / peak bandwidth, flops / peak flops),
 reached (ARCHITECTURE.md section 2). Times use ``triton.testing.do_bench`` on a
 GPU and the median of up to ``--reps`` runs on a CPU (one run for calls slower
 than ``--min-ms``), so CPU numbers are rough, more so on a shared machine; on
-a CPU no measurement starts after ``--budget-s`` (90 s), which keeps a default
+a CPU no measurement starts after ``--budget-s`` (75 s), which keeps a default
 run near two minutes and says what it skipped.
 Absolute numbers only mean something next to the device line printed above them.
 
@@ -287,7 +287,7 @@ def main(argv=None) -> int:
     p.add_argument("--tf32", action="store_true",
                    help="fp32 matmuls on TF32 tensor cores (torch.set_float32_matmul_precision('high'))")
     p.add_argument("--budget-s", type=float, default=None,
-                   help="start no measurement after this many seconds (default: 90 on a CPU, none on a GPU)")
+                   help="start no measurement after this many seconds (default: 75 on a CPU, none on a GPU)")
     p.add_argument("--out", help="write the results to this .csv or .json file")
     args = p.parse_args(argv)
 
@@ -325,7 +325,7 @@ def main(argv=None) -> int:
           + (f"; roofline: {bw / 1e12:.2f} TB/s" if bw else "")
           + (f", {fl / 1e12:.0f} TFLOP/s" if fl else ""))
 
-    budget = args.budget_s if args.budget_s is not None else (90.0 if device.type == "cpu" else 0.0)
+    budget = args.budget_s if args.budget_s is not None else (75.0 if device.type == "cpu" else 0.0)
     start = time.perf_counter()
     rows, baseline = [], {}
     for name in names:
