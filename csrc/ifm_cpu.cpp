@@ -53,9 +53,6 @@ namespace cpu {
 
 typedef float vf16 __attribute__((vector_size(16 * sizeof(float))));
 typedef double vd16 __attribute__((vector_size(16 * sizeof(double))));
-template <class T> struct VecOf;
-template <> struct VecOf<float> { using type = vf16; };
-template <> struct VecOf<double> { using type = vd16; };
 static_assert(kTile == 16, "vector types hold kTile lanes");
 
 template <class V, class T> INIK_AI V loadu(const T* p) {
@@ -93,7 +90,6 @@ template <class T> struct Args {
   const int64_t* off;  // (Qmax) tap offsets in the padded plane
   const int* scatter;  // (Qmax) tap order for the image-gradient scatter
   int64_t B, C, H, W, R, N, Qmax, Qpad, Hp, Wp, h;
-  int64_t chunk_rows, chunks_per_image, groups;
   bool need_dy, need_dmu, need_dom, need_datoms;
 };
 
@@ -104,7 +100,8 @@ template <class V, class T> struct Scratch {
   V *m, *o, *g, *cc, *kb, *dk, *dc, *domacc;
   T *cs, *dkT;
   explicit Scratch(const Args<T>& a) {
-    const int64_t nv = a.R + 3 * a.N + a.C + 2 * a.Qmax + a.N + kTile * a.Qpad + a.N;
+    // in vectors: m, o, g, cc, kb, dk, dc, domacc, then cs (N x kTile) and dkT (kTile x Qpad)
+    const int64_t nv = a.R + a.N + a.C + a.N + 2 * a.Qmax + 2 * a.N + a.N + a.Qpad;
     raw.assign((nv + 1) * sizeof(V), 0);
     const auto addr = reinterpret_cast<std::uintptr_t>(raw.data());
     V* p = reinterpret_cast<V*>((addr + sizeof(V) - 1) / sizeof(V) * sizeof(V));
@@ -116,9 +113,9 @@ template <class V, class T> struct Scratch {
     dk = p; p += a.Qmax;
     dc = p; p += a.N;
     domacc = p; p += a.N;
-    cs = reinterpret_cast<T*>(p);  // N * kTile scalars
+    cs = reinterpret_cast<T*>(p);
     p += a.N;
-    dkT = reinterpret_cast<T*>(p);  // kTile * Qpad scalars
+    dkT = reinterpret_cast<T*>(p);
   }
 };
 
