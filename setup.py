@@ -58,12 +58,14 @@ def _extension_build():
         return [], {}
 
     here = os.path.dirname(os.path.abspath(__file__))
-    csrc = os.path.join("csrc")
-    # torch adds the C++ standard it needs; -Wno-psabi: vector types never cross a call boundary
-    cxx = ["-O3", "-fopenmp", "-Wno-psabi"]
+    csrc = "csrc"
+    # torch adds the C++ standard it needs; -Wno-psabi: vector types never cross a call boundary.
+    # -fopenmp: at::parallel_for is OpenMP inside our own object code (Apple clang has none).
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    cxx = ["-O3", "-Wno-psabi", *openmp]
     if os.environ.get("INIK_CPU_NATIVE", "") == "1":
         cxx += ["-march=native", "-DINIK_NO_CLONES"]
-    link = ["-fopenmp"]
+    link = openmp
 
     build_cuda_env = os.environ.get("INIK_BUILD_CUDA", "")
     if build_cuda_env == "0":
@@ -78,6 +80,9 @@ def _extension_build():
         want_cuda, why = True, "a GPU is visible"
     else:
         want_cuda, why = False, "no GPU visible (set INIK_BUILD_CUDA=1 to build the CUDA kernels anyway)"
+
+    if build_cuda_env == "1" and not want_cuda:
+        raise RuntimeError(f"inik setup: INIK_BUILD_CUDA=1 but the CUDA kernels cannot be built: {why}")
 
     sources = [os.path.join(csrc, "ifm_cpu.cpp")]
     if want_cuda:
