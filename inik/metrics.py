@@ -28,14 +28,8 @@ def as_eval_array(image, clip: bool = True) -> np.ndarray:
     """numpy ``(H, W, C)`` or torch ``(C, H, W)``/``(1, C, H, W)`` -> float64
     numpy ``(H, W, C)``, clipped to [0, 1] when ``clip``."""
     if isinstance(image, torch.Tensor):
-        t = image.detach()
-        if t.ndim == 4:
-            if t.shape[0] != 1:
-                raise ValueError(f"expected one image, got a batch of {t.shape[0]}")
-            t = t[0]
-        if t.ndim != 3:
-            raise ValueError(f"expected a (C, H, W) tensor; got shape {tuple(image.shape)}")
-        arr = t.to("cpu", torch.float64).permute(1, 2, 0).numpy()
+        from .data.io import tensor_to_image
+        arr = tensor_to_image(image, np.float64)
     else:
         arr = np.asarray(image, dtype=np.float64)
         if arr.ndim == 2:

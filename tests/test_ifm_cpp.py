@@ -15,6 +15,8 @@ import torch
 from inik.ops import _ext, available_backends, backend_unavailable, ifm, resolve_backend
 from inik.ops.reference import ifm_oracle
 
+from ifm_checks import check_compile_keeps_one_opaque_call, close
+
 if not _ext.is_built() and os.environ.get(_ext.NO_EXTENSION_ENV, "") == "1":
     pytest.skip("INIK_NO_EXTENSION=1: the extension was not built on purpose", allow_module_level=True)
 
@@ -31,7 +33,6 @@ CASES = {
     "model_scales": (1, 3, 21, 18, 7, 10, 15, [3, 5, 7, 9, 11, 13, 15]),
     "many_chunks": (5, 1, 224, 3, 2, 2, 3, None),
 }
-TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 8e-2}
 
 
 def _inputs(case, dtype=torch.float32, device="cpu"):
@@ -46,12 +47,6 @@ def _grads(backend, xs, support, grad_out, needs=(True, True, True, True)):
     out.backward(grad_out)
     return out.detach(), [x.grad for x in leaves]
 
-
-def _close(got, want, dtype, what):
-    tol = TOL[dtype]
-    scale = want.abs().max().clamp_min(1.0)
-    err = (got.double().cpu() - want.double().cpu()).abs().max()
-    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol} * {scale:.3g}"
 
 
 def test_extension_is_built_and_auto_picks_cpp(monkeypatch):
@@ -73,9 +68,9 @@ def test_forward_and_gradients_match_reference(case, dtype):
     out, grads = _grads("cpp", xs, support, grad_out)
     ref_out, ref_grads = _grads("reference", xs, support, grad_out)
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
-    _close(out, ref_out, dtype, "output")
+    close(out, ref_out, dtype, "output")
     for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
-        _close(g, rg, dtype, f"d{name}")
+        close(g, rg, dtype, f"d{name}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -88,14 +83,14 @@ def test_half_precision_matches_fp32_reference(dtype, with_support):
     out, grads = _grads("cpp", xs, support, grad_out)
     ref_out, ref_grads = _grads("reference", [x.float() for x in xs], support, grad_out.float())
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
-    _close(out, ref_out, dtype, "output")
+    close(out, ref_out, dtype, "output")
     for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
-        _close(g, rg, dtype, f"d{name}")
+        close(g, rg, dtype, f"d{name}")
 
 
 def test_forward_matches_naive_oracle():
     xs, support = _inputs((2, 2, 5, 6, 3, 2, 5, [5, 1, 3]), torch.float64)
-    _close(ifm(*xs, support=support, backend="cpp"), ifm_oracle(*xs, support), torch.float64, "output")
+    close(ifm(*xs, support=support, backend="cpp"), ifm_oracle(*xs, support), torch.float64, "output")
 
 
 @pytest.mark.parametrize("needs", [(True, False, False, False), (False, True, False, False),
@@ -109,7 +104,7 @@ def test_partial_needs(needs):
     for nd, g, rg in zip(needs, grads, ref_grads):
         assert (g is None) == (not nd)
         if nd:
-            _close(g, rg, torch.float32, "grad")
+            close(g, rg, torch.float32, "grad")
 
 
 def test_native_backward_returns_empty_for_unneeded():
@@ -139,9 +134,9 @@ def test_non_contiguous_inputs(layout):
     out, grads = _grads("cpp", xs, [5, 3], grad_out)
     ref_out, ref_grads = _grads("reference", [x.contiguous() for x in xs], [5, 3], grad_out)
     assert out.stride() == torch.empty_like(image).stride()
-    _close(out, ref_out, torch.float32, "output")
+    close(out, ref_out, torch.float32, "output")
     for g, rg in zip(grads, ref_grads):
-        _close(g, rg, torch.float32, "grad")
+        close(g, rg, torch.float32, "grad")
 
 
 def test_backward_is_deterministic():
@@ -196,31 +191,7 @@ def test_native_ops_reject_bad_arguments():
 
 def test_torch_compile_fullgraph_matches_eager():
     xs, support = _inputs((1, 2, 4, 5, 2, 3, 3, [3, 1]))
-    graphs = []
-
-    def counting_backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    def f(image, mu, omega, atoms):
-        return ifm(image * 1.5, mu, omega, atoms, support=support, backend="cpp").sin().sum()
-
-    torch._dynamo.reset()
-    torch.compile(f, fullgraph=True, backend=counting_backend)(*xs)
-    calls = [n for g in graphs for n in g.graph.nodes
-             if n.target in (torch.ops.inik.ifm, torch.ops.inik.ifm.default)]
-    assert len(graphs) == 1 and len(calls) == 1
-
-    torch._dynamo.reset()
-    eager = [x.clone().requires_grad_() for x in xs]
-    compiled = [x.clone().requires_grad_() for x in xs]
-    want = f(*eager)
-    want.backward()
-    got = torch.compile(f, fullgraph=True)(*compiled)
-    got.backward()
-    _close(got.detach(), want.detach(), torch.float32, "compiled output")
-    for a, b in zip(eager, compiled):
-        _close(b.grad, a.grad, torch.float32, "compiled grad")
+    check_compile_keeps_one_opaque_call(xs, support, "cpp")
 
 
 def test_torch_compile_traces_native_ops_through_their_fakes():
@@ -237,7 +208,7 @@ def test_torch_compile_traces_native_ops_through_their_fakes():
     for a, b in zip(got, want):
         assert a.shape == b.shape
         if a.numel():
-            _close(a, b, torch.float32, "compiled native op")
+            close(a, b, torch.float32, "compiled native op")
 
 
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)
@@ -251,9 +222,9 @@ def test_cuda_matches_cpp(case, dtype):
     out, grads = _grads("cpp", xs, support, grad_out)
     cxs = [x.cuda() for x in xs]
     cout, cgrads = _grads("cuda", cxs, support, grad_out.cuda())
-    _close(cout, out, dtype, "output")
+    close(cout, out, dtype, "output")
     for name, g, cg in zip(("image", "mu", "omega", "atoms"), grads, cgrads):
-        _close(cg, g, dtype, f"d{name}")
+        close(cg, g, dtype, f"d{name}")
 
 
 @needs_gpu
@@ -265,9 +236,9 @@ def test_cuda_half_precision(dtype):
     out, grads = _grads("cuda", xs, support, grad_out)
     ref_out, ref_grads = _grads("reference", [x.float() for x in xs], support, grad_out.float())
     assert out.dtype == dtype
-    _close(out, ref_out, dtype, "output")
+    close(out, ref_out, dtype, "output")
     for g, rg in zip(grads, ref_grads):
-        _close(g, rg, dtype, "grad")
+        close(g, rg, dtype, "grad")
 
 
 @needs_gpu

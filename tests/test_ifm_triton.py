@@ -15,6 +15,8 @@ triton = pytest.importorskip("triton")
 from inik.ops import available_backends, backend_unavailable, ifm  # noqa: E402
 from inik.ops.reference import ifm_oracle  # noqa: E402
 
+from ifm_checks import check_compile_keeps_one_opaque_call, close  # noqa: E402
+
 ifm_triton = pytest.importorskip("inik.kernels.ifm_triton")
 
 DEVICE = torch.device("cpu" if ifm_triton._INTERPRET or not torch.cuda.is_available() else "cuda")
@@ -47,12 +49,6 @@ def _grads(backend, xs, support, grad_out, needs=(True, True, True, True)):
     return out.detach(), [x.grad for x in leaves]
 
 
-def _close(got, want, dtype, what):
-    tol = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 8e-2}[dtype]
-    scale = want.abs().max().clamp_min(1.0)
-    err = (got.double() - want.double()).abs().max()
-    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol} * {scale:.3g}"
-
 
 def test_backend_registered_and_available():
     assert "triton" in available_backends(DEVICE)
@@ -69,16 +65,16 @@ def test_forward_and_gradients_match_reference(case):
     grad_out = torch.randn_like(xs[0])
     out, grads = _grads("triton", xs, support, grad_out)
     ref_out, ref_grads = _grads("reference", xs, support, grad_out)
-    _close(out, ref_out, torch.float32, "output")
+    close(out, ref_out, torch.float32, "output")
     for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
-        _close(g, rg, torch.float32, f"d{name}")
+        close(g, rg, torch.float32, f"d{name}")
 
 
 def test_forward_matches_naive_oracle():
     xs, support = _inputs(CASES["support"], torch.float64)
     out = ifm(*xs, support=support, backend="triton")
     want = ifm_oracle(*[x.cpu() for x in xs], support)
-    _close(out.cpu(), want, torch.float64, "output")
+    close(out.cpu(), want, torch.float64, "output")
 
 
 @pytest.mark.parametrize("needs", [(True, False, False, False), (False, True, False, False),
@@ -91,7 +87,7 @@ def test_partial_needs(needs):
     for nd, g, rg in zip(needs, grads, ref_grads):
         assert (g is None) == (not nd)
         if nd:
-            _close(g, rg, torch.float32, "grad")
+            close(g, rg, torch.float32, "grad")
 
 
 def test_non_contiguous_and_channels_last_inputs():
@@ -106,9 +102,9 @@ def test_non_contiguous_and_channels_last_inputs():
     out, grads = _grads("triton", xs, [5, 3], grad_out)
     ref_out, ref_grads = _grads("reference", [x.contiguous() for x in xs], [5, 3], grad_out)
     assert out.stride() == torch.empty_like(image).stride()
-    _close(out, ref_out, torch.float32, "output")
+    close(out, ref_out, torch.float32, "output")
     for g, rg in zip(grads, ref_grads):
-        _close(g, rg, torch.float32, "grad")
+        close(g, rg, torch.float32, "grad")
 
 
 def test_crops_slices_and_expanded_inputs_read_in_place():
@@ -133,7 +129,7 @@ def test_crops_slices_and_expanded_inputs_read_in_place():
         out.backward(grad_out)
         results[backend] = [out.detach()] + [x.grad for x in leaves]
     for name, got, want in zip(("output", "image", "mu", "omega", "atoms"), results["triton"], results["reference"]):
-        _close(got, want, torch.float32, name)
+        close(got, want, torch.float32, name)
 
 
 def test_image_gradient_in_several_bands(monkeypatch):
@@ -145,7 +141,7 @@ def test_image_gradient_in_several_bands(monkeypatch):
     needs = (True, False, False, False)
     _, (g, *_) = _grads("triton", xs, support, grad_out, needs)
     _, (rg, *_) = _grads("reference", xs, support, grad_out, needs)
-    _close(g, rg, torch.float32, "dimage")
+    close(g, rg, torch.float32, "dimage")
 
 
 def test_backward_is_deterministic():
@@ -195,9 +191,9 @@ def test_half_precision_matches_fp32_reference(dtype):
     out, grads = _grads("triton", xs, support, grad_out)
     ref_out, ref_grads = _grads("reference", [x.float() for x in xs], support, grad_out.float())
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
-    _close(out, ref_out, dtype, "output")
+    close(out, ref_out, dtype, "output")
     for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
-        _close(g, rg, dtype, f"d{name}")
+        close(g, rg, dtype, f"d{name}")
 
 
 def test_large_image_64bit_offsets():
@@ -219,28 +215,7 @@ def test_large_image_64bit_offsets():
 
 def test_torch_compile_fullgraph_keeps_one_opaque_call():
     xs, support = _inputs((1, 2, 4, 5, 2, 3, 3, [3, 1]))
-    graphs = []
-
-    def counting_backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    def f(image, mu, omega, atoms):
-        return ifm(image * 1.5, mu, omega, atoms, support=support, backend="triton").sin().sum()
-
-    torch._dynamo.reset()
-    torch.compile(f, fullgraph=True, backend=counting_backend)(*xs)
-    calls = [n for g in graphs for n in g.graph.nodes 
-             if n.target in (torch.ops.inik.ifm, torch.ops.inik.ifm.default)]
-    assert len(graphs) == 1 and len(calls) == 1
-
-    torch._dynamo.reset()
-    eager = [x.clone().requires_grad_() for x in xs]
-    compiled = [x.clone().requires_grad_() for x in xs]
-    f(*eager).backward()
-    torch.compile(f, fullgraph=True)(*compiled).backward()
-    for a, b in zip(eager, compiled):
-        _close(b.grad, a.grad, torch.float32, "compiled grad")
+    check_compile_keeps_one_opaque_call(xs, support, "triton")
 
 
 # ---------------------------------------------------------------- GPU compile check (no GPU needed)

@@ -452,8 +452,9 @@ def image_to_tensor(image: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1)))
 
 
-def tensor_to_image(tensor) -> np.ndarray:
-    """``(C, H, W)`` or ``(1, C, H, W)`` torch tensor -> ``(H, W, C)`` float32 numpy."""
+def tensor_to_image(tensor, dtype=np.float32) -> np.ndarray:
+    """``(C, H, W)`` or ``(1, C, H, W)`` torch tensor -> ``(H, W, C)`` numpy of ``dtype``
+    (float32 or float64)."""
     import torch
 
     t = tensor.detach()
@@ -463,7 +464,8 @@ def tensor_to_image(tensor) -> np.ndarray:
         t = t[0]
     if t.ndim != 3:
         raise ValueError(f"expected a (C, H, W) tensor; got shape {tuple(t.shape)}")
-    return t.to("cpu", dtype=torch.float32).permute(1, 2, 0).contiguous().numpy()
+    torch_dtype = torch.float64 if np.dtype(dtype) == np.float64 else torch.float32
+    return t.to("cpu", dtype=torch_dtype).permute(1, 2, 0).contiguous().numpy()
 
 
 def list_images(folder, recursive: bool = False) -> list[Path]:
