@@ -35,7 +35,8 @@ def to_8bit(image: np.ndarray, bit_depth: int) -> np.ndarray:
 
 def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Optional[int] = None,
                     lpips=None, progress: bool = False) -> dict:
-    """Metrics of ``model`` on ``pairs`` (from :func:`inik.data.pairs.find_pairs`).
+    """Metrics of ``model`` on ``pairs`` (from :func:`inik.data.pairs.find_pairs`);
+    ``model=None`` scores the blurry inputs themselves (the baseline to beat).
 
     Returns ``{"mean": {...}, "images": [{"name", "psnr", "ssim", "mae", ["lpips"], "seconds"}]}``.
     """
@@ -57,7 +58,7 @@ def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Option
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        x = restore(model, y, tile=tile)
+        x = y.clamp(0, 1) if model is None else restore(model, y, tile=tile)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
@@ -80,6 +81,8 @@ def configure_parser(p) -> None:
                    help="read images as 8-bit like the paper (default) or at their native bit depth")
     p.add_argument("--lpips", choices=["auto", "on", "off"], default="auto",
                    help="LPIPS: auto = when the AlexNet weights are available")
+    p.add_argument("--identity", action="store_true",
+                   help="score the blurry inputs themselves instead of a model's output")
 
 
 def run(args) -> int:
@@ -94,8 +97,8 @@ def run(args) -> int:
     if not pairs:
         print(f"inik eval: no image pairs in {args.data}", file=sys.stderr)
         return 2
-    model, trained = load_model(args.weights, device=args.device)
-    if not trained:
+    model, trained = (None, False) if args.identity else load_model(args.weights, device=args.device)
+    if not trained and not args.identity:
         print("inik eval: WARNING: evaluating an UNTRAINED model (no weights given or bundled)", file=sys.stderr)
     lpips = None
     if args.lpips != "off":
@@ -108,7 +111,8 @@ def run(args) -> int:
             print(f"inik eval: LPIPS skipped: {exc}", file=sys.stderr)
     report = evaluate_folder(model, pairs, bits=args.bits, device=args.device, tile=args.tile,
                              lpips=lpips, progress=True)
-    report.update(data=str(args.data), weights=str(args.weights or "default"), trained=trained,
+    report.update(data=str(args.data), weights="identity" if args.identity else str(args.weights or "default"),
+                  trained=trained,
                   device=str(args.device), bits=args.bits)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

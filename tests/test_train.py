@@ -201,3 +201,14 @@ def test_short_synthetic_run_lowers_the_held_out_loss(tmp_path):
     train(cfg, progress=False)
     after = float(_log(tmp_path / "syn")[-1]["val_psnr"])
     assert after > before + 1.0, (before, after)
+
+
+def test_eval_identity_scores_the_input(tmp_path):
+    from skimage.metrics import peak_signal_noise_ratio
+    from PIL import Image
+    data = _pairs_folder(tmp_path / "data", n=1, size=32)
+    assert main(["eval", "--data", str(data), "--identity", "--out", str(tmp_path / "r.json"), "--lpips", "off"]) == 0
+    row = json.loads((tmp_path / "r.json").read_text())["images"][0]
+    blurry = np.asarray(Image.open(data / "source" / "img0.png"), dtype=np.float64) / 255
+    sharp = np.asarray(Image.open(data / "target" / "img0.png"), dtype=np.float64) / 255
+    assert row["psnr"] == pytest.approx(peak_signal_noise_ratio(sharp, blurry, data_range=1), abs=1e-6)
