@@ -275,7 +275,8 @@ def run(args) -> int:
                        f"{time.perf_counter() - t0:.1f} s)")
         except Exception as exc:  # one bad file must not stop the batch
             failures += 1
-            print(f"inik deblur: {src}: {exc}", file=sys.stderr)
+            msg = str(exc)
+            print(f"inik deblur: {msg if str(src) in msg else f'{src}: {msg}'}", file=sys.stderr)
     if not trained:
         print("inik deblur: the output above came from an UNTRAINED model", file=sys.stderr)
     return 1 if failures else 0
