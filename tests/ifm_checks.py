@@ -15,6 +15,28 @@ def close(got, want, dtype, what):
     assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol} * {scale:.3g}"
 
 
+def run_grads(backend, xs, support, grad_out, needs=(True, True, True, True)):
+    """(output, [d_image, d_mu, d_omega, d_atoms]) of ifm(..., backend) for ``grad_out``;
+    a gradient not in ``needs`` is None."""
+    leaves = [x.detach().clone().requires_grad_(nd) for x, nd in zip(xs, needs)]
+    out = ifm(*leaves, support=support, backend=backend)
+    out.backward(grad_out)
+    return out.detach(), [x.grad for x in leaves]
+
+
+def check_half_precision(backend, xs, support, dtype):
+    """fp16/bf16 output and gradients keep the dtype and match the fp32 reference."""
+    xs = list(xs)
+    xs[1] = xs[1].float().softmax(1).to(dtype)  # realistic magnitudes, as the model feeds the op
+    grad_out = torch.randn_like(xs[0])
+    out, got = run_grads(backend, xs, support, grad_out)
+    ref_out, ref_grads = run_grads("reference", [x.float() for x in xs], support, grad_out.float())
+    assert out.dtype == dtype and all(g.dtype == dtype for g in got)
+    close(out, ref_out, dtype, "output")
+    for name, g, rg in zip(("image", "mu", "omega", "atoms"), got, ref_grads):
+        close(g, rg, dtype, f"d{name}")
+
+
 def check_compile_keeps_one_opaque_call(xs, support, backend):
     """torch.compile(fullgraph=True) around ifm(..., backend) makes one graph with one
     inik.ifm call, and its output and gradients equal eager's."""

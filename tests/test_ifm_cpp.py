@@ -15,7 +15,7 @@ import torch
 from inik.ops import _ext, available_backends, backend_unavailable, ifm, resolve_backend
 from inik.ops.reference import ifm_oracle
 
-from ifm_checks import check_compile_keeps_one_opaque_call, close
+from ifm_checks import check_compile_keeps_one_opaque_call, check_half_precision, close, run_grads
 
 if not _ext.is_built() and os.environ.get(_ext.NO_EXTENSION_ENV, "") == "1":
     pytest.skip("INIK_NO_EXTENSION=1: the extension was not built on purpose", allow_module_level=True)
@@ -41,12 +41,6 @@ def _inputs(case, dtype=torch.float32, device="cpu"):
     return [torch.randn(s, dtype=torch.float64).to(device=device, dtype=dtype) for s in shapes], support
 
 
-def _grads(backend, xs, support, grad_out, needs=(True, True, True, True)):
-    leaves = [x.detach().clone().requires_grad_(nd) for x, nd in zip(xs, needs)]
-    out = ifm(*leaves, support=support, backend=backend)
-    out.backward(grad_out)
-    return out.detach(), [x.grad for x in leaves]
-
 
 
 def test_extension_is_built_and_auto_picks_cpp(monkeypatch):
@@ -65,8 +59,8 @@ def test_extension_is_built_and_auto_picks_cpp(monkeypatch):
 def test_forward_and_gradients_match_reference(case, dtype):
     xs, support = _inputs(case, dtype)
     grad_out = torch.randn_like(xs[0])
-    out, grads = _grads("cpp", xs, support, grad_out)
-    ref_out, ref_grads = _grads("reference", xs, support, grad_out)
+    out, grads = run_grads("cpp", xs, support, grad_out)
+    ref_out, ref_grads = run_grads("reference", xs, support, grad_out)
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     close(out, ref_out, dtype, "output")
     for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
@@ -78,14 +72,7 @@ def test_forward_and_gradients_match_reference(case, dtype):
 def test_half_precision_matches_fp32_reference(dtype, with_support):
     case = (2, 3, 19, 23, 7, 10, 15, [3, 5, 7, 9, 11, 13, 15] if with_support else None)
     xs, support = _inputs(case, dtype)
-    xs[1] = xs[1].float().softmax(1).to(dtype)  # realistic magnitudes, as the model feeds the op
-    grad_out = torch.randn_like(xs[0])
-    out, grads = _grads("cpp", xs, support, grad_out)
-    ref_out, ref_grads = _grads("reference", [x.float() for x in xs], support, grad_out.float())
-    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
-    close(out, ref_out, dtype, "output")
-    for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
-        close(g, rg, dtype, f"d{name}")
+    check_half_precision("cpp", xs, support, dtype)
 
 
 def test_forward_matches_naive_oracle():
@@ -99,8 +86,8 @@ def test_forward_matches_naive_oracle():
 def test_partial_needs(needs):
     xs, support = _inputs(CASES["tiles_and_chunks"])
     grad_out = torch.randn_like(xs[0])
-    _, grads = _grads("cpp", xs, support, grad_out, needs)
-    _, ref_grads = _grads("reference", xs, support, grad_out, needs)
+    _, grads = run_grads("cpp", xs, support, grad_out, needs)
+    _, ref_grads = run_grads("reference", xs, support, grad_out, needs)
     for nd, g, rg in zip(needs, grads, ref_grads):
         assert (g is None) == (not nd)
         if nd:
@@ -131,8 +118,8 @@ def test_non_contiguous_inputs(layout):
     xs = [image, mu, omega, atoms]
     assert not any(x.is_contiguous() for x in xs)
     grad_out = torch.randn(b, c, h, w)
-    out, grads = _grads("cpp", xs, [5, 3], grad_out)
-    ref_out, ref_grads = _grads("reference", [x.contiguous() for x in xs], [5, 3], grad_out)
+    out, grads = run_grads("cpp", xs, [5, 3], grad_out)
+    ref_out, ref_grads = run_grads("reference", [x.contiguous() for x in xs], [5, 3], grad_out)
     assert out.stride() == torch.empty_like(image).stride()
     close(out, ref_out, torch.float32, "output")
     for g, rg in zip(grads, ref_grads):
@@ -142,8 +129,8 @@ def test_non_contiguous_inputs(layout):
 def test_backward_is_deterministic():
     xs, support = _inputs(CASES["tiles_and_chunks"])
     grad_out = torch.randn_like(xs[0])
-    _, first = _grads("cpp", xs, support, grad_out)
-    _, second = _grads("cpp", xs, support, grad_out)
+    _, first = run_grads("cpp", xs, support, grad_out)
+    _, second = run_grads("cpp", xs, support, grad_out)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
@@ -154,10 +141,10 @@ def test_backward_independent_of_thread_count():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        _, one = _grads("cpp", xs, support, grad_out)
+        _, one = run_grads("cpp", xs, support, grad_out)
     finally:
         torch.set_num_threads(threads)
-    _, many = _grads("cpp", xs, support, grad_out)
+    _, many = run_grads("cpp", xs, support, grad_out)
     for a, b in zip(one, many):
         assert torch.equal(a, b)
 
@@ -219,9 +206,9 @@ def test_torch_compile_traces_native_ops_through_their_fakes():
 def test_cuda_matches_cpp(case, dtype):
     xs, support = _inputs(case, dtype)
     grad_out = torch.randn_like(xs[0])
-    out, grads = _grads("cpp", xs, support, grad_out)
+    out, grads = run_grads("cpp", xs, support, grad_out)
     cxs = [x.cuda() for x in xs]
-    cout, cgrads = _grads("cuda", cxs, support, grad_out.cuda())
+    cout, cgrads = run_grads("cuda", cxs, support, grad_out.cuda())
     close(cout, out, dtype, "output")
     for name, g, cg in zip(("image", "mu", "omega", "atoms"), grads, cgrads):
         close(cg, g, dtype, f"d{name}")
@@ -233,8 +220,8 @@ def test_cuda_half_precision(dtype):
     xs, support = _inputs((2, 3, 19, 23, 7, 10, 15, [3, 5, 7, 9, 11, 13, 15]), dtype, "cuda")
     xs[1] = xs[1].float().softmax(1).to(dtype)
     grad_out = torch.randn_like(xs[0])
-    out, grads = _grads("cuda", xs, support, grad_out)
-    ref_out, ref_grads = _grads("reference", [x.float() for x in xs], support, grad_out.float())
+    out, grads = run_grads("cuda", xs, support, grad_out)
+    ref_out, ref_grads = run_grads("reference", [x.float() for x in xs], support, grad_out.float())
     assert out.dtype == dtype
     close(out, ref_out, dtype, "output")
     for g, rg in zip(grads, ref_grads):
@@ -245,8 +232,8 @@ def test_cuda_half_precision(dtype):
 def test_cuda_backward_deterministic_and_gradcheck():
     xs, support = _inputs(CASES["tiles_and_chunks"], device="cuda")
     grad_out = torch.randn_like(xs[0])
-    _, first = _grads("cuda", xs, support, grad_out)
-    _, second = _grads("cuda", xs, support, grad_out)
+    _, first = run_grads("cuda", xs, support, grad_out)
+    _, second = run_grads("cuda", xs, support, grad_out)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
     small, support = _inputs((1, 2, 4, 5, 2, 2, 5, [5, 3]), torch.float64, "cuda")

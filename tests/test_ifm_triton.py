@@ -15,7 +15,7 @@ triton = pytest.importorskip("triton")
 from inik.ops import available_backends, backend_unavailable, ifm  # noqa: E402
 from inik.ops.reference import ifm_oracle  # noqa: E402
 
-from ifm_checks import check_compile_keeps_one_opaque_call, close  # noqa: E402
+from ifm_checks import check_compile_keeps_one_opaque_call, check_half_precision, close, run_grads  # noqa: E402
 
 ifm_triton = pytest.importorskip("inik.kernels.ifm_triton")
 
@@ -42,12 +42,6 @@ def _inputs(case, dtype=torch.float32, device=DEVICE):
     return [torch.randn(s, dtype=torch.float64).to(device=device, dtype=dtype) for s in shapes], support
 
 
-def _grads(backend, xs, support, grad_out, needs=(True, True, True, True)):
-    leaves = [x.detach().clone().requires_grad_(nd) for x, nd in zip(xs, needs)]
-    out = ifm(*leaves, support=support, backend=backend)
-    out.backward(grad_out)
-    return out.detach(), [x.grad for x in leaves]
-
 
 
 def test_backend_registered_and_available():
@@ -63,8 +57,8 @@ def test_backend_registered_and_available():
 def test_forward_and_gradients_match_reference(case):
     xs, support = _inputs(case)
     grad_out = torch.randn_like(xs[0])
-    out, grads = _grads("triton", xs, support, grad_out)
-    ref_out, ref_grads = _grads("reference", xs, support, grad_out)
+    out, grads = run_grads("triton", xs, support, grad_out)
+    ref_out, ref_grads = run_grads("reference", xs, support, grad_out)
     close(out, ref_out, torch.float32, "output")
     for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
         close(g, rg, torch.float32, f"d{name}")
@@ -82,8 +76,8 @@ def test_forward_matches_naive_oracle():
 def test_partial_needs(needs):
     xs, support = _inputs(CASES["support"])
     grad_out = torch.randn_like(xs[0])
-    _, grads = _grads("triton", xs, support, grad_out, needs)
-    _, ref_grads = _grads("reference", xs, support, grad_out, needs)
+    _, grads = run_grads("triton", xs, support, grad_out, needs)
+    _, ref_grads = run_grads("reference", xs, support, grad_out, needs)
     for nd, g, rg in zip(needs, grads, ref_grads):
         assert (g is None) == (not nd)
         if nd:
@@ -99,8 +93,8 @@ def test_non_contiguous_and_channels_last_inputs():
     xs = [image, mu, omega, atoms]
     assert not any(x.is_contiguous() for x in xs)
     grad_out = torch.randn(b, c, h, w, device=DEVICE)
-    out, grads = _grads("triton", xs, [5, 3], grad_out)
-    ref_out, ref_grads = _grads("reference", [x.contiguous() for x in xs], [5, 3], grad_out)
+    out, grads = run_grads("triton", xs, [5, 3], grad_out)
+    ref_out, ref_grads = run_grads("reference", [x.contiguous() for x in xs], [5, 3], grad_out)
     assert out.stride() == torch.empty_like(image).stride()
     close(out, ref_out, torch.float32, "output")
     for g, rg in zip(grads, ref_grads):
@@ -139,16 +133,16 @@ def test_image_gradient_in_several_bands(monkeypatch):
     xs, support = _inputs(case)
     grad_out = torch.randn_like(xs[0])
     needs = (True, False, False, False)
-    _, (g, *_) = _grads("triton", xs, support, grad_out, needs)
-    _, (rg, *_) = _grads("reference", xs, support, grad_out, needs)
+    _, (g, *_) = run_grads("triton", xs, support, grad_out, needs)
+    _, (rg, *_) = run_grads("reference", xs, support, grad_out, needs)
     close(g, rg, torch.float32, "dimage")
 
 
 def test_backward_is_deterministic():
     xs, support = _inputs(CASES["wide_n"])
     grad_out = torch.randn_like(xs[0])
-    _, first = _grads("triton", xs, support, grad_out)
-    _, second = _grads("triton", xs, support, grad_out)
+    _, first = run_grads("triton", xs, support, grad_out)
+    _, second = run_grads("triton", xs, support, grad_out)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
@@ -186,14 +180,7 @@ def test_half_precision_matches_fp32_reference(dtype):
     case = ((2, 3, 19, 23, 7, 10, 15, [3, 5, 7, 9, 11, 13, 15]) if DEVICE.type == "cuda"
             else (2, 3, 5, 7, 3, 4, 5, [5, 3, 1]))
     xs, support = _inputs(case, dtype)
-    xs[1] = xs[1].float().softmax(1).to(dtype)  # realistic magnitudes, as the model feeds the op
-    grad_out = torch.randn_like(xs[0])
-    out, grads = _grads("triton", xs, support, grad_out)
-    ref_out, ref_grads = _grads("reference", [x.float() for x in xs], support, grad_out.float())
-    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
-    close(out, ref_out, dtype, "output")
-    for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
-        close(g, rg, dtype, f"d{name}")
+    check_half_precision("triton", xs, support, dtype)
 
 
 def test_large_image_64bit_offsets():
