@@ -96,11 +96,7 @@ at::Tensor ifm_forward_cuda(const at::Tensor& image, const at::Tensor& mu, const
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ifm_backward_cuda(
     const at::Tensor& grad, const at::Tensor& image, const at::Tensor& mu, const at::Tensor& omega,
     const at::Tensor& atoms, at::IntArrayRef support, std::array<bool, 4> needs) {
-  const Geometry g = check_and_plan("ifm_native_backward", image, mu, omega, atoms, support);
-  TORCH_CHECK(grad.sizes() == image.sizes() && grad.scalar_type() == image.scalar_type() &&
-                  grad.device() == image.device(),
-              "ifm_native_backward: grad must match image (shape ", image.sizes(), ", dtype ",
-              image.scalar_type(), "), got shape ", grad.sizes(), ", dtype ", grad.scalar_type());
+  const Geometry g = check_and_plan_backward(grad, image, mu, omega, atoms, support);
   const c10::cuda::CUDAGuard guard(image.device());
   const auto st = image.scalar_type();
   const auto acc = acc_type(st);

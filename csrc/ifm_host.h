@@ -86,6 +86,18 @@ inline Geometry check_and_plan(const char* op, const at::Tensor& image, const at
   return g;
 }
 
+// check_and_plan for the backward: also checks that grad matches image.
+inline Geometry check_and_plan_backward(const at::Tensor& grad, const at::Tensor& image, const at::Tensor& mu,
+                                        const at::Tensor& omega, const at::Tensor& atoms,
+                                        at::IntArrayRef support) {
+  const Geometry g = check_and_plan("ifm_native_backward", image, mu, omega, atoms, support);
+  TORCH_CHECK(grad.sizes() == image.sizes() && grad.scalar_type() == image.scalar_type() &&
+                  grad.device() == image.device(),
+              "ifm_native_backward: grad must match image (shape ", image.sizes(), ", dtype ",
+              image.scalar_type(), "), got shape ", grad.sizes(), ", dtype ", grad.scalar_type());
+  return g;
+}
+
 // The padded image in the accumulation type: (B, C, Hp, Wp), contiguous, zeros around.
 inline at::Tensor padded_image(const at::Tensor& image, const Geometry& g) {
   const auto acc = acc_type(image.scalar_type());
