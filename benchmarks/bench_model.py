@@ -42,6 +42,7 @@ from bench_ifm import _device_name, _malloc_unmaps_big_buffers, _sync, _versions
 
 import inik  # noqa: E402
 from inik.losses import INIKLoss  # noqa: E402
+from inik.train import train_step  # noqa: E402
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -99,13 +100,7 @@ def train_fn(mode: str, model, batch: torch.Tensor, target: torch.Tensor, device
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
 
     def step():
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            outs = net(x, levels=True)
-        loss, _ = loss_fn(outs, target)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        train_step(net, loss_fn, opt, scaler, x, target, amp)
         _sync(device)
 
     return step

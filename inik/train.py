@@ -220,6 +220,19 @@ def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dt
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
 
 
+def train_step(net, loss_fn, opt, scaler, blurry, sharp, amp: Optional[torch.dtype]):
+    """One optimisation step: the three levels' outputs (under autocast to ``amp``
+    when given), the loss, backward, optimiser step. Returns (loss, outputs)."""
+    with torch.autocast(blurry.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        outputs = net(blurry, levels=True)
+    loss, _ = loss_fn(outputs, sharp)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss, outputs
+
+
 def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
           progress: bool = True) -> INIKNet:
     """Run (or resume) training into ``cfg.out``; returns the trained model."""
@@ -289,13 +302,7 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
         blurry, sharp = blurry.to(device, non_blocking=True), sharp.to(device, non_blocking=True)
         if cfg.channels_last:
             blurry = blurry.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            outputs = net(blurry, levels=True)
-        loss, _ = loss_fn(outputs, sharp)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        loss, outputs = train_step(net, loss_fn, opt, scaler, blurry, sharp, amp)
         sched.step()
         it += 1
         if rank == 0:
