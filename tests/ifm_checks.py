@@ -24,6 +24,17 @@ def run_grads(backend, xs, support, grad_out, needs=(True, True, True, True)):
     return out.detach(), [x.grad for x in leaves]
 
 
+def check_partial_needs(backend, xs, support, needs):
+    """Only the gradients in ``needs`` come back, and they match the reference's."""
+    grad_out = torch.randn_like(xs[0])
+    _, got = run_grads(backend, xs, support, grad_out, needs)
+    _, ref_grads = run_grads("reference", xs, support, grad_out, needs)
+    for nd, g, rg in zip(needs, got, ref_grads):
+        assert (g is None) == (not nd)
+        if nd:
+            close(g, rg, torch.float32, "grad")
+
+
 def check_half_precision(backend, xs, support, dtype):
     """fp16/bf16 output and gradients keep the dtype and match the fp32 reference."""
     xs = list(xs)
