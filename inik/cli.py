@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .runtime import keep_freed_memory
+    keep_freed_memory()  # 1.5x faster CPU forwards (see its docstring); INIK_MALLOC=system opts out
     return int(importlib.import_module(args._module).run(args) or 0)
 
 

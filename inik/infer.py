@@ -117,6 +117,32 @@ def restore(model: INIKNet, y: torch.Tensor, tile: Optional[int] = None, overlap
     return (out / weight)[..., :h0, :w0].clamp_(0, 1)
 
 
+# Whole-image inference up to this many pixels (1920x1080 fits; about 5 GB peak
+# in fp32 on a CPU); larger photos are tiled with AUTO_TILE x AUTO_TILE tiles.
+AUTO_MAX_PIXELS = 1920 * 1088
+AUTO_TILE = 1024
+AUTO_MAX_OVERLAP = 128
+
+
+def auto_tile(height: int, width: int, tile: Optional[int] = None,
+              overlap: Optional[int] = None) -> tuple[Optional[int], Optional[int]]:
+    """The ``(tile, overlap)`` :func:`deblur` uses for an image of this size.
+
+    ``tile=None`` (automatic): the whole image when it has at most
+    ``AUTO_MAX_PIXELS`` pixels, else ``AUTO_TILE`` tiles overlapping by
+    ``AUTO_MAX_OVERLAP`` pixels, so memory stays bounded for any photo size.
+    ``tile=0``: always the whole image. Any other ``tile`` is returned as given;
+    its overlap defaults to ``tile // 4`` (in :func:`restore`).
+    """
+    if tile is None:
+        if height * width <= AUTO_MAX_PIXELS:
+            return None, None
+        return AUTO_TILE, AUTO_MAX_OVERLAP if overlap is None else overlap
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
+        raise ValueError(f"tile must be None (automatic), 0 (whole image) or a size in pixels, got {tile!r}")
+    return (None, None) if tile == 0 else (tile, overlap)
+
+
 _MODEL_CACHE: dict = {}
 
 
@@ -131,14 +157,18 @@ def _default_model(device) -> INIKNet:
 
 
 def deblur(image, model: Optional[INIKNet] = None, *, tile: Optional[int] = None,
-           overlap: Optional[int] = None, device: Optional[str] = None, half: bool = False):
+           overlap: Optional[int] = None, device: Optional[str] = None, half: bool = False,
+           progress=None):
     """Deblur one image and return the same kind of object.
 
     ``image``: numpy (H, W), (H, W, 3) or (H, W, 4) - uint8, uint16 or float in
     [0, 1]; a torch tensor (3, H, W) or (B, 3, H, W) in [0, 1]; or a PIL image.
     Grey images are deblurred as RGB and returned grey; alpha passes through.
-    ``model``: default: the bundled default weights. ``tile``/``overlap``: tiled
-    inference (see :func:`restore`). ``half``: bf16 autocast (fp16 on CUDA).
+    ``model``: default: the bundled default weights. ``tile``: None picks
+    automatically (whole image up to about 2 megapixels, 1024-px tiles beyond,
+    see :func:`auto_tile`); 0 forces the whole image; T runs T x T tiles
+    blended over ``overlap`` pixels (see :func:`restore`). ``half``: bf16
+    autocast (fp16 on CUDA). ``progress``: a tqdm-like bar advanced per tile.
     """
     if device is None:
         device = next(model.parameters()).device if model is not None else "cpu"
@@ -149,11 +179,13 @@ def deblur(image, model: Optional[INIKNet] = None, *, tile: Optional[int] = None
         autocast = torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16
 
     def run(y):
-        return restore(model, y, tile=tile, overlap=overlap, autocast_dtype=autocast)
+        t, o = auto_tile(y.shape[-2], y.shape[-1], tile, overlap)
+        return restore(model, y, tile=t, overlap=o, autocast_dtype=autocast, progress=progress)
 
     if isinstance(image, torch.Tensor):
         if image.dim() == 3:
-            return deblur(image[None], model, tile=tile, overlap=overlap, device=device, half=half)[0]
+            return deblur(image[None], model, tile=tile, overlap=overlap, device=device, half=half,
+                          progress=progress)[0]
         if image.dim() != 4 or image.shape[1] != 3:
             raise ValueError(f"image tensor must be (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
         return run(image.float()).to(image.dtype)
@@ -163,7 +195,7 @@ def deblur(image, model: Optional[INIKNet] = None, *, tile: Optional[int] = None
         Image = None
     if Image is not None and isinstance(image, Image.Image):
         arr = np.asarray(image)
-        out = deblur(arr, model, tile=tile, overlap=overlap, device=device, half=half)
+        out = deblur(arr, model, tile=tile, overlap=overlap, device=device, half=half, progress=progress)
         return Image.fromarray(out, mode=image.mode if image.mode in ("L", "LA", "RGB", "RGBA") else None)
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image must be a numpy array, torch tensor or PIL image, got {type(image).__name__}")
@@ -224,8 +256,11 @@ def configure_parser(p) -> None:
                    help="output file (one input) or folder (created if needed)")
     p.add_argument("--weights", help="INIKNet safetensors file (default: the bundled weights)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--tile", type=int, default=None, help="tile size for large photos (pixels)")
-    p.add_argument("--overlap", type=int, default=None, help="tile overlap (default tile/4)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile size in pixels (default: whole image up to ~2 megapixels, "
+                        f"{AUTO_TILE}-px tiles beyond; 0: always the whole image)")
+    p.add_argument("--overlap", type=int, default=None,
+                   help=f"tile overlap (default tile/4; {AUTO_MAX_OVERLAP} for automatic tiles)")
     p.add_argument("--half", action="store_true", help="bf16 autocast (fp16 on CUDA)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
@@ -243,8 +278,9 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from .data.io import read_image, write_image
-    if args.tile is not None and args.tile < 32:
-        print(f"inik deblur: --tile must be at least 32 pixels, got {args.tile}", file=sys.stderr)
+    if args.tile is not None and args.tile != 0 and args.tile < MIN_SIZE:
+        print(f"inik deblur: --tile must be 0 (whole image) or at least {MIN_SIZE} pixels, "
+              f"got {args.tile}", file=sys.stderr)
         return 2
     try:
         model, trained = load_model(args.weights, device=args.device)
@@ -257,7 +293,8 @@ def run(args) -> int:
     out = Path(args.output)
     single = len(files) == 1
     failures = 0
-    for src, root in tqdm(files, desc="deblur", unit="img", disable=None):
+    tiles = tqdm(desc="tiles", unit="tile", leave=False, disable=None, position=1)
+    for src, root in tqdm(files, desc="deblur", unit="img", disable=None, position=0):
         dst = _output_path(src, root, out, single)
         try:
             if dst.resolve() == src.resolve() and not args.overwrite:
@@ -267,7 +304,7 @@ def run(args) -> int:
             img, info = read_image(src, mode=None)
             t0 = time.perf_counter()
             result = deblur(img, model, tile=args.tile, overlap=args.overlap, device=args.device,
-                            half=args.half)
+                            half=args.half, progress=tiles)
             dst.parent.mkdir(parents=True, exist_ok=True)
             depth = 16 if info.bit_depth == 16 and dst.suffix.lower() != ".jpg" else 8
             write_image(dst, result, bit_depth=depth, overwrite=args.overwrite)
@@ -277,6 +314,7 @@ def run(args) -> int:
             failures += 1
             msg = str(exc)
             print(f"inik deblur: {msg if str(src) in msg else f'{src}: {msg}'}", file=sys.stderr)
+    tiles.close()
     if not trained:
         print("inik deblur: the output above came from an UNTRAINED model", file=sys.stderr)
     return 1 if failures else 0

@@ -54,6 +54,7 @@ class TrainConfig:
     vgg_weight: float = 0.0           # the authors' extra VGG-19 feature term (off, as in the paper)
     pretrained_backbones: bool = True  # False: random LPIPS/VGG backbones (wiring tests only)
     model: dict = field(default_factory=dict)  # INIKNetConfig fields
+    init: Optional[str] = None        # INIKNet weights to start from (fine-tuning); ignored on --resume
     amp: str = "auto"                 # auto (bf16 on CUDA, off on CPU) | off | bf16 | fp16
     channels_last: bool = True
     seed: int = 0
@@ -233,6 +234,20 @@ def train_step(net, loss_fn, opt, scaler, blurry, sharp, amp: Optional[torch.dty
     return loss, outputs
 
 
+def init_weights(model: INIKNet, path: str) -> None:
+    """Load the weights of an INIKNet file into ``model`` (``--init``: fine-tuning).
+
+    The file's architecture must match the model's; options that only change
+    how the weights are used (``zero_mean_atoms``) may differ.
+    """
+    from safetensors.torch import load_file
+    stored = INIKNet.read_config(path)  # clear errors for a missing or foreign file
+    mine = dataclasses.replace(model.config, zero_mean_atoms=stored.zero_mean_atoms)
+    if stored != mine:
+        raise ValueError(f"--init {path}: its architecture {stored} does not match the model's {model.config}")
+    model.load_state_dict(load_file(os.fspath(path)))
+
+
 def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
           progress: bool = True) -> INIKNet:
     """Run (or resume) training into ``cfg.out``; returns the trained model."""
@@ -250,6 +265,8 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     start = 0
+    if cfg.init and not resume:
+        init_weights(model, cfg.init)
     if resume:
         state_path = out / "last.state.pt"
         if not state_path.is_file():
@@ -357,6 +374,7 @@ def configure_parser(p) -> None:
     p.add_argument("--log-every", dest="log_every", type=int)
     p.add_argument("--val-every", dest="val_every", type=int)
     p.add_argument("--ckpt-every", dest="ckpt_every", type=int)
+    p.add_argument("--init", help="INIKNet weights to start from (fine-tuning)")
     p.add_argument("--out", help="output folder")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.*")

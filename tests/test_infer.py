@@ -8,7 +8,7 @@ from PIL import Image
 import inik
 from inik.cli import main
 from inik.data.io import read_image, write_image
-from inik.infer import restore
+from inik.infer import AUTO_TILE, auto_tile, load_model, restore
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +75,41 @@ def test_tiles_cover_and_blend(small_model):
     assert tiled.shape == full.shape and torch.isfinite(tiled).all()
 
 
-def test_tiled_equals_untiled_default_architecture():
-    """Tiles whose own borders are never used reproduce the whole-image result."""
-    torch.manual_seed(0)
-    model = inik.INIKNet().eval()
-    y = torch.rand(1, 3, 256, 200)
+def test_tiled_equals_untiled_default_model():
+    """The issue's case: the bundled model on a 512x512 photo-like image with 256-px
+    tiles and the default overlap (64) reproduces the whole-image result."""
+    model, trained = load_model()
+    assert trained, "the bundled default weights are missing"
+    g = torch.Generator().manual_seed(0)
+    # Smooth regions, edges and noise: upsampled random blocks plus fine texture.
+    y = torch.nn.functional.interpolate(torch.rand(1, 3, 16, 16, generator=g), size=(512, 512),
+                                        mode="bicubic", align_corners=False)
+    y = (y + 0.05 * torch.rand(1, 3, 512, 512, generator=g)).clamp(0, 1)
     full = restore(model, y)
-    tiled = restore(model, y, tile=128, overlap=64)
+    tiled = restore(model, y, tile=256)
     assert (tiled - full).abs().max() < 1e-3
+
+
+def test_automatic_tiling_bounds_memory():
+    assert auto_tile(1080, 1920) == (None, None)  # up to ~2 megapixels: the whole image
+    assert auto_tile(4000, 6000) == (AUTO_TILE, 128)
+    assert auto_tile(4000, 6000, overlap=200) == (AUTO_TILE, 200)
+    assert auto_tile(4000, 6000, tile=0) == (None, None)  # 0: always the whole image
+    assert auto_tile(64, 64, tile=256, overlap=16) == (256, 16)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="tile must be None"):
+            auto_tile(64, 64, tile=bad)
+
+
+def test_cli_rejects_absurd_tiles(tmp_path, weights, capsys):
+    write_image(tmp_path / "p.png", np.zeros((40, 40, 3), np.uint8))
+    for bad in ("8", "-5"):
+        rc = main(["deblur", str(tmp_path / "p.png"), "-o", str(tmp_path / "q.png"), "--weights", str(weights),
+                   "--tile", bad])
+        assert rc == 2 and "--tile must be 0 (whole image) or at least 32" in capsys.readouterr().err
+        assert not (tmp_path / "q.png").exists()
+    assert main(["deblur", str(tmp_path / "p.png"), "-o", str(tmp_path / "q.png"), "--weights", str(weights),
+                 "--tile", "0"]) == 0
 
 
 def test_cli_batch_keeps_bit_depth_and_survives_bad_files(tmp_path, weights, capsys):

@@ -49,7 +49,7 @@ def test_parameter_counts():
 @pytest.mark.parametrize("kwargs", [
     dict(dictionary="per-scale-inr"), dict(dictionary="upsampled"),
     dict(recurrence="unidirectional"), dict(mixing="conv"),
-    dict(width=8, scales=4, atoms=3),
+    dict(width=8, scales=4, atoms=3), dict(zero_mean_atoms=True),
 ])
 def test_variants_forward_backward(kwargs):
     m = inik.INIKNet(**kwargs)
@@ -63,6 +63,27 @@ def test_variants_forward_backward(kwargs):
     assert any(p.grad.abs().sum() > 0 for p in m.dictionary.parameters())
 
 
+@pytest.mark.parametrize("kind", ["ms-inr", "per-scale-inr", "upsampled"])
+def test_zero_mean_atoms_keep_flat_regions(kind):
+    """Zero-mean atoms: every atom sums to 0 over its support, so a flat image comes
+    back unchanged - no brightness or colour shift whatever mu and omega are - away
+    from the border, where the IFM sees zeros outside the image (K // 2 = 7 pixels)."""
+    torch.manual_seed(0)
+    m = inik.INIKNet(width=8, dictionary=kind, zero_mean_atoms=True).eval()
+    for s in range(1, m.config.scales):
+        a = m.dictionary.scale_atoms(s)
+        assert a.abs().amax() > 1e-3
+        torch.testing.assert_close(a.sum((-2, -1)), torch.zeros(a.shape[0]), atol=1e-6, rtol=0)
+    flat = torch.tensor([0.2, 0.5, 0.9]).view(1, 3, 1, 1).expand(1, 3, 40, 56).contiguous()
+    with torch.no_grad():
+        inner = (..., slice(7, -7), slice(7, -7))
+        torch.testing.assert_close(m(flat)[inner], flat[inner], atol=1e-5, rtol=0)
+        # Without the constraint the same weights shift a flat image.
+        free = inik.INIKNet(width=8, dictionary=kind).eval()
+        free.load_state_dict(m.state_dict())
+        assert (free(flat) - flat)[inner].abs().amax() > 1e-3
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="dictionary must be one of"):
         inik.INIKNet(dictionary="nope")
@@ -70,6 +91,8 @@ def test_config_errors():
         inik.INIKNet(recurrence="both")
     with pytest.raises(ValueError, match="scales must be"):
         inik.INIKNet(scales=1)
+    with pytest.raises(ValueError, match="zero_mean_atoms must be a bool"):
+        inik.INIKNet(zero_mean_atoms="yes")
 
 
 @pytest.mark.parametrize("y, exc, match", [

@@ -70,6 +70,26 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_init_fine_tunes_from_weights(tmp_path):
+    """--init starts from a weights file (here with zero-mean atoms switched on) and
+    refuses a file of another architecture with a message naming it."""
+    data = _pairs_folder(tmp_path / "data")
+    torch.manual_seed(1)
+    start = inik.INIKNet(**SMALL)
+    start.save(tmp_path / "start.safetensors")
+    zero = dict(SMALL, zero_mean_atoms=True)
+    cfg = _cfg(tmp_path, data, iters=1, lr=1e-12, model=zero, init=str(tmp_path / "start.safetensors"))
+    tuned = train(cfg, progress=False)
+    for (name, a), b in zip(start.state_dict().items(), tuned.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=0, msg=name)
+    assert tuned.config.zero_mean_atoms
+    inik.INIKNet(width=4, scales=4, atoms=3).save(tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="other.safetensors.*does not match"):
+        train(_cfg(tmp_path, data, iters=1, init=str(tmp_path / "other.safetensors")), progress=False)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        train(_cfg(tmp_path, data, iters=1, init=str(tmp_path / "missing.safetensors")), progress=False)
+
+
 def test_failed_save_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     data = _pairs_folder(tmp_path / "data")
     cfg = _cfg(tmp_path, data, iters=2, ckpt_every=2)

@@ -51,17 +51,19 @@ class Dictionary(nn.Module):
         ``"per-scale-inr"`` (the paper's "Non-MS Dict"): a separate INR per atom per scale.
         ``"upsampled"`` (the paper's "Non-INR Dict"): a learnable 3x3 base per atom,
         bilinearly upsampled to each size.
-    Every atom of size k is scaled by 9 / k^2.
+    Every atom of size k is scaled by 9 / k^2. ``zero_mean``: subtract each
+    atom's mean over its k x k support first (see ``INIKNetConfig.zero_mean_atoms``).
     """
 
     def __init__(self, scales: int = 8, atoms: int = 10, kind: str = "ms-inr",
-                 hidden: int = 64, w_range: tuple[float, float] = (2.0, 12.0)):
+                 hidden: int = 64, w_range: tuple[float, float] = (2.0, 12.0),
+                 zero_mean: bool = False):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"Dictionary: kind must be one of {KINDS}, got {kind!r}")
         if scales < 2 or atoms < 1:
             raise ValueError(f"Dictionary: need scales >= 2 and atoms >= 1, got {scales}, {atoms}")
-        self.scales, self.atoms, self.kind = scales, atoms, kind
+        self.scales, self.atoms, self.kind, self.zero_mean = scales, atoms, kind, zero_mean
         self.sizes = [2 * r + 1 for r in range(1, scales)]  # scales 1..R-1
         self.kernel_size = self.sizes[-1]
         ws = torch.linspace(w_range[0], w_range[1], atoms).tolist()
@@ -89,6 +91,8 @@ class Dictionary(nn.Module):
             grid = getattr(self, f"grid{k}")
             offset = 0 if self.kind == "ms-inr" else (scale - 1) * self.atoms
             a = torch.stack([self.inrs[offset + n](grid) for n in range(self.atoms)]).view(-1, k, k)
+        if self.zero_mean:
+            a = a - a.mean((-2, -1), keepdim=True)
         return a * (9.0 / (k * k))
 
     def forward(self) -> torch.Tensor:

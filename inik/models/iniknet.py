@@ -41,6 +41,12 @@ class INIKNetConfig:
     recurrence: "duplex" (default) or "unidirectional" (each level also sees the previous level's output).
     mixing: "sum" (the paper's Eq. 8, default) or "conv" (the authors' code: a learned
         1x1 convolution over all R*N*3 weighted responses).
+    zero_mean_atoms: subtract from every atom its mean over its own k x k support
+        (not in the paper; off by default). The IFM output is the residual
+        x_hat - y, i.e. the inverse kernel minus the delta, whose DC gain is 0
+        for any blur kernel that preserves brightness; zero-mean atoms make that
+        exact, so flat regions keep their brightness and colour whatever mu and
+        omega are.
     """
 
     width: int = 32
@@ -49,6 +55,7 @@ class INIKNetConfig:
     dictionary: str = "ms-inr"
     recurrence: str = "duplex"
     mixing: str = "sum"
+    zero_mean_atoms: bool = False
 
     def __post_init__(self):
         if self.dictionary not in KINDS:
@@ -57,6 +64,8 @@ class INIKNetConfig:
             raise ValueError(f"INIKNet: recurrence must be one of {RECURRENCES}, got {self.recurrence!r}")
         if self.mixing not in MIXINGS:
             raise ValueError(f"INIKNet: mixing must be one of {MIXINGS}, got {self.mixing!r}")
+        if not isinstance(self.zero_mean_atoms, bool):
+            raise ValueError(f"INIKNet: zero_mean_atoms must be a bool, got {self.zero_mean_atoms!r}")
         for name in ("width", "scales", "atoms"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < (2 if name == "scales" else 1):
                 raise ValueError(f"INIKNet: {name} must be a positive integer (scales >= 2), "
@@ -118,7 +127,7 @@ class INIKNet(nn.Module):
         self.omega_branch = branch(c.width)
         self.mu_head = nn.Conv2d(c.width, c.scales, 1)
         self.omega_head = nn.Conv2d(c.width, c.atoms, 1)
-        self.dictionary = Dictionary(c.scales, c.atoms, c.dictionary)
+        self.dictionary = Dictionary(c.scales, c.atoms, c.dictionary, zero_mean=c.zero_mean_atoms)
         if c.mixing == "conv":
             self.mix = nn.Conv2d(c.scales * c.atoms * 3, 3, 1)
 
