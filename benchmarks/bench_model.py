@@ -15,14 +15,22 @@ Modes, measured in the same run on the same weights:
   still accumulates in fp32. Changes numerics (tested >= 40 dB against fp32).
 * ``fast-bf16-compiled`` (with ``--compile``): the network under
   ``torch.compile`` around the opaque IFM op.
+* ``fast-system-malloc`` (ask with ``--modes``): ``fast`` without the
+  allocator setting below, to show what that setting alone is worth.
+
+Every mode runs in its own fresh process, as a user would run it: the
+baseline as plain PyTorch; the fast modes on a CPU with the allocator setting
+``inik deblur``/``inik train`` apply (:func:`inik.runtime.keep_freed_memory`:
+glibc keeps freed buffers instead of unmapping them, which removes millions of
+page faults per forward). All processes build the same weights (seed 0).
 
 Training step: batch 4, 256x256 crops (``--train-size``), forward over the three
 levels, the paper's loss without LPIPS (its AlexNet weights are not available
 offline; MSE + 0.1 frequency), backward, Adam step.
 
 Prints median times, speed-ups over ``baseline`` from the same run, peak extra
-memory (CPU: resident-set growth; GPU: max allocated), device and versions;
-writes CSV or JSON with ``--out``.
+memory (CPU: the process's peak resident set minus its size before the first
+call; GPU: max allocated), device and versions; writes CSV or JSON with ``--out``.
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import resource
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,10 +49,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_ifm import _device_name, _malloc_unmaps_big_buffers, _sync, _versions, measure  # noqa: E402
+from bench_ifm import _device_name, _rss_bytes, _sync, _versions, measure  # noqa: E402
 
 import inik  # noqa: E402
 from inik.losses import INIKLoss  # noqa: E402
+from inik.runtime import keep_freed_memory  # noqa: E402
 from inik.train import train_step  # noqa: E402
 
 
@@ -70,6 +82,10 @@ def modes_for(device: torch.device, compile_: bool) -> list[str]:
     if compile_:
         modes.append(f"fast-{half}-compiled")
     return modes
+
+
+KNOWN_MODES = ("baseline", "fast", "fast-system-malloc", "fast-bf16", "fast-fp16",
+               "fast-bf16-compiled", "fast-fp16-compiled")
 
 
 def inference_fn(mode: str, model, y: torch.Tensor, device: torch.device):
@@ -106,6 +122,44 @@ def train_fn(mode: str, model, batch: torch.Tensor, target: torch.Tensor, device
     return step
 
 
+def run_one(spec: dict) -> dict:
+    """Time one (task, mode) in this process; called in a fresh child process."""
+    device = torch.device(spec["device"])
+    mode = spec["mode"]
+    if device.type == "cpu" and mode != "baseline" and mode != "fast-system-malloc":
+        if not keep_freed_memory():
+            print("note: the allocator setting is unavailable here (not glibc)", file=sys.stderr)
+    torch.manual_seed(0)
+    state = inik.INIKNet().state_dict()
+    model = build(mode, state, device)
+    g = torch.Generator().manual_seed(1)
+    if spec["task"] == "infer":
+        y = torch.rand(1, 3, spec["h"], spec["w"], generator=g).to(device)
+        fn = inference_fn(mode, model, y, device)
+    else:
+        b, s = spec["batch"], spec["size"]
+        batch = torch.rand(b, 3, s, s, generator=g).to(device)
+        target = torch.rand(b, 3, s, s, generator=g).to(device)
+        fn = train_fn(mode, model, batch, target, device)
+    rss0 = _rss_bytes() if device.type == "cpu" else 0
+    fn()  # warm-up (and compilation)
+    ms, mb = measure(fn, device, spec["reps"], spec["min_ms"])
+    if device.type == "cpu":  # the high-water mark covers the warm-up and every timed call
+        mb = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0) / 1e6
+    return {"ms": ms, "peak_mb": None if mb is None else round(mb, 1)}
+
+
+def spawn(spec: dict) -> dict:
+    """Run :func:`run_one` in a fresh Python process and return its result."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"bench_model: the {spec['task']} / {spec['mode']} process failed "
+                           f"(exit {proc.returncode}); its errors are printed above")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -114,43 +168,51 @@ def main(argv=None) -> int:
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--compile", action="store_true", help="also time the torch.compile'd fast path")
+    p.add_argument("--modes", help=f"comma-separated modes (default: baseline, fast, fast-bf16/fp16); "
+                                   f"known: {', '.join(KNOWN_MODES)}")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--min-ms", type=float, default=20_000, help="CPU: stop repeating after this much time")
     p.add_argument("--out", help="write rows to .csv or .json")
+    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(run_one(json.loads(args.child))), flush=True)
+        return 0
     device = torch.device(args.device)
-    _malloc_unmaps_big_buffers()
-    torch.manual_seed(0)
-    state = inik.INIKNet().state_dict()
     modes = modes_for(device, args.compile)
+    if args.modes:
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        for m in modes:
+            if m not in KNOWN_MODES:
+                p.error(f"--modes: unknown mode {m!r}; known: {', '.join(KNOWN_MODES)}")
     print(f"device: {_device_name(device)}\nversions: {_versions(device)}\n"
-          f"IFM backend of the fast path: {inik.ops.resolve_backend(device)}")
+          f"IFM backend of the fast path: {inik.ops.resolve_backend(device)}\n"
+          f"threads: {torch.get_num_threads()}; every mode runs in its own process", flush=True)
     rows = []
+    base_spec = {"device": str(device), "reps": args.reps, "min_ms": args.min_ms}
 
-    def record(task, mode, fn):
-        fn()  # warm-up (and compilation)
-        ms, mb = measure(fn, device, args.reps, args.min_ms)
-        base = next((r["ms"] for r in rows if r["task"] == task and r["mode"] == "baseline"), ms)
-        rows.append({"task": task, "mode": mode, "ms": ms, "speedup": base / ms,
-                     "peak_mb": None if mb is None else round(mb, 1)})
-        r = rows[-1]
-        print(f"{task:<24} {mode:<22} {ms:>10.1f} ms  x{r['speedup']:>6.2f}  "
+    def record(task, mode, spec):
+        res = spawn({**base_spec, **spec, "mode": mode})
+        ms, mb = res["ms"], res["peak_mb"]
+        base = ms if mode == "baseline" else next(
+            (r["ms"] for r in rows if r["task"] == task and r["mode"] == "baseline"), None)
+        rows.append({"task": task, "mode": mode, "ms": ms, "speedup": None if base is None else base / ms,
+                     "peak_mb": mb})
+        ratio = "" if base is None else f"x{base / ms:>6.2f}"
+        print(f"{task:<24} {mode:<22} {ms:>10.1f} ms  {ratio:>7}  "
               f"peak +{'?' if mb is None else f'{mb:.0f}'} MB", flush=True)
 
     for text in args.sizes.split(","):
         h, w = _size(text)
-        y = torch.rand(1, 3, h, w, device=device)
         for mode in modes:
-            record(f"infer {w}x{h}", mode, inference_fn(mode, build(mode, state, device), y, device))
+            record(f"infer {w}x{h}", mode, {"task": "infer", "h": h, "w": w})
     if not args.no_train:
         s, b = args.train_size, args.train_batch
-        batch = torch.rand(b, 3, s, s, device=device)
-        target = torch.rand(b, 3, s, s, device=device)
         for mode in modes:
-            record(f"train b{b} {s}x{s}", mode, train_fn(mode, build(mode, state, device), batch, target, device))
+            record(f"train b{b} {s}x{s}", mode, {"task": "train", "size": s, "batch": b})
     if args.out:
         out = Path(args.out)
-        meta = {"device": _device_name(device), "versions": _versions(device)}
+        meta = {"device": _device_name(device), "versions": _versions(device), "threads": torch.get_num_threads()}
         if out.suffix == ".json":
             out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
         else:

@@ -1,0 +1,49 @@
+"""The benchmark scripts run end to end and write what they promise (tiny sizes;
+speed itself is measured by running them, never asserted here)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script, *args):
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_bench_model_runs_every_mode_in_its_own_process(tmp_path):
+    out = tmp_path / "model.json"
+    text = _run("bench_model.py", "--sizes", "32x48", "--train-size", "32", "--train-batch", "1",
+                "--reps", "1", "--modes", "baseline,fast,fast-system-malloc", "--out", str(out))
+    assert "every mode runs in its own process" in text
+    data = json.loads(out.read_text())
+    assert data["meta"]["device"] and data["meta"]["versions"]
+    rows = {(r["task"], r["mode"]): r for r in data["rows"]}
+    assert set(rows) == {(t, m) for t in ("infer 32x48", "train b1 32x32")
+                         for m in ("baseline", "fast", "fast-system-malloc")}
+    for (task, mode), r in rows.items():
+        assert r["ms"] > 0 and r["peak_mb"] is not None and r["peak_mb"] >= 0
+        assert r["speedup"] is not None  # the baseline runs first, so every row has its ratio
+        if mode == "baseline":
+            assert r["speedup"] == 1.0
+
+
+def test_bench_model_rejects_unknown_modes():
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_model.py"), "--modes", "turbo"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown mode 'turbo'" in proc.stderr
+
+
+def test_bench_ifm_cpu_backends(tmp_path):
+    out = tmp_path / "ifm.json"
+    text = _run("bench_ifm.py", "--size", "24", "--reps", "1", "--min-ms", "1",
+                "--backends", "unfused,reference,cpp,cuda,triton", "--modes", "forward,forward+backward", "--out", str(out))
+    assert "cuda" in text and "triton" in text  # GPU-only backends: a line saying they are skipped
+    data = json.loads(out.read_text())
+    rows = data["results"]
+    assert {r["backend"] for r in rows} >= {"unfused", "reference", "cpp"}
