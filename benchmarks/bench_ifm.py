@@ -379,18 +379,24 @@ _HEAD = {"backend": "backend", "mode": "mode", "median_ms": "median ms", "speedu
          "peak_extra_MB": "peak MB", "GB_per_s": "GB/s", "roofline_fraction": "roofline"}
 
 
+def _width(fmt: str) -> int:
+    try:
+        return len(fmt.format(0.0))
+    except ValueError:  # a string column
+        return len(fmt.format(""))
+
+
 def _print_row(row: dict, header: bool) -> None:
     cols = [(k, f) for k, f in _COLS if k in row]
     if header:
-        widths = [len(f.format(0.0) if "f" in f else f.format("")) for _, f in cols]
+        widths = [_width(f) for _, f in cols]
         print("  ".join(_HEAD[k].rjust(w) if i > 1 else _HEAD[k].ljust(w)
                         for i, ((k, _), w) in enumerate(zip(cols, widths))))
     cells = []
     for k, f in cols:
         v = row[k]
         if v is None:
-            width = len(f.format(0.0) if "f" in f else f.format(""))
-            cells.append("-".rjust(width))
+            cells.append("-".rjust(_width(f)))
         else:
             cells.append(f.format(v))
     print("  ".join(cells))

@@ -11,9 +11,12 @@ Modes, measured in the same run on the same weights:
 * ``fast``: channels_last, the fastest IFM backend (``auto``), the IFM only at
   the finest level at inference; fp32, so it must equal the baseline (tested in
   tests/test_fast_path.py).
-* ``fast-bf16`` (``fast-fp16`` on CUDA): the same under autocast; the IFM
+* ``fast-bf16`` (and ``fast-fp16`` on CUDA): the same under autocast; the IFM
   still accumulates in fp32. Changes numerics (tested >= 40 dB against fp32).
-* ``fast-bf16-compiled`` (with ``--compile``): the network under
+* ``fast-bf16-graph``/``fast-fp16-graph`` (CUDA, inference, ask with
+  ``--modes``): one forward recorded as a CUDA graph and replayed (the shapes
+  are static), which removes the launch overhead of ~150 small kernels.
+* ``fast-bf16-compiled``/``fast-fp16-compiled`` (with ``--compile``): the network under
   ``torch.compile`` around the opaque IFM op.
 * ``fast-system-malloc`` (ask with ``--modes``): ``fast`` without the
   allocator setting below, to show what that setting alone is worth.
@@ -72,24 +75,29 @@ def build(mode: str, state: dict, device: torch.device) -> inik.INIKNet:
     return model
 
 
-def half_dtype(device: torch.device):
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
+def amp_dtype(mode: str):
+    """The autocast dtype a mode names (None: fp32)."""
+    if "-bf16" in mode:
+        return torch.bfloat16
+    if "-fp16" in mode:
+        return torch.float16
+    return None
 
 
 def modes_for(device: torch.device, compile_: bool) -> list[str]:
-    half = "fp16" if device.type == "cuda" else "bf16"
-    modes = ["baseline", "fast", f"fast-{half}"]
+    halves = ["bf16", "fp16"] if device.type == "cuda" else ["bf16"]
+    modes = ["baseline", "fast", *(f"fast-{h}" for h in halves)]
     if compile_:
-        modes.append(f"fast-{half}-compiled")
+        modes += [f"fast-{h}-compiled" for h in halves]
     return modes
 
 
 KNOWN_MODES = ("baseline", "fast", "fast-system-malloc", "fast-bf16", "fast-fp16",
-               "fast-bf16-compiled", "fast-fp16-compiled")
+               "fast-bf16-compiled", "fast-fp16-compiled", "fast-bf16-graph", "fast-fp16-graph")
 
 
 def inference_fn(mode: str, model, y: torch.Tensor, device: torch.device):
-    amp = half_dtype(device) if "-bf16" in mode or "-fp16" in mode else None
+    amp = amp_dtype(mode)
     if mode == "baseline":
         net = lambda x: model.forward_levels(x)[-1]  # noqa: E731
         x = y.contiguous()
@@ -104,11 +112,32 @@ def inference_fn(mode: str, model, y: torch.Tensor, device: torch.device):
         _sync(device)
         return out
 
-    return run
+    if not mode.endswith("-graph"):
+        return run
+    # CUDA graph: the shapes are static, so record one forward and replay it.
+    if device.type != "cuda":
+        raise SystemExit(f"mode {mode}: CUDA graphs need a CUDA device, not {device}")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):  # warm-up outside the graph (Triton autotuning, cuDNN choices)
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        with torch.autocast(device.type, dtype=amp):
+            static_out = net(x)
+
+    def replay():
+        graph.replay()
+        _sync(device)
+        return static_out
+
+    return replay
 
 
 def train_fn(mode: str, model, batch: torch.Tensor, target: torch.Tensor, device: torch.device):
-    amp = half_dtype(device) if "-bf16" in mode or "-fp16" in mode else None
+    amp = amp_dtype(mode)
     loss_fn = INIKLoss(lpips_weight=0.0).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
     net = torch.compile(model) if mode.endswith("compiled") else model
@@ -192,7 +221,14 @@ def main(argv=None) -> int:
     base_spec = {"device": str(device), "reps": args.reps, "min_ms": args.min_ms}
 
     def record(task, mode, spec):
-        res = spawn({**base_spec, **spec, "mode": mode})
+        if task.startswith("train") and mode.endswith("-graph"):
+            return  # graphs are measured for inference only
+        try:
+            res = spawn({**base_spec, **spec, "mode": mode})
+        except RuntimeError as e:  # one broken mode must not hide the others' results
+            print(f"{task:<24} {mode:<22} FAILED: {e}", flush=True)
+            rows.append({"task": task, "mode": mode, "ms": None, "speedup": None, "peak_mb": None})
+            return
         ms, mb = res["ms"], res["peak_mb"]
         base = ms if mode == "baseline" else next(
             (r["ms"] for r in rows if r["task"] == task and r["mode"] == "baseline"), None)

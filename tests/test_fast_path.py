@@ -10,18 +10,33 @@ import inik
 from inik.data.synthetic import DefocusSynthesizer, SyntheticConfig
 
 
+# On a GPU the same guards run on CUDA tensors too (fast path = the GPU's IFM backend).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def device(request):
+    if request.param == "cuda":  # fp32 means fp32: no TF32 convolutions or matmuls in these guards
+        conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        yield torch.device("cuda")
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
+    else:
+        yield torch.device("cpu")
+
+
 @pytest.fixture(scope="module")
-def models():
+def models(device):
     torch.manual_seed(0)
     baseline = inik.INIKNet(ifm_backend="unfused").eval()
     fast = inik.INIKNet().eval()
     fast.load_state_dict(baseline.state_dict())
-    return baseline, fast.to(memory_format=torch.channels_last)
+    return baseline.to(device), fast.to(device, memory_format=torch.channels_last)
 
 
 @pytest.fixture(scope="module")
-def photo():
-    return DefocusSynthesizer(None, SyntheticConfig(size=96, max_radius=8)).sample(5).blurry[None]
+def photo(device):
+    return DefocusSynthesizer(None, SyntheticConfig(size=96, max_radius=8)).sample(5).blurry[None].to(device)
 
 
 def test_fast_fp32_equals_baseline(models, photo):
@@ -32,12 +47,15 @@ def test_fast_fp32_equals_baseline(models, photo):
     assert (got - want).abs().max() < 1e-5
 
 
-def test_bf16_autocast_scores_40db_against_fp32(models, photo):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_autocast_scores_40db_against_fp32(models, photo, dtype):
+    if photo.device.type == "cpu" and dtype == torch.float16:
+        pytest.skip("fp16 autocast is the GPU path; CPUs use bf16")
     _, fast = models
     x = photo.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         ref = fast(x).clamp(0, 1)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(photo.device.type, dtype=dtype):
             half = fast(x).float().clamp(0, 1)
     psnr = 10 * math.log10(1 / ((half - ref) ** 2).mean().item())
     assert psnr >= 40, psnr

@@ -77,7 +77,7 @@ def test_tiles_cover_and_blend(small_model):
 
 def test_tiled_equals_untiled_default_model():
     """The issue's case: the bundled model on a 512x512 photo-like image with 256-px
-    tiles and the default overlap (64) reproduces the whole-image result."""
+    tiles and the default overlap (128) reproduces the whole-image result."""
     model, trained = load_model()
     assert trained, "the bundled default weights are missing"
     g = torch.Generator().manual_seed(0)

@@ -142,7 +142,10 @@ class INIKNet(nn.Module):
             raise TypeError(f"INIKNet: y must be a floating-point image in [0, 1], got dtype {y.dtype}")
         if min(y.shape) < 1:
             raise ValueError(f"INIKNet: y must be non-empty, got shape {tuple(y.shape)}")
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(y).all()):
+        # The finiteness check reads a value back to the host: not while compiling or
+        # while a CUDA graph is being recorded (replays cannot re-check anyway).
+        capturing = y.is_cuda and torch.cuda.is_current_stream_capturing()
+        if not torch.compiler.is_compiling() and not capturing and not bool(torch.isfinite(y).all()):
             raise ValueError("INIKNet: y contains NaN or Inf values")
 
     def _restore(self, y, mu_feat, omega_feat, atoms):
