@@ -8,7 +8,7 @@ from PIL import Image
 import inik
 from inik.cli import main
 from inik.data.io import read_image, write_image
-from inik.infer import AUTO_TILE, auto_tile, load_model, restore
+from inik.infer import AUTO_TILE, DEFAULT_OVERLAP, auto_tile, load_model, restore
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,8 @@ def test_bad_inputs(small_model):
         inik.deblur("photo.jpg", small_model)
     with pytest.raises(ValueError, match="tile must be at least 32"):
         restore(small_model, torch.rand(1, 3, 64, 64), tile=8)
+    with pytest.raises(ValueError, match="overlap must be in"):
+        restore(small_model, torch.rand(1, 3, 64, 64), tile=32, overlap=30)
 
 
 def test_tiles_cover_and_blend(small_model):
@@ -77,7 +79,7 @@ def test_tiles_cover_and_blend(small_model):
 
 def test_tiled_equals_untiled_default_model():
     """The issue's case: the bundled model on a 512x512 photo-like image with 256-px
-    tiles and the default overlap (128) reproduces the whole-image result."""
+    tiles and the default overlap (192) reproduces the whole-image result."""
     model, trained = load_model()
     assert trained, "the bundled default weights are missing"
     g = torch.Generator().manual_seed(0)
@@ -92,7 +94,7 @@ def test_tiled_equals_untiled_default_model():
 
 def test_automatic_tiling_bounds_memory():
     assert auto_tile(1080, 1920) == (None, None)  # up to ~2 megapixels: the whole image
-    assert auto_tile(4000, 6000) == (AUTO_TILE, 128)
+    assert auto_tile(4000, 6000) == (AUTO_TILE, DEFAULT_OVERLAP)
     assert auto_tile(4000, 6000, overlap=200) == (AUTO_TILE, 200)
     assert auto_tile(4000, 6000, tile=0) == (None, None)  # 0: always the whole image
     assert auto_tile(64, 64, tile=256, overlap=16) == (256, 16)
