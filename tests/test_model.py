@@ -207,3 +207,28 @@ def test_overfits_one_pair():
         opt.step()
     assert loss.item() < first / 10, (step, first, loss.item())
     assert loss.item() < blurry_mse / 4, (step, blurry_mse, loss.item())
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9), (1, 3, 2, 2), (1, 4, 3, 17)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_reflect_conv_keeps_channels_last_and_equals_torch(shape, stride):
+    """The U-Net's padded convolution equals nn.Conv2d(padding_mode="reflect") forward and
+    backward, and keeps a channels_last input channels_last."""
+    from inik.models.unet import ReflectConv2d, reflect_pad1
+
+    torch.manual_seed(0)
+    cin = shape[1]
+    ours = ReflectConv2d(cin, 6, stride).double()
+    ref = torch.nn.Conv2d(cin, 6, 3, stride=stride, padding=1, padding_mode="reflect", bias=False).double()
+    ref.weight.data.copy_(ours.weight.data)
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+        if fmt is torch.channels_last and shape[1] > 1:
+            assert reflect_pad1(x).is_contiguous(memory_format=torch.channels_last)
+        got, want = ours(x), ref(x)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        g = torch.randn_like(want)
+        torch.testing.assert_close(torch.autograd.grad(got, (x, ours.weight), g),
+                                   torch.autograd.grad(want, (x, ref.weight), g))
+    x = torch.randn(1, 2, 4, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    assert torch.autograd.gradcheck(reflect_pad1, (x.requires_grad_(),))
