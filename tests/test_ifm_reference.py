@@ -188,3 +188,17 @@ def test_backend_choice(monkeypatch):
     monkeypatch.setenv(inik.ops.ENV_BACKEND, "nope")
     with pytest.raises(RuntimeError, match="unknown backend"):
         ifm(*make_inputs())
+
+
+def test_raw_ops_load_their_backend_and_reject_unusable_ones():
+    """torch.ops.inik.ifm / ifm_backward called directly (no inik.ops.ifm first) load the
+    backend they name, and an unknown or unusable one is a ValueError naming it."""
+    x, mu, om = torch.rand(1, 3, 6, 7), torch.rand(1, 2, 6, 7), torch.rand(1, 3, 6, 7)
+    at = torch.rand(2, 3, 3, 3)
+    grads = torch.ops.inik.ifm_backward(torch.ones_like(x), x, mu, om, at, [3, 1], "reference",
+                                        [True, False, False, True])
+    assert grads[0].shape == x.shape and grads[1].numel() == 0 and grads[3].shape == at.shape
+    with pytest.raises(ValueError, match="backend 'bogus'.*unknown backend"):
+        torch.ops.inik.ifm(x, mu, om, at, [3, 3], "bogus")
+    with pytest.raises(ValueError, match="backend 'cuda' cannot run on cpu"):
+        torch.ops.inik.ifm_backward(x, x, mu, om, at, [3, 3], "cuda", [True] * 4)

@@ -134,10 +134,18 @@ def _like(result: Tensor, like: Tensor) -> Tensor:
     return target.copy_(result)
 
 
+def _runnable(backend: str, device: torch.device) -> Backend:
+    """The backend the raw ops run (loaded on first use); a clear error where it cannot run."""
+    why = backend_unavailable(backend, device)
+    if why is not None:
+        raise ValueError(f"inik IFM op: backend {backend!r} cannot run on {device}: {why}")
+    return _BACKENDS[backend]
+
+
 @torch.library.custom_op("inik::ifm", mutates_args=())
 def _ifm_op(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor,
             support: Sequence[int], backend: str) -> Tensor:
-    out = _BACKENDS[backend].forward(image, mu, omega, atoms, list(support))
+    out = _runnable(backend, image.device).forward(image, mu, omega, atoms, list(support))
     return _like(out, image)
 
 
@@ -151,7 +159,8 @@ def _ifm_backward_op(grad: Tensor, image: Tensor, mu: Tensor, omega: Tensor, ato
                      support: Sequence[int], backend: str,
                      needs: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients for (image, mu, omega, atoms); an unneeded one is an empty tensor."""
-    grads = _BACKENDS[backend].backward(grad, image, mu, omega, atoms, list(support), list(needs))
+    grads = _runnable(backend, image.device).backward(grad, image, mu, omega, atoms, list(support),
+                                                       list(needs))
     inputs = (image, mu, omega, atoms)
     return tuple(_like(g, x) if nd else x.new_empty(0)
                  for g, x, nd in zip(grads, inputs, needs))
