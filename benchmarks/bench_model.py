@@ -16,7 +16,8 @@ Modes, measured in the same run on the same weights:
 * ``fast-bf16-graph``/``fast-fp16-graph`` (CUDA, inference, ask with
   ``--modes``): one forward recorded as a CUDA graph and replayed (the shapes
   are static), which removes the launch overhead of ~150 small kernels.
-* ``fast-bf16-compiled``/``fast-fp16-compiled`` (with ``--compile``): the network under
+* ``fast-bf16-compiled``/``fast-fp16-compiled`` (with ``--compile``; ``fast-compiled``
+  in fp32 with ``--modes``): the network under
   ``torch.compile`` around the opaque IFM op.
 * ``fast-system-malloc`` (ask with ``--modes``): ``fast`` without the
   allocator setting below, to show what that setting alone is worth.
@@ -92,7 +93,7 @@ def modes_for(device: torch.device, compile_: bool) -> list[str]:
     return modes
 
 
-KNOWN_MODES = ("baseline", "fast", "fast-system-malloc", "fast-bf16", "fast-fp16",
+KNOWN_MODES = ("baseline", "fast", "fast-system-malloc", "fast-bf16", "fast-fp16", "fast-compiled",
                "fast-bf16-compiled", "fast-fp16-compiled", "fast-bf16-graph", "fast-fp16-graph")
 
 

@@ -163,3 +163,29 @@ def test_explain_writes_maps(tmp_path, weights):
     assert abs(sum(summary["mu_mean_per_scale"]) - 1) < 1e-5
     # A second run does not silently replace the maps.
     assert main(["explain", str(tmp_path / "p.png"), "-o", str(out), "--weights", str(weights)]) == 1
+
+
+def test_cli_compile_matches_eager(tmp_path, weights, monkeypatch):
+    """`inik deblur --compile` runs the network under torch.compile and writes the same
+    image. (The test compiles with the aot_eager backend: the same Dynamo graph of the
+    network around the opaque IFM op, without Inductor's minute of C++ code generation.)"""
+    import torch._dynamo
+
+    calls = []
+    real_compile = torch.compile
+
+    def compile_for_test(model, **kwargs):
+        calls.append(kwargs)
+        return real_compile(model, backend="aot_eager", fullgraph=True, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_for_test)
+    torch._dynamo.reset()
+    src = tmp_path / "p.png"
+    write_image(src, (np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8))
+    assert main(["deblur", str(src), "-o", str(tmp_path / "eager.png"), "--weights", str(weights)]) == 0
+    assert main(["deblur", str(src), "-o", str(tmp_path / "compiled.png"), "--weights", str(weights),
+                 "--compile"]) == 0
+    assert calls == [{"dynamic": False}]
+    eager, _ = read_image(tmp_path / "eager.png", mode=None)
+    compiled, _ = read_image(tmp_path / "compiled.png", mode=None)
+    assert np.abs(eager.astype(np.float64) - compiled).max() <= 1 / 255
