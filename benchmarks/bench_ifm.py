@@ -211,6 +211,19 @@ def measure(fn, device: torch.device, reps: int, min_ms: float) -> tuple[float, 
     return statistics.median(times), mem
 
 
+def profile_table(fn, device: torch.device, calls: int, rows: int, name_width: int) -> str:
+    """torch.profiler's operator (and on a GPU, kernel) table of ``calls`` calls of ``fn``,
+    sorted by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(calls):
+            fn()
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=name_width)
+
+
 def peak_bandwidth(device: torch.device) -> Optional[float]:
     """Theoretical DRAM bandwidth in bytes/s (double data rate x bus width)."""
     props = torch.cuda.get_device_properties(device)

@@ -15,10 +15,9 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ifm import DTYPES, _device_name, _sync, _versions, make_inputs, measure  # noqa: E402
+from bench_ifm import DTYPES, _device_name, _sync, _versions, make_inputs, measure, profile_table  # noqa: E402
 
 NEEDS = {"image": [True, False, False, False], "mu+omega": [False, True, True, False],
          "atoms": [False, False, False, True], "all": [True, True, True, True]}
@@ -51,12 +50,7 @@ def main(argv=None) -> int:
         fn()  # warm-up (autotuning, compilation)
         ms, _ = measure(fn, device, args.reps, 0.0)
         print(f"  gradients {name:<9} {ms:10.3f} ms")
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    fn = backward(NEEDS["all"])
-    with profile(activities=acts) as prof:
-        fn()
-    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    print(prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=50))
+    print(profile_table(backward(NEEDS["all"]), device, 1, args.rows, 50))
     return 0
 
 

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ifm import profile_table  # noqa: E402
 from bench_model import KNOWN_MODES, _size, build, inference_fn  # noqa: E402
 
 import inik  # noqa: E402
@@ -35,13 +35,8 @@ def main(argv=None) -> int:
     run = inference_fn(args.mode, model, y, device)
     for _ in range(3):
         run()
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=acts) as prof:
-        for _ in range(3):
-            run()
-    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     print(f"{args.mode} {w}x{h} on {device} (3 calls)")
-    print(prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=60))
+    print(profile_table(run, device, 3, args.rows, 60))
     return 0
 
 
