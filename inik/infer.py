@@ -43,8 +43,8 @@ def load_model(weights: Optional[str | os.PathLike] = None, device: str | torch.
 # one pixel is 16 px of the photo), not of the tile size. Measured with the
 # default weights on a 512x512 image, max difference from the whole-image
 # output at a distance d from a tile's inner edge: 9e-3 at 48 px, 5e-3 at 64,
-# 7e-4 at 80, 1.4e-4 at 96. A 192-px overlap keeps every used pixel >= 84 px
-# from the edge of the tile it comes from.
+# 7e-4 at 80, 1.4e-4 at 96 (benchmarks/tile_error.py). A 192-px overlap keeps
+# every used pixel >= 84 px from the edge of the tile it comes from.
 DEFAULT_OVERLAP = 192
 
 

@@ -47,3 +47,10 @@ def test_bench_ifm_cpu_backends(tmp_path):
     data = json.loads(out.read_text())
     rows = data["results"]
     assert {r["backend"] for r in rows} >= {"unfused", "reference", "cpp"}
+
+
+def test_tile_error_reports_every_distance():
+    text = _run("tile_error.py", "--size", "64", "--tile", "32")
+    assert "32-px tiles at offsets [0, 16, 32]" in text
+    assert "16 px: " in text and "96 px: -" in text  # no pixel of a 32-px tile is 96 px inside
+    assert "tiled (overlap 24) vs whole: max |diff|" in text

@@ -1,0 +1,68 @@
+"""How far a tile's border disturbs the network's output, and what tiling costs in accuracy.
+
+    python benchmarks/tile_error.py [--weights W] [--size 512] [--tile 256]
+
+A photo-like test image (upsampled random blocks plus fine texture, as in
+tests/test_infer.py) is deblurred whole, then as single tiles at several
+positions: for each distance d from a tile's inner edge (edges not on the image
+border), the largest difference from the whole-image output among pixels at
+least d away. Then the full tiled result (``inik.infer.restore``) at the
+default overlap. This is what ``inik.infer.DEFAULT_OVERLAP`` is chosen from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from inik.infer import DEFAULT_OVERLAP, load_model, restore
+from inik.runtime import keep_freed_memory
+
+
+def test_image(size: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    y = torch.nn.functional.interpolate(torch.rand(1, 3, 16, 16, generator=g), size=(size, size),
+                                        mode="bicubic", align_corners=False)
+    return (y + 0.05 * torch.rand(1, 3, size, size, generator=g)).clamp(0, 1)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", help="default: the bundled weights")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--tile", type=int, default=256)
+    args = p.parse_args(argv)
+    keep_freed_memory()
+    model, _ = load_model(args.weights)
+    n, t = args.size, args.tile
+    y = test_image(n)
+    full = restore(model, y)
+    starts = sorted({0, (n - t) // 4 // 16 * 16, (n - t) // 2 // 16 * 16, n - t})
+    dists = (16, 32, 48, 64, 80, 96)
+    worst = dict.fromkeys(dists)  # None: no pixel of a tile is that far from its inner edges
+    far = torch.full((t,), 10**6)
+    r = torch.arange(t)
+    for top in starts:
+        for left in starts:
+            d = (restore(model, y[..., top:top + t, left:left + t])
+                 - full[..., top:top + t, left:left + t]).abs().amax(1)[0]
+            dy = torch.minimum(r if top > 0 else far, (t - 1 - r) if top + t < n else far)
+            dx = torch.minimum(r if left > 0 else far, (t - 1 - r) if left + t < n else far)
+            dist = torch.minimum(dy[:, None], dx[None, :])
+            for k in dists:
+                sel = d[dist >= k]
+                if sel.numel():
+                    worst[k] = max(worst[k] or 0.0, sel.max().item())
+    print(f"{n}x{n} image, {t}-px tiles at offsets {starts}")
+    print("max |tile - whole| at >= d px from a tile's inner edge: "
+          + ", ".join(f"{k} px: " + ("-" if v is None else f"{v:.1e}") for k, v in worst.items()))
+    tiled = restore(model, y, tile=t)
+    print(f"tiled (overlap {min(DEFAULT_OVERLAP, 3 * t // 4)}) vs whole: max |diff| "
+          f"{(tiled - full).abs().max().item():.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
