@@ -1,35 +1,42 @@
 #!/usr/bin/env bash
-# Where the Triton IFM's time goes on a GPU, and the whole model after the
-# channels_last padding change: every Triton kernel alone over its launch
-# configurations (sweep_triton.py, compiled in parallel first), the whole-model
-# benchmark with torch.compile and CUDA graphs, the model's kernel profile, and
-# the native op's argument checks alone (they aborted on an H200). Logs and JSON
-# go to ${OUT:-gpu_out}. Usage: bash benchmarks/gpu_sweep.sh
+# The GPU checks of the Triton IFM and the whole model in one pass: every Triton
+# kernel over its launch configurations (sweep_triton.py, compiled in parallel
+# first), the GPU tests, the IFM and whole-model benchmarks, and the native op's
+# argument checks under cuda-gdb (they crashed the process on an H200). Logs and
+# JSON go to ${OUT:-gpu_out}. Usage: bash benchmarks/gpu_sweep.sh
 set -u
-OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
+OUT=${OUT:-gpu_out}; LOGS=/tmp/gpu_logs; mkdir -p "$LOGS"
+# everything also goes into one archive after each step (the device tool returns at most 8 files)
+pack() { tar czf "$OUT/all.tgz" -C "$LOGS" . 2>/dev/null; }
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 step() { local name=$1 limit=$2; shift 2; echo "=== $name ($(date +%T), limit ${limit}s)"; local t0=$SECONDS
-         timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
-         tail -n "${TAIL:-25}" "$OUT/$name.log"; echo "=== $name: exit $rc after $((SECONDS - t0)) s"; }
+         timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1; local rc=$?
+         tail -n "${TAIL:-25}" "$LOGS/$name.log"; echo "=== $name: exit $rc after $((SECONDS - t0)) s"; pack; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 ARCH=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
-TAIL=3 step install 60 env INIK_NO_EXTENSION=1 $PY -m pip install --no-build-isolation --no-deps --no-index -e .
+TAIL=2 step install 60 env INIK_NO_EXTENSION=1 $PY -m pip install --no-build-isolation --no-deps --no-index -e .
 echo "=== sweep compile ($(date +%T))"; t0=$SECONDS
 for i in $(seq 0 13); do
-  timeout 150 $PY benchmarks/sweep_triton.py --compile-only --part "$i/14" ${SWEEP_ARGS:-} > "$OUT/sweep_c$i.log" 2>&1 &
+  timeout 120 $PY benchmarks/sweep_triton.py --compile-only --part "$i/14" > "$LOGS/sweep_c$i.log" 2>&1 &
 done
-wait; cat "$OUT"/sweep_c*.log | grep -v "^part" | head -20; echo "=== sweep compile: $((SECONDS - t0)) s"
+wait; cat "$LOGS"/sweep_c*.log | grep -v "^part" | head -20 > "$LOGS/sweep_compile.log"
+cat "$LOGS/sweep_compile.log"; rm -f "$LOGS"/sweep_c[0-9]*.log; echo "=== sweep compile: $((SECONDS - t0)) s"
 # The native extension builds beside the sweep's timing (CPU work against GPU-timed kernels).
-( timeout 300 env TORCH_CUDA_ARCH_LIST="$ARCH" INIK_BUILD_CUDA=1 MAX_JOBS=16 \
-    $PY -m pip install --no-build-isolation --no-deps --no-index -e . > "$OUT/build.log" 2>&1;
-  echo "build exit $?" >> "$OUT/build.log" ) &
+( timeout 200 env TORCH_CUDA_ARCH_LIST="$ARCH" INIK_BUILD_CUDA=1 MAX_JOBS=16 \
+    $PY -m pip install --no-build-isolation --no-deps --no-index -e . > "$LOGS/build.log" 2>&1;
+  echo "build exit $?" >> "$LOGS/build.log" ) &
 BUILD=$!
-TAIL=40 step sweep 150 $PY benchmarks/sweep_triton.py --out "$OUT/sweep.json" ${SWEEP_ARGS:-}
-wait $BUILD; tail -n 3 "$OUT/build.log"
-TAIL=40 step crash_probe 60 $PY -X faulthandler -m pytest -q -p no:cacheprovider tests/test_ifm_cpp.py -k reject_bad
-TAIL=30 step bench_model 150 $PY benchmarks/bench_model.py --sizes 640 --no-train \
-    --modes baseline,fast,fast-bf16,fast-bf16-graph,fast-bf16-compiled-graph --out "$OUT/bench_model.json"
-TAIL=45 step profile_model 60 $PY benchmarks/profile_model.py --mode fast-bf16
+TAIL=${SWEEP_TAIL:-30} step sweep 120 $PY benchmarks/sweep_triton.py --out "$LOGS/sweep.json"
+wait $BUILD; tail -n 2 "$LOGS/build.log"
+TAIL=12 step tests 150 $PY -m pytest -q -p no:cacheprovider -n 8 -rs -k "not reject_bad" \
+    tests/test_ifm_triton.py tests/test_ifm_cpp.py tests/test_fast_path.py
+TAIL=30 step crash_gdb 60 cuda-gdb -batch -ex run -ex bt --args $PY -c \
+    "import torch, inik.ops._ext; x=[torch.randn(2,3,5,7), torch.randn(2,3,5,7), torch.randn(2,4,5,7), torch.randn(3,4,5,5)]; torch.ops.inik.ifm_native_forward(*x, [5,2,1])"
+TAIL=22 step bench_ifm_fp32 70 $PY benchmarks/bench_ifm.py --backends unfused,cuda,triton --out "$LOGS/bench_ifm_fp32.json"
+TAIL=16 step bench_ifm_bf16 50 $PY benchmarks/bench_ifm.py --dtype bfloat16 --backends unfused,triton \
+    --out "$LOGS/bench_ifm_bf16.json"
+TAIL=14 step bench_model 170 $PY benchmarks/bench_model.py --sizes 640 \
+    --modes baseline,fast,fast-bf16,fast-bf16-graph,fast-bf16-compiled-graph --out "$LOGS/bench_model.json"
 echo "done $(date +%T)"

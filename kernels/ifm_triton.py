@@ -64,7 +64,7 @@ from inik.ops.ifm import Backend
 # Triton decides at decoration (import) time whether kernels are interpreted.
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 # Upper bound on the per-band buffer of synthesised kernels the image gradient reads.
-_KBUF_BYTES = 64 << 20
+_KBUF_BYTES = 128 << 20
 # Column chunks are padded to a multiple of this (the largest chunk of any config).
 _CH_MAX = 64
 
@@ -82,7 +82,10 @@ def _mm(a, b, USE_DOT: tl.constexpr, PREC: tl.constexpr):
 
 @triton.jit
 def _tile(pid, W, row0, nrows, TH: tl.constexpr, TW: tl.constexpr):
-    """Image rows/cols of tile ``pid`` of the region rows [row0, row0 + nrows); validity."""
+    """Tile ``pid`` of the rows [row0, row0 + nrows): its pixels' rows and columns,
+    which are real pixels, and the same coordinates clamped into the region (the
+    clamped ones address real memory, so gathers need no mask; results of
+    pixels outside the region are never stored)."""
     n_tw = tl.cdiv(W, TW)
     ti = pid // n_tw
     tj = pid % n_tw
@@ -90,7 +93,7 @@ def _tile(pid, W, row0, nrows, TH: tl.constexpr, TW: tl.constexpr):
     i = row0 + ti * TH + p // TW
     j = tj * TW + p % TW
     valid = (i < row0 + nrows) & (j < W)
-    return i, j, valid
+    return i, j, valid, tl.minimum(i, row0 + nrows - 1), tl.minimum(j, W - 1)
 
 
 @triton.jit
@@ -102,17 +105,28 @@ def _up(x, F64: tl.constexpr):
 
 
 @triton.jit
-def _patch(img_b, i, j, valid, cdu, cdv, cols, cc, C, H, W, KK, s_c, s_h, F64: tl.constexpr):
-    """(BP, CB, CH) image taps ``img[c, i + du, j + dv]``, zero outside the image
-    (``s_c``, ``s_h``: channel and row strides of the image)."""
-    du = tl.load(cdu + cols)
-    dv = tl.load(cdv + cols)
-    ii = i[:, None] + du[None, :]
-    jj = j[:, None] + dv[None, :]
-    inb = (ii >= 0) & (ii < H) & (jj >= 0) & (jj < W) & valid[:, None] & (cols < KK)[None, :]
-    off = (cc.to(tl.int64) * s_c)[None, :, None] + (ii.to(tl.int64) * s_h + jj)[:, None, :]
-    m = inb[:, None, :] & (cc < C)[None, :, None]
-    return _up(tl.load(img_b + off, mask=m, other=0.0), F64)
+def _wide(x, OFF64: tl.constexpr):
+    """Offsets in int64 when some tensor's elements exceed the int32 range."""
+    if OFF64:
+        return x.to(tl.int64)
+    else:
+        return x
+
+
+@triton.jit
+def _taps(cdu, cdv, cols, pitch, OFF64: tl.constexpr):
+    """(CH,) offsets ``du * pitch + dv`` of a column chunk's taps in a plane of row pitch ``pitch``."""
+    return _wide(tl.load(cdu + cols), OFF64) * pitch + _wide(tl.load(cdv + cols), OFF64)
+
+
+@triton.jit
+def _tapsum(base, c, C, s_c, pofs, toff, w, F64: tl.constexpr, OFF64: tl.constexpr):
+    """(BP,) ``sum_t w[p, t] * base[c * s_c + pofs[p] + toff[t]]``: one channel of a
+    zero-padded plane gathered at every pixel's taps, no mask (a channel ``c >= C``
+    reads channel C - 1; its result is not stored)."""
+    cl = _wide(tl.minimum(c, C - 1), OFF64)
+    v = _up(tl.load(base + cl * s_c + pofs[:, None] + toff[None, :]), F64)
+    return tl.sum(v * w, axis=1)
 
 
 @triton.jit
@@ -123,50 +137,44 @@ def _planes(base, ch, nch, i, j, valid, s_c, s_h, F64: tl.constexpr):
 
 
 @triton.jit
-def _dk(dx_b, img_b, i, j, valid, cdu, cdv, cols, C, H, W, KK, sd_c, sd_h, si_c, si_h,
-        BP: tl.constexpr, CB: tl.constexpr, CH: tl.constexpr, F64: tl.constexpr):
-    """(BP, CH) ``dk = sum_c dx[c] * patch[c]`` for one column chunk, channels in blocks of CB."""
-    if F64:
-        dk = tl.zeros((BP, CH), dtype=tl.float64)
-    else:
-        dk = tl.zeros((BP, CH), dtype=tl.float32)
-    for c0 in range(0, C, CB):
-        cc = c0 + tl.arange(0, CB)
-        dx_t = _planes(dx_b, cc, C, i, j, valid, sd_c, sd_h, F64)
-        patch = _patch(img_b, i, j, valid, cdu, cdv, cols, cc, C, H, W, KK, si_c, si_h, F64)
-        dk += tl.sum(patch * dx_t[:, :, None], axis=1)
-    return dk
+def _store_channel(base, c, C, HW, pix, valid, acc):
+    tl.store(base + c.to(tl.int64) * HW + pix, acc.to(base.dtype.element_ty), mask=valid & (c < C))
 
 
 # ---------------------------------------------------------------- kernels
-# Inputs are read through (batch, channel, row) strides with unit column stride;
-# outputs and gradients are written contiguous.
+# mu and omega are read through (batch, channel, row) strides with unit column
+# stride; the image (forward) and dx (image gradient) are zero-padded copies made
+# by the wrapper, so gathers need no bounds checks; outputs and gradients are
+# written contiguous.
 
 @triton.jit
 def _fwd_kernel(img, mu, om, A, perm, hs, cdu, cdv, cring, out, kbuf,
-                C, H, W, R, N, KK, row0, nrows,
-                si_b, si_c, si_h, sm_b, sm_c, sm_h, so_b, so_c, so_h,
-                STORE_K: tl.constexpr, CB: tl.constexpr, RP: tl.constexpr, NP: tl.constexpr,
+                C, H, W, R, N, KK, HALF, Wp, row0, nrows, kbase, kpitch, kplane,
+                si_b, si_c, sm_b, sm_c, sm_h, so_b, so_c, so_h,
+                STORE_K: tl.constexpr, NCB: tl.constexpr, RP: tl.constexpr, NP: tl.constexpr,
                 KKP: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, CH: tl.constexpr,
-                USE_DOT: tl.constexpr, PREC: tl.constexpr, F64: tl.constexpr):
+                USE_DOT: tl.constexpr, PREC: tl.constexpr, F64: tl.constexpr, OFF64: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
-    i, j, valid = _tile(tl.program_id(0), W, row0, nrows, TH, TW)
-    HW = H * W
+    i, j, valid, ic, jc = _tile(tl.program_id(0), W, row0, nrows, TH, TW)
+    c0 = tl.program_id(2) * NCB  # this program's channels: c0 .. c0 + NCB - 1
     nn = tl.arange(0, NP)
-    cc = tl.program_id(2) * CB + tl.arange(0, CB)  # this program's channels
     mu_b = mu + b * sm_b
     img_b = img + b * si_b
     mu_pix = i.to(tl.int64) * sm_h + j
     om_t = _planes(om + b * so_b, nn, N, i, j, valid, so_c, so_h, F64)
     halves = tl.load(hs + tl.arange(0, RP))
+    pofs = _wide((ic + HALF) * Wp + jc + HALF, OFF64)
     if F64:
-        acc = tl.zeros((TH * TW, CB), dtype=tl.float64)
+        acc0 = tl.zeros((TH * TW,), dtype=tl.float64)
     else:
-        acc = tl.zeros((TH * TW, CB), dtype=tl.float32)
-    for c0 in range(0, KKP, CH):
-        cols = c0 + tl.arange(0, CH)
+        acc0 = tl.zeros((TH * TW,), dtype=tl.float32)
+    acc1 = acc0
+    acc2 = acc0
+    acc3 = acc0
+    for k0 in range(0, KKP, CH):
+        cols = k0 + tl.arange(0, CH)
         # scales whose support reaches the chunk's innermost ring: a prefix of the sorted scales
-        nq = tl.sum((halves >= tl.load(cring + c0)).to(tl.int32), axis=0)
+        nq = tl.sum((halves >= tl.load(cring + k0)).to(tl.int32), axis=0)
         if F64:
             kc = tl.zeros((TH * TW, CH), dtype=tl.float64)
         else:
@@ -178,84 +186,143 @@ def _fwd_kernel(img, mu, om, A, perm, hs, cdu, cdv, cring, out, kbuf,
             coef = (mu_q[:, None] * om_t).to(a.dtype)
             kc += _mm(coef, a, USE_DOT, PREC)
         if STORE_K:
-            kb = kbuf + (b * KKP + cols.to(tl.int64))[None, :] * nrows * W + ((i - row0) * W + j)[:, None]
+            # k of this band's pixels into the halo-padded buffer the image gradient reads
+            kb = (kbuf + b * KKP * kplane + _wide(cols, OFF64)[None, :] * kplane
+                  + _wide((i - kbase) * kpitch + j + HALF, OFF64)[:, None])
             tl.store(kb, kc.to(kbuf.dtype.element_ty), mask=valid[:, None] & (cols < KK)[None, :])
         else:
-            patch = _patch(img_b, i, j, valid, cdu, cdv, cols, cc, C, H, W, KK, si_c, si_h, F64)
-            acc += tl.sum(patch * kc[:, None, :], axis=2)
+            # padded columns (cols >= KK) have zero weights and read the centre tap
+            toff = _taps(cdu, cdv, cols, Wp, OFF64)
+            acc0 += _tapsum(img_b, c0, C, si_c, pofs, toff, kc, F64, OFF64)
+            if NCB > 1:
+                acc1 += _tapsum(img_b, c0 + 1, C, si_c, pofs, toff, kc, F64, OFF64)
+            if NCB > 2:
+                acc2 += _tapsum(img_b, c0 + 2, C, si_c, pofs, toff, kc, F64, OFF64)
+            if NCB > 3:
+                acc3 += _tapsum(img_b, c0 + 3, C, si_c, pofs, toff, kc, F64, OFF64)
     if not STORE_K:
-        o = out + b * C * HW + (cc.to(tl.int64) * HW)[None, :] + (i * W + j)[:, None]
-        tl.store(o, acc.to(out.dtype.element_ty), mask=valid[:, None] & (cc < C)[None, :])
+        HW = H * W
+        o = out + b * C * HW
+        pix = _wide(i * W + j, OFF64)
+        _store_channel(o, c0, C, HW, pix, valid, acc0)
+        if NCB > 1:
+            _store_channel(o, c0 + 1, C, HW, pix, valid, acc1)
+        if NCB > 2:
+            _store_channel(o, c0 + 2, C, HW, pix, valid, acc2)
+        if NCB > 3:
+            _store_channel(o, c0 + 3, C, HW, pix, valid, acc3)
 
 
 @triton.jit
-def _bwd_coef_kernel(dx, img, mu, om, A, perm, cdu, cdv, gmu, gom,
-                     C, H, W, R, N, KK,
-                     sd_b, sd_c, sd_h, si_b, si_c, si_h, sm_b, sm_c, sm_h, so_b, so_c, so_h,
-                     NEED_MU: tl.constexpr, NEED_OM: tl.constexpr,
-                     CB: tl.constexpr, RP: tl.constexpr, NP: tl.constexpr, KKP: tl.constexpr,
+def _bwd_coef_kernel(dx, img, mu, om, A, perm, hs, cdu, cdv, cring, gmu, gom, dkb,
+                     C, H, W, R, N, KK, HALF, Wp, row0, nrows,
+                     sd_b, sd_c, sd_h, si_b, si_c, sm_b, sm_c, sm_h, so_b, so_c, so_h,
+                     NEED_MU: tl.constexpr, NEED_OM: tl.constexpr, STORE_DK: tl.constexpr,
+                     RP: tl.constexpr, NP: tl.constexpr, KKP: tl.constexpr,
                      TH: tl.constexpr, TW: tl.constexpr, CH: tl.constexpr,
-                     USE_DOT: tl.constexpr, PREC: tl.constexpr, F64: tl.constexpr):
+                     USE_DOT: tl.constexpr, PREC: tl.constexpr, F64: tl.constexpr, OFF64: tl.constexpr):
+    """Per column chunk ``dk = sum_c dx[c] * patch[c]``; per scale q reaching the chunk
+    ``dcoef_q = dk @ A[q, :, chunk]^T`` (the forward's support skipping), folded at
+    once into ``dmu[:, q] += <dcoef_q, omega>`` and ``domega += mu_q * dcoef_q`` (no
+    (BP, R*N) accumulator); with STORE_DK, ``dk`` of the band's pixels into ``dkb``
+    (B, KKP, nrows * W) for the atom gradient."""
     b = tl.program_id(1).to(tl.int64)
-    i, j, valid = _tile(tl.program_id(0), W, 0, H, TH, TW)
-    HW = H * W
-    pix = i * W + j
+    i, j, valid, ic, jc = _tile(tl.program_id(0), W, row0, nrows, TH, TW)
     nn = tl.arange(0, NP)
     qq = tl.arange(0, RP)
-    rows = (qq[:, None] * NP + nn[None, :]).reshape(RP * NP)
-    if F64:
-        dcoef = tl.zeros((TH * TW, RP * NP), dtype=tl.float64)
-    else:
-        dcoef = tl.zeros((TH * TW, RP * NP), dtype=tl.float32)
-    for c0 in range(0, KKP, CH):
-        cols = c0 + tl.arange(0, CH)
-        dk = _dk(dx + b * sd_b, img + b * si_b, i, j, valid, cdu, cdv, cols, C, H, W, KK,
-                 sd_c, sd_h, si_c, si_h, TH * TW, CB, CH, F64)
-        at = tl.load(A + rows[None, :] * KKP + cols[:, None])  # (CH, RP*NP) = A[:, chunk]^T
-        dcoef += _mm(dk.to(at.dtype), at, USE_DOT, PREC)
-    dcoef3 = dcoef.reshape(TH * TW, RP, NP)
+    pofs = _wide((ic + HALF) * Wp + jc + HALF, OFF64)
+    dx_b = dx + b * sd_b
+    img_b = img + b * si_b
+    dx_pix = i.to(tl.int64) * sd_h + j
+    NEED_COEF: tl.constexpr = NEED_MU or NEED_OM
     r = tl.load(perm + qq)
     qmask = qq < R
-    if NEED_MU:
+    if NEED_COEF:
         om_t = _planes(om + b * so_b, nn, N, i, j, valid, so_c, so_h, F64)
-        dmu = tl.sum(dcoef3 * om_t[:, None, :], axis=2)
-        tl.store(gmu + b * R * HW + (r.to(tl.int64) * HW)[None, :] + pix[:, None],
-                 dmu.to(gmu.dtype.element_ty), mask=valid[:, None] & qmask[None, :])
-    if NEED_OM:
         mu_t = tl.where(qmask[None, :], _planes(mu + b * sm_b, r, R, i, j, valid, sm_c, sm_h, F64), 0.0)
-        dom = tl.sum(dcoef3 * mu_t[:, :, None], axis=1)
-        tl.store(gom + b * N * HW + (nn.to(tl.int64) * HW)[None, :] + pix[:, None],
-                 dom.to(gom.dtype.element_ty), mask=valid[:, None] & (nn < N)[None, :])
+        halves = tl.load(hs + qq)
+    if F64:
+        dmu = tl.zeros((TH * TW, RP), dtype=tl.float64)
+        dom = tl.zeros((TH * TW, NP), dtype=tl.float64)
+    else:
+        dmu = tl.zeros((TH * TW, RP), dtype=tl.float32)
+        dom = tl.zeros((TH * TW, NP), dtype=tl.float32)
+    for k0 in range(0, KKP, CH):
+        cols = k0 + tl.arange(0, CH)
+        toff = _taps(cdu, cdv, cols, Wp, OFF64)
+        if F64:
+            dk = tl.zeros((TH * TW, CH), dtype=tl.float64)
+        else:
+            dk = tl.zeros((TH * TW, CH), dtype=tl.float32)
+        dx_c = dx_b  # channel c's planes (pointer steps: no integer overflow)
+        img_c = img_b
+        for c in range(0, C):
+            dxc = _up(tl.load(dx_c + dx_pix, mask=valid, other=0.0), F64)
+            v = _up(tl.load(img_c + pofs[:, None] + toff[None, :]), F64)
+            dk += v * dxc[:, None]
+            dx_c += sd_c
+            img_c += si_c
+        if STORE_DK:
+            band = nrows * W
+            dst = (dkb + b * KKP * band + _wide(cols, OFF64)[None, :] * band
+                   + _wide((i - row0) * W + j, OFF64)[:, None])
+            tl.store(dst, dk, mask=valid[:, None])
+        if NEED_COEF:
+            nq = tl.sum((halves >= tl.load(cring + k0)).to(tl.int32), axis=0)
+            for q in range(0, nq):
+                at = tl.load(A + (q * NP + nn)[None, :] * KKP + cols[:, None])  # (CH, NP) = A[q, :, chunk]^T
+                dcq = _mm(dk.to(at.dtype), at, USE_DOT, PREC)  # (BP, NP)
+                sel = qq[None, :] == q
+                if NEED_MU:
+                    dmu += tl.where(sel, tl.sum(dcq * om_t, axis=1)[:, None], 0.0)
+                if NEED_OM:
+                    dom += tl.sum(tl.where(sel, mu_t, 0.0), axis=1)[:, None] * dcq
+    if NEED_COEF:
+        HW = H * W
+        pix = i * W + j
+        if NEED_MU:
+            tl.store(gmu + b * R * HW + (r.to(tl.int64) * HW)[None, :] + pix[:, None],
+                     dmu.to(gmu.dtype.element_ty), mask=valid[:, None] & qmask[None, :])
+        if NEED_OM:
+            tl.store(gom + b * N * HW + (nn.to(tl.int64) * HW)[None, :] + pix[:, None],
+                     dom.to(gom.dtype.element_ty), mask=valid[:, None] & (nn < N)[None, :])
 
 
 @triton.jit
-def _bwd_atoms_kernel(dx, img, mu, om, perm, cdu, cdv, part,
-                      B, C, H, W, R, N, KK, SPLIT,
-                      sd_b, sd_c, sd_h, si_b, si_c, si_h, sm_b, sm_c, sm_h, so_b, so_c, so_h,
-                      CB: tl.constexpr, RP: tl.constexpr, NP: tl.constexpr, KKP: tl.constexpr,
-                      TH: tl.constexpr, TW: tl.constexpr, CH: tl.constexpr,
-                      DOT_DTYPE: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
-                      F64: tl.constexpr):
-    c0 = tl.program_id(0) * CH
+def _bwd_atoms_kernel(dkb, mu, om, perm, part, B, W, R, N, row0, band, SPLIT,
+                      sm_b, sm_c, sm_h, so_b, so_c, so_h,
+                      RP: tl.constexpr, NP: tl.constexpr, KKP: tl.constexpr, BK: tl.constexpr,
+                      CHN: tl.constexpr, DOT_DTYPE: tl.constexpr, USE_DOT: tl.constexpr,
+                      PREC: tl.constexpr, F64: tl.constexpr, OFF64: tl.constexpr):
+    """Atom gradient of one band as a GEMM over its pixels: program (column block,
+    split) sums ``coef^T @ dk`` over blocks of BK pixels, ``coef = mu (x) omega``
+    recomputed from mu and omega, ``dk`` read from ``dkb``; one fp32 partial per
+    program (summed afterwards: deterministic, no atomics)."""
+    cols = tl.program_id(0) * CHN + tl.arange(0, CHN)
     split = tl.program_id(1)
-    cols = c0 + tl.arange(0, CH)
-    nn = tl.arange(0, NP)
     qq = tl.arange(0, RP)
-    r = tl.load(perm + qq)
-    tiles = tl.cdiv(H, TH) * tl.cdiv(W, TW)
+    nn = tl.arange(0, NP)
+    r = tl.load(perm + qq).to(tl.int64)
+    total = B * band
     if F64:
-        acc = tl.zeros((RP * NP, CH), dtype=tl.float64)
+        acc = tl.zeros((RP * NP, CHN), dtype=tl.float64)
     else:
-        acc = tl.zeros((RP * NP, CH), dtype=tl.float32)
-    for t in range(split, B * tiles, SPLIT):
-        b = (t // tiles).to(tl.int64)
-        i, j, valid = _tile(t % tiles, W, 0, H, TH, TW)
-        mu_t = tl.where((qq < R)[None, :], _planes(mu + b * sm_b, r, R, i, j, valid, sm_c, sm_h, F64), 0.0)
-        om_t = _planes(om + b * so_b, nn, N, i, j, valid, so_c, so_h, F64)
-        coef = (mu_t[:, :, None] * om_t[:, None, :]).reshape(TH * TW, RP * NP)
-        dk = _dk(dx + b * sd_b, img + b * si_b, i, j, valid, cdu, cdv, cols, C, H, W, KK,
-                 sd_c, sd_h, si_c, si_h, TH * TW, CB, CH, F64)
-        acc += _mm(tl.trans(coef.to(DOT_DTYPE)), dk.to(DOT_DTYPE), USE_DOT, PREC)
+        acc = tl.zeros((RP * NP, CHN), dtype=tl.float32)
+    for t0 in range(split * BK, total, SPLIT * BK):
+        t = t0 + tl.arange(0, BK)
+        ok = t < total
+        b = (t // band).to(tl.int64)
+        px = t % band
+        i = (row0 + px // W).to(tl.int64)
+        j = px % W
+        mu_t = _up(tl.load(mu + (b * sm_b + i * sm_h + j)[None, :] + r[:, None] * sm_c,
+                           mask=ok[None, :] & (qq < R)[:, None], other=0.0), F64)  # (RP, BK)
+        om_t = _up(tl.load(om + (b * so_b + i * so_h + j)[None, :] + nn.to(tl.int64)[:, None] * so_c,
+                           mask=ok[None, :] & (nn < N)[:, None], other=0.0), F64)  # (NP, BK)
+        coef_t = (mu_t[:, None, :] * om_t[None, :, :]).reshape(RP * NP, BK)
+        dk = tl.load(dkb + (b * KKP)[:, None] * band + _wide(cols, OFF64)[None, :] * band
+                     + _wide(px, OFF64)[:, None], mask=ok[:, None], other=0.0)  # (BK, CHN)
+        acc += _mm(coef_t.to(DOT_DTYPE), dk.to(DOT_DTYPE), USE_DOT, PREC)
     rows = tl.arange(0, RP * NP)
     dst = part + split.to(tl.int64) * RP * NP * KKP + rows[:, None] * KKP + cols[None, :]
     tl.store(dst, acc)
@@ -263,72 +330,109 @@ def _bwd_atoms_kernel(dx, img, mu, om, perm, cdu, cdv, part,
 
 @triton.jit
 def _bwd_image_kernel(dx, kbuf, cdu, cdv, gimg,
-                      C, H, W, KK, row0, nrows, krow0, knrows, sd_b, sd_c, sd_h,
-                      CB: tl.constexpr, KKP: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-                      CH: tl.constexpr, F64: tl.constexpr):
+                      C, H, W, HALF, Wp, row0, nrows, kbase, kpitch, kplane, sd_b, sd_c,
+                      NCB: tl.constexpr, KKP: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                      CH: tl.constexpr, F64: tl.constexpr, OFF64: tl.constexpr):
+    """``dimage[p] = sum_taps k[p - tap, tap] * dx[p - tap]``: a gather over the windows
+    covering each pixel, from the zero-padded dx and the kernels ``k`` that
+    ``_fwd_kernel(STORE_K)`` wrote into the halo-padded band buffer (no atomics)."""
     b = tl.program_id(1).to(tl.int64)
-    i, j, valid = _tile(tl.program_id(0), W, row0, nrows, TH, TW)
-    HW = H * W
-    cc = tl.program_id(2) * CB + tl.arange(0, CB)  # this program's channels
+    i, j, valid, ic, jc = _tile(tl.program_id(0), W, row0, nrows, TH, TW)
+    c0 = tl.program_id(2) * NCB
     dx_b = dx + b * sd_b
+    kb_b = kbuf + b * KKP * kplane
+    pofs = _wide((ic + HALF) * Wp + jc + HALF, OFF64)
+    kofs = _wide((ic - kbase) * kpitch + jc + HALF, OFF64)
     if F64:
-        acc = tl.zeros((TH * TW, CB), dtype=tl.float64)
+        acc0 = tl.zeros((TH * TW,), dtype=tl.float64)
     else:
-        acc = tl.zeros((TH * TW, CB), dtype=tl.float32)
-    for c0 in range(0, KKP, CH):
-        cols = c0 + tl.arange(0, CH)
+        acc0 = tl.zeros((TH * TW,), dtype=tl.float32)
+    acc1 = acc0
+    acc2 = acc0
+    acc3 = acc0
+    for k0 in range(0, KKP, CH):
+        cols = k0 + tl.arange(0, CH)
         # pixel q = p - tap uses tap `col` of its kernel on p
-        qi = i[:, None] - tl.load(cdu + cols)[None, :]
-        qj = j[:, None] - tl.load(cdv + cols)[None, :]
-        inb = (qi >= 0) & (qi < H) & (qj >= 0) & (qj < W) & valid[:, None] & (cols < KK)[None, :]
-        kb = kbuf + (b * KKP + cols.to(tl.int64))[None, :] * knrows * W + ((qi - krow0) * W + qj)
-        kq = _up(tl.load(kb, mask=inb, other=0.0), F64)
-        off = (cc.to(tl.int64) * sd_c)[None, :, None] + (qi.to(tl.int64) * sd_h + qj)[:, None, :]
-        dxq = _up(tl.load(dx_b + off, mask=inb[:, None, :] & (cc < C)[None, :, None], other=0.0), F64)
-        acc += tl.sum(dxq * kq[:, None, :], axis=2)
-    o = gimg + b * C * HW + (cc.to(tl.int64) * HW)[None, :] + (i * W + j)[:, None]
-    tl.store(o, acc.to(gimg.dtype.element_ty), mask=valid[:, None] & (cc < C)[None, :])
+        toff = -_taps(cdu, cdv, cols, Wp, OFF64)
+        ktoff = _wide(cols, OFF64) * kplane - _taps(cdu, cdv, cols, kpitch, OFF64)
+        kq = _up(tl.load(kb_b + kofs[:, None] + ktoff[None, :]), F64)
+        acc0 += _tapsum(dx_b, c0, C, sd_c, pofs, toff, kq, F64, OFF64)
+        if NCB > 1:
+            acc1 += _tapsum(dx_b, c0 + 1, C, sd_c, pofs, toff, kq, F64, OFF64)
+        if NCB > 2:
+            acc2 += _tapsum(dx_b, c0 + 2, C, sd_c, pofs, toff, kq, F64, OFF64)
+        if NCB > 3:
+            acc3 += _tapsum(dx_b, c0 + 3, C, sd_c, pofs, toff, kq, F64, OFF64)
+    HW = H * W
+    o = gimg + b * C * HW
+    pix = _wide(i * W + j, OFF64)
+    _store_channel(o, c0, C, HW, pix, valid, acc0)
+    if NCB > 1:
+        _store_channel(o, c0 + 1, C, HW, pix, valid, acc1)
+    if NCB > 2:
+        _store_channel(o, c0 + 2, C, HW, pix, valid, acc2)
+    if NCB > 3:
+        _store_channel(o, c0 + 3, C, HW, pix, valid, acc3)
 
 
 # ---------------------------------------------------------------- configurations
 
-def _cfg(th, tw, ch, warps, stages):
-    return triton.Config({"TH": th, "TW": tw, "CH": ch}, num_warps=warps, num_stages=stages)
+def _cfg(th, tw, ch, warps, stages, maxnreg=None):
+    return triton.Config({"TH": th, "TW": tw, "CH": ch}, num_warps=warps, num_stages=stages, maxnreg=maxnreg)
 
 
-# Hopper and Ampere: pixel tiles of 64-128 (the M of the dots), column chunks of
-# 32-64 taps; the autotuner keys on the dictionary shape and the channel count.
+# Hopper and Ampere. Measured with benchmarks/sweep_triton.py on an H200
+# (2026-11-26): tiles of fewer than 128 pixels made the gathers up to 6x slower;
+# candidates are the configurations that compile without spills for sm_90 (ptxas
+# -v), plus register-capped variants (maxnreg: more programs per SM, some spills).
+# The autotuner keys on the dictionary shape, the channel count and the variant.
 _GPU_CONFIGS = [
-    _cfg(8, 8, 32, 4, 2), _cfg(8, 8, 64, 4, 2), _cfg(8, 16, 32, 4, 2),
-    _cfg(8, 16, 64, 8, 2), _cfg(16, 8, 32, 4, 3), _cfg(16, 16, 32, 8, 2),
+    _cfg(8, 16, 16, 4, 2), _cfg(16, 8, 16, 4, 2), _cfg(4, 32, 16, 4, 2), _cfg(8, 16, 32, 8, 2),
+    _cfg(16, 8, 32, 8, 2), _cfg(4, 32, 32, 8, 2), _cfg(8, 16, 16, 4, 2, 128), _cfg(8, 16, 32, 8, 2, 128),
 ]
-_BWD_GPU_CONFIGS = [
-    _cfg(8, 8, 32, 4, 2), _cfg(8, 8, 64, 4, 2), _cfg(8, 16, 32, 8, 2), _cfg(4, 16, 32, 4, 2),
+_COEF_GPU_CONFIGS = [
+    _cfg(8, 16, 16, 4, 2), _cfg(16, 8, 32, 8, 2), _cfg(4, 32, 32, 8, 2), _cfg(16, 16, 16, 8, 2),
+    _cfg(8, 32, 16, 8, 2), _cfg(8, 16, 16, 4, 2, 128),
+]
+_IMAGE_GPU_CONFIGS = [
+    _cfg(8, 16, 16, 4, 2), _cfg(16, 8, 16, 4, 2), _cfg(4, 32, 16, 4, 2), _cfg(8, 16, 32, 8, 2),
+    _cfg(16, 16, 16, 8, 2), _cfg(8, 16, 16, 4, 2, 128),
 ]
 # One fixed configuration under the interpreter (and for fp64 on a GPU, where
 # the broadcast-multiply path needs small tiles).
 _FIXED = {"TH": 4, "TW": 4, "CH": 16}
 _FIXED_GPU_F64 = {"TH": 4, "TW": 8, "CH": 16}
-# The atom-gradient reduction (not autotuned: its partials' layout depends on CH);
-# 8 warps keep its (RP*NP, CH) accumulator and (BP, RP*NP) coefficients unspilled.
-_ATOMS_GPU = {"TH": 8, "TW": 8, "CH": 32}
-_ATOMS_GPU_WARPS = 8
+# The atom-gradient GEMM (fixed: its grid and partials are sized before the launch):
+# blocks of BK pixels, CHN columns per program.
+_ATOMS_GPU = {"BK": 64, "CHN": 64, "num_warps": 8}
+_ATOMS_FIXED = {"BK": 16, "CHN": 16, "num_warps": 4}
 
-def _tuned(kernel, configs, key=("C", "R", "N", "KK")):
+
+def _tuned(kernel, configs, key):
     return triton.autotune(configs=configs, key=list(key))(kernel)
 
 
 if _INTERPRET:
     _fwd_tuned = _bwd_coef_tuned = _bwd_image_tuned = None
 else:
-    _fwd_tuned = _tuned(_fwd_kernel, _GPU_CONFIGS, key=("C", "R", "N", "KK", "STORE_K"))
-    _bwd_coef_tuned = _tuned(_bwd_coef_kernel, _BWD_GPU_CONFIGS)
-    _bwd_image_tuned = _tuned(_bwd_image_kernel, _BWD_GPU_CONFIGS, key=("C", "KK"))
+    _fwd_tuned = _tuned(_fwd_kernel, _GPU_CONFIGS, ("C", "R", "N", "KK", "STORE_K", "OFF64"))
+    _bwd_coef_tuned = _tuned(_bwd_coef_kernel, _COEF_GPU_CONFIGS,
+                             ("C", "R", "N", "KK", "NEED_MU", "NEED_OM", "STORE_DK", "OFF64"))
+    _bwd_image_tuned = _tuned(_bwd_image_kernel, _IMAGE_GPU_CONFIGS, ("C", "KKP", "OFF64"))
+
+
+# Launch configurations forced per kernel name (benchmarks/sweep_triton.py times
+# each kernel over many); empty: the autotuner (GPU) or the fixed ones decide.
+_FORCED: dict = {}
 
 
 def _launch(kernel, tuned, grid, f64, *args, **kwargs):
-    """Run ``kernel`` with the fixed configuration (interpreter, fp64) or its autotuned twin."""
-    if tuned is None or f64:
+    """Run ``kernel`` with the fixed configuration (interpreter, fp64), a forced one,
+    or its autotuned twin."""
+    forced = _FORCED.get(kernel.__name__)
+    if forced is not None:
+        kernel[grid(forced)](*args, **kwargs, **forced)
+    elif tuned is None or f64:
         meta = _FIXED_GPU_F64 if (f64 and not _INTERPRET) else _FIXED
         kernel[grid(meta)](*args, **kwargs, **meta, num_warps=4)
     else:
@@ -342,13 +446,30 @@ def _next_pow2(x: int) -> int:
 
 
 def _channel_block(c: int) -> int:
-    """Channels one program holds at once: all of an RGB image; more are split
-    over programs (forward, image gradient) or looped over (dk)."""
-    return min(_next_pow2(c), 4)
+    """Channels one program applies its kernels to (all of an RGB image); more
+    channels are split over programs, the last block re-reading its last channel."""
+    return min(c, 4)
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def _off64(*element_counts: int) -> bool:
+    """Whether in-kernel offsets need 64 bits (some buffer's elements past the int32 range)."""
+    return max(element_counts) >= _INT32_MAX
+
+
+def _padded(x: torch.Tensor, half: int) -> torch.Tensor:
+    """Contiguous copy of (B, C, H, W) ``x`` with ``half`` zero rows and columns on every
+    side: the gathers then read real memory at every tap of every pixel, unmasked."""
+    B, C, H, W = x.shape
+    out = x.new_zeros((B, C, H + 2 * half, W + 2 * half))
+    out[:, :, half:half + H, half:half + W] = x
+    return out
 
 
 @functools.lru_cache(maxsize=64)
-def _tables(k: int, support: tuple, rp: int, kkp: int, device: torch.device):
+def _tables_cpu(k: int, support: tuple, rp: int, kkp: int):
     """Index tables of one (K, support) layout; see the module docstring."""
     kk, r_ = k * k, len(support)
     half = k // 2
@@ -356,7 +477,7 @@ def _tables(k: int, support: tuple, rp: int, kkp: int, device: torch.device):
     pad = kkp - kk
     order = sorted(range(r_), key=lambda r: -support[r])
     halves = [support[r] // 2 for r in order]
-    i32 = dict(dtype=torch.int32, device=device)
+    i32 = dict(dtype=torch.int32)
     return dict(
         cring=torch.tensor([t[0] for t in taps] + [k] * pad, **i32),
         cdu=torch.tensor([t[1] - half for t in taps] + [0] * pad, **i32),
@@ -364,10 +485,28 @@ def _tables(k: int, support: tuple, rp: int, kkp: int, device: torch.device):
         perm=torch.tensor(order + [0] * (rp - r_), **i32),
         hs=torch.tensor(halves + [-1] * (rp - r_), **i32),
         # flat tap index u*K+v of each column, scale order, support mask (sorted scale, column)
-        tap=torch.tensor([t[1] * k + t[2] for t in taps], dtype=torch.long, device=device),
-        order=torch.tensor(order, dtype=torch.long, device=device),
-        inside=torch.tensor([[t[0] <= h for t in taps] for h in halves], device=device),
+        tap=torch.tensor([t[1] * k + t[2] for t in taps], dtype=torch.long),
+        order=torch.tensor(order, dtype=torch.long),
+        inside=torch.tensor([[t[0] <= h for t in taps] for h in halves]),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _tables(k: int, support: tuple, rp: int, kkp: int, device: torch.device):
+    """:func:`_tables_cpu` on ``device``, cached. On a GPU they are copied on a side
+    stream: a first call inside a CUDA-graph memory pool (torch.compile's
+    "reduce-overhead" records in one) must not leave these long-lived tensors in
+    the graph's private pool."""
+    tables = _tables_cpu(k, support, rp, kkp)
+    if device.type != "cuda":
+        return {name: t.to(device) for name, t in tables.items()}
+    with torch.cuda.device(device):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = {name: t.to(device) for name, t in tables.items()}
+        side.synchronize()
+    return out
 
 
 class _Plan:
@@ -376,6 +515,7 @@ class _Plan:
     def __init__(self, atoms: torch.Tensor, support: Sequence[int]):
         self.R, self.N, self.K = atoms.shape[0], atoms.shape[1], atoms.shape[-1]
         self.KK = self.K * self.K
+        self.half = self.K // 2
         self.f64 = atoms.dtype == torch.float64
         self.use_dot = not self.f64
         self.RP = _next_pow2(self.R)
@@ -388,6 +528,7 @@ class _Plan:
         else:
             self.prec = "ieee" if (_INTERPRET or torch.get_float32_matmul_precision() == "highest") else "tf32"
         self.acc_dtype = torch.float64 if self.f64 else torch.float32
+        self.acc_bytes = 8 if self.f64 else 4
         t = _tables(self.K, tuple(int(s) for s in support), self.RP, self.KKP, atoms.device)
         self.cring, self.cdu, self.cdv, self.perm, self.hs = t["cring"], t["cdu"], t["cdv"], t["perm"], t["hs"]
         self.tap, self.order, self.inside = t["tap"], t["order"], t["inside"]
@@ -396,6 +537,9 @@ class _Plan:
         A = torch.zeros((self.RP, self.NP, self.KKP), dtype=self.dot_dtype, device=atoms.device)
         A[:self.R, :self.N, :self.KK] = a * self.inside[:, None, :]
         self.A = A
+
+    def consts(self) -> dict:
+        return dict(RP=self.RP, NP=self.NP, KKP=self.KKP, USE_DOT=self.use_dot, PREC=self.prec, F64=self.f64)
 
     def atoms_grad(self, summed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(RP, NP, KKP) sorted-layout sums -> (R, N, K, K), zero outside each support."""
@@ -416,101 +560,121 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+def _tile_grid(rows: int, W: int, *more: int):
+    def grid(meta):
+        return (triton.cdiv(rows, meta["TH"]) * triton.cdiv(W, meta["TW"]), *more)
+    return grid
+
+
 def ifm_triton(image, mu, omega, atoms, support: Sequence[int]):
     """Fused forward: (B, C, H, W) output of the inputs' dtype."""
-    image, mu, omega = _rows(image, mu, omega)
+    mu, omega = _rows(mu, omega)
     plan = _Plan(atoms, support)
     B, C, H, W = image.shape
+    img = _padded(image, plan.half)
     out = torch.empty((B, C, H, W), dtype=image.dtype, device=image.device)
-    CB = _channel_block(C)
-
-    def grid(meta):
-        return (triton.cdiv(H, meta["TH"]) * triton.cdiv(W, meta["TW"]), B, triton.cdiv(C, CB))
-
-    _launch(_fwd_kernel, _fwd_tuned, grid, plan.f64,
-            image, mu, omega, plan.A, plan.perm, plan.hs, plan.cdu, plan.cdv, plan.cring, out, out,
-            C, H, W, plan.R, plan.N, plan.KK, 0, H, *_strides(image), *_strides(mu), *_strides(omega),
-            STORE_K=False, CB=CB, RP=plan.RP, NP=plan.NP, KKP=plan.KKP,
-            USE_DOT=plan.use_dot, PREC=plan.prec, F64=plan.f64)
+    ncb = _channel_block(C)
+    _launch(_fwd_kernel, _fwd_tuned, _tile_grid(H, W, B, triton.cdiv(C, ncb)), plan.f64,
+            img, mu, omega, plan.A, plan.perm, plan.hs, plan.cdu, plan.cdv, plan.cring, out, out,
+            C, H, W, plan.R, plan.N, plan.KK, plan.half, img.shape[3], 0, H, 0, 0, 0,
+            img.stride(0), img.stride(1), *_strides(mu), *_strides(omega),
+            STORE_K=False, NCB=ncb, OFF64=_off64(img[0].numel()), **plan.consts())
     return out
 
 
-def _atoms_split(n_tiles: int, n_chunks: int, device: torch.device) -> int:
-    """How many programs share the pixel reduction of one column chunk."""
+def _atoms_split(n_blocks: int, n_col_blocks: int, device: torch.device) -> int:
+    """How many programs share the pixel reduction of one column block."""
     if _INTERPRET or device.type != "cuda":
-        return min(n_tiles, 2)
+        return min(n_blocks, 2)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(n_tiles, (4 * sms) // max(1, n_chunks)))
+    return max(1, min(n_blocks, (4 * sms) // max(1, n_col_blocks)))
+
+
+def _coef_and_atoms(grad, img, mu, omega, plan: _Plan, needs, g_mu, g_omega):
+    """mu/omega gradients (into ``g_mu``/``g_omega``) and the atom-gradient sums
+    (RP, NP, KKP) or None. With the atom gradient, ``dk`` goes through a buffer of
+    at most ``_KBUF_BYTES`` per band of rows, reduced by the GEMM after each band."""
+    B, C, H, W = grad.shape
+    need_mu, need_om, need_at = bool(needs[1]), bool(needs[2]), bool(needs[3])
+    rows = H
+    if need_at:
+        rows = max(1, min(H, _KBUF_BYTES // (B * plan.KKP * W * plan.acc_bytes)))
+        dkb = torch.empty((B, plan.KKP, rows * W), dtype=plan.acc_dtype, device=grad.device)
+    else:
+        dkb = grad  # not written
+    gemm = _FORCED.get("_bwd_atoms_kernel") or (_ATOMS_FIXED if (_INTERPRET or plan.f64) else _ATOMS_GPU)
+    dot_dtype = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+                 torch.float32: tl.float32, torch.float64: tl.float64}[plan.dot_dtype]
+    off64 = _off64(img[0].numel(), plan.KKP * rows * W, H * W)
+    summed = None
+    for r0 in range(0, H, rows):
+        nr = min(rows, H - r0)
+        _launch(_bwd_coef_kernel, _bwd_coef_tuned, _tile_grid(nr, W, B), plan.f64,
+                grad, img, mu, omega, plan.A, plan.perm, plan.hs, plan.cdu, plan.cdv, plan.cring,
+                g_mu, g_omega, dkb,
+                C, H, W, plan.R, plan.N, plan.KK, plan.half, img.shape[3], r0, nr,
+                *_strides(grad), img.stride(0), img.stride(1), *_strides(mu), *_strides(omega),
+                NEED_MU=need_mu, NEED_OM=need_om, STORE_DK=need_at, OFF64=off64, **plan.consts())
+        if not need_at:
+            continue
+        n_cb = plan.KKP // gemm["CHN"]
+        split = _atoms_split(triton.cdiv(B * nr * W, gemm["BK"]), n_cb, grad.device)
+        part = torch.empty((split, plan.RP * plan.NP, plan.KKP), dtype=plan.acc_dtype, device=grad.device)
+        _bwd_atoms_kernel[(n_cb, split)](
+            dkb, mu, omega, plan.perm, part, B, W, plan.R, plan.N, r0, nr * W, split,
+            *_strides(mu), *_strides(omega), DOT_DTYPE=dot_dtype, OFF64=off64, **gemm, **plan.consts())
+        summed = part.sum(0) if summed is None else summed + part.sum(0)
+    return None if summed is None else summed.view(plan.RP, plan.NP, plan.KKP)
+
+
+def _image_grad(grad, img, mu, omega, plan: _Plan):
+    """The image gradient, band by band: ``_fwd_kernel(STORE_K)`` writes the band's
+    kernels plus a K//2 halo into a zero-bordered buffer of at most ``_KBUF_BYTES``,
+    ``_bwd_image_kernel`` gathers them against the zero-padded dx."""
+    B, C, H, W = grad.shape
+    h = plan.half
+    dxp = _padded(grad, h)
+    g_image = torch.empty((B, C, H, W), dtype=grad.dtype, device=grad.device)
+    kpitch = W + 2 * h
+    band = max(plan.K, _KBUF_BYTES // (B * plan.KKP * kpitch * plan.acc_bytes) - 2 * h)
+    band = min(band, H)
+    # zeroed once: the halo columns and the rows outside the image are never written
+    kbuf = torch.zeros((B, plan.KKP, band + 2 * h, kpitch), dtype=plan.acc_dtype, device=grad.device)
+    kplane = (band + 2 * h) * kpitch
+    off64 = _off64(dxp[0].numel(), plan.KKP * kplane, H * W)
+    ncb = _channel_block(C)
+    for r0 in range(0, H, band):
+        r1 = min(H, r0 + band)
+        k0, k1 = max(0, r0 - h), min(H, r1 + h)
+        _launch(_fwd_kernel, _fwd_tuned, _tile_grid(k1 - k0, W, B), plan.f64,
+                img, mu, omega, plan.A, plan.perm, plan.hs, plan.cdu, plan.cdv, plan.cring,
+                g_image, kbuf, C, H, W, plan.R, plan.N, plan.KK, h, img.shape[3], k0, k1 - k0,
+                r0 - h, kpitch, kplane, img.stride(0), img.stride(1), *_strides(mu), *_strides(omega),
+                STORE_K=True, NCB=ncb, OFF64=off64, **plan.consts())
+        _launch(_bwd_image_kernel, _bwd_image_tuned, _tile_grid(r1 - r0, W, B, triton.cdiv(C, ncb)), plan.f64,
+                dxp, kbuf, plan.cdu, plan.cdv, g_image, C, H, W, h, dxp.shape[3], r0, r1 - r0,
+                r0 - h, kpitch, kplane, dxp.stride(0), dxp.stride(1),
+                NCB=ncb, KKP=plan.KKP, F64=plan.f64, OFF64=off64)
+    return g_image
 
 
 def ifm_triton_backward(grad, image, mu, omega, atoms, support: Sequence[int], needs):
     """Gradients for (image, mu, omega, atoms); an unneeded one is None."""
-    grad, image, mu, omega = _rows(grad, image, mu, omega)
-    strides = (*_strides(grad), *_strides(image), *_strides(mu), *_strides(omega))
+    grad, mu, omega = _rows(grad, mu, omega)
     plan = _Plan(atoms, support)
-    B, C, H, W = image.shape
-    CB = _channel_block(C)
-    common = dict(CB=CB, KKP=plan.KKP)
+    # the patch gathers (dk) read the padded image; the image gradient does not read it
+    img = _padded(image, plan.half) if (needs[1] or needs[2] or needs[3]) else image
     g_image = g_mu = g_omega = g_atoms = None
-
-    if needs[1] or needs[2]:
+    if needs[1] or needs[2] or needs[3]:
         g_mu = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device) if needs[1] else mu
         g_omega = torch.empty(omega.shape, dtype=omega.dtype, device=omega.device) if needs[2] else omega
-
-        def grid(meta):
-            return (triton.cdiv(H, meta["TH"]) * triton.cdiv(W, meta["TW"]), B)
-
-        _launch(_bwd_coef_kernel, _bwd_coef_tuned, grid, plan.f64,
-                grad, image, mu, omega, plan.A, plan.perm, plan.cdu, plan.cdv, g_mu, g_omega,
-                C, H, W, plan.R, plan.N, plan.KK, *strides,
-                NEED_MU=bool(needs[1]), NEED_OM=bool(needs[2]), RP=plan.RP, NP=plan.NP,
-                USE_DOT=plan.use_dot, PREC=plan.prec, F64=plan.f64, **common)
+        summed = _coef_and_atoms(grad, img, mu, omega, plan, needs, g_mu, g_omega)
         g_mu = g_mu if needs[1] else None
         g_omega = g_omega if needs[2] else None
-
-    if needs[3]:
-        fixed = _INTERPRET or plan.f64
-        meta = dict(_FIXED if fixed else _ATOMS_GPU)
-        n_tiles = B * triton.cdiv(H, meta["TH"]) * triton.cdiv(W, meta["TW"])
-        n_chunks = plan.KKP // meta["CH"]
-        split = _atoms_split(n_tiles, n_chunks, image.device)
-        part = torch.empty((split, plan.RP * plan.NP, plan.KKP), dtype=plan.acc_dtype, device=image.device)
-        dot_dtype = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
-                     torch.float32: tl.float32, torch.float64: tl.float64}[plan.dot_dtype]
-        _bwd_atoms_kernel[(n_chunks, split)](
-            grad, image, mu, omega, plan.perm, plan.cdu, plan.cdv, part,
-            B, C, H, W, plan.R, plan.N, plan.KK, split, *strides,
-            RP=plan.RP, NP=plan.NP, DOT_DTYPE=dot_dtype, USE_DOT=plan.use_dot, PREC=plan.prec,
-            F64=plan.f64, num_warps=4 if fixed else _ATOMS_GPU_WARPS, **meta, **common)
-        summed = part.sum(0).view(plan.RP, plan.NP, plan.KKP)
-        g_atoms = plan.atoms_grad(summed, atoms.dtype)
-
+        if summed is not None:
+            g_atoms = plan.atoms_grad(summed, atoms.dtype)
     if needs[0]:
-        g_image = torch.empty((B, C, H, W), dtype=image.dtype, device=image.device)
-        half = plan.K // 2
-        row_bytes = B * plan.KKP * W * (8 if plan.f64 else 4)
-        band = max(plan.K, _KBUF_BYTES // row_bytes - 2 * half)
-        for r0 in range(0, H, band):
-            r1 = min(H, r0 + band)
-            k0, k1 = max(0, r0 - half), min(H, r1 + half)
-            kbuf = torch.empty((B, plan.KKP, k1 - k0, W), dtype=plan.acc_dtype, device=image.device)
-
-            def kgrid(meta, rows=k1 - k0):
-                return (triton.cdiv(rows, meta["TH"]) * triton.cdiv(W, meta["TW"]), B)
-
-            _launch(_fwd_kernel, _fwd_tuned, kgrid, plan.f64,
-                    image, mu, omega, plan.A, plan.perm, plan.hs, plan.cdu, plan.cdv, plan.cring,
-                    g_image, kbuf, C, H, W, plan.R, plan.N, plan.KK, k0, k1 - k0,
-                    *_strides(image), *_strides(mu), *_strides(omega),
-                    STORE_K=True, RP=plan.RP, NP=plan.NP,
-                    USE_DOT=plan.use_dot, PREC=plan.prec, F64=plan.f64, **common)
-
-            def igrid(meta, rows=r1 - r0):
-                return (triton.cdiv(rows, meta["TH"]) * triton.cdiv(W, meta["TW"]), B, triton.cdiv(C, CB))
-
-            _launch(_bwd_image_kernel, _bwd_image_tuned, igrid, plan.f64,
-                    grad, kbuf, plan.cdu, plan.cdv, g_image,
-                    C, H, W, plan.KK, r0, r1 - r0, k0, k1 - k0, *_strides(grad), F64=plan.f64, **common)
+        g_image = _image_grad(grad, img, mu, omega, plan)
     return g_image, g_mu, g_omega, g_atoms
 
 

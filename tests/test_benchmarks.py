@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -54,3 +56,17 @@ def test_tile_error_reports_every_distance():
     assert "32-px tiles at offsets [0, 16, 32]" in text
     assert "16 px: " in text and "96 px: -" in text  # no pixel of a 32-px tile is 96 px inside
     assert "tiled (overlap 24) vs whole: max |diff|" in text
+
+
+def test_sweep_triton_launches_every_job_under_the_interpreter():
+    """Every job of the GPU sweep runs through the module's host code (forced
+    configurations, band budgets) on a tiny image under the interpreter."""
+    import os
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / "sweep_triton.py"), "--device", "cpu", "--size", "5",
+                           "--compile-only", "--part", "0/6"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "jobs" in proc.stdout and "Error" not in proc.stdout, proc.stdout[-2000:]

@@ -120,16 +120,46 @@ def test_crops_slices_and_expanded_inputs_read_in_place():
         close(got, want, torch.float32, name)
 
 
-def test_image_gradient_in_several_bands(monkeypatch):
-    """A tiny band budget forces the per-band kernel buffer (with its halo) to be reused."""
+def test_gradients_in_several_bands(monkeypatch):
+    """A tiny band budget forces the per-band buffers - the image gradient's kernels
+    with their halo, the atom gradient's dk - to be reused, one band after another."""
     monkeypatch.setattr(ifm_triton, "_KBUF_BYTES", 1)
-    case = (1, 2, 13, 4, 2, 3, 5, [5, 3])  # bands of K=5 rows: 5 + 5 + 3
+    case = (2, 2, 13, 4, 2, 3, 5, [5, 3])  # image gradient: bands of K=5 rows (5 + 5 + 3); dk: 1 row
     xs, support = _inputs(case)
     grad_out = torch.randn_like(xs[0])
-    needs = (True, False, False, False)
-    _, (g, *_) = run_grads("triton", xs, support, grad_out, needs)
-    _, (rg, *_) = run_grads("reference", xs, support, grad_out, needs)
-    close(g, rg, torch.float32, "dimage")
+    out, grads = run_grads("triton", xs, support, grad_out)
+    ref_out, ref_grads = run_grads("reference", xs, support, grad_out)
+    for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
+        close(g, rg, torch.float32, f"d{name}")
+
+
+def test_64bit_offset_path(monkeypatch):
+    """The int64 offset variant (chosen when a buffer passes 2**31 elements, which
+    the interpreter cannot reach) computes the same numbers."""
+    monkeypatch.setattr(ifm_triton, "_off64", lambda *counts: True)
+    xs, support = _inputs(CASES["support"])
+    grad_out = torch.randn_like(xs[0])
+    out, grads = run_grads("triton", xs, support, grad_out)
+    ref_out, ref_grads = run_grads("reference", xs, support, grad_out)
+    close(out, ref_out, torch.float32, "output")
+    for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
+        close(g, rg, torch.float32, f"d{name}")
+
+
+def test_forced_launch_configurations(monkeypatch):
+    """Other tile shapes, chunk widths and GEMM blocks than the fixed ones (the
+    sweep's and the autotuner's candidates take this path) give the same numbers."""
+    monkeypatch.setattr(ifm_triton, "_FORCED", {
+        "_fwd_kernel": dict(TH=2, TW=8, CH=32, num_warps=4), "_bwd_coef_kernel": dict(TH=8, TW=2, CH=32, num_warps=4),
+        "_bwd_image_kernel": dict(TH=1, TW=16, CH=32, num_warps=4),
+        "_bwd_atoms_kernel": dict(BK=32, CHN=32, num_warps=4)})
+    xs, support = _inputs((2, 3, 5, 7, 3, 4, 5, [5, 3, 1]))  # K=5: 25 taps padded to 32
+    grad_out = torch.randn_like(xs[0])
+    out, grads = run_grads("triton", xs, support, grad_out)
+    ref_out, ref_grads = run_grads("reference", xs, support, grad_out)
+    close(out, ref_out, torch.float32, "output")
+    for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
+        close(g, rg, torch.float32, f"d{name}")
 
 
 def test_backward_is_deterministic():
@@ -217,21 +247,23 @@ def _compile_for_gpu(arch: int, dtype: str) -> list[str]:
     ptr = {"img", "mu", "om", "A", "out", "dx", "gmu", "gom", "gimg"}
     idx = {"perm", "hs", "cdu", "cdv", "cring"}
     done = []
-    shared = dict(RP=8, NP=16, KKP=256, CB=4, F64=f64, USE_DOT=not f64, PREC="tf32")
+    shared = dict(RP=8, NP=16, KKP=256, NCB=3, F64=f64, USE_DOT=not f64, PREC="tf32", OFF64=False)
     launches = [
         (kt._fwd_kernel, dict(STORE_K=False, **cfg)), (kt._fwd_kernel, dict(STORE_K=True, **cfg)),
-        (kt._bwd_coef_kernel, dict(NEED_MU=True, NEED_OM=True, **cfg)),
+        (kt._bwd_coef_kernel, dict(NEED_MU=True, NEED_OM=True, STORE_DK=True, **cfg)),
         (kt._bwd_atoms_kernel, dict(DOT_DTYPE=getattr(tl, {"fp32": "float32", "bf16": "bfloat16",
                                                             "fp16": "float16", "fp64": "float64"}[dtype]),
-                                    **(kt._FIXED if f64 else kt._ATOMS_GPU))),
+                                    **{k: v for k, v in (kt._ATOMS_FIXED if f64 else kt._ATOMS_GPU).items()
+                                       if k != "num_warps"})),
         (kt._bwd_image_kernel, dict(cfg)),
     ]
     for fn, consts in launches:
         consts = {k: v for k, v in {**shared, **consts}.items() if k in fn.arg_names}
         sig = {a: "constexpr" if a in consts else
-               (f"*{dtype}" if a in ptr else "*i32" if a in idx else acc if a in ("kbuf", "part") else "i32")
+               (f"*{dtype}" if a in ptr else "*i32" if a in idx else acc if a in ("kbuf", "dkb", "part")
+                else "i32")
                for a in fn.arg_names}
-        warps = kt._ATOMS_GPU_WARPS if fn is kt._bwd_atoms_kernel and not f64 else 4
+        warps = kt._ATOMS_GPU["num_warps"] if fn is kt._bwd_atoms_kernel and not f64 else 4
         triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", arch, 32),
                        options={"num_warps": warps, "num_stages": 2})
         done.append(fn.__name__)
