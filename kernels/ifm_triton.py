@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from typing import Optional, Sequence
 
 import torch
@@ -381,22 +382,20 @@ def _cfg(th, tw, ch, warps, stages, maxnreg=None):
     return triton.Config({"TH": th, "TW": tw, "CH": ch}, num_warps=warps, num_stages=stages, maxnreg=maxnreg)
 
 
-# Hopper and Ampere. Measured with benchmarks/sweep_triton.py on an H200
-# (2026-11-26): tiles of fewer than 128 pixels made the gathers up to 6x slower;
-# candidates are the configurations that compile without spills for sm_90 (ptxas
-# -v), plus register-capped variants (maxnreg: more programs per SM, some spills).
-# The autotuner keys on the dictionary shape, the channel count and the variant.
+# Hopper and Ampere: the fastest configurations of benchmarks/sweep_triton.py on an
+# H200 (2026-11-26, 640x640 fp32, IEEE and TF32 dots; benchmarks/RESULTS.md).
+# Chunks of 32 taps beat 16 (fewer, larger dots); tiles of fewer than 128 pixels
+# made the old masked gathers up to 6x slower; register caps (maxnreg) gained at
+# most 3%. The autotuner keys on the dictionary shape, channel count and variant.
 _GPU_CONFIGS = [
-    _cfg(8, 16, 16, 4, 2), _cfg(16, 8, 16, 4, 2), _cfg(4, 32, 16, 4, 2), _cfg(8, 16, 32, 8, 2),
-    _cfg(16, 8, 32, 8, 2), _cfg(4, 32, 32, 8, 2), _cfg(8, 16, 16, 4, 2, 128), _cfg(8, 16, 32, 8, 2, 128),
+    _cfg(8, 16, 32, 4, 2), _cfg(16, 16, 32, 8, 2), _cfg(4, 32, 32, 8, 2), _cfg(8, 16, 32, 8, 2),
+    _cfg(8, 8, 32, 4, 2),
 ]
 _COEF_GPU_CONFIGS = [
-    _cfg(8, 16, 16, 4, 2), _cfg(16, 8, 32, 8, 2), _cfg(4, 32, 32, 8, 2), _cfg(16, 16, 16, 8, 2),
-    _cfg(8, 32, 16, 8, 2), _cfg(8, 16, 16, 4, 2, 128),
+    _cfg(8, 16, 32, 4, 2), _cfg(8, 8, 32, 4, 2), _cfg(16, 16, 32, 8, 2), _cfg(4, 32, 16, 4, 2),
 ]
 _IMAGE_GPU_CONFIGS = [
-    _cfg(8, 16, 16, 4, 2), _cfg(16, 8, 16, 4, 2), _cfg(4, 32, 16, 4, 2), _cfg(8, 16, 32, 8, 2),
-    _cfg(16, 16, 16, 8, 2), _cfg(8, 16, 16, 4, 2, 128),
+    _cfg(16, 16, 32, 8, 2), _cfg(8, 16, 32, 4, 2), _cfg(8, 16, 16, 4, 2), _cfg(16, 16, 16, 8, 2, 128),
 ]
 # One fixed configuration under the interpreter (and for fp64 on a GPU, where
 # the broadcast-multiply path needs small tiles).
@@ -404,7 +403,8 @@ _FIXED = {"TH": 4, "TW": 4, "CH": 16}
 _FIXED_GPU_F64 = {"TH": 4, "TW": 8, "CH": 16}
 # The atom-gradient GEMM (fixed: its grid and partials are sized before the launch):
 # blocks of BK pixels, CHN columns per program.
-_ATOMS_GPU = {"BK": 64, "CHN": 64, "num_warps": 8}
+_ATOMS_GPU = {"BK": 64, "CHN": 64, "num_warps": 8}  # tensor-core dots (TF32, fp16, bf16)
+_ATOMS_GPU_IEEE = {"BK": 64, "CHN": 64, "num_warps": 4}  # IEEE fp32: 1.76 ms against 2.42 with 8 warps
 _ATOMS_FIXED = {"BK": 16, "CHN": 16, "num_warps": 4}
 
 
@@ -493,19 +493,29 @@ def _tables_cpu(k: int, support: tuple, rp: int, kkp: int):
 
 @functools.lru_cache(maxsize=64)
 def _tables(k: int, support: tuple, rp: int, kkp: int, device: torch.device):
-    """:func:`_tables_cpu` on ``device``, cached. On a GPU they are copied on a side
-    stream: a first call inside a CUDA-graph memory pool (torch.compile's
-    "reduce-overhead" records in one) must not leave these long-lived tensors in
-    the graph's private pool."""
+    """:func:`_tables_cpu` on ``device``, cached. On a GPU they are copied from a
+    helper thread: torch.compile's CUDA graphs ("reduce-overhead") send every
+    allocation of the calling thread to the graph's private pool while they warm
+    up and record, and these long-lived tensors must not stay behind in it (the
+    graph tree rejects that: "tensors in the cudagraph pool not tracked as outputs")."""
     tables = _tables_cpu(k, support, rp, kkp)
     if device.type != "cuda":
         return {name: t.to(device) for name, t in tables.items()}
-    with torch.cuda.device(device):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            out = {name: t.to(device) for name, t in tables.items()}
-        side.synchronize()
+    out, errors = {}, []
+
+    def copy():
+        try:
+            with torch.cuda.device(device):
+                out.update({name: t.to(device) for name, t in tables.items()})
+                torch.cuda.current_stream(device).synchronize()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(e)
+
+    worker = threading.Thread(target=copy, name="inik-ifm-tables")
+    worker.start()
+    worker.join()
+    if errors:
+        raise errors[0]
     return out
 
 
@@ -602,7 +612,8 @@ def _coef_and_atoms(grad, img, mu, omega, plan: _Plan, needs, g_mu, g_omega):
         dkb = torch.empty((B, plan.KKP, rows * W), dtype=plan.acc_dtype, device=grad.device)
     else:
         dkb = grad  # not written
-    gemm = _FORCED.get("_bwd_atoms_kernel") or (_ATOMS_FIXED if (_INTERPRET or plan.f64) else _ATOMS_GPU)
+    gemm = (_FORCED.get("_bwd_atoms_kernel") or (_ATOMS_FIXED if (_INTERPRET or plan.f64) else
+            _ATOMS_GPU_IEEE if (plan.dot_dtype == torch.float32 and plan.prec == "ieee") else _ATOMS_GPU))
     dot_dtype = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
                  torch.float32: tl.float32, torch.float64: tl.float64}[plan.dot_dtype]
     off64 = _off64(img[0].numel(), plan.KKP * rows * W, H * W)

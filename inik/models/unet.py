@@ -7,19 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def reflect_pad1(x: torch.Tensor) -> torch.Tensor:
-    """``F.pad(x, (1, 1, 1, 1), mode="reflect")`` that keeps x's memory format.
-
-    PyTorch's reflection pad returns an NCHW tensor even for a channels_last
-    input, so a channels_last network pays two layout conversions per padded
-    convolution (on an H200 the pads and conversions took more GPU time than
-    the convolutions themselves). This writes the interior in one copy and the
-    one-pixel border from it, in x's own layout; autograd and torch.compile
-    see plain slice copies.
-    """
+def _reflect_pad1_forward(x: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
-    if h < 2 or w < 2 or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
-        return F.pad(x, (1, 1, 1, 1), mode="reflect")
     out = torch.empty((*x.shape[:-2], h + 2, w + 2), dtype=x.dtype, device=x.device,
                       memory_format=torch.channels_last)
     out[..., 1:-1, 1:-1] = x
@@ -28,6 +17,52 @@ def reflect_pad1(x: torch.Tensor) -> torch.Tensor:
     out[..., :, 0] = out[..., :, 2]
     out[..., :, -1] = out[..., :, -3]
     return out
+
+
+def _reflect_pad1_backward(g: torch.Tensor) -> torch.Tensor:
+    """Adjoint of :func:`_reflect_pad1_forward`: the interior plus each border row and
+    column added onto the row or column it reflects (corners through the columns)."""
+    gx = g[..., 1:-1, 1:-1].contiguous(memory_format=torch.channels_last)
+    for col, dst in ((0, 1), (-1, -2)):  # out column 0 is x column 1, over every out row
+        c = g[..., :, col]
+        gx[..., :, dst] += c[..., 1:-1]
+        gx[..., 1, dst] += c[..., 0]
+        gx[..., -2, dst] += c[..., -1]
+    gx[..., 1, :] += g[..., 0, 1:-1]
+    gx[..., -2, :] += g[..., -1, 1:-1]
+    return gx
+
+
+class _ReflectPad1(torch.autograd.Function):
+    """Autograd through one interior copy and four border adds. Left to autograd,
+    the five in-place writes of the forward would each clone the whole gradient
+    (CopySlices) in the backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return _reflect_pad1_forward(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _reflect_pad1_backward(g)
+
+
+def reflect_pad1(x: torch.Tensor) -> torch.Tensor:
+    """``F.pad(x, (1, 1, 1, 1), mode="reflect")`` that keeps x's memory format.
+
+    PyTorch's reflection pad returns an NCHW tensor even for a channels_last
+    input, so a channels_last network pays two layout conversions per padded
+    convolution (on an H200 the pads and conversions took more GPU time than
+    the convolutions themselves). This writes the interior in one copy and the
+    one-pixel border from it, in x's own layout; its gradient (a custom autograd
+    function) is one copy of the interior plus the borders added back.
+    """
+    h, w = x.shape[-2:]
+    if h < 2 or w < 2 or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
+        return F.pad(x, (1, 1, 1, 1), mode="reflect")
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _ReflectPad1.apply(x)
+    return _reflect_pad1_forward(x)
 
 
 class ReflectConv2d(nn.Conv2d):
