@@ -45,8 +45,8 @@ int block_for(Kernel kernel, int64_t values, int64_t elem, int64_t* smem) {
     int dev = 0, optin = 0;
     C10_CUDA_CHECK(cudaGetDevice(&dev));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    TORCH_CHECK(*smem <= optin, "inik IFM (cuda): R, N, C too large for shared memory (", *smem,
-                " bytes needed per block of 32 threads, device allows ", optin, ")");
+    TORCH_CHECK(*smem <= optin, ::inik::msg("inik IFM (cuda): R, N, C too large for shared memory (", *smem,
+                " bytes needed per block of 32 threads, device allows ", optin, ")"));
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(*smem)));
   }

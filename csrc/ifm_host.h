@@ -5,11 +5,38 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "ifm_common.h"
 
 namespace inik {
+
+// Error messages are assembled here with std::to_string, never through an
+// ostream: on the GPU machine's image (GCC 13 headers, torch 2.11, 2026-11-26)
+// c10::str's ostringstream, instantiated inside this library, crashed with
+// SIGSEGV in basic_ostream::_M_insert<long> (cuda-gdb backtrace) when a failed
+// check formatted an integer, killing Python instead of raising. TORCH_CHECK
+// with one std::string argument takes c10's stream-free path.
+inline void msg_part(std::string& s, const char* p) { s += p; }
+inline void msg_part(std::string& s, const std::string& p) { s += p; }
+inline void msg_part(std::string& s, at::IntArrayRef v) {
+  s += "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  s += "]";
+}
+inline void msg_part(std::string& s, at::ScalarType t) { s += c10::toString(t); }
+inline void msg_part(std::string& s, const at::Device& d) { s += d.str(); }
+template <typename T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
+inline void msg_part(std::string& s, T v) { s += std::to_string(v); }
+
+template <typename... Args>
+std::string msg(const Args&... args) {
+  std::string s;
+  (msg_part(s, args), ...);
+  return s;
+}
 
 // Lanes per CPU tile (pixels along a row processed together); also the width
 // the padded image is rounded to, so a tile's vector loads never leave it.
@@ -34,16 +61,16 @@ inline Geometry check_and_plan(const char* op, const at::Tensor& image, const at
                                const at::Tensor& omega, const at::Tensor& atoms,
                                at::IntArrayRef support) {
   for (const at::Tensor* t : {&image, &mu, &omega, &atoms}) {
-    TORCH_CHECK(t->dim() == 4, op, ": inputs must be 4-D, got shape ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == image.scalar_type(), op,
+    TORCH_CHECK(t->dim() == 4, ::inik::msg(op, ": inputs must be 4-D, got shape ", t->sizes()));
+    TORCH_CHECK(t->scalar_type() == image.scalar_type(), ::inik::msg(op,
                 ": all inputs must share one dtype, got ", image.scalar_type(), " and ",
-                t->scalar_type());
-    TORCH_CHECK(t->device() == image.device(), op, ": all inputs must be on one device, got ",
-                image.device(), " and ", t->device());
+                t->scalar_type()));
+    TORCH_CHECK(t->device() == image.device(), ::inik::msg(op, ": all inputs must be on one device, got ",
+                image.device(), " and ", t->device()));
   }
   const auto st = image.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
-              ": dtype must be float32, float64, float16 or bfloat16, got ", st);
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, ::inik::msg(op,
+              ": dtype must be float32, float64, float16 or bfloat16, got ", st));
   Geometry g;
   g.B = image.size(0);
   g.C = image.size(1);
@@ -52,21 +79,21 @@ inline Geometry check_and_plan(const char* op, const at::Tensor& image, const at
   g.R = atoms.size(0);
   g.N = atoms.size(1);
   g.K = atoms.size(2);
-  TORCH_CHECK(atoms.size(3) == g.K && g.K % 2 == 1, op, ": atoms must be (R, N, K, K) with K odd, got ",
-              atoms.sizes());
-  TORCH_CHECK(g.R >= 1 && g.N >= 1, op, ": atoms must have R >= 1 and N >= 1, got ", atoms.sizes());
-  TORCH_CHECK(mu.sizes() == at::IntArrayRef({g.B, g.R, g.H, g.W}), op, ": mu must be (B, R, H, W) = (",
-              g.B, ", ", g.R, ", ", g.H, ", ", g.W, "), got ", mu.sizes());
-  TORCH_CHECK(omega.sizes() == at::IntArrayRef({g.B, g.N, g.H, g.W}), op,
+  TORCH_CHECK(atoms.size(3) == g.K && g.K % 2 == 1, ::inik::msg(op, ": atoms must be (R, N, K, K) with K odd, got ",
+              atoms.sizes()));
+  TORCH_CHECK(g.R >= 1 && g.N >= 1, ::inik::msg(op, ": atoms must have R >= 1 and N >= 1, got ", atoms.sizes()));
+  TORCH_CHECK(mu.sizes() == at::IntArrayRef({g.B, g.R, g.H, g.W}), ::inik::msg(op, ": mu must be (B, R, H, W) = (",
+              g.B, ", ", g.R, ", ", g.H, ", ", g.W, "), got ", mu.sizes()));
+  TORCH_CHECK(omega.sizes() == at::IntArrayRef({g.B, g.N, g.H, g.W}), ::inik::msg(op,
               ": omega must be (B, N, H, W) = (", g.B, ", ", g.N, ", ", g.H, ", ", g.W, "), got ",
-              omega.sizes());
-  TORCH_CHECK(static_cast<int64_t>(support.size()) == g.R, op, ": support must give R=", g.R,
-              " sizes, got ", support.size());
+              omega.sizes()));
+  TORCH_CHECK(static_cast<int64_t>(support.size()) == g.R, ::inik::msg(op, ": support must give R=", g.R,
+              " sizes, got ", support.size()));
   g.h = g.K / 2;
   g.Qmax = 0;
   for (int64_t s : support) {
-    TORCH_CHECK(s >= 1 && s <= g.K && s % 2 == 1, op, ": support sizes must be odd and in [1, K=", g.K,
-                "], got ", support);
+    TORCH_CHECK(s >= 1 && s <= g.K && s % 2 == 1, ::inik::msg(op, ": support sizes must be odd and in [1, K=", g.K,
+                "], got ", support));
     g.Q.push_back(static_cast<int>(s * s));
     g.Qmax = std::max<int64_t>(g.Qmax, s * s);
   }
@@ -92,9 +119,8 @@ inline Geometry check_and_plan_backward(const at::Tensor& grad, const at::Tensor
                                         at::IntArrayRef support) {
   const Geometry g = check_and_plan("ifm_native_backward", image, mu, omega, atoms, support);
   TORCH_CHECK(grad.sizes() == image.sizes() && grad.scalar_type() == image.scalar_type() &&
-                  grad.device() == image.device(),
-              "ifm_native_backward: grad must match image (shape ", image.sizes(), ", dtype ",
-              image.scalar_type(), "), got shape ", grad.sizes(), ", dtype ", grad.scalar_type());
+                  grad.device() == image.device(), ::inik::msg("ifm_native_backward: grad must match image (shape ", image.sizes(), ", dtype ",
+              image.scalar_type(), "), got shape ", grad.sizes(), ", dtype ", grad.scalar_type()));
   return g;
 }
 
