@@ -22,31 +22,37 @@ Data layout the kernels share (:class:`_Plan`; index tables cached by :func:`_ta
 Kernels (one program per pixel tile ``TH x TW`` of one image unless noted):
 
 * ``_fwd_kernel``: per column chunk, ``k_chunk = sum_q (mu_q * omega) @ A[q, :, chunk]``
-  (``tl.dot``), then the chunk's K x K patch taps of every channel (masked loads,
-  zeros outside the image) times ``k_chunk``; with ``STORE_K`` it writes
-  ``k`` for a band of rows instead (used by the image gradient).
-* ``_bwd_coef_kernel``: ``dk = sum_c dx * patch``; ``dcoef = dk @ A^T``;
-  ``dmu = sum_n omega * dcoef``, ``domega = sum_r mu * dcoef``.
-* ``_bwd_atoms_kernel``: grid (column chunks, splits); each program reduces
-  ``coef^T @ dk`` over its share of the tiles into an fp32 partial; the partials
-  are summed with torch afterwards (deterministic, no atomics).
+  (``tl.dot``), then the chunk's K x K patch taps of each of its channels times
+  ``k_chunk``; with ``STORE_K`` it writes ``k`` for a band of rows instead (used
+  by the image gradient).
+* ``_bwd_coef_kernel``: per chunk ``dk = sum_c dx[c] * patch[c]``; per scale
+  reaching the chunk ``dcoef_q = dk @ A[q, :, chunk]^T``, folded at once into
+  ``dmu[:, q] = <dcoef_q, omega>`` and ``domega += mu_q * dcoef_q``; with
+  ``STORE_DK`` it also writes ``dk`` for a band of rows.
+* ``_bwd_atoms_kernel``: the atom gradient of a band as a GEMM over its pixels,
+  grid (column blocks, splits): ``coef^T @ dk`` with ``coef = mu (x) omega``
+  recomputed and ``dk`` read from the band buffer; one fp32 partial per program,
+  summed with torch afterwards (deterministic, no atomics).
 * ``_bwd_image_kernel``: ``dimage[p] = sum_taps k[p - tap, tap] * dx[p - tap]``, a
   gather over the windows covering each pixel, reading ``k`` that
-  ``_fwd_kernel(STORE_K)`` wrote for a band of rows plus its K//2 halo; bands
-  keep that buffer under ``_KBUF_BYTES`` (no atomics).
+  ``_fwd_kernel(STORE_K)`` wrote for a band of rows plus its K//2 halo.
 
-A program holds up to four channels (``CB``, all of an RGB image); more channels
-are split over a third grid axis in the forward and the image gradient (the
-forward then re-synthesises ``k`` per block) and looped over for ``dk``.
+Band buffers (``k`` with its halo, ``dk``) stay under ``_KBUF_BYTES`` each.
+Gathers read zero-padded contiguous copies of the image and of dx made by the
+wrapper (a few MB), at pixel coordinates clamped into the band, so they need no
+bounds masks; offsets inside a batch item are 32-bit unless some buffer passes
+2**31 elements (``OFF64``). A program applies its kernels to up to four
+channels (``NCB``, unrolled: all of an RGB image); more channels are split over
+a third grid axis in the forward and the image gradient (the forward then
+re-synthesises ``k`` per block) and looped over for ``dk``.
 
-Inputs are read in place through their batch, channel and row strides when
-their columns are contiguous (channel slices such as ``mu[:, 1:]``, crops of a
-larger image, expanded batches); other layouts (channels_last, transposed) are
-copied to contiguous first. Outputs and gradients are written contiguous. Half inputs
-(fp16/bf16) use tensor-core dots in their own dtype with fp32 accumulation;
-fp32 inputs follow ``torch.get_float32_matmul_precision()`` ("highest": IEEE
-fp32, else TF32); fp64 (gradcheck, interpreter) multiplies and sums without
-``tl.dot``. Batch and channel offsets are 64-bit.
+mu and omega are read in place through their batch, channel and row strides
+when their columns are contiguous (channel slices such as ``mu[:, 1:]``,
+expanded batches); other layouts are copied to contiguous first. Outputs and
+gradients are written contiguous. Half inputs (fp16/bf16) use tensor-core dots
+in their own dtype with fp32 accumulation; fp32 inputs follow
+``torch.get_float32_matmul_precision()`` ("highest": IEEE fp32, else TF32); fp64
+(gradcheck, interpreter) multiplies and sums without ``tl.dot``.
 """
 
 from __future__ import annotations

@@ -96,9 +96,9 @@ def test_non_contiguous_and_channels_last_inputs():
 
 
 def test_crops_slices_and_expanded_inputs_read_in_place():
-    """Row-contiguous views (a crop of a larger image, a channel slice, a batch
-    expanded with stride 0) go to the kernels without a copy; gradients flow
-    back to the bases."""
+    """Row-contiguous views of mu and omega (a channel slice, a batch expanded with
+    stride 0) go to the kernels without a copy (the image, a crop here, is read
+    through the zero-padded copy every call makes); gradients flow back to the bases."""
     b, c, h, w, r, n, k = 2, 3, 5, 6, 3, 2, 5
     bases = [torch.randn(b, c, h + 3, w + 4, device=DEVICE), torch.randn(b, r + 1, h, w, device=DEVICE),
              torch.randn(1, n, h, w, device=DEVICE), torch.randn(r, n, k, k, device=DEVICE)]
