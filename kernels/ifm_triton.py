@@ -148,6 +148,18 @@ def _store_channel(base, c, C, HW, pix, valid, acc):
     tl.store(base + c.to(tl.int64) * HW + pix, acc.to(base.dtype.element_ty), mask=valid & (c < C))
 
 
+@triton.jit
+def _store_channels(base, c0, C, HW, pix, valid, acc0, acc1, acc2, acc3, NCB: tl.constexpr):
+    """The NCB unrolled channel accumulators of one program, channels c0 ..; those >= C are dropped."""
+    _store_channel(base, c0, C, HW, pix, valid, acc0)
+    if NCB > 1:
+        _store_channel(base, c0 + 1, C, HW, pix, valid, acc1)
+    if NCB > 2:
+        _store_channel(base, c0 + 2, C, HW, pix, valid, acc2)
+    if NCB > 3:
+        _store_channel(base, c0 + 3, C, HW, pix, valid, acc3)
+
+
 # ---------------------------------------------------------------- kernels
 # mu and omega are read through (batch, channel, row) strides with unit column
 # stride; the image (forward) and dx (image gradient) are zero-padded copies made
@@ -211,13 +223,7 @@ def _fwd_kernel(img, mu, om, A, perm, hs, cdu, cdv, cring, out, kbuf,
         HW = H * W
         o = out + b * C * HW
         pix = _wide(i * W + j, OFF64)
-        _store_channel(o, c0, C, HW, pix, valid, acc0)
-        if NCB > 1:
-            _store_channel(o, c0 + 1, C, HW, pix, valid, acc1)
-        if NCB > 2:
-            _store_channel(o, c0 + 2, C, HW, pix, valid, acc2)
-        if NCB > 3:
-            _store_channel(o, c0 + 3, C, HW, pix, valid, acc3)
+        _store_channels(o, c0, C, HW, pix, valid, acc0, acc1, acc2, acc3, NCB)
 
 
 @triton.jit
@@ -373,13 +379,7 @@ def _bwd_image_kernel(dx, kbuf, cdu, cdv, gimg,
     HW = H * W
     o = gimg + b * C * HW
     pix = _wide(i * W + j, OFF64)
-    _store_channel(o, c0, C, HW, pix, valid, acc0)
-    if NCB > 1:
-        _store_channel(o, c0 + 1, C, HW, pix, valid, acc1)
-    if NCB > 2:
-        _store_channel(o, c0 + 2, C, HW, pix, valid, acc2)
-    if NCB > 3:
-        _store_channel(o, c0 + 3, C, HW, pix, valid, acc3)
+    _store_channels(o, c0, C, HW, pix, valid, acc0, acc1, acc2, acc3, NCB)
 
 
 # ---------------------------------------------------------------- configurations

@@ -42,6 +42,16 @@ def _inputs(case, dtype=torch.float32, device=DEVICE):
     return [torch.randn(s, dtype=torch.float64).to(device=device, dtype=dtype) for s in shapes], support
 
 
+def _assert_matches_reference(xs, support):
+    """Output and all four gradients of the Triton backend against the reference (fp32 tolerances)."""
+    grad_out = torch.randn_like(xs[0])
+    out, grads = run_grads("triton", xs, support, grad_out)
+    ref_out, ref_grads = run_grads("reference", xs, support, grad_out)
+    close(out, ref_out, torch.float32, "output")
+    for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
+        close(g, rg, torch.float32, f"d{name}")
+
+
 
 
 def test_backend_registered_and_available():
@@ -56,12 +66,7 @@ def test_backend_registered_and_available():
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_forward_and_gradients_match_reference(case):
     xs, support = _inputs(case)
-    grad_out = torch.randn_like(xs[0])
-    out, grads = run_grads("triton", xs, support, grad_out)
-    ref_out, ref_grads = run_grads("reference", xs, support, grad_out)
-    close(out, ref_out, torch.float32, "output")
-    for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
-        close(g, rg, torch.float32, f"d{name}")
+    _assert_matches_reference(xs, support)
 
 
 def test_forward_matches_naive_oracle():
@@ -126,11 +131,7 @@ def test_gradients_in_several_bands(monkeypatch):
     monkeypatch.setattr(ifm_triton, "_KBUF_BYTES", 1)
     case = (2, 2, 13, 4, 2, 3, 5, [5, 3])  # image gradient: bands of K=5 rows (5 + 5 + 3); dk: 1 row
     xs, support = _inputs(case)
-    grad_out = torch.randn_like(xs[0])
-    out, grads = run_grads("triton", xs, support, grad_out)
-    ref_out, ref_grads = run_grads("reference", xs, support, grad_out)
-    for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
-        close(g, rg, torch.float32, f"d{name}")
+    _assert_matches_reference(xs, support)
 
 
 def test_64bit_offset_path(monkeypatch):
@@ -138,12 +139,7 @@ def test_64bit_offset_path(monkeypatch):
     the interpreter cannot reach) computes the same numbers."""
     monkeypatch.setattr(ifm_triton, "_off64", lambda *counts: True)
     xs, support = _inputs(CASES["support"])
-    grad_out = torch.randn_like(xs[0])
-    out, grads = run_grads("triton", xs, support, grad_out)
-    ref_out, ref_grads = run_grads("reference", xs, support, grad_out)
-    close(out, ref_out, torch.float32, "output")
-    for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
-        close(g, rg, torch.float32, f"d{name}")
+    _assert_matches_reference(xs, support)
 
 
 def test_forced_launch_configurations(monkeypatch):
@@ -154,12 +150,7 @@ def test_forced_launch_configurations(monkeypatch):
         "_bwd_image_kernel": dict(TH=1, TW=16, CH=32, num_warps=4),
         "_bwd_atoms_kernel": dict(BK=32, CHN=32, num_warps=4)})
     xs, support = _inputs((2, 3, 5, 7, 3, 4, 5, [5, 3, 1]))  # K=5: 25 taps padded to 32
-    grad_out = torch.randn_like(xs[0])
-    out, grads = run_grads("triton", xs, support, grad_out)
-    ref_out, ref_grads = run_grads("reference", xs, support, grad_out)
-    close(out, ref_out, torch.float32, "output")
-    for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
-        close(g, rg, torch.float32, f"d{name}")
+    _assert_matches_reference(xs, support)
 
 
 def test_backward_is_deterministic():
