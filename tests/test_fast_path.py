@@ -72,3 +72,28 @@ def test_training_step_fast_equals_baseline_gradients(models, photo):
         loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-6)
+
+
+def test_channels_last_model_keeps_layout_and_autocast_dtype():
+    """Every 640-px-class activation of the recurrent branches stays channels_last and,
+    under autocast, bf16: a layout or dtype switch anywhere costs a full-size copy per
+    layer (an NCHW zero state once made every cell convert back and forth)."""
+    from inik.models.recurrent import ChannelLayerNorm, ConvLSTMCell
+
+    torch.manual_seed(0)
+    cell = ConvLSTMCell(8, 8).to(memory_format=torch.channels_last)
+    norm = ChannelLayerNorm(8)
+    x = torch.randn(1, 8, 12, 10).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        n = norm(x.bfloat16())
+        h, c = cell(n, None)
+        h2, c2 = cell(n, (h, c))
+    assert n.dtype == torch.bfloat16
+    for t in (n, h, c, h2, c2):
+        assert t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    # the fp32 model is untouched: the zero state is zeros, the norm's parameters apply
+    with torch.no_grad():
+        ref_h, ref_c = cell(x, (torch.zeros(1, 8, 12, 10), torch.zeros(1, 8, 12, 10)))
+        h, c = cell(x, None)
+    torch.testing.assert_close(h, ref_h, rtol=0, atol=0)
+    torch.testing.assert_close(c, ref_c, rtol=0, atol=0)

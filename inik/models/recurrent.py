@@ -13,6 +13,12 @@ from .unet import ResBlock
 State = tuple[torch.Tensor, torch.Tensor]
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channel dimension of (B, C, H, W), layout-agnostic."""
 
@@ -26,7 +32,8 @@ class ChannelLayerNorm(nn.Module):
         mean = x.mean(1, keepdim=True)
         var = (x - mean).pow(2).mean(1, keepdim=True)
         x = (x - mean) * torch.rsqrt(var + self.eps)
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
+        # in x's dtype: under autocast x is bf16/fp16 while the parameters stay fp32
+        return x * self.weight[:, None, None].to(x.dtype) + self.bias[:, None, None].to(x.dtype)
 
 
 class ConvLSTMCell(nn.Module):
@@ -41,7 +48,10 @@ class ConvLSTMCell(nn.Module):
 
     def forward(self, x: torch.Tensor, state: Optional[State]) -> State:
         if state is None:
-            zeros = x.new_zeros((x.shape[0], self.hidden, *x.shape[2:]))
+            # in x's memory format: an NCHW zero state would make the cat below NCHW,
+            # and every layer after it would convert back and forth (channels_last models)
+            zeros = torch.empty((x.shape[0], self.hidden, *x.shape[2:]), dtype=x.dtype, device=x.device,
+                                memory_format=_memory_format(x)).zero_()
             state = (zeros, zeros)
         h, c = state
         i, f, o, g = self.gates(self.body(torch.cat([x, h], 1))).chunk(4, 1)
