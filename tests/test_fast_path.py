@@ -91,9 +91,10 @@ def test_channels_last_model_keeps_layout_and_autocast_dtype():
     assert n.dtype == torch.bfloat16
     for t in (n, h, c, h2, c2):
         assert t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-    # the fp32 model is untouched: the zero state is zeros, the norm's parameters apply
+    # the zero state is zeros (the explicit NCHW state takes PyTorch's ops, the default
+    # channels_last one the fused CPU op: they agree to float32 rounding)
     with torch.no_grad():
         ref_h, ref_c = cell(x, (torch.zeros(1, 8, 12, 10), torch.zeros(1, 8, 12, 10)))
         h, c = cell(x, None)
-    torch.testing.assert_close(h, ref_h, rtol=0, atol=0)
-    torch.testing.assert_close(c, ref_c, rtol=0, atol=0)
+    torch.testing.assert_close(h, ref_h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c, ref_c, rtol=1e-5, atol=1e-6)

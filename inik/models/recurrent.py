@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.lstm import lstm_pointwise
 from .unet import ResBlock
 
 State = tuple[torch.Tensor, torch.Tensor]
@@ -54,10 +55,8 @@ class ConvLSTMCell(nn.Module):
                                 memory_format=_memory_format(x)).zero_()
             state = (zeros, zeros)
         h, c = state
-        i, f, o, g = self.gates(self.body(torch.cat([x, h], 1))).chunk(4, 1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        return h, c
+        # i, f, o, g gates -> c = s(f) c + s(i) tanh(g), h = s(o) tanh(c); fused on the CPU
+        return lstm_pointwise(self.gates(self.body(torch.cat([x, h], 1))), c)
 
 
 def _resize_state(state: State, size: Sequence[int]) -> State:

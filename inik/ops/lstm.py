@@ -1,0 +1,103 @@
+"""The pointwise update of a ConvLSTM cell, fused on the CPU.
+
+:func:`lstm_pointwise` computes, from the gate pre-activations ``gates`` =
+(i, f, o, g) along channels and the cell state ``c``::
+
+    c_new = sigmoid(f) * c + sigmoid(i) * tanh(g)
+    h     = sigmoid(o) * tanh(c_new)
+
+On CPU tensors in channels_last layout (the fast path of ``inik deblur`` and
+``inik train``) it runs the native ops ``torch.ops.inik.lstm_cell_forward`` /
+``lstm_cell_backward`` of ``inik._C``: one pass over memory instead of ten
+PyTorch ops on strided channel slices (5-6x faster at 640x640, see
+``csrc/lstm_cpu.cpp``), and a backward that recomputes the activations, so
+autograd keeps two tensors per cell instead of seven. Everywhere else (CUDA,
+NCHW, float16, inside ``torch.compile``, which fuses the ops itself, or without
+the extension) it runs the PyTorch ops.
+
+float32 results differ from PyTorch's by rounding (relative error about 1e-7:
+its exp is a polynomial); bfloat16 ones are computed in float32 and rounded once.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _ext
+
+FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
+
+
+def fused_unavailable(gates: Tensor, c: Tensor) -> Optional[str]:
+    """Why the fused op cannot take these tensors (None when it can)."""
+    if not _ext.is_built():
+        return _ext.build_hint()
+    if torch.compiler.is_compiling():
+        return "inside torch.compile (the compiler fuses the PyTorch ops itself)"
+    if gates.device.type != "cpu" or c.device.type != "cpu":
+        return f"the fused op runs on CPU tensors, got {gates.device} and {c.device}"
+    if gates.dtype != c.dtype or gates.dtype not in FUSED_DTYPES:
+        return f"gates and c must share a dtype among {FUSED_DTYPES}, got {gates.dtype} and {c.dtype}"
+    if gates.dim() != 4 or c.dim() != 4:
+        return f"gates and c must be 4-D, got {gates.dim()}-D and {c.dim()}-D"
+    cl = torch.channels_last
+    if not (gates.is_contiguous(memory_format=cl) and c.is_contiguous(memory_format=cl)):
+        return "gates and c must be channels_last-contiguous"
+    return None
+
+
+def _channels_last(t: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
+    if t is None:
+        return None
+    return t.to(like.dtype).contiguous(memory_format=torch.channels_last)
+
+
+class _FusedCell(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gates, c):
+        h, c_new = torch.ops.inik.lstm_cell_forward(gates, c)
+        ctx.save_for_backward(gates, c)
+        return h, c_new
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h, grad_c):
+        gates, c = ctx.saved_tensors
+        if grad_h is None and grad_c is None:
+            return None, None
+        d_gates, d_c = torch.ops.inik.lstm_cell_backward(
+            gates, c, _channels_last(grad_h, c), _channels_last(grad_c, c))
+        return (d_gates if ctx.needs_input_grad[0] else None,
+                d_c if ctx.needs_input_grad[1] else None)
+
+
+def _check_shapes(gates: Tensor, c: Tensor) -> None:
+    if not isinstance(gates, Tensor) or not isinstance(c, Tensor):
+        raise TypeError("lstm_pointwise: gates and c must be tensors")
+    if (gates.dim() != c.dim() or gates.dim() < 2 or gates.shape[1] != 4 * c.shape[1]
+            or gates.shape[:1] + gates.shape[2:] != c.shape[:1] + c.shape[2:]):
+        raise ValueError(f"lstm_pointwise: gates must be (B, 4h, ...) for c of shape (B, h, ...), "
+                         f"got gates {tuple(gates.shape)} and c {tuple(c.shape)}")
+
+
+def lstm_pointwise(gates: Tensor, c: Tensor, fused: Optional[bool] = None) -> tuple[Tensor, Tensor]:
+    """``(h, c_new)`` of a ConvLSTM cell from ``gates`` (B, 4h, H, W) and ``c`` (B, h, H, W).
+
+    ``fused``: None picks the native op when it can take the tensors (see the
+    module docstring); True requires it (ValueError saying why not); False
+    always runs the PyTorch ops.
+    """
+    _check_shapes(gates, c)
+    why = fused_unavailable(gates, c) if fused is not False else "fused=False"
+    if why is None:
+        if torch.is_grad_enabled() and (gates.requires_grad or c.requires_grad):
+            return _FusedCell.apply(gates, c)
+        return torch.ops.inik.lstm_cell_forward(gates, c)
+    if fused:
+        raise ValueError(f"lstm_pointwise: fused=True but the fused op cannot run: {why}")
+    i, f, o, g = gates.chunk(4, 1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
