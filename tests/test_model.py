@@ -209,7 +209,7 @@ def test_overfits_one_pair():
     assert loss.item() < blurry_mse / 4, (step, blurry_mse, loss.item())
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 7, 9), (1, 3, 2, 2), (1, 4, 3, 17)])
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9), (1, 3, 2, 2), (1, 4, 3, 17), (1, 3, 8, 6), (1, 2, 6, 3)])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_reflect_conv_keeps_channels_last_and_equals_torch(shape, stride):
     """The U-Net's padded convolution equals nn.Conv2d(padding_mode="reflect") forward and
@@ -230,5 +230,9 @@ def test_reflect_conv_keeps_channels_last_and_equals_torch(shape, stride):
         g = torch.randn_like(want)
         torch.testing.assert_close(torch.autograd.grad(got, (x, ours.weight), g),
                                    torch.autograd.grad(want, (x, ref.weight), g))
+        with torch.no_grad():  # CPU inference on channels_last: zero padding + recomputed borders
+            got = ours(x)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        assert got.is_contiguous(memory_format=fmt)
     x = torch.randn(1, 2, 4, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     assert torch.autograd.gradcheck(reflect_pad1, (x.requires_grad_(),))
