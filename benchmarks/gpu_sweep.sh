@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The GPU checks of the Triton IFM and the whole model in one pass: every Triton
-# kernel over its launch configurations (sweep_triton.py, compiled in parallel
-# first), the GPU tests, the IFM and whole-model benchmarks, and the native op's
-# argument checks under cuda-gdb (they crashed the process on an H200). Logs and
-# JSON go to ${OUT:-gpu_out}. Usage: bash benchmarks/gpu_sweep.sh
+# The GPU checks of the Triton IFM and the whole model in one pass: Triton
+# kernels over their launch configurations (sweep_triton.py, compiled in parallel
+# first; SWEEP_ONLY picks the kernels, default the forward's variants and the
+# autotuned whole), the GPU tests, the native op's argument checks (under
+# cuda-gdb if they fail: they once crashed the process on an H200), the IFM and
+# whole-model benchmarks and a profile of the model. Logs and JSON go to
+# ${OUT:-gpu_out}. Usage: bash benchmarks/gpu_sweep.sh
 set -u
 OUT=${OUT:-gpu_out}; LOGS=/tmp/gpu_logs; mkdir -p "$LOGS"
 # everything also goes into one archive after each step (the device tool returns at most 8 files)
@@ -18,8 +20,10 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton
 ARCH=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
 TAIL=2 step install 60 env INIK_NO_EXTENSION=1 $PY -m pip install --no-build-isolation --no-deps --no-index -e .
 echo "=== sweep compile ($(date +%T))"; t0=$SECONDS
+SWEEP_ONLY=${SWEEP_ONLY:-fwd,fwd-dense,storek-dense,all}
 for i in $(seq 0 13); do
-  timeout 120 $PY benchmarks/sweep_triton.py --compile-only --part "$i/14" > "$LOGS/sweep_c$i.log" 2>&1 &
+  timeout 120 $PY benchmarks/sweep_triton.py --compile-only --only "$SWEEP_ONLY" --part "$i/14" \
+    > "$LOGS/sweep_c$i.log" 2>&1 &
 done
 wait; cat "$LOGS"/sweep_c*.log | grep -v "^part" | head -20 > "$LOGS/sweep_compile.log"
 cat "$LOGS/sweep_compile.log"; rm -f "$LOGS"/sweep_c[0-9]*.log; echo "=== sweep compile: $((SECONDS - t0)) s"
@@ -28,15 +32,19 @@ cat "$LOGS/sweep_compile.log"; rm -f "$LOGS"/sweep_c[0-9]*.log; echo "=== sweep 
     $PY -m pip install --no-build-isolation --no-deps --no-index -e . > "$LOGS/build.log" 2>&1;
   echo "build exit $?" >> "$LOGS/build.log" ) &
 BUILD=$!
-TAIL=${SWEEP_TAIL:-30} step sweep 120 $PY benchmarks/sweep_triton.py --out "$LOGS/sweep.json"
+TAIL=${SWEEP_TAIL:-30} step sweep 120 $PY benchmarks/sweep_triton.py --only "$SWEEP_ONLY" --out "$LOGS/sweep.json"
 wait $BUILD; tail -n 2 "$LOGS/build.log"
 TAIL=12 step tests 150 $PY -m pytest -q -p no:cacheprovider -n 8 -rs -k "not reject_bad" \
     tests/test_ifm_triton.py tests/test_ifm_cpp.py tests/test_fast_path.py
-TAIL=30 step crash_gdb 60 cuda-gdb -batch -ex run -ex bt --args $PY -c \
+TAIL=6 step reject_bad 60 $PY -m pytest -q -p no:cacheprovider -k reject_bad tests/test_ifm_cpp.py
+if ! grep -q " passed" "$LOGS/reject_bad.log" || grep -q "failed\|rror" "$LOGS/reject_bad.log"; then
+  TAIL=30 step crash_gdb 60 cuda-gdb -batch -ex run -ex bt --args $PY -c \
     "import torch, inik.ops._ext; x=[torch.randn(2,3,5,7), torch.randn(2,3,5,7), torch.randn(2,4,5,7), torch.randn(3,4,5,5)]; torch.ops.inik.ifm_native_forward(*x, [5,2,1])"
+fi
 TAIL=22 step bench_ifm_fp32 70 $PY benchmarks/bench_ifm.py --backends unfused,cuda,triton --out "$LOGS/bench_ifm_fp32.json"
 TAIL=16 step bench_ifm_bf16 50 $PY benchmarks/bench_ifm.py --dtype bfloat16 --backends unfused,triton \
     --out "$LOGS/bench_ifm_bf16.json"
 TAIL=14 step bench_model 170 $PY benchmarks/bench_model.py --sizes 640 \
     --modes baseline,fast,fast-bf16,fast-bf16-graph,fast-bf16-compiled-graph --out "$LOGS/bench_model.json"
+TAIL=45 step profile_model 60 $PY benchmarks/profile_model.py --size 640 --mode fast-bf16 --rows 30
 echo "done $(date +%T)"

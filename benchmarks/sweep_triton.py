@@ -13,6 +13,8 @@ kernel's configuration forced (``ifm_triton._FORCED``) and the others at ``BASE`
 
 * ``fwd``: the forward; ``storek``/``image``: the image gradient, varying the
   kernel-synthesis pass or the gather over the stored kernels;
+* ``fwd-dense``/``storek-dense``: the same with the forward kernel's dense
+  variant (one dot over all scales per tap chunk, ``DENSE=True``);
 * ``coef``: the mu and omega gradients; ``atoms``: the atom gradient, varying
   its GEMM (the dk pass at BASE);
 * ``kbuf``/``dkbuf``: the image / atom gradient for several band budgets;
@@ -46,12 +48,16 @@ TILE_CONFIGS = [(8, 16, 16, 4, 2), (16, 8, 16, 4, 2), (4, 32, 16, 4, 2), (8, 16,
                 (16, 8, 32, 8, 2), (4, 32, 32, 8, 2), (16, 16, 16, 8, 2), (8, 32, 16, 8, 2), (16, 16, 32, 8, 2),
                 (8, 8, 32, 4, 2), (8, 16, 16, 4, 3), (8, 16, 16, 4, 2, 128), (8, 16, 32, 8, 2, 128),
                 (16, 16, 16, 8, 2, 128), (8, 16, 16, 4, 2, 168)]
+# the dense variant: chunks of 32 and 64 taps (fewer, larger dots is its point)
+DENSE_CONFIGS = [(8, 16, 32, 4, 2), (8, 16, 32, 8, 2), (16, 16, 32, 8, 2), (8, 8, 32, 4, 2), (16, 8, 32, 8, 2),
+                 (8, 16, 64, 8, 2), (16, 16, 64, 8, 2), (8, 8, 64, 4, 2)]
 # (BK, CHN, num_warps)
 ATOMS_CONFIGS = [(64, 64, 8), (32, 64, 4), (64, 32, 4), (64, 64, 4), (128, 64, 8), (32, 32, 4), (64, 128, 8)]
 KBUF_MB = (32, 64, 128, 256, 1024)
 # the configuration every kernel not being varied runs with
 BASE = (8, 16, 16, 4, 2)
-NEEDS = {"fwd": None, "storek": (True, False, False, False), "image": (True, False, False, False),
+NEEDS = {"fwd": None, "fwd-dense": None, "storek": (True, False, False, False),
+         "storek-dense": (True, False, False, False), "image": (True, False, False, False),
          "coef": (False, True, True, False), "atoms": (False, False, False, True)}
 
 
@@ -66,6 +72,8 @@ def jobs(only):
     for prec in ("ieee", "tf32"):
         for cfg in TILE_CONFIGS:
             out += [("fwd", prec, cfg), ("storek", prec, cfg), ("coef", prec, cfg)]
+        for cfg in DENSE_CONFIGS:
+            out += [("fwd-dense", prec, cfg), ("storek-dense", prec, cfg)]
         out += [("atoms", prec, cfg) for cfg in ATOMS_CONFIGS]
     out += [("image", "-", cfg) for cfg in TILE_CONFIGS]
     out += [("kbuf", "-", (mb,)) for mb in KBUF_MB] + [("dkbuf", "-", (mb,)) for mb in KBUF_MB]
@@ -82,6 +90,8 @@ def make_runner(kernel, prec, cfg, tensors, support, grad):
     needs = NEEDS.get(kernel)
     if kernel in ("fwd", "storek"):
         forced["_fwd_kernel"] = _meta(cfg)
+    elif kernel in ("fwd-dense", "storek-dense"):
+        forced["_fwd_kernel"] = {**_meta(cfg), "DENSE": True}
     elif kernel == "coef":
         forced["_bwd_coef_kernel"] = _meta(cfg)
     elif kernel == "image":

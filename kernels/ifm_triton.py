@@ -24,7 +24,13 @@ Kernels (one program per pixel tile ``TH x TW`` of one image unless noted):
 * ``_fwd_kernel``: per column chunk, ``k_chunk = sum_q (mu_q * omega) @ A[q, :, chunk]``
   (``tl.dot``), then the chunk's K x K patch taps of each of its channels times
   ``k_chunk``; with ``STORE_K`` it writes ``k`` for a band of rows instead (used
-  by the image gradient).
+  by the image gradient). Its ``DENSE`` variant builds every scale's
+  coefficients once per tile, (pixels, RP * NP), and issues one dot per chunk
+  over all scales (the zeros of ``A`` outside each support do the skipping):
+  fewer, larger dots for more multiply-adds. Compiled for sm_90 here it spills
+  16 KB per thread with IEEE fp32 dots and little or nothing with TF32 and
+  half dots (8 warps); it is tested but not in the autotuned lists until a GPU
+  has timed it (``benchmarks/sweep_triton.py --only fwd,fwd-dense``).
 * ``_bwd_coef_kernel``: per chunk ``dk = sum_c dx[c] * patch[c]``; per scale
   reaching the chunk ``dcoef_q = dk @ A[q, :, chunk]^T``, folded at once into
   ``dmu[:, q] = <dcoef_q, omega>`` and ``domega += mu_q * dcoef_q``; with
@@ -172,7 +178,8 @@ def _fwd_kernel(img, mu, om, A, perm, hs, cdu, cdv, cring, out, kbuf,
                 si_b, si_c, sm_b, sm_c, sm_h, so_b, so_c, so_h,
                 STORE_K: tl.constexpr, NCB: tl.constexpr, RP: tl.constexpr, NP: tl.constexpr,
                 KKP: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, CH: tl.constexpr,
-                USE_DOT: tl.constexpr, PREC: tl.constexpr, F64: tl.constexpr, OFF64: tl.constexpr):
+                USE_DOT: tl.constexpr, PREC: tl.constexpr, F64: tl.constexpr, OFF64: tl.constexpr,
+                DENSE: tl.constexpr = False):
     b = tl.program_id(1).to(tl.int64)
     i, j, valid, ic, jc = _tile(tl.program_id(0), W, row0, nrows, TH, TW)
     c0 = tl.program_id(2) * NCB  # this program's channels: c0 .. c0 + NCB - 1
@@ -190,20 +197,33 @@ def _fwd_kernel(img, mu, om, A, perm, hs, cdu, cdv, cring, out, kbuf,
     acc1 = acc0
     acc2 = acc0
     acc3 = acc0
+    if DENSE:
+        # every scale's coefficients side by side, (pixels, RP * NP), built once per tile
+        qq = tl.arange(0, RP)
+        rr = tl.load(perm + qq).to(tl.int64)
+        mu_all = _up(tl.load(mu_b + rr[None, :] * sm_c + mu_pix[:, None],
+                             mask=valid[:, None] & (qq < R)[None, :], other=0.0), F64)
+        coef_all = tl.reshape(mu_all[:, :, None] * om_t[:, None, :], (TH * TW, RP * NP))
+        coef_all = coef_all.to(A.dtype.element_ty)
+        qn = tl.arange(0, RP * NP)
     for k0 in range(0, KKP, CH):
         cols = k0 + tl.arange(0, CH)
-        # scales whose support reaches the chunk's innermost ring: a prefix of the sorted scales
-        nq = tl.sum((halves >= tl.load(cring + k0)).to(tl.int32), axis=0)
-        if F64:
-            kc = tl.zeros((TH * TW, CH), dtype=tl.float64)
+        if DENSE:
+            # one dot over all scales; the zeros of A outside each support do the masking
+            kc = _mm(coef_all, tl.load(A + qn[:, None] * KKP + cols[None, :]), USE_DOT, PREC)
         else:
-            kc = tl.zeros((TH * TW, CH), dtype=tl.float32)
-        for q in range(0, nq):
-            r = tl.load(perm + q).to(tl.int64)
-            mu_q = _up(tl.load(mu_b + r * sm_c + mu_pix, mask=valid, other=0.0), F64)
-            a = tl.load(A + (q * NP + nn)[:, None] * KKP + cols[None, :])
-            coef = (mu_q[:, None] * om_t).to(a.dtype)
-            kc += _mm(coef, a, USE_DOT, PREC)
+            # scales whose support reaches the chunk's innermost ring: a prefix of the sorted scales
+            nq = tl.sum((halves >= tl.load(cring + k0)).to(tl.int32), axis=0)
+            if F64:
+                kc = tl.zeros((TH * TW, CH), dtype=tl.float64)
+            else:
+                kc = tl.zeros((TH * TW, CH), dtype=tl.float32)
+            for q in range(0, nq):
+                r = tl.load(perm + q).to(tl.int64)
+                mu_q = _up(tl.load(mu_b + r * sm_c + mu_pix, mask=valid, other=0.0), F64)
+                a = tl.load(A + (q * NP + nn)[:, None] * KKP + cols[None, :])
+                coef = (mu_q[:, None] * om_t).to(a.dtype)
+                kc += _mm(coef, a, USE_DOT, PREC)
         if STORE_K:
             # k of this band's pixels into the halo-padded buffer the image gradient reads
             kb = (kbuf + b * KKP * kplane + _wide(cols, OFF64)[None, :] * kplane

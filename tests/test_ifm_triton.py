@@ -142,11 +142,15 @@ def test_64bit_offset_path(monkeypatch):
     _assert_matches_reference(xs, support)
 
 
-def test_forced_launch_configurations(monkeypatch):
+@pytest.mark.parametrize("dense", [False, True], ids=["per_scale_dots", "dense_dot"])
+def test_forced_launch_configurations(monkeypatch, dense):
     """Other tile shapes, chunk widths and GEMM blocks than the fixed ones (the
-    sweep's and the autotuner's candidates take this path) give the same numbers."""
+    sweep's and the autotuner's candidates take this path) give the same numbers;
+    so does the forward's dense variant (one dot over all scales per chunk), which
+    also synthesises the kernels the image gradient reads."""
     monkeypatch.setattr(ifm_triton, "_FORCED", {
-        "_fwd_kernel": dict(TH=2, TW=8, CH=32, num_warps=4), "_bwd_coef_kernel": dict(TH=8, TW=2, CH=32, num_warps=4),
+        "_fwd_kernel": dict(TH=2, TW=8, CH=32, DENSE=dense, num_warps=4),
+        "_bwd_coef_kernel": dict(TH=8, TW=2, CH=32, num_warps=4),
         "_bwd_image_kernel": dict(TH=1, TW=16, CH=32, num_warps=4),
         "_bwd_atoms_kernel": dict(BK=32, CHN=32, num_warps=4)})
     xs, support = _inputs((2, 3, 5, 7, 3, 4, 5, [5, 3, 1]))  # K=5: 25 taps padded to 32
@@ -162,9 +166,13 @@ def test_backward_is_deterministic():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("k,support,fast", [(3, None, False), (5, [5, 3], True), (5, [1, 5], True)])
-def test_gradcheck_float64(k, support, fast):
-    case = (1, 1 if not fast else 2, 3 if not fast else 4, 4 if not fast else 5, 2, 2, k, support)
+@pytest.mark.parametrize("k,support,fast,dense", [(3, None, False, False), (5, [5, 3], True, False),
+                                                  (5, [1, 5], True, False), (5, [1, 3, 5], True, True)])
+def test_gradcheck_float64(monkeypatch, k, support, fast, dense):
+    if dense:
+        monkeypatch.setattr(ifm_triton, "_FORCED", {"_fwd_kernel": dict(TH=4, TW=4, CH=16, DENSE=True)})
+    case = (1, 1 if not fast else 2, 3 if not fast else 4, 4 if not fast else 5, len(support or [0, 0]), 2, k,
+            support)
     xs, support = _inputs(case, torch.float64)
     xs = [x.requires_grad_() for x in xs]
     assert torch.autograd.gradcheck(lambda *a: ifm(*a, support=support, backend="triton"), xs,
