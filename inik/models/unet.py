@@ -102,8 +102,9 @@ class ReflectConv2d(nn.Conv2d):
         super().__init__(cin, cout, 3, stride=stride, padding=0, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (also under torch.compile: a compiled bf16 640x640 forward 3.58 -> 2.55 s on 2 cores)
         if (x.device.type == "cpu" and min(x.shape[-2:]) >= 2 and not torch.is_grad_enabled()
-                and not torch.compiler.is_compiling() and not x.is_contiguous()
+                and not x.is_contiguous()
                 and x.is_contiguous(memory_format=torch.channels_last)):
             return conv3x3_reflect_borders(x, self.weight, self.stride[0])
         return F.conv2d(reflect_pad1(x), self.weight, None, self.stride)
