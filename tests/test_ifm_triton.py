@@ -248,7 +248,9 @@ def _compile_for_gpu(arch: int, dtype: str) -> list[str]:
     done = []
     shared = dict(RP=8, NP=16, KKP=256, NCB=3, F64=f64, USE_DOT=not f64, PREC="tf32", OFF64=False)
     launches = [
-        (kt._fwd_kernel, dict(STORE_K=False, **cfg)), (kt._fwd_kernel, dict(STORE_K=True, **cfg)),
+        (kt._fwd_kernel, dict(STORE_K=False, DENSE=False, **cfg)),
+        (kt._fwd_kernel, dict(STORE_K=True, DENSE=False, **cfg)),
+        (kt._fwd_kernel, dict(STORE_K=False, DENSE=True, **cfg)),
         (kt._bwd_coef_kernel, dict(NEED_MU=True, NEED_OM=True, STORE_DK=True, **cfg)),
         (kt._bwd_atoms_kernel, dict(DOT_DTYPE=getattr(tl, {"fp32": "float32", "bf16": "bfloat16",
                                                             "fp16": "float16", "fp64": "float64"}[dtype]),
@@ -282,7 +284,7 @@ def test_kernels_compile_for_ampere_and_hopper(arch, dtype):
     if "NO-PTXAS" in proc.stdout:
         pytest.skip("Triton's NVIDIA backend (ptxas) is not available")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("compiled") == 5, proc.stdout
+    assert proc.stdout.count("compiled") == 6, proc.stdout
 
 
 if __name__ == "__main__":
