@@ -25,6 +25,10 @@ for i in $(seq 0 13); do
   timeout 120 $PY benchmarks/sweep_triton.py --compile-only --only "$SWEEP_ONLY" --part "$i/14" \
     > "$LOGS/sweep_c$i.log" 2>&1 &
 done
+for i in 0 1 2 3; do  # bf16: where the dense forward's half-precision dots may pay
+  timeout 120 $PY benchmarks/sweep_triton.py --compile-only --dtype bfloat16 --only fwd,fwd-dense --part "$i/4" \
+    > "$LOGS/sweep_c1$i.log" 2>&1 &
+done
 wait; cat "$LOGS"/sweep_c*.log | grep -v "^part" | head -20 > "$LOGS/sweep_compile.log"
 cat "$LOGS/sweep_compile.log"; rm -f "$LOGS"/sweep_c[0-9]*.log; echo "=== sweep compile: $((SECONDS - t0)) s"
 # The native extension builds beside the sweep's timing (CPU work against GPU-timed kernels).
@@ -33,6 +37,8 @@ cat "$LOGS/sweep_compile.log"; rm -f "$LOGS"/sweep_c[0-9]*.log; echo "=== sweep 
   echo "build exit $?" >> "$LOGS/build.log" ) &
 BUILD=$!
 TAIL=${SWEEP_TAIL:-30} step sweep 120 $PY benchmarks/sweep_triton.py --only "$SWEEP_ONLY" --out "$LOGS/sweep.json"
+TAIL=${SWEEP_TAIL:-12} step sweep_bf16 60 $PY benchmarks/sweep_triton.py --dtype bfloat16 --only fwd,fwd-dense \
+    --out "$LOGS/sweep_bf16.json"
 wait $BUILD; tail -n 2 "$LOGS/build.log"
 TAIL=12 step tests 150 $PY -m pytest -q -p no:cacheprovider -n 8 -rs -k "not reject_bad" \
     tests/test_ifm_triton.py tests/test_ifm_cpp.py tests/test_fast_path.py
