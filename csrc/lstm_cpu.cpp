@@ -150,28 +150,29 @@ INIK_AI void backward_float_t(const T* gates, const T* c, const T* dh, const T* 
   }
 }
 
-// The clone-dispatched entry points, one per storage type.
-INIK_CLONES void forward_float(const float* gates, const float* c, float* h_out, float* c_out, int64_t hid,
-                               int64_t p0, int64_t p1) {
+// Pixels [p0, p1) of each storage type: float and bfloat16 through the clone-dispatched
+// vector code, float64 (gradcheck) in plain double with the C library.
+INIK_CLONES void forward_pixels(const float* gates, const float* c, float* h_out, float* c_out, int64_t hid,
+                                int64_t p0, int64_t p1) {
   forward_float_t(gates, c, h_out, c_out, hid, p0, p1);
 }
-INIK_CLONES void forward_float(const at::BFloat16* gates, const at::BFloat16* c, at::BFloat16* h_out,
-                               at::BFloat16* c_out, int64_t hid, int64_t p0, int64_t p1) {
+INIK_CLONES void forward_pixels(const at::BFloat16* gates, const at::BFloat16* c, at::BFloat16* h_out,
+                                at::BFloat16* c_out, int64_t hid, int64_t p0, int64_t p1) {
   forward_float_t(gates, c, h_out, c_out, hid, p0, p1);
 }
-INIK_CLONES void backward_float(const float* gates, const float* c, const float* dh, const float* dc,
-                                float* dgates, float* dcp, int64_t hid, int64_t p0, int64_t p1) {
+INIK_CLONES void backward_pixels(const float* gates, const float* c, const float* dh, const float* dc,
+                                 float* dgates, float* dcp, int64_t hid, int64_t p0, int64_t p1) {
   backward_float_t(gates, c, dh, dc, dgates, dcp, hid, p0, p1);
 }
-INIK_CLONES void backward_float(const at::BFloat16* gates, const at::BFloat16* c, const at::BFloat16* dh,
-                                const at::BFloat16* dc, at::BFloat16* dgates, at::BFloat16* dcp, int64_t hid,
-                                int64_t p0, int64_t p1) {
+INIK_CLONES void backward_pixels(const at::BFloat16* gates, const at::BFloat16* c, const at::BFloat16* dh,
+                                 const at::BFloat16* dc, at::BFloat16* dgates, at::BFloat16* dcp, int64_t hid,
+                                 int64_t p0, int64_t p1) {
   backward_float_t(gates, c, dh, dc, dgates, dcp, hid, p0, p1);
 }
 
 inline double sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
-void forward_double(const double* gates, const double* c, double* h_out, double* c_out, int64_t hid, int64_t p0,
+void forward_pixels(const double* gates, const double* c, double* h_out, double* c_out, int64_t hid, int64_t p0,
                     int64_t p1) {
   for (int64_t p = p0; p < p1; ++p) {
     const double* g = gates + p * 4 * hid;
@@ -183,7 +184,7 @@ void forward_double(const double* gates, const double* c, double* h_out, double*
   }
 }
 
-void backward_double(const double* gates, const double* c, const double* dh, const double* dc, double* dgates,
+void backward_pixels(const double* gates, const double* c, const double* dh, const double* dc, double* dgates,
                      double* dcp, int64_t hid, int64_t p0, int64_t p1) {
   for (int64_t p = p0; p < p1; ++p) {
     const double* g = gates + p * 4 * hid;
@@ -240,25 +241,12 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell_forward(const at::Tensor& gates, co
   at::Tensor cn = at::empty_like(c, c.options().memory_format(kCL));
   const int64_t hid = c.size(1), P = c.numel() / std::max<int64_t>(hid, 1);
   if (c.numel() == 0) return {h, cn};
-  AT_DISPATCH_SWITCH(gates.scalar_type(), "lstm_cell_forward",
-    AT_DISPATCH_CASE(at::kDouble, [&] {
-      at::parallel_for(0, P, grain(hid), [&](int64_t p0, int64_t p1) {
-        forward_double(gates.const_data_ptr<double>(), c.const_data_ptr<double>(), h.data_ptr<double>(),
-                       cn.data_ptr<double>(), hid, p0, p1);
-      });
-    })
-    AT_DISPATCH_CASE(at::kFloat, [&] {
-      at::parallel_for(0, P, grain(hid), [&](int64_t p0, int64_t p1) {
-        forward_float(gates.const_data_ptr<float>(), c.const_data_ptr<float>(), h.data_ptr<float>(),
-                      cn.data_ptr<float>(), hid, p0, p1);
-      });
-    })
-    AT_DISPATCH_CASE(at::kBFloat16, [&] {
-      at::parallel_for(0, P, grain(hid), [&](int64_t p0, int64_t p1) {
-        forward_float(gates.const_data_ptr<at::BFloat16>(), c.const_data_ptr<at::BFloat16>(),
-                      h.data_ptr<at::BFloat16>(), cn.data_ptr<at::BFloat16>(), hid, p0, p1);
-      });
-    }));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gates.scalar_type(), "lstm_cell_forward", [&] {
+    at::parallel_for(0, P, grain(hid), [&](int64_t p0, int64_t p1) {
+      forward_pixels(gates.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
+                     cn.data_ptr<scalar_t>(), hid, p0, p1);
+    });
+  });
   return {h, cn};
 }
 
@@ -275,34 +263,14 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell_backward(const at::Tensor& gates, c
   at::Tensor dcp = at::empty_like(c, c.options().memory_format(kCL));
   const int64_t hid = c.size(1), P = c.numel() / std::max<int64_t>(hid, 1);
   if (c.numel() == 0) return {dgates, dcp};
-  AT_DISPATCH_SWITCH(gates.scalar_type(), "lstm_cell_backward",
-    AT_DISPATCH_CASE(at::kDouble, [&] {
-      using T = double;
-      const T* pdh = dh.defined() ? dh.const_data_ptr<T>() : nullptr;
-      const T* pdc = dc.defined() ? dc.const_data_ptr<T>() : nullptr;
-      at::parallel_for(0, P, grain(hid), [&](int64_t p0, int64_t p1) {
-        backward_double(gates.const_data_ptr<T>(), c.const_data_ptr<T>(), pdh, pdc, dgates.data_ptr<T>(),
-                        dcp.data_ptr<T>(), hid, p0, p1);
-      });
-    })
-    AT_DISPATCH_CASE(at::kFloat, [&] {
-      using T = float;
-      const T* pdh = dh.defined() ? dh.const_data_ptr<T>() : nullptr;
-      const T* pdc = dc.defined() ? dc.const_data_ptr<T>() : nullptr;
-      at::parallel_for(0, P, grain(hid), [&](int64_t p0, int64_t p1) {
-        backward_float(gates.const_data_ptr<T>(), c.const_data_ptr<T>(), pdh, pdc, dgates.data_ptr<T>(),
-                       dcp.data_ptr<T>(), hid, p0, p1);
-      });
-    })
-    AT_DISPATCH_CASE(at::kBFloat16, [&] {
-      using T = at::BFloat16;
-      const T* pdh = dh.defined() ? dh.const_data_ptr<T>() : nullptr;
-      const T* pdc = dc.defined() ? dc.const_data_ptr<T>() : nullptr;
-      at::parallel_for(0, P, grain(hid), [&](int64_t p0, int64_t p1) {
-        backward_float(gates.const_data_ptr<T>(), c.const_data_ptr<T>(), pdh, pdc, dgates.data_ptr<T>(),
-                       dcp.data_ptr<T>(), hid, p0, p1);
-      });
-    }));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gates.scalar_type(), "lstm_cell_backward", [&] {
+    const scalar_t* pdh = dh.defined() ? dh.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pdc = dc.defined() ? dc.const_data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, P, grain(hid), [&](int64_t p0, int64_t p1) {
+      backward_pixels(gates.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), pdh, pdc,
+                      dgates.data_ptr<scalar_t>(), dcp.data_ptr<scalar_t>(), hid, p0, p1);
+    });
+  });
   return {dgates, dcp};
 }
 
