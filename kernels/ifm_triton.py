@@ -143,6 +143,21 @@ def _tapsum(base, c, C, s_c, pofs, toff, w, F64: tl.constexpr, OFF64: tl.constex
 
 
 @triton.jit
+def _tapsums(base, c0, C, s_c, pofs, toff, w, acc0, acc1, acc2, acc3, NCB: tl.constexpr, F64: tl.constexpr,
+             OFF64: tl.constexpr):
+    """The NCB unrolled channel accumulators of one program, channels c0 .., each plus its
+    :func:`_tapsum` with weights ``w``."""
+    acc0 += _tapsum(base, c0, C, s_c, pofs, toff, w, F64, OFF64)
+    if NCB > 1:
+        acc1 += _tapsum(base, c0 + 1, C, s_c, pofs, toff, w, F64, OFF64)
+    if NCB > 2:
+        acc2 += _tapsum(base, c0 + 2, C, s_c, pofs, toff, w, F64, OFF64)
+    if NCB > 3:
+        acc3 += _tapsum(base, c0 + 3, C, s_c, pofs, toff, w, F64, OFF64)
+    return acc0, acc1, acc2, acc3
+
+
+@triton.jit
 def _planes(base, ch, nch, i, j, valid, s_c, s_h, F64: tl.constexpr):
     """(BP, len(ch)) values ``base[ch, i, j]`` of channels ``ch < nch``."""
     off = (ch.to(tl.int64) * s_c)[None, :] + (i.to(tl.int64) * s_h + j)[:, None]
@@ -232,13 +247,8 @@ def _fwd_kernel(img, mu, om, A, perm, hs, cdu, cdv, cring, out, kbuf,
         else:
             # padded columns (cols >= KK) have zero weights and read the centre tap
             toff = _taps(cdu, cdv, cols, Wp, OFF64)
-            acc0 += _tapsum(img_b, c0, C, si_c, pofs, toff, kc, F64, OFF64)
-            if NCB > 1:
-                acc1 += _tapsum(img_b, c0 + 1, C, si_c, pofs, toff, kc, F64, OFF64)
-            if NCB > 2:
-                acc2 += _tapsum(img_b, c0 + 2, C, si_c, pofs, toff, kc, F64, OFF64)
-            if NCB > 3:
-                acc3 += _tapsum(img_b, c0 + 3, C, si_c, pofs, toff, kc, F64, OFF64)
+            acc0, acc1, acc2, acc3 = _tapsums(img_b, c0, C, si_c, pofs, toff, kc, acc0, acc1, acc2, acc3,
+                                              NCB, F64, OFF64)
     if not STORE_K:
         HW = H * W
         o = out + b * C * HW
@@ -389,13 +399,8 @@ def _bwd_image_kernel(dx, kbuf, cdu, cdv, gimg,
         toff = -_taps(cdu, cdv, cols, Wp, OFF64)
         ktoff = _wide(cols, OFF64) * kplane - _taps(cdu, cdv, cols, kpitch, OFF64)
         kq = _up(tl.load(kb_b + kofs[:, None] + ktoff[None, :]), F64)
-        acc0 += _tapsum(dx_b, c0, C, sd_c, pofs, toff, kq, F64, OFF64)
-        if NCB > 1:
-            acc1 += _tapsum(dx_b, c0 + 1, C, sd_c, pofs, toff, kq, F64, OFF64)
-        if NCB > 2:
-            acc2 += _tapsum(dx_b, c0 + 2, C, sd_c, pofs, toff, kq, F64, OFF64)
-        if NCB > 3:
-            acc3 += _tapsum(dx_b, c0 + 3, C, sd_c, pofs, toff, kq, F64, OFF64)
+        acc0, acc1, acc2, acc3 = _tapsums(dx_b, c0, C, sd_c, pofs, toff, kq, acc0, acc1, acc2, acc3,
+                                          NCB, F64, OFF64)
     HW = H * W
     o = gimg + b * C * HW
     pix = _wide(i * W + j, OFF64)
