@@ -9,15 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.lstm import lstm_pointwise
-from .unet import ResBlock
+from .unet import ResBlock, is_channels_last
 
 State = tuple[torch.Tensor, torch.Tensor]
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 class ChannelLayerNorm(nn.Module):
@@ -52,7 +46,8 @@ class ConvLSTMCell(nn.Module):
             # in x's memory format: an NCHW zero state would make the cat below NCHW,
             # and every layer after it would convert back and forth (channels_last models)
             zeros = torch.empty((x.shape[0], self.hidden, *x.shape[2:]), dtype=x.dtype, device=x.device,
-                                memory_format=_memory_format(x)).zero_()
+                                memory_format=torch.channels_last if is_channels_last(x)
+                                else torch.contiguous_format).zero_()
             state = (zeros, zeros)
         h, c = state
         # i, f, o, g gates -> c = s(f) c + s(i) tanh(g), h = s(o) tanh(c); fused on the CPU
