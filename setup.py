@@ -85,7 +85,8 @@ def _extension_build():
     if build_cuda_env == "1" and not want_cuda:
         raise RuntimeError(f"inik setup: INIK_BUILD_CUDA=1 but the CUDA kernels cannot be built: {why}")
 
-    sources = [os.path.join(csrc, "ifm_cpu.cpp"), os.path.join(csrc, "lstm_cpu.cpp")]
+    sources = [os.path.join(csrc, "ifm_cpu.cpp"), os.path.join(csrc, "lstm_cpu.cpp"),
+               os.path.join(csrc, "winograd_cpu.cpp")]
     if want_cuda:
         sources.append(os.path.join(csrc, "ifm_cuda.cu"))
         ext = cpp_extension.CUDAExtension(

@@ -26,6 +26,7 @@
 #include <cstring>
 #include <tuple>
 
+#include "cpu_lanes.h"
 #include "cpu_simd.h"
 #include "ifm_host.h"
 
@@ -33,11 +34,7 @@
 namespace inik {
 namespace lstm {
 
-constexpr int kLanes = 16;
-typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(int32_t))));
-typedef uint32_t vu __attribute__((vector_size(kLanes * sizeof(uint32_t))));
-typedef uint16_t vh __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+using namespace inik::simd;
 
 // exp(x) for float lanes: Cephes' expf (range reduction by ln 2, degree-6 polynomial),
 // inputs clamped to the normal range.
@@ -64,47 +61,6 @@ INIK_AI vf vexp(vf x) {
 
 INIK_AI vf vsigmoid(vf x) { return 1.0f / (1.0f + vexp(-x)); }
 INIK_AI vf vtanh(vf x) { return 2.0f / (1.0f + vexp(-2.0f * x)) - 1.0f; }
-
-// Storage <-> float lanes: float as is, bfloat16 as the top half of a float.
-INIK_AI vf load(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof(vf));
-  return v;
-}
-INIK_AI void store(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
-INIK_AI vf load(const at::BFloat16* p) {
-  vh h;
-  std::memcpy(&h, p, sizeof(vh));
-  const vu u = __builtin_convertvector(h, vu) << 16;
-  vf v;
-  std::memcpy(&v, &u, sizeof(vf));
-  return v;
-}
-INIK_AI void store(at::BFloat16* p, vf v) {
-  vu u;
-  std::memcpy(&u, &v, sizeof(vf));
-  const vu rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // round to nearest even
-  const vu nan = vu{} + 0x7fc0u;
-  const vu out = v != v ? nan : rounded;
-  const vh h = __builtin_convertvector(out, vh);
-  std::memcpy(p, &h, sizeof(vh));
-}
-
-// A tail of fewer than kLanes channels goes through a zero-filled bounce buffer.
-template <class T> struct Lanes {
-  static INIK_AI vf get(const T* p, int64_t n) {
-    if (n == kLanes) return load(p);
-    T tmp[kLanes] = {};
-    std::memcpy(tmp, p, n * sizeof(T));
-    return load(tmp);
-  }
-  static INIK_AI void put(T* p, vf v, int64_t n) {
-    if (n == kLanes) return store(p, v);
-    T tmp[kLanes];
-    store(tmp, v);
-    std::memcpy(p, tmp, n * sizeof(T));
-  }
-};
 
 // Pixels [p0, p1): gates (P, 4, hid), c (P, hid).
 template <class T>

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import winograd
+
 
 def is_channels_last(x: torch.Tensor) -> bool:
     """Whether 4-D ``x`` is laid out channels_last - and not also NCHW-contiguous, as
@@ -101,13 +103,21 @@ def conv3x3_reflect_borders(x: torch.Tensor, weight: torch.Tensor, stride: int) 
 class ReflectConv2d(nn.Conv2d):
     """A 3x3 convolution with one pixel of reflect padding (the same parameters and
     numbers as ``nn.Conv2d(..., padding=1, padding_mode="reflect")``), padded by
-    :func:`reflect_pad1` so that channels_last stays channels_last; in CPU
-    inference on channels_last input, :func:`conv3x3_reflect_borders`."""
+    :func:`reflect_pad1` so that channels_last stays channels_last. In CPU
+    inference on channels_last input: Winograd's F(4x4, 3x3) where
+    :func:`inik.ops.winograd.eligible` allows it (2.4x faster in float32, rounding
+    differences of about 3e-6), else :func:`conv3x3_reflect_borders`."""
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__(cin, cout, 3, stride=stride, padding=0, bias=False)
 
+    def winograd(self, x: torch.Tensor) -> bool:
+        """Whether this convolution of x runs as a Winograd convolution."""
+        return winograd.eligible(x, self.weight, self.stride[0])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.winograd(x):
+            return winograd.conv3x3(x, self.weight, padding_mode="reflect")
         # (also under torch.compile: a compiled bf16 640x640 forward 3.58 -> 2.55 s on 2 cores)
         if (x.device.type == "cpu" and min(x.shape[-2:]) >= 2 and not torch.is_grad_enabled()
                 and is_channels_last(x)):
@@ -130,6 +140,9 @@ class ResBlock(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv1.winograd(x):  # then conv2 takes the same kind of input: ReLU and the add fused
+            out = winograd.conv3x3(x, self.conv1.weight, padding_mode="reflect", relu=True)
+            return winograd.conv3x3(out, self.conv2.weight, residual=x, padding_mode="reflect")
         out = self.conv2(self.act(self.conv1(x)))
         if out.dtype == x.dtype and out.shape == x.shape:
             # into the convolution's output (its backward does not need it): no fresh

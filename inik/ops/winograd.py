@@ -1,0 +1,99 @@
+"""3x3 convolutions by Winograd's F(4x4, 3x3) on the CPU, for inference.
+
+:func:`conv3x3` computes ``conv2d(pad1(x, padding_mode), weight) + bias [+ residual]``,
+then ReLU if asked, with the native op ``torch.ops.inik.conv3x3_winograd``
+(``csrc/winograd_cpu.cpp``): 36 multiply-adds per input channel for every 4x4
+block of outputs instead of 144, padding applied by index (no padded copy), the
+residual add and ReLU fused into the output transform. A 64 -> 64 channel
+convolution of a 640x640 float32 image takes 55 ms here against oneDNN's 135 ms
+(2-core AVX-512 CPU, ``benchmarks/RESULTS.md``); bfloat16 input is computed in
+float32 and rounded once (50 against 66 ms).
+
+Numerics: Winograd's transforms round more than a direct convolution - about
+3e-6 of the output's scale in float32, 5-15x oneDNN's error - so the model uses
+it only where asked: :func:`enabled` reads ``INIK_WINOGRAD`` (``1``: on, ``0``:
+off, unset: on for CPUs with AVX-512, where it was measured faster, off
+elsewhere). The model calls :func:`eligible` per convolution: CPU inference (no
+autograd; the op has no backward), channels_last input, float32 or bfloat16,
+stride 1, at least 16 input channels.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _ext
+
+ENV = "INIK_WINOGRAD"
+MIN_CHANNELS = 16  # below this the transforms cost more than they save
+_DTYPES = (torch.float32, torch.bfloat16)
+_MODES = ("zeros", "reflect")
+# read once: torch.compile cannot trace the call (it returns a string)
+_AUTO = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+if _ext.is_built():
+    @torch.library.register_fake("inik::conv3x3_winograd")
+    def _(x, weight, bias, residual, padding_mode, relu):
+        torch._check(x.dim() == 4 and weight.dim() == 4, lambda: "conv3x3_winograd: x and weight must be 4-D")
+        return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3])).contiguous(
+            memory_format=torch.channels_last)
+
+
+def enabled() -> bool:
+    """Whether the model may use Winograd convolutions here (``INIK_WINOGRAD``)."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if value in ("1", "on", "true"):
+        return True
+    if value in ("0", "off", "false"):
+        return False
+    if value not in ("", "auto"):
+        raise ValueError(f"{ENV} must be 1, 0 or auto, got {value!r}")
+    return _AUTO
+
+
+def _autocast_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a convolution of x computes in: autocast's on the CPU, else x's."""
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return x.dtype
+
+
+def eligible(x: Tensor, weight: Tensor, stride: int = 1) -> bool:
+    """Whether the model's 3x3 convolution of x can run as :func:`conv3x3` (see the module doc)."""
+    return (x.device.type == "cpu" and x.dim() == 4 and stride == 1 and tuple(weight.shape[2:]) == (3, 3)
+            and x.shape[1] >= MIN_CHANNELS and min(x.shape[2:]) >= 2 and x.dtype in _DTYPES
+            and _autocast_dtype(x) == x.dtype
+            and not torch.is_grad_enabled() and x.is_contiguous(memory_format=torch.channels_last)
+            and _ext.is_built() and enabled())
+
+
+def conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: Optional[Tensor] = None,
+            padding_mode: str = "zeros", relu: bool = False) -> Tensor:
+    """``conv2d(pad1(x), weight, bias) (+ residual)``, then ReLU if ``relu``; CPU, no autograd.
+
+    x: (B, C, H, W) float32 or bfloat16 on the CPU (any layout; channels_last
+    avoids a copy); weight (Co, C, 3, 3); bias (Co,); residual (B, Co, H, W).
+    Under CPU autocast the computation follows autocast's dtype, as ``conv2d``
+    would. Returns a channels_last tensor.
+    """
+    if not _ext.is_built():
+        raise RuntimeError(f"inik.ops.winograd.conv3x3 needs the C++ extension: {_ext.build_hint()}")
+    if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
+        raise TypeError("conv3x3: x and weight must be tensors")
+    if padding_mode not in _MODES:
+        raise ValueError(f"conv3x3: padding_mode must be one of {_MODES}, got {padding_mode!r}")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual)):
+        raise RuntimeError("conv3x3: the Winograd convolution has no backward; call it under torch.no_grad() "
+                           "or torch.inference_mode()")
+    dtype = _autocast_dtype(x)
+    if dtype not in _DTYPES:
+        raise TypeError(f"conv3x3: x must be float32 or bfloat16 (or autocast to them), got {dtype}")
+    cl = torch.channels_last
+    x = x.to(dtype).contiguous(memory_format=cl)
+    if residual is not None:
+        residual = residual.to(dtype).contiguous(memory_format=cl)
+    return torch.ops.inik.conv3x3_winograd(x, weight, bias, residual, padding_mode, bool(relu))

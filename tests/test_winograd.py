@@ -1,0 +1,199 @@
+"""The Winograd F(4x4, 3x3) convolution (inik._C, CPU) against a float64 direct
+convolution: padding modes, odd sizes, channel tails, bias, residual, ReLU,
+bfloat16, batches; where the model uses it; torch.compile; bad input.
+
+Like the other extension tests, these fail when inik._C is missing unless
+INIK_NO_EXTENSION=1 says it was left out on purpose.
+"""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import inik
+from inik.ops import _ext, winograd
+
+if not _ext.is_built() and os.environ.get(_ext.NO_EXTENSION_ENV, "") == "1":
+    pytest.skip("INIK_NO_EXTENSION=1: the extension was not built on purpose", allow_module_level=True)
+
+CL = torch.channels_last
+
+
+def direct(x, w, b=None, res=None, mode="zeros", relu=False):
+    """The same convolution in float64, from the same (rounded) inputs."""
+    xp = F.pad(x.double(), (1, 1, 1, 1), mode="reflect" if mode == "reflect" else "constant")
+    y = F.conv2d(xp, w.double(), None if b is None else b.double())
+    if res is not None:
+        y = y + res.double()
+    return y.clamp_min(0) if relu else y
+
+
+def make(b, ci, co, h, w, seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, ci, h, w, generator=gen).to(dtype).contiguous(memory_format=CL)
+    weight = torch.randn(co, ci, 3, 3, generator=gen) / (3 * ci ** 0.5)
+    bias = torch.randn(co, generator=gen)
+    res = torch.randn(b, co, h, w, generator=gen).to(dtype).contiguous(memory_format=CL)
+    return x, weight, bias, res
+
+
+def tolerance(x, w):
+    """Winograd's float32 rounding, bounded by the sum of absolute products: 1e-6 of it
+    (a direct float32 convolution errs by ~1e-7 of it; the transforms add up to ~10x)."""
+    return 1e-6 * F.conv2d(F.pad(x.double().abs(), (1, 1, 1, 1)), w.double().abs()).amax().item() + 1e-6
+
+
+# (B, Ci, Co, H, W): tile-aligned; odd sizes with partial tiles in both directions; more
+# tiles per row than one work item (6); channel tails (5, 3, 20, 80 are no multiple of 16);
+# Ci > Co and the smallest reflectable images
+SHAPES = [(1, 16, 16, 4, 4), (2, 64, 64, 13, 22), (1, 32, 80, 9, 31), (1, 5, 3, 6, 11),
+          (1, 128, 20, 17, 5), (1, 64, 32, 2, 3), (3, 16, 16, 2, 2)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+def test_matches_direct_convolution(shape, mode):
+    x, w, b, res = make(*shape)
+    for bias, residual, relu in ((None, None, False), (b, None, True), (None, res, False), (b, res, True)):
+        got = winograd.conv3x3(x, w, bias, residual, padding_mode=mode, relu=relu)
+        want = direct(x, w, bias, residual, mode, relu)
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        assert got.is_contiguous(memory_format=CL)
+        err = (got.double() - want).abs().max().item()
+        assert err <= tolerance(x, w), (bias is not None, residual is not None, relu, err)
+
+
+def test_error_is_winograd_sized_not_larger():
+    """The bound above is not loose: the measured error is within 10x-20x of a direct
+    float32 convolution's, as F(4x4, 3x3) analysis predicts, and weights 1e-3 off
+    are caught."""
+    x, w, _, _ = make(1, 64, 64, 24, 24, seed=3)
+    want = direct(x, w)
+    err = (winograd.conv3x3(x, w).double() - want).abs().max().item()
+    err_direct = (F.conv2d(x, w, padding=1).double() - want).abs().max().item()
+    assert err <= 20 * err_direct
+    assert (winograd.conv3x3(x, w * (1 + 1e-3)).double() - want).abs().max().item() > tolerance(x, w)
+
+
+def test_bfloat16_input_rounds_once():
+    x, w, b, res = make(2, 32, 48, 9, 14, dtype=torch.bfloat16)
+    got = winograd.conv3x3(x, w, b, res, padding_mode="reflect", relu=True)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=CL)
+    want = direct(x, w, b, res, "reflect", True)
+    # one rounding of the float32 result to bfloat16 (2^-9 relative) plus the float32 error
+    bound = want.abs() * 2 ** -8 + tolerance(x.float(), w)
+    assert bool(((got.double() - want).abs() <= bound).all())
+
+
+def test_any_input_layout_and_autocast_dtype():
+    x, w, _, _ = make(1, 16, 16, 7, 9)
+    want = winograd.conv3x3(x, w)
+    torch.testing.assert_close(winograd.conv3x3(x.contiguous(), w), want, rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = winograd.conv3x3(x, w)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half, winograd.conv3x3(x.bfloat16(), w), rtol=0, atol=0)
+
+
+def test_empty_batch():
+    x, w, _, _ = make(1, 16, 8, 5, 5)
+    assert winograd.conv3x3(x[:0], w).shape == (0, 8, 5, 5)
+
+
+def test_bad_input_names_the_argument():
+    x, w, b, res = make(1, 16, 16, 6, 6)
+    op = torch.ops.inik.conv3x3_winograd
+    with pytest.raises(RuntimeError, match="weight must be \\(Co, 16, 3, 3\\)"):
+        op(x, w[:, :8], None, None, "zeros", False)
+    with pytest.raises(RuntimeError, match="x must be channels_last"):
+        op(x.contiguous(), w, None, None, "zeros", False)
+    with pytest.raises(RuntimeError, match="x must be float32 or bfloat16"):
+        op(x.double().contiguous(memory_format=CL), w, None, None, "zeros", False)
+    with pytest.raises(RuntimeError, match="padding_mode must be 'zeros' or 'reflect'"):
+        op(x, w, None, None, "circular", False)
+    with pytest.raises(RuntimeError, match="bias must be a CPU tensor of shape \\(16\\)"):
+        op(x, w, b[:3], None, "zeros", False)
+    with pytest.raises(RuntimeError, match="residual must be"):
+        op(x, w, None, res[..., :5], "zeros", False)
+    with pytest.raises(RuntimeError, match="reflect padding needs H and W of at least 2"):
+        op(x[..., :1, :], w, None, None, "reflect", False)
+    with pytest.raises(ValueError, match="padding_mode must be one of"):
+        winograd.conv3x3(x, w, padding_mode="replicate")
+    with pytest.raises(TypeError, match="x must be float32 or bfloat16"):
+        winograd.conv3x3(x.double(), w)
+    with pytest.raises(RuntimeError, match="no backward"):
+        winograd.conv3x3(x, w.requires_grad_())
+
+
+def test_enabled_follows_the_environment(monkeypatch):
+    monkeypatch.setenv(winograd.ENV, "1")
+    assert winograd.enabled()
+    monkeypatch.setenv(winograd.ENV, "0")
+    assert not winograd.enabled()
+    monkeypatch.setenv(winograd.ENV, "sometimes")
+    with pytest.raises(ValueError, match="INIK_WINOGRAD must be 1, 0 or auto"):
+        winograd.enabled()
+
+
+def test_eligibility(monkeypatch):
+    monkeypatch.setenv(winograd.ENV, "1")
+    x, w, _, _ = make(1, 16, 16, 6, 6)
+    with torch.no_grad():
+        assert winograd.eligible(x, w)
+        assert not winograd.eligible(x.contiguous(), w)  # NCHW
+        assert not winograd.eligible(x, w, stride=2)
+        assert not winograd.eligible(x[:, :8], w[:, :8])  # too few channels to pay
+        assert not winograd.eligible(x.double().contiguous(memory_format=CL), w)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 input, bf16 autocast: no silent cast
+            assert not winograd.eligible(x, w)
+            assert winograd.eligible(x.bfloat16(), w)
+    assert not winograd.eligible(x, w)  # autograd on
+    monkeypatch.setenv(winograd.ENV, "0")
+    with torch.no_grad():
+        assert not winograd.eligible(x, w)
+
+
+def _fast_model(width=16):
+    torch.manual_seed(0)
+    return inik.INIKNet(width=width, scales=4, atoms=3).eval().to(memory_format=CL)
+
+
+def test_model_runs_its_convolutions_as_winograd(monkeypatch):
+    """With INIK_WINOGRAD=1 the channels_last CPU forward calls the op (and ResBlocks fuse
+    ReLU and the residual add into it); with 0 it never does; both agree to 1e-5."""
+    calls = []
+    original = torch.ops.inik.conv3x3_winograd
+
+    class Spy:
+        def __call__(self, *args):
+            calls.append((args[3] is not None, args[5]))
+            return original(*args)
+
+    monkeypatch.setattr(torch.ops.inik, "conv3x3_winograd", Spy())
+    model = _fast_model()
+    y = torch.rand(1, 3, 48, 40).contiguous(memory_format=CL)
+    outs = {}
+    for env in ("0", "1"):
+        monkeypatch.setenv(winograd.ENV, env)
+        calls.clear()
+        with torch.no_grad():
+            outs[env] = model(y)
+        if env == "0":
+            assert not calls
+        else:
+            assert (True, False) in calls and (False, True) in calls  # conv2 + residual, conv1 + ReLU
+    assert (outs["1"] - outs["0"]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("env", ["1", "auto"])
+def test_model_with_winograd_compiles_fullgraph(monkeypatch, env):
+    monkeypatch.setenv(winograd.ENV, env)
+    model = _fast_model(width=16)
+    y = torch.rand(1, 3, 32, 32).contiguous(memory_format=CL)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = model(y)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(y)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
