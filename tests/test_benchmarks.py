@@ -2,6 +2,7 @@
 speed itself is measured by running them, never asserted here)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,17 @@ def test_sweep_triton_launches_every_job_under_the_interpreter():
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "jobs" in proc.stdout and "Error" not in proc.stdout, proc.stdout[-2000:]
+
+
+@pytest.mark.skipif(os.environ.get("INIK_NO_EXTENSION", "") == "1",
+                    reason="INIK_NO_EXTENSION=1: the extension was not built on purpose")
+def test_bench_conv_times_every_shape_of_the_model(tmp_path):
+    out = tmp_path / "conv.json"
+    text = _run("bench_conv.py", "--size", "64", "--reps", "1", "--dtypes", "float32", "--out", str(out))
+    assert "3x3 stride-1 convolutions in a 64x64 forward" in text and "float32: all of one forward" in text
+    data = json.loads(out.read_text())
+    rows = data["results"]
+    # the U-Net's and the recurrent cells' shapes at the three levels, 3->32 included
+    assert {(r["ci"], r["co"]) for r in rows} >= {(3, 32), (32, 32), (64, 64), (128, 128), (64, 32)}
+    assert sum(r["count"] for r in rows) == data["meta"]["convolutions"]
+    assert all(r["direct_ms"] > 0 and r["winograd_ms"] > 0 for r in rows)

@@ -1,0 +1,118 @@
+"""Time the model's 3x3 convolutions on the CPU: oneDNN against Winograd F(4x4, 3x3).
+
+    python benchmarks/bench_conv.py                      # the shapes of a 640x640 forward, fp32 and bf16
+    python benchmarks/bench_conv.py --size 320 --dtypes float32 --out conv.json
+
+The shapes are those the network's 3x3 stride-1 reflect convolutions see in one
+inference forward at ``--size`` (found by running the model once with hooks),
+with how often each occurs. For each shape and dtype: ``direct`` is what the
+model runs without Winograd (``conv3x3_reflect_borders``: oneDNN's zero-padded
+convolution, border rows and columns recomputed with reflect padding);
+``winograd`` is ``inik.ops.winograd.conv3x3`` with reflect padding. Prints the
+median times, their ratio, and the forward's total over all occurrences (what
+the convolutions cost one forward); writes CSV or JSON with ``--out``.
+The CPU's allocator setting of ``inik deblur`` is applied, as in bench_model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_ifm import _device_name, _versions, _write, measure  # noqa: E402
+
+import inik  # noqa: E402
+from inik.models.unet import ReflectConv2d, conv3x3_reflect_borders  # noqa: E402
+from inik.ops import _ext, winograd  # noqa: E402
+from inik.runtime import keep_freed_memory  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def model_shapes(size: int) -> collections.Counter:
+    """(Ci, Co, H, W) -> count, for the 3x3 stride-1 convolutions of one forward at size x size."""
+    model = inik.INIKNet().eval()
+    seen: collections.Counter = collections.Counter()
+
+    def hook(module, args):
+        if module.stride == (1, 1):
+            x = args[0]
+            seen[(x.shape[1], module.out_channels, x.shape[2], x.shape[3])] += 1
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, ReflectConv2d)]
+    # on the Winograd path ResBlocks pass their weights to the op, not through these
+    # modules' forward: count on the plain path
+    with torch.no_grad(), mock.patch.dict(os.environ, {winograd.ENV: "0"}):
+        model(torch.rand(1, 3, size, size))
+    for h in handles:
+        h.remove()
+    return seen
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=640)
+    p.add_argument("--dtypes", default="float32,bfloat16", help=f"comma-separated, of {list(DTYPES)}")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--min-ms", type=float, default=2000.0, help="stop repeating after this much time")
+    p.add_argument("--out", type=Path, help="write rows to .csv or .json")
+    args = p.parse_args(argv)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for d in dtypes:
+        if d not in DTYPES:
+            p.error(f"unknown dtype {d!r} (known: {', '.join(DTYPES)})")
+    if not _ext.is_built():
+        print(f"the Winograd convolution needs the C++ extension: {_ext.build_hint()}", file=sys.stderr)
+        return 1
+    keep_freed_memory()
+    device = torch.device("cpu")
+    meta = {"device": _device_name(device), "versions": _versions(device), "size": args.size,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    print(f"device: {meta['device']} ({meta['cpu_capability']}), {torch.get_num_threads()} torch threads")
+    print(f"versions: {meta['versions']}")
+    shapes = model_shapes(args.size)
+    meta["convolutions"] = sum(shapes.values())
+    print(f"{sum(shapes.values())} 3x3 stride-1 convolutions in a {args.size}x{args.size} forward, "
+          f"{len(shapes)} shapes")
+    rows, totals = [], collections.defaultdict(float)
+    gen = torch.Generator().manual_seed(0)
+    print(f"{'dtype':9s} {'Ci->Co':>9s} {'H x W':>11s} {'n':>3s} {'direct ms':>10s} {'winograd ms':>12s} {'ratio':>6s}")
+    for dname in dtypes:
+        dtype = DTYPES[dname]
+        for (ci, co, h, w), n in sorted(shapes.items(), key=lambda kv: -kv[0][0] * kv[0][1] * kv[0][2] * kv[0][3]):
+            x = torch.randn(1, ci, h, w, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+            weight = (torch.randn(co, ci, 3, 3, generator=gen) / (3 * ci ** 0.5)).to(dtype)
+            with torch.no_grad():
+                conv3x3_reflect_borders(x, weight, 1), winograd.conv3x3(x, weight, padding_mode="reflect")  # warm-up
+                t_direct, _ = measure(lambda: conv3x3_reflect_borders(x, weight, 1), device, args.reps, args.min_ms)
+                t_wino, _ = measure(lambda: winograd.conv3x3(x, weight, padding_mode="reflect"), device,
+                                    args.reps, args.min_ms)
+            totals[(dname, "direct")] += n * t_direct
+            totals[(dname, "winograd")] += n * t_wino
+            rows.append({"dtype": dname, "ci": ci, "co": co, "h": h, "w": w, "count": n,
+                         "direct_ms": round(t_direct, 3), "winograd_ms": round(t_wino, 3),
+                         "speedup": round(t_direct / t_wino, 3)})
+            print(f"{dname:9s} {f'{ci}->{co}':>9s} {f'{h}x{w}':>11s} {n:3d} {t_direct:10.2f} {t_wino:12.2f} "
+                  f"{t_direct / t_wino:6.2f}")
+    for dname in dtypes:
+        d, wgr = totals[(dname, "direct")], totals[(dname, "winograd")]
+        print(f"{dname}: all of one forward's 3x3 stride-1 convolutions: direct {d:.0f} ms, "
+              f"winograd {wgr:.0f} ms ({d / wgr:.2f}x)")
+        meta[f"total_ms_{dname}"] = {"direct": round(d, 1), "winograd": round(wgr, 1)}
+    if args.out:
+        _write(args.out, rows, meta)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
