@@ -1,6 +1,8 @@
-// Float lanes for the CPU kernels (lstm_cpu.cpp, winograd_cpu.cpp): a 16-float GCC
-// vector, loads and stores from float32 and bfloat16 storage, and tails of fewer
-// than 16 channels.
+// Float lanes for the CPU kernels (lstm_cpu.cpp, winograd_cpu.cpp): GCC vectors of
+// L floats, loads and stores from float32 and bfloat16 storage, and tails of fewer
+// than L channels. Vec<16> (one zmm register on AVX-512) is the default, under the
+// short names vf, load, store and Lanes; the Winograd kernel also uses Vec<8> (AVX2)
+// and Vec<4>.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -13,51 +15,87 @@
 namespace inik {
 namespace simd {
 
-constexpr int kLanes = 16;
-typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(int32_t))));
-typedef uint32_t vu __attribute__((vector_size(kLanes * sizeof(uint32_t))));
-typedef uint16_t vh __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+// The vector types of each width, and the bfloat16 bit conversions on them as plain
+// overloads (GCC's __builtin_convertvector refuses template-dependent types).
+template <int L> struct VecTypes;
+#define INIK_VEC_TYPES(L)                                                                     \
+  template <> struct VecTypes<L> {                                                           \
+    typedef float f __attribute__((vector_size(L * sizeof(float))));                         \
+    typedef int32_t i __attribute__((vector_size(L * sizeof(int32_t))));                     \
+    typedef uint32_t u __attribute__((vector_size(L * sizeof(uint32_t))));                   \
+    typedef uint16_t h __attribute__((vector_size(L * sizeof(uint16_t))));                   \
+  };                                                                                         \
+  INIK_AI VecTypes<L>::u widen(VecTypes<L>::h x) { return __builtin_convertvector(x, VecTypes<L>::u); } \
+  INIK_AI VecTypes<L>::h narrow(VecTypes<L>::u x) { return __builtin_convertvector(x, VecTypes<L>::h); }
+INIK_VEC_TYPES(4)
+INIK_VEC_TYPES(8)
+INIK_VEC_TYPES(16)
+#undef INIK_VEC_TYPES
 
-// Storage <-> float lanes: float as is, bfloat16 as the top half of a float.
-INIK_AI vf load(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof(vf));
-  return v;
-}
-INIK_AI void store(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
-INIK_AI vf load(const at::BFloat16* p) {
-  vh h;
-  std::memcpy(&h, p, sizeof(vh));
-  const vu u = __builtin_convertvector(h, vu) << 16;
-  vf v;
-  std::memcpy(&v, &u, sizeof(vf));
-  return v;
-}
-INIK_AI void store(at::BFloat16* p, vf v) {
-  vu u;
-  std::memcpy(&u, &v, sizeof(vf));
-  const vu rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // round to nearest even
-  const vu nan = vu{} + 0x7fc0u;
-  const vu out = v != v ? nan : rounded;
-  const vh h = __builtin_convertvector(out, vh);
-  std::memcpy(p, &h, sizeof(vh));
-}
+template <int L>
+struct Vec {
+  static constexpr int kLanes = L;
+  typedef typename VecTypes<L>::f f;
+  typedef typename VecTypes<L>::i i;
+  typedef typename VecTypes<L>::u u;
+  typedef typename VecTypes<L>::h h;
 
-// A tail of fewer than kLanes channels goes through a zero-filled bounce buffer.
-template <class T> struct Lanes {
-  static INIK_AI vf get(const T* p, int64_t n) {
-    if (n == kLanes) return load(p);
-    T tmp[kLanes] = {};
+  // Storage <-> float lanes: float as is, bfloat16 as the top half of a float.
+  static INIK_AI f load(const float* p) {
+    f v;
+    std::memcpy(&v, p, sizeof(f));
+    return v;
+  }
+  static INIK_AI void store(float* p, f v) { std::memcpy(p, &v, sizeof(f)); }
+  static INIK_AI f load(const at::BFloat16* p) {
+    h x;
+    std::memcpy(&x, p, sizeof(h));
+    const u bits = widen(x) << 16;
+    f v;
+    std::memcpy(&v, &bits, sizeof(f));
+    return v;
+  }
+  static INIK_AI void store(at::BFloat16* p, f v) {
+    u bits;
+    std::memcpy(&bits, &v, sizeof(f));
+    const u rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;  // round to nearest even
+    const u nan = u{} + 0x7fc0u;
+    const u out = v != v ? nan : rounded;
+    const h x = narrow(out);
+    std::memcpy(p, &x, sizeof(h));
+  }
+
+  // A tail of fewer than L channels goes through a zero-filled bounce buffer.
+  template <class T>
+  static INIK_AI f get(const T* p, int64_t n) {
+    if (n == L) return load(p);
+    T tmp[L] = {};
     std::memcpy(tmp, p, n * sizeof(T));
     return load(tmp);
   }
-  static INIK_AI void put(T* p, vf v, int64_t n) {
-    if (n == kLanes) return store(p, v);
-    T tmp[kLanes];
+  template <class T>
+  static INIK_AI void put(T* p, f v, int64_t n) {
+    if (n == L) return store(p, v);
+    T tmp[L];
     store(tmp, v);
     std::memcpy(p, tmp, n * sizeof(T));
   }
+};
+
+constexpr int kLanes = 16;
+typedef Vec<kLanes>::f vf;
+typedef Vec<kLanes>::i vi;
+typedef Vec<kLanes>::u vu;
+typedef Vec<kLanes>::h vh;
+
+INIK_AI vf load(const float* p) { return Vec<kLanes>::load(p); }
+INIK_AI void store(float* p, vf v) { Vec<kLanes>::store(p, v); }
+INIK_AI vf load(const at::BFloat16* p) { return Vec<kLanes>::load(p); }
+INIK_AI void store(at::BFloat16* p, vf v) { Vec<kLanes>::store(p, v); }
+
+template <class T> struct Lanes {
+  static INIK_AI vf get(const T* p, int64_t n) { return Vec<kLanes>::get(p, n); }
+  static INIK_AI void put(T* p, vf v, int64_t n) { Vec<kLanes>::put(p, v, n); }
 };
 
 }  // namespace simd

@@ -20,6 +20,11 @@
 // (V = B^T d B, 16 channels per vector); (2) for each of the 36 positions a GEMM
 // (6 tiles x Ci) @ (Ci x 64) with 24 accumulators in registers; (3) the output
 // transform A^T M A, bias, residual and ReLU, stored. V and M stay in L1/L2.
+// The GEMM keeps 6 x 64 outputs in registers on AVX-512 and 6 x 16 on AVX2; the
+// kernel for the CPU's instruction set is picked at run time (INIK_CPU_ISA can ask
+// for a lesser one, for tests and timings).
+//
+//   inik::conv3x3_winograd_isa() -> str: the kernel calls run now ("avx512", "avx2", "generic").
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -38,18 +43,19 @@
 namespace inik {
 namespace wino {
 
-using namespace inik::simd;
+using simd::Vec;
 
 constexpr int kTB = 6;  // tiles per work item (the GEMM's rows)
 constexpr int kA = 36;  // positions of the 6x6 Winograd domain
 
 struct Plan {
-  int64_t B, Ci, Co, H, W, th, tw, Cip, Cop;  // Cip, Cop: channels rounded up to kLanes
+  int64_t B, Ci, Co, H, W, th, tw, Cip, Cop;  // Cip, Cop: channels rounded up to the kernel's lanes
   bool reflect, relu;
 };
 
 // d0..d5 -> B^T d (one column of the 6x6 tile, every lane a channel).
-INIK_AI void bt6(vf d0, vf d1, vf d2, vf d3, vf d4, vf d5, vf* o) {
+template <class F>
+INIK_AI void bt6(F d0, F d1, F d2, F d3, F d4, F d5, F* o) {
   o[0] = 4.0f * d0 - 5.0f * d2 + d4;
   o[1] = -4.0f * (d1 + d2) + d3 + d4;
   o[2] = 4.0f * (d1 - d2) - d3 + d4;
@@ -59,8 +65,9 @@ INIK_AI void bt6(vf d0, vf d1, vf d2, vf d3, vf d4, vf d5, vf* o) {
 }
 
 // m0..m5 -> A^T m (4 outputs).
-INIK_AI void at6(vf m0, vf m1, vf m2, vf m3, vf m4, vf m5, vf* o) {
-  const vf s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
+template <class F>
+INIK_AI void at6(F m0, F m1, F m2, F m3, F m4, F m5, F* o) {
+  const F s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
   o[0] = m0 + s12 + s34;
   o[1] = d12 + 2.0f * d34;
   o[2] = s12 + 4.0f * s34;
@@ -80,125 +87,193 @@ INIK_AI int64_t source_index(int64_t q, int64_t n, bool reflect, bool* valid) {
   return std::min<int64_t>(std::max<int64_t>(q, 0), n - 1);
 }
 
-// (1) Tile t of the item: V[a][t][:] for the 6x6 input tile at output origin (4 ty, 4 tx).
-template <class T>
-INIK_AI void input_tile(const T* x, const Plan& p, int64_t b, int64_t ty, int64_t tx, int t, float* V) {
-  int64_t rows[6], cols[6];
-  bool rv[6], cv[6];
-  for (int i = 0; i < 6; ++i) {
-    rows[i] = source_index(4 * ty - 1 + i, p.H, p.reflect, &rv[i]);
-    cols[i] = source_index(4 * tx - 1 + i, p.W, p.reflect, &cv[i]);
-  }
-  for (int64_t c = 0; c < p.Cip; c += kLanes) {
-    const int64_t n = std::min<int64_t>(kLanes, p.Ci - c);
-    vf d[6][6], u[6][6];
-    for (int i = 0; i < 6; ++i)
-      for (int j = 0; j < 6; ++j)
-        d[i][j] = rv[i] && cv[j] ? Lanes<T>::get(x + ((b * p.H + rows[i]) * p.W + cols[j]) * p.Ci + c, n) : vf{};
-    for (int j = 0; j < 6; ++j) {
-      vf o[6];
-      bt6(d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j], o);
-      for (int i = 0; i < 6; ++i) u[i][j] = o[i];
-    }
+// The kernel for vectors of L floats, with MaxNV output vectors per GEMM block.
+template <int L, int MaxNV>
+struct Kernel {
+  using V = Vec<L>;
+  using F = typename V::f;
+
+  // (1) Tile t of the item: V[a][t][:] for the 6x6 input tile at output origin (4 ty, 4 tx).
+  template <class T>
+  static INIK_AI void input_tile(const T* x, const Plan& p, int64_t b, int64_t ty, int64_t tx, int t, float* Vb) {
+    int64_t rows[6], cols[6];
+    bool rv[6], cv[6];
     for (int i = 0; i < 6; ++i) {
-      vf o[6];
-      bt6(u[i][0], u[i][1], u[i][2], u[i][3], u[i][4], u[i][5], o);
-      for (int j = 0; j < 6; ++j) store(V + ((i * 6 + j) * kTB + t) * p.Cip + c, o[j]);
+      rows[i] = source_index(4 * ty - 1 + i, p.H, p.reflect, &rv[i]);
+      cols[i] = source_index(4 * tx - 1 + i, p.W, p.reflect, &cv[i]);
     }
-  }
-}
-
-// (2) M[a][t][0 : NV*kLanes] = V[a][t][:Ci] @ U[a][:Ci][co0 : co0 + NV*kLanes] for all 36 a.
-template <int NV>
-INIK_AI void gemm(const float* V, const float* U, const Plan& p, int64_t co0, float* M) {
-  for (int a = 0; a < kA; ++a) {
-    vf acc[kTB][NV];
-    for (int t = 0; t < kTB; ++t)
-      for (int v = 0; v < NV; ++v) acc[t][v] = vf{};
-    const float* va = V + a * kTB * p.Cip;
-    const float* ua = U + a * p.Ci * p.Cop + co0;
-    for (int64_t ci = 0; ci < p.Ci; ++ci) {
-      vf w[NV];
-      for (int v = 0; v < NV; ++v) w[v] = load(ua + ci * p.Cop + v * kLanes);
-      for (int t = 0; t < kTB; ++t) {
-        const vf s = va[t * p.Cip + ci] - vf{};  // a broadcast (x - 0 == x, unlike 0 + x for x = -0)
-        for (int v = 0; v < NV; ++v) acc[t][v] += s * w[v];
+    for (int64_t c = 0; c < p.Cip; c += L) {
+      const int64_t n = std::min<int64_t>(L, p.Ci - c);
+      F d[6][6], u[6][6];
+      for (int i = 0; i < 6; ++i)
+        for (int j = 0; j < 6; ++j)
+          d[i][j] = rv[i] && cv[j] ? V::get(x + ((b * p.H + rows[i]) * p.W + cols[j]) * p.Ci + c, n) : F{};
+      for (int j = 0; j < 6; ++j) {
+        F o[6];
+        bt6(d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j], o);
+        for (int i = 0; i < 6; ++i) u[i][j] = o[i];
       }
-    }
-    for (int t = 0; t < kTB; ++t)
-      for (int v = 0; v < NV; ++v) store(M + ((a * kTB + t) * NV + v) * kLanes, acc[t][v]);
-  }
-}
-
-// (3) Output tile t, channels [co0, co0 + NV*kLanes): A^T M A, bias, residual, ReLU, stored.
-template <class T, int NV>
-INIK_AI void output_tile(const float* M, const Plan& p, const float* bias, const T* res, T* y, int64_t b,
-                         int64_t ty, int64_t tx, int t, int64_t co0) {
-  const int64_t oy0 = 4 * ty, ox0 = 4 * tx;
-  for (int v = 0; v < NV; ++v) {
-    const int64_t c = co0 + v * kLanes;
-    if (c >= p.Co) break;
-    const int64_t n = std::min<int64_t>(kLanes, p.Co - c);
-    vf m[6][6], u[4][6];
-    for (int a = 0; a < kA; ++a) m[a / 6][a % 6] = load(M + ((a * kTB + t) * NV + v) * kLanes);
-    for (int j = 0; j < 6; ++j) {
-      vf o[4];
-      at6(m[0][j], m[1][j], m[2][j], m[3][j], m[4][j], m[5][j], o);
-      for (int r = 0; r < 4; ++r) u[r][j] = o[r];
-    }
-    const vf bv = bias ? load(bias + c) : vf{};
-    for (int r = 0; r < 4 && oy0 + r < p.H; ++r) {
-      vf o[4];
-      at6(u[r][0], u[r][1], u[r][2], u[r][3], u[r][4], u[r][5], o);
-      for (int s = 0; s < 4 && ox0 + s < p.W; ++s) {
-        const int64_t off = ((b * p.H + oy0 + r) * p.W + ox0 + s) * p.Co + c;
-        vf out = o[s] + bv;
-        if (res) out += Lanes<T>::get(res + off, n);
-        if (p.relu) out = out > 0.0f ? out : vf{};
-        Lanes<T>::put(y + off, out, n);
+      for (int i = 0; i < 6; ++i) {
+        F o[6];
+        bt6(u[i][0], u[i][1], u[i][2], u[i][3], u[i][4], u[i][5], o);
+        for (int j = 0; j < 6; ++j) V::store(Vb + ((i * 6 + j) * kTB + t) * p.Cip + c, o[j]);
       }
     }
   }
+
+  // (2) M[a][t][0 : NV*L] = V[a][t][:Ci] @ U[a][:Ci][co0 : co0 + NV*L] for all 36 a.
+  template <int NV>
+  static INIK_AI void gemm(const float* Vb, const float* U, const Plan& p, int64_t co0, float* M) {
+    for (int a = 0; a < kA; ++a) {
+      F acc[kTB][NV];
+      for (int t = 0; t < kTB; ++t)
+        for (int v = 0; v < NV; ++v) acc[t][v] = F{};
+      const float* va = Vb + a * kTB * p.Cip;
+      const float* ua = U + a * p.Ci * p.Cop + co0;
+      for (int64_t ci = 0; ci < p.Ci; ++ci) {
+        F w[NV];
+        for (int v = 0; v < NV; ++v) w[v] = V::load(ua + ci * p.Cop + v * L);
+        for (int t = 0; t < kTB; ++t) {
+          const F s = va[t * p.Cip + ci] - F{};  // a broadcast (x - 0 == x, unlike 0 + x for x = -0)
+          for (int v = 0; v < NV; ++v) acc[t][v] += s * w[v];
+        }
+      }
+      for (int t = 0; t < kTB; ++t)
+        for (int v = 0; v < NV; ++v) V::store(M + ((a * kTB + t) * NV + v) * L, acc[t][v]);
+    }
+  }
+
+  // (3) Output tile t, channels [co0, co0 + NV*L): A^T M A, bias, residual, ReLU, stored.
+  template <class T, int NV>
+  static INIK_AI void output_tile(const float* M, const Plan& p, const float* bias, const T* res, T* y, int64_t b,
+                                  int64_t ty, int64_t tx, int t, int64_t co0) {
+    const int64_t oy0 = 4 * ty, ox0 = 4 * tx;
+    for (int v = 0; v < NV; ++v) {
+      const int64_t c = co0 + v * L;
+      if (c >= p.Co) break;
+      const int64_t n = std::min<int64_t>(L, p.Co - c);
+      F m[6][6], u[4][6];
+      for (int a = 0; a < kA; ++a) m[a / 6][a % 6] = V::load(M + ((a * kTB + t) * NV + v) * L);
+      for (int j = 0; j < 6; ++j) {
+        F o[4];
+        at6(m[0][j], m[1][j], m[2][j], m[3][j], m[4][j], m[5][j], o);
+        for (int r = 0; r < 4; ++r) u[r][j] = o[r];
+      }
+      const F bv = bias ? V::load(bias + c) : F{};
+      for (int r = 0; r < 4 && oy0 + r < p.H; ++r) {
+        F o[4];
+        at6(u[r][0], u[r][1], u[r][2], u[r][3], u[r][4], u[r][5], o);
+        for (int s = 0; s < 4 && ox0 + s < p.W; ++s) {
+          const int64_t off = ((b * p.H + oy0 + r) * p.W + ox0 + s) * p.Co + c;
+          F out = o[s] + bv;
+          if (res) out += V::get(res + off, n);
+          if (p.relu) out = out > 0.0f ? out : F{};
+          V::put(y + off, out, n);
+        }
+      }
+    }
+  }
+
+  template <class T, int NV>
+  static INIK_AI void block(const float* Vb, const float* U, const Plan& p, const float* bias, const T* res, T* y,
+                            int64_t b, int64_t ty, int64_t tx0, int nt, int64_t co0, float* M) {
+    gemm<NV>(Vb, U, p, co0, M);
+    for (int t = 0; t < nt; ++t) output_tile<T, NV>(M, p, bias, res, y, b, ty, tx0 + t, t, co0);
+  }
+
+  // Work items [i0, i1): item = (b, ty, group of kTB tiles); scratch Vb (36*kTB*Cip), M (36*kTB*MaxNV*L).
+  template <class T>
+  static INIK_AI void items(const T* x, const float* U, const float* bias, const T* res, T* y, const Plan& p,
+                            int64_t i0, int64_t i1, float* Vb, float* M) {
+    const int64_t groups = (p.tw + kTB - 1) / kTB;
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t g = it % groups, ty = (it / groups) % p.th, b = it / (groups * p.th);
+      const int64_t tx0 = g * kTB;
+      const int nt = static_cast<int>(std::min<int64_t>(kTB, p.tw - tx0));
+      for (int t = 0; t < nt; ++t) input_tile(x, p, b, ty, tx0 + t, t, Vb);
+      for (int t = nt; t < kTB; ++t)  // unused GEMM rows: zeros, never stored
+        for (int a = 0; a < kA; ++a) std::fill_n(Vb + (a * kTB + t) * p.Cip, p.Cip, 0.0f);
+      int64_t co0 = 0;
+      for (; co0 + MaxNV * L <= p.Cop; co0 += MaxNV * L) block<T, MaxNV>(Vb, U, p, bias, res, y, b, ty, tx0, nt, co0, M);
+      switch ((p.Cop - co0) / L) {  // fewer than MaxNV vectors left
+        case 3: block<T, 3>(Vb, U, p, bias, res, y, b, ty, tx0, nt, co0, M); break;
+        case 2: block<T, 2>(Vb, U, p, bias, res, y, b, ty, tx0, nt, co0, M); break;
+        case 1: block<T, 1>(Vb, U, p, bias, res, y, b, ty, tx0, nt, co0, M); break;
+        default: break;
+      }
+    }
+  }
+};
+
+// One entry point per instruction set, picked at run time (pick_isa): GCC's
+// target_clones would compile one body for all, but the vector width and the GEMM's
+// register blocking differ - 16 lanes x 4 vectors (24 of the 32 zmm registers) on
+// AVX-512, 8 lanes x 2 vectors (12 of the 16 ymm) on AVX2, 4 x 2 otherwise.
+// -march=native builds (INIK_NO_CLONES) and other compilers get only the generic one.
+#define INIK_WINO_ENTRY(name, attr, L, NV)                                                                     \
+  attr void name(const float* x, const float* U, const float* bias, const float* res, float* y, const Plan& p, \
+                 int64_t i0, int64_t i1, float* Vb, float* M) {                                                \
+    Kernel<L, NV>::items(x, U, bias, res, y, p, i0, i1, Vb, M);                                                \
+  }                                                                                                            \
+  attr void name(const at::BFloat16* x, const float* U, const float* bias, const at::BFloat16* res,            \
+                 at::BFloat16* y, const Plan& p, int64_t i0, int64_t i1, float* Vb, float* M) {                \
+    Kernel<L, NV>::items(x, U, bias, res, y, p, i0, i1, Vb, M);                                                \
+  }
+
+#if defined(__x86_64__) && defined(__linux__) && !defined(__clang__) && __GNUC__ >= 12 && !defined(INIK_NO_CLONES)
+#define INIK_WINO_ISAS 1
+INIK_WINO_ENTRY(items_avx512, __attribute__((target("arch=x86-64-v4"))), 16, 4)
+INIK_WINO_ENTRY(items_avx2, __attribute__((target("arch=x86-64-v3"))), 8, 2)
+#endif
+#if defined(__AVX512F__)
+constexpr int kGenericLanes = 16;
+INIK_WINO_ENTRY(items_generic, , 16, 4)
+#elif defined(__AVX2__)
+constexpr int kGenericLanes = 8;
+INIK_WINO_ENTRY(items_generic, , 8, 2)
+#else
+constexpr int kGenericLanes = 4;
+INIK_WINO_ENTRY(items_generic, , 4, 2)
+#endif
+
+// The entry point for this CPU: the best it supports, or INIK_CPU_ISA (avx512, avx2,
+// generic) to test or time a lesser one; asking for more than the CPU has is an error.
+enum Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+const char* const kIsaNames[] = {"generic", "avx2", "avx512"};
+
+Isa pick_isa() {
+  int best = kGeneric;
+#ifdef INIK_WINO_ISAS
+  __builtin_cpu_init();
+  best = __builtin_cpu_supports("x86-64-v4") ? kAvx512 : __builtin_cpu_supports("x86-64-v3") ? kAvx2 : kGeneric;
+#endif
+  const char* env = std::getenv("INIK_CPU_ISA");
+  if (env == nullptr || *env == 0) return static_cast<Isa>(best);
+  const std::string want(env);
+  for (int i = 0; i < 3; ++i)
+    if (want == kIsaNames[i]) {
+      TORCH_CHECK(i <= best, msg("INIK_CPU_ISA=", want, ": this CPU (or this build) supports at most ",
+                                 kIsaNames[best]));
+      return static_cast<Isa>(i);
+    }
+  TORCH_CHECK(false, msg("INIK_CPU_ISA must be avx512, avx2 or generic, got '", want, "'"));
+  return kGeneric;
 }
 
-template <class T, int NV>
-INIK_AI void item_block(const float* V, const float* U, const Plan& p, const float* bias, const T* res, T* y,
-                        int64_t b, int64_t ty, int64_t tx0, int nt, int64_t co0, float* M) {
-  gemm<NV>(V, U, p, co0, M);
-  for (int t = 0; t < nt; ++t) output_tile<T, NV>(M, p, bias, res, y, b, ty, tx0 + t, t, co0);
-}
+int lanes(Isa isa) { return isa == kAvx512 ? 16 : isa == kAvx2 ? 8 : kGenericLanes; }
+int max_nv(Isa isa) { return isa == kAvx512 ? 4 : isa == kAvx2 ? 2 : (kGenericLanes == 16 ? 4 : 2); }
 
-// Work items [i0, i1): item = (b, ty, tile group); scratch V (36*kTB*Cip) and M (36*kTB*64).
 template <class T>
-INIK_AI void items_t(const T* x, const float* U, const float* bias, const T* res, T* y, const Plan& p, int64_t i0,
-                     int64_t i1, float* V, float* M) {
-  const int64_t groups = (p.tw + kTB - 1) / kTB;
-  for (int64_t it = i0; it < i1; ++it) {
-    const int64_t g = it % groups, ty = (it / groups) % p.th, b = it / (groups * p.th);
-    const int64_t tx0 = g * kTB;
-    const int nt = static_cast<int>(std::min<int64_t>(kTB, p.tw - tx0));
-    for (int t = 0; t < nt; ++t) input_tile(x, p, b, ty, tx0 + t, t, V);
-    for (int t = nt; t < kTB; ++t)  // unused GEMM rows: zeros, never stored
-      for (int a = 0; a < kA; ++a) std::fill_n(V + (a * kTB + t) * p.Cip, p.Cip, 0.0f);
-    int64_t co0 = 0;
-    for (; co0 + 4 * kLanes <= p.Cop; co0 += 4 * kLanes) item_block<T, 4>(V, U, p, bias, res, y, b, ty, tx0, nt, co0, M);
-    switch ((p.Cop - co0) / kLanes) {
-      case 3: item_block<T, 3>(V, U, p, bias, res, y, b, ty, tx0, nt, co0, M); break;
-      case 2: item_block<T, 2>(V, U, p, bias, res, y, b, ty, tx0, nt, co0, M); break;
-      case 1: item_block<T, 1>(V, U, p, bias, res, y, b, ty, tx0, nt, co0, M); break;
-      default: break;
-    }
-  }
+void items(Isa isa, const T* x, const float* U, const float* bias, const T* res, T* y, const Plan& p, int64_t i0,
+           int64_t i1, float* Vb, float* M) {
+#ifdef INIK_WINO_ISAS
+  if (isa == kAvx512) return items_avx512(x, U, bias, res, y, p, i0, i1, Vb, M);
+  if (isa == kAvx2) return items_avx2(x, U, bias, res, y, p, i0, i1, Vb, M);
+#endif
+  items_generic(x, U, bias, res, y, p, i0, i1, Vb, M);
 }
 
-INIK_CLONES void items(const float* x, const float* U, const float* bias, const float* res, float* y,
-                       const Plan& p, int64_t i0, int64_t i1, float* V, float* M) {
-  items_t(x, U, bias, res, y, p, i0, i1, V, M);
-}
-INIK_CLONES void items(const at::BFloat16* x, const float* U, const float* bias, const at::BFloat16* res,
-                       at::BFloat16* y, const Plan& p, int64_t i0, int64_t i1, float* V, float* M) {
-  items_t(x, U, bias, res, y, p, i0, i1, V, M);
-}
+std::string conv3x3_winograd_isa() { return kIsaNames[pick_isa()]; }
 
 // weight (Co, Ci, 3, 3) -> U (36, Ci, Cop) float32: U[6i+j][ci][co] = (G g G^T)[i][j],
 // computed in double; columns Co..Cop are zero. (A plain loop: ATen's batched
@@ -246,13 +321,15 @@ at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, const
   const bool reflect = padding_mode == "reflect";
   TORCH_CHECK(reflect || padding_mode == "zeros",
               msg(op, ": padding_mode must be 'zeros' or 'reflect', got '", std::string(padding_mode), "'"));
+  const Isa isa = pick_isa();
+  const int L = lanes(isa);
   Plan p{x.size(0), x.size(1), weight.size(0), x.size(2), x.size(3), 0, 0, 0, 0, reflect, relu};
   TORCH_CHECK(!reflect || (p.H >= 2 && p.W >= 2),
               msg(op, ": reflect padding needs H and W of at least 2, got ", x.sizes()));
   p.th = (p.H + 3) / 4;
   p.tw = (p.W + 3) / 4;
-  p.Cip = (p.Ci + kLanes - 1) / kLanes * kLanes;
-  p.Cop = (p.Co + kLanes - 1) / kLanes * kLanes;
+  p.Cip = (p.Ci + L - 1) / L * L;
+  p.Cop = (p.Co + L - 1) / L * L;
   at::Tensor bias;
   if (bias_.has_value() && bias_->defined()) {
     TORCH_CHECK(bias_->dim() == 1 && bias_->size(0) == p.Co && bias_->device().is_cpu(),
@@ -277,11 +354,12 @@ at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, const
     using T = decltype(tag);
     const T* pr = res.defined() ? res.const_data_ptr<T>() : nullptr;
     at::parallel_for(0, n_items, 1, [&](int64_t i0, int64_t i1) {
-      const size_t vn = kA * kTB * p.Cip, mn = kA * kTB * 4 * kLanes;
+      const size_t vn = kA * kTB * p.Cip, mn = kA * kTB * max_nv(isa) * L;
+      const size_t bytes = ((vn + mn) * sizeof(float) + 63) / 64 * 64;  // aligned_alloc wants a multiple
       std::unique_ptr<float, decltype(&std::free)> buf(
-          static_cast<float*>(std::aligned_alloc(64, (vn + mn) * sizeof(float))), &std::free);
+          static_cast<float*>(std::aligned_alloc(64, bytes)), &std::free);
       TORCH_CHECK(buf, msg(op, ": out of memory for scratch buffers"));
-      items(x.const_data_ptr<T>(), U.const_data_ptr<float>(), pb, pr, y.data_ptr<T>(), p, i0, i1, buf.get(),
+      items(isa, x.const_data_ptr<T>(), U.const_data_ptr<float>(), pb, pr, y.data_ptr<T>(), p, i0, i1, buf.get(),
             buf.get() + vn);
     });
   };
@@ -299,6 +377,7 @@ TORCH_LIBRARY_FRAGMENT(inik, m) {
   m.def(
       "conv3x3_winograd(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, str padding_mode, bool relu) "
       "-> Tensor");
+  m.def("conv3x3_winograd_isa() -> str", &inik::wino::conv3x3_winograd_isa);
 }
 
 TORCH_LIBRARY_IMPL(inik, CPU, m) { m.impl("conv3x3_winograd", &inik::wino::conv3x3_winograd); }

@@ -33,7 +33,7 @@ MIN_CHANNELS = 16  # below this the transforms cost more than they save
 _DTYPES = (torch.float32, torch.bfloat16)
 _MODES = ("zeros", "reflect")
 # read once: torch.compile cannot trace the call (it returns a string)
-_AUTO = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+_AUTO = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 if _ext.is_built():
     @torch.library.register_fake("inik::conv3x3_winograd")
@@ -41,6 +41,14 @@ if _ext.is_built():
         torch._check(x.dim() == 4 and weight.dim() == 4, lambda: "conv3x3_winograd: x and weight must be 4-D")
         return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3])).contiguous(
             memory_format=torch.channels_last)
+
+
+def isa() -> str:
+    """The instruction set of the kernel that runs on this CPU: ``"avx512"``, ``"avx2"`` or
+    ``"generic"`` (``INIK_CPU_ISA`` may ask for a lesser one, for tests and timings)."""
+    if not _ext.is_built():
+        raise RuntimeError(f"inik.ops.winograd needs the C++ extension: {_ext.build_hint()}")
+    return torch.ops.inik.conv3x3_winograd_isa()
 
 
 def enabled() -> bool:
