@@ -12,6 +12,9 @@ convolution, border rows and columns recomputed with reflect padding);
 median times, their ratio, and the forward's total over all occurrences (what
 the convolutions cost one forward); writes CSV or JSON with ``--out``.
 The CPU's allocator setting of ``inik deblur`` is applied, as in bench_model.
+
+To see what a CPU with AVX2 only would get, hold oneDNN, PyTorch and the Winograd
+kernel to AVX2: ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 INIK_CPU_ISA=avx2``.
 """
 
 from __future__ import annotations
@@ -76,8 +79,10 @@ def main(argv=None) -> int:
     keep_freed_memory()
     device = torch.device("cpu")
     meta = {"device": _device_name(device), "versions": _versions(device), "size": args.size,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    print(f"device: {meta['device']} ({meta['cpu_capability']}), {torch.get_num_threads()} torch threads")
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "winograd_kernel": winograd.isa(),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "")}
+    print(f"device: {meta['device']} (PyTorch kernels: {meta['cpu_capability']}, Winograd kernel: "
+          f"{meta['winograd_kernel']}, ONEDNN_MAX_CPU_ISA={meta['onednn_max_cpu_isa'] or 'unset'})")
     print(f"versions: {meta['versions']}")
     shapes = model_shapes(args.size)
     meta["convolutions"] = sum(shapes.values())

@@ -53,6 +53,23 @@ def test_grey_alpha_torch_pil(small_model):
     assert isinstance(out_pil, Image.Image) and out_pil.size == pil.size and out_pil.mode == "RGB"
 
 
+def test_half_warns_where_the_cpu_only_emulates_bf16(small_model, monkeypatch, caplog):
+    import inik.infer
+
+    img = np.random.default_rng(2).random((16, 16, 3), dtype=np.float32)
+    monkeypatch.setattr(inik.infer, "_cpu_has_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="inik"):
+        out = inik.deblur(img, small_model, half=True)
+    assert out.shape == img.shape
+    assert "no native bfloat16" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(inik.infer, "_cpu_has_bf16", lambda: True)
+    with caplog.at_level("WARNING", logger="inik"):
+        inik.deblur(img, small_model, half=True)
+        inik.deblur(img, small_model)
+    assert "no native bfloat16" not in caplog.text
+
+
 def test_bad_inputs(small_model):
     with pytest.raises(ValueError, match="H, W >= 1"):
         inik.deblur(np.zeros((0, 5, 3), np.float32), small_model)
