@@ -109,6 +109,10 @@ def test_any_input_layout_and_autocast_dtype():
     x, w, _, _ = make(1, 16, 16, 7, 9)
     want = winograd.conv3x3(x, w)
     torch.testing.assert_close(winograd.conv3x3(x.contiguous(), w), want, rtol=0, atol=0)
+    # a channels_last model has channels_last weights; a transposed view is no different
+    torch.testing.assert_close(winograd.conv3x3(x, w.contiguous(memory_format=CL)), want, rtol=0, atol=0)
+    wt = w.transpose(0, 1).contiguous().transpose(0, 1)
+    torch.testing.assert_close(winograd.conv3x3(x, wt), want, rtol=0, atol=0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         half = winograd.conv3x3(x, w)
     assert half.dtype == torch.bfloat16
