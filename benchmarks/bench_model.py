@@ -78,6 +78,17 @@ def build(mode: str, state: dict, device: torch.device) -> inik.INIKNet:
     return model
 
 
+def _conv_path(device: torch.device) -> str:
+    """How the fast path runs its 3x3 stride-1 convolutions at inference on this device."""
+    from inik.ops import _ext, winograd
+    if device.type != "cpu":
+        return "the device's convolutions (cuDNN)"
+    if not _ext.is_built() or not winograd.enabled():
+        return f"oneDNN ({winograd.ENV}={os.environ.get(winograd.ENV, 'auto')})"
+    return (f"Winograd F(4x4, 3x3), {winograd.isa()} kernel "
+            f"({winograd.ENV}={os.environ.get(winograd.ENV, 'auto')})")
+
+
 def amp_dtype(mode: str):
     """The autocast dtype a mode names (None: fp32)."""
     if "-bf16" in mode:
@@ -221,8 +232,10 @@ def main(argv=None) -> int:
         for m in modes:
             if m not in KNOWN_MODES:
                 p.error(f"--modes: unknown mode {m!r}; known: {', '.join(KNOWN_MODES)}")
+    conv = _conv_path(device)
     print(f"device: {_device_name(device)}\nversions: {_versions(device)}\n"
           f"IFM backend of the fast path: {inik.ops.resolve_backend(device)}\n"
+          f"3x3 convolutions of the fast path at inference: {conv}\n"
           f"threads: {torch.get_num_threads()}; every mode runs in its own process", flush=True)
     rows = []
     base_spec = {"device": str(device), "reps": args.reps, "min_ms": args.min_ms}
@@ -255,7 +268,8 @@ def main(argv=None) -> int:
             record(f"train b{b} {s}x{s}", mode, {"task": "train", "size": s, "batch": b})
     if args.out:
         out = Path(args.out)
-        meta = {"device": _device_name(device), "versions": _versions(device), "threads": torch.get_num_threads()}
+        meta = {"device": _device_name(device), "versions": _versions(device), "threads": torch.get_num_threads(),
+                "fast_path_convolutions": conv}
         if out.suffix == ".json":
             out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
         else:
