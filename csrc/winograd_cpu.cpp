@@ -87,6 +87,31 @@ INIK_AI int64_t source_index(int64_t q, int64_t n, bool reflect, bool* valid) {
   return std::min<int64_t>(std::max<int64_t>(q, 0), n - 1);
 }
 
+// Memory the next steps will read, fetched into cache a little at a time while the
+// GEMM computes (the input rows of the next work item, the residual rows of this one):
+// at full resolution the convolution streams its input and output from DRAM, and
+// without it those loads stall the transforms.
+struct Prefetch {
+  const char* ptr[10];
+  int64_t bytes[10];
+  int n = 0;
+  int64_t lines = 0;  // total cache lines
+  void add(const void* p, int64_t b) {
+    ptr[n] = static_cast<const char*>(p);
+    bytes[n++] = b;
+    lines += (b + 63) / 64;
+  }
+  // the share [part / parts, (part + 1) / parts) of all lines
+  INIK_AI void fetch(int part, int parts) const {
+    int64_t first = lines * part / parts, last = lines * (part + 1) / parts, base = 0;
+    for (int k = 0; k < n && first < last; ++k) {
+      const int64_t nl = (bytes[k] + 63) / 64;
+      for (; first < last && first < base + nl; ++first) __builtin_prefetch(ptr[k] + (first - base) * 64);
+      base += nl;
+    }
+  }
+};
+
 // The kernel for vectors of L floats, with MaxNV output vectors per GEMM block.
 template <int L, int MaxNV>
 struct Kernel {
@@ -123,8 +148,10 @@ struct Kernel {
 
   // (2) M[a][t][0 : NV*L] = V[a][t][:Ci] @ U[a][:Ci][co0 : co0 + NV*L] for all 36 a.
   template <int NV>
-  static INIK_AI void gemm(const float* Vb, const float* U, const Plan& p, int64_t co0, float* M) {
+  static INIK_AI void gemm(const float* Vb, const float* U, const Plan& p, int64_t co0, float* M,
+                           const Prefetch* pf) {
     for (int a = 0; a < kA; ++a) {
+      if (pf) pf->fetch(a, kA);
       F acc[kTB][NV];
       for (int t = 0; t < kTB; ++t)
         for (int v = 0; v < NV; ++v) acc[t][v] = F{};
@@ -139,7 +166,7 @@ struct Kernel {
         }
       }
       for (int t = 0; t < kTB; ++t)
-        for (int v = 0; v < NV; ++v) V::store(M + ((a * kTB + t) * NV + v) * L, acc[t][v]);
+        for (int v = 0; v < NV; ++v) V::store(M + ((t * NV + v) * kA + a) * L, acc[t][v]);
     }
   }
 
@@ -153,7 +180,7 @@ struct Kernel {
       if (c >= p.Co) break;
       const int64_t n = std::min<int64_t>(L, p.Co - c);
       F m[6][6], u[4][6];
-      for (int a = 0; a < kA; ++a) m[a / 6][a % 6] = V::load(M + ((a * kTB + t) * NV + v) * L);
+      for (int a = 0; a < kA; ++a) m[a / 6][a % 6] = V::load(M + ((t * NV + v) * kA + a) * L);
       for (int j = 0; j < 6; ++j) {
         F o[4];
         at6(m[0][j], m[1][j], m[2][j], m[3][j], m[4][j], m[5][j], o);
@@ -176,8 +203,8 @@ struct Kernel {
 
   template <class T, int NV>
   static INIK_AI void block(const float* Vb, const float* U, const Plan& p, const float* bias, const T* res, T* y,
-                            int64_t b, int64_t ty, int64_t tx0, int nt, int64_t co0, float* M) {
-    gemm<NV>(Vb, U, p, co0, M);
+                            int64_t b, int64_t ty, int64_t tx0, int nt, int64_t co0, float* M, const Prefetch* pf) {
+    gemm<NV>(Vb, U, p, co0, M, pf);
     for (int t = 0; t < nt; ++t) output_tile<T, NV>(M, p, bias, res, y, b, ty, tx0 + t, t, co0);
   }
 
@@ -193,12 +220,25 @@ struct Kernel {
       for (int t = 0; t < nt; ++t) input_tile(x, p, b, ty, tx0 + t, t, Vb);
       for (int t = nt; t < kTB; ++t)  // unused GEMM rows: zeros, never stored
         for (int a = 0; a < kA; ++a) std::fill_n(Vb + (a * kTB + t) * p.Cip, p.Cip, 0.0f);
+      Prefetch pf;
+      if (res)  // this item's residual rows
+        for (int64_t r = 4 * ty; r < std::min<int64_t>(4 * ty + 4, p.H); ++r)
+          pf.add(res + ((b * p.H + r) * p.W + 4 * tx0) * p.Co, (std::min<int64_t>(4 * (tx0 + nt), p.W) - 4 * tx0) *
+                                                                   p.Co * static_cast<int64_t>(sizeof(T)));
+      if (it + 1 < i1) {  // the next item's input rows
+        const int64_t g1 = (it + 1) % groups, ty1 = ((it + 1) / groups) % p.th, b1 = (it + 1) / (groups * p.th);
+        const int64_t c0 = std::max<int64_t>(4 * g1 * kTB - 1, 0), c1 = std::min<int64_t>(4 * (g1 + 1) * kTB + 1, p.W);
+        for (int64_t r = std::max<int64_t>(4 * ty1 - 1, 0); r < std::min<int64_t>(4 * ty1 + 5, p.H); ++r)
+          pf.add(x + ((b1 * p.H + r) * p.W + c0) * p.Ci, (c1 - c0) * p.Ci * static_cast<int64_t>(sizeof(T)));
+      }
       int64_t co0 = 0;
-      for (; co0 + MaxNV * L <= p.Cop; co0 += MaxNV * L) block<T, MaxNV>(Vb, U, p, bias, res, y, b, ty, tx0, nt, co0, M);
+      for (; co0 + MaxNV * L <= p.Cop; co0 += MaxNV * L)
+        block<T, MaxNV>(Vb, U, p, bias, res, y, b, ty, tx0, nt, co0, M, co0 == 0 ? &pf : nullptr);
+      const Prefetch* rest = co0 == 0 ? &pf : nullptr;
       switch ((p.Cop - co0) / L) {  // fewer than MaxNV vectors left
-        case 3: block<T, 3>(Vb, U, p, bias, res, y, b, ty, tx0, nt, co0, M); break;
-        case 2: block<T, 2>(Vb, U, p, bias, res, y, b, ty, tx0, nt, co0, M); break;
-        case 1: block<T, 1>(Vb, U, p, bias, res, y, b, ty, tx0, nt, co0, M); break;
+        case 3: block<T, 3>(Vb, U, p, bias, res, y, b, ty, tx0, nt, co0, M, rest); break;
+        case 2: block<T, 2>(Vb, U, p, bias, res, y, b, ty, tx0, nt, co0, M, rest); break;
+        case 1: block<T, 1>(Vb, U, p, bias, res, y, b, ty, tx0, nt, co0, M, rest); break;
         default: break;
       }
     }
