@@ -11,20 +11,21 @@
 // Why: the network's time on a CPU is in its 3x3 convolutions (64 channels at full
 // resolution), which oneDNN runs near the cores' fp32 FMA peak. F(4x4, 3x3) needs
 // 36 multiply-adds per input channel for 16 outputs instead of 144, plus input and
-// output transforms that cost a few percent of that. Its rounding error is larger
+// output transforms (about 40% of the time at 640x640, mostly streaming the input
+// and output through memory, which the kernel prefetches). Its rounding error is larger
 // than a direct convolution's (5-15x in float32, about 3e-6 relative), which is
 // why the model uses it only at inference (inik.ops.winograd).
 //
 // Each work item is kTB = 6 adjacent 4x4 output tiles of one tile row. Per item:
 // (1) the 6x6 input tiles, padding applied by index, go to the Winograd domain
-// (V = B^T d B, 16 channels per vector); (2) for each of the 36 positions a GEMM
-// (6 tiles x Ci) @ (Ci x 64) with 24 accumulators in registers; (3) the output
-// transform A^T M A, bias, residual and ReLU, stored. V and M stay in L1/L2.
-// The GEMM keeps 6 x 64 outputs in registers on AVX-512 and 6 x 16 on AVX2; the
+// (V = B^T d B, one vector of channels at a time); (2) for each of the 36 positions
+// a GEMM (6 tiles x Ci) @ (Ci x Co), a block of output channels at a time in
+// registers - 6 x 64 in 24 zmm on AVX-512, 6 x 16 in 12 ymm on AVX2; (3) the output
+// transform A^T M A, bias, residual and ReLU, stored. V and M stay in L1/L2. The
 // kernel for the CPU's instruction set is picked at run time (INIK_CPU_ISA can ask
 // for a lesser one, for tests and timings).
 //
-//   inik::conv3x3_winograd_isa() -> str: the kernel calls run now ("avx512", "avx2", "generic").
+//   inik::conv3x3_winograd_isa() -> str: the kernel that calls run now ("avx512", "avx2", "generic").
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
