@@ -229,3 +229,59 @@ def test_model_with_winograd_compiles_fullgraph(monkeypatch, env):
         eager = model(y)
         compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(y)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 16, 9, 13), (1, 64, 32, 20, 17), (1, 32, 64, 5, 4), (1, 16, 16, 2, 3)])
+def test_training_convolution_gradients_match_onednn(shape, monkeypatch):
+    """float32 CPU training: forward and input gradient by Winograd, weight gradient by
+    oneDNN; all three against the plain path (INIK_WINOGRAD=0)."""
+    from inik.models.unet import ReflectConv2d
+
+    b, ci, co, h, w = shape
+    torch.manual_seed(0)
+    conv = ReflectConv2d(ci, co).to(memory_format=CL)
+    x = torch.randn(b, ci, h, w).contiguous(memory_format=CL).requires_grad_()
+    g = torch.randn(b, co, h, w)
+    got = {}
+    for env in ("0", "1"):
+        monkeypatch.setenv(winograd.ENV, env)
+        x.grad = conv.weight.grad = None
+        y = conv(x)
+        assert (type(y.grad_fn).__name__ == "_WinogradReflectConvBackward") == (env == "1")
+        (y * g).sum().backward()
+        got[env] = (y.detach(), x.grad, conv.weight.grad)
+    # dx: a Winograd convolution of dy (the same bound), border rows and columns folded
+    # back onto the ones they reflect (two such terms: twice the bound)
+    scale = {"y": tolerance(x.detach(), conv.weight.detach()),
+             "dx": 2 * tolerance(g, conv.weight.detach().flip((2, 3)).transpose(0, 1))}
+    for name, a, b_ in zip(("y", "dx", "dw"), got["0"], got["1"]):
+        atol = scale.get(name, 1e-5 * a.abs().max().item())
+        assert (a - b_).abs().max().item() <= atol, name
+
+
+def test_training_uses_winograd_only_where_it_can(monkeypatch):
+    monkeypatch.setenv(winograd.ENV, "1")
+    x, w, _, _ = make(1, 16, 16, 6, 6)
+    w.requires_grad_()
+    assert winograd.trainable(x, w)
+    assert not winograd.trainable(x.bfloat16(), w)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not winograd.trainable(x, w)
+    with torch.no_grad():
+        assert not winograd.trainable(x, w)  # inference: eligible() instead
+    assert not winograd.trainable(x.contiguous(), w)
+    monkeypatch.setenv(winograd.ENV, "0")
+    assert not winograd.trainable(x, w)
+
+
+def test_model_training_step_with_winograd_matches(monkeypatch):
+    """A whole channels_last model's loss gradient, Winograd on and off."""
+    model = _fast_model().train()
+    y = torch.rand(1, 3, 32, 48).contiguous(memory_format=CL)
+    grads = {}
+    for env in ("0", "1"):
+        monkeypatch.setenv(winograd.ENV, env)
+        model.zero_grad()
+        sum(o.square().mean() for o in model.forward_levels(y)).backward()
+        grads[env] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    torch.testing.assert_close(grads["1"], grads["0"], rtol=1e-3, atol=1e-6)

@@ -84,6 +84,19 @@ def eligible(x: Tensor, weight: Tensor, stride: int = 1) -> bool:
             and _ext.is_built() and enabled())
 
 
+def trainable(x: Tensor, weight: Tensor, stride: int = 1) -> bool:
+    """Whether the model's reflect 3x3 convolution of x trains with Winograd: float32 CPU
+    training (autograd on, no autocast) under the same conditions as :func:`eligible`;
+    the forward and the input gradient are Winograd convolutions, the weight gradient
+    oneDNN's (``inik.models.unet``)."""
+    return (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad) and not torch.compiler.is_compiling()
+            and x.device.type == "cpu" and x.dim() == 4 and stride == 1 and tuple(weight.shape[2:]) == (3, 3)
+            and x.shape[1] >= MIN_CHANNELS and weight.shape[0] >= MIN_CHANNELS and min(x.shape[2:]) >= 2
+            and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+            and x.is_contiguous(memory_format=torch.channels_last) and _ext.is_built() and enabled())
+
+
 def conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: Optional[Tensor] = None,
             padding_mode: str = "zeros", relu: bool = False) -> Tensor:
     """``conv2d(pad1(x), weight, bias) (+ residual)``, then ReLU if ``relu``; CPU, no autograd.
