@@ -1,4 +1,4 @@
-"""3x3 convolutions by Winograd's F(4x4, 3x3) on the CPU, for inference.
+"""3x3 convolutions by Winograd's F(4x4, 3x3) on the CPU, for inference and float32 training.
 
 :func:`conv3x3` computes ``conv2d(pad1(x, padding_mode), weight) + bias [+ residual]``,
 then ReLU if asked, with the native op ``torch.ops.inik.conv3x3_winograd``
@@ -7,20 +7,22 @@ block of outputs instead of 144, padding applied by index (no padded copy), the
 residual add and ReLU fused into the output transform. A 64 -> 64 channel
 convolution of a 640x640 float32 image takes about 51 ms here against oneDNN's
 135-143 ms (2-core AVX-512 CPU, ``benchmarks/RESULTS.md``); bfloat16 input is
-computed in float32 and rounded once (about 50 against 66-71 ms). The kernel is picked at run time for
-the CPU's instruction set (:func:`isa`: 16-lane AVX-512, 8-lane AVX2, or a generic
-build); with oneDNN and PyTorch held to AVX2 on the same machine (an AVX2 laptop's
-instruction set) the AVX2 kernel was 2x faster than oneDNN and the fp32 forward
-1.7-1.8x faster.
+computed in float32 and rounded once (about 50 against 66-71 ms). The kernel
+is picked at run time for the CPU's instruction set (:func:`isa`: 16-lane
+AVX-512, 8-lane AVX2, or a generic build); with oneDNN and PyTorch held to AVX2
+on the same machine (an AVX2 laptop's instruction set) the AVX2 kernel was 2x
+faster than oneDNN and the fp32 forward 1.7-1.8x faster.
 
 Numerics: Winograd's transforms round more than a direct convolution - about
-3e-6 of the output's scale in float32, 5-15x oneDNN's error - so the model uses
-it only at inference, and it can be switched off: :func:`enabled` reads
-``INIK_WINOGRAD`` (``1``: on, ``0``: off, unset: on for CPUs with AVX2 or
-AVX-512, where it was measured faster, off elsewhere, e.g. on ARM). The model
-calls :func:`eligible` per convolution: CPU inference (no autograd; the op has
-no backward), channels_last input, float32 or bfloat16 (autocast's dtype when
-autocast is on), stride 1, at least 16 input channels.
+3e-6 of the output's scale in float32, 5-15x oneDNN's error - and it can be
+switched off: :func:`enabled` reads ``INIK_WINOGRAD`` (``1``: on, ``0``: off,
+unset: on for CPUs with AVX2 or AVX-512, where it was measured faster, off
+elsewhere, e.g. on ARM). The model calls :func:`eligible` per convolution: CPU
+inference (no autograd; the op has no backward), channels_last input, float32
+or bfloat16 (autocast's dtype when autocast is on), stride 1, at least 16 input
+channels. In float32 training (:func:`trainable`) the model's reflect
+convolutions run their forward and input gradient through it
+(``inik.models.unet``; a training step 1.4x faster).
 """
 
 from __future__ import annotations
