@@ -264,9 +264,11 @@ def test_training_uses_winograd_only_where_it_can(monkeypatch):
     x, w, _, _ = make(1, 16, 16, 6, 6)
     w.requires_grad_()
     assert winograd.trainable(x, w)
-    assert not winograd.trainable(x.bfloat16(), w)
+    assert winograd.trainable(x.bfloat16(), w)  # a bf16 activation, a float32 weight
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not winograd.trainable(x, w)
+        assert not winograd.trainable(x, w)  # autocast would compute in bf16
+        assert winograd.trainable(x.bfloat16(), w)
+    assert not winograd.trainable(x.double().contiguous(memory_format=CL), w.double())
     with torch.no_grad():
         assert not winograd.trainable(x, w)  # inference: eligible() instead
     assert not winograd.trainable(x.contiguous(), w)
@@ -285,3 +287,26 @@ def test_model_training_step_with_winograd_matches(monkeypatch):
         sum(o.square().mean() for o in model.forward_levels(y)).backward()
         grads[env] = torch.cat([p.grad.flatten() for p in model.parameters()])
     torch.testing.assert_close(grads["1"], grads["0"], rtol=1e-3, atol=1e-6)
+
+
+def test_training_under_bf16_autocast_matches_onednn(monkeypatch):
+    """Under bf16 autocast: the output and dx in x's dtype, dw in the weight's (float32),
+    all within bf16 rounding of oneDNN's autocast convolution."""
+    from inik.models.unet import ReflectConv2d
+
+    torch.manual_seed(0)
+    conv = ReflectConv2d(32, 32).to(memory_format=CL)
+    x = torch.randn(2, 32, 11, 14).bfloat16().contiguous(memory_format=CL).requires_grad_()
+    g = torch.randn(2, 32, 11, 14).bfloat16()
+    got = {}
+    for env in ("0", "1"):
+        monkeypatch.setenv(winograd.ENV, env)
+        x.grad = conv.weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv(x)
+        assert (type(y.grad_fn).__name__ == "_WinogradReflectConvBackward") == (env == "1")
+        (y.float() * g.float()).sum().backward()
+        assert y.dtype == x.grad.dtype == torch.bfloat16 and conv.weight.grad.dtype == torch.float32
+        got[env] = (y.detach().float(), x.grad.float(), conv.weight.grad)
+    for name, a, b_ in zip(("y", "dx", "dw"), got["0"], got["1"]):
+        assert (a - b_).abs().max().item() <= 2 ** -6 * a.abs().max().item(), name

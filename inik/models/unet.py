@@ -101,8 +101,8 @@ def conv3x3_reflect_borders(x: torch.Tensor, weight: torch.Tensor, stride: int) 
 
 
 class _WinogradReflectConv(torch.autograd.Function):
-    """``F.conv2d(reflect_pad1(x), weight)`` for float32 CPU training: the forward and the
-    input gradient as Winograd convolutions, the weight gradient by oneDNN.
+    """``F.conv2d(reflect_pad1(x), weight)`` for CPU training: the forward and the input
+    gradient as Winograd convolutions (computed in float32), the weight gradient by oneDNN.
 
     y is the valid correlation of P(x) (P: the reflect pad) with w, so the gradient of
     P(x) is the full correlation of dy with w flipped and transposed - a Winograd
@@ -126,9 +126,10 @@ class _WinogradReflectConv(torch.autograd.Function):
             g_pad = torch.ops.inik.conv3x3_winograd(padded, weight.flip((2, 3)).transpose(0, 1), None, None,
                                                     "zeros", False)
             gx = _reflect_pad1_backward(g_pad)
-        if ctx.needs_input_grad[1]:
-            gw = torch.ops.aten.convolution_backward(grad, _reflect_pad1_forward(x), weight, None, [1, 1], [0, 0],
-                                                     [1, 1], False, [0, 0], 1, [False, True, False])[1]
+        if ctx.needs_input_grad[1]:  # (under bf16 autocast in bf16, as autocast's convolution would)
+            gw = torch.ops.aten.convolution_backward(grad, _reflect_pad1_forward(x), weight.to(grad.dtype), None,
+                                                     [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                                                     [False, True, False])[1].to(weight.dtype)
         return gx, gw
 
 
