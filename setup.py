@@ -4,7 +4,7 @@ The Triton kernels live in ``kernels/`` and install as ``inik.kernels`` (a PyPI
 package is already called ``kernels``).
 
 The compiled extension ``inik._C`` (``csrc/``: the IFM's CPU and CUDA kernels,
-the fused ConvLSTM update for CPUs) is built when torch is
+the fused ConvLSTM update and the Winograd convolution for CPUs) is built when torch is
 importable at build time; install with ``pip install --no-build-isolation -e .``
 so the build sees the installed torch. Environment variables:
 

@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     print(f"versions: {meta['versions']}")
     shapes = model_shapes(args.size)
     meta["convolutions"] = sum(shapes.values())
-    print(f"{sum(shapes.values())} 3x3 stride-1 convolutions in a {args.size}x{args.size} forward, "
+    print(f"{meta['convolutions']} 3x3 stride-1 convolutions in a {args.size}x{args.size} forward, "
           f"{len(shapes)} shapes")
     rows, totals = [], collections.defaultdict(float)
     gen = torch.Generator().manual_seed(0)

@@ -83,10 +83,10 @@ def _conv_path(device: torch.device) -> str:
     from inik.ops import _ext, winograd
     if device.type != "cpu":
         return "the device's convolutions (cuDNN)"
+    setting = f"{winograd.ENV}={os.environ.get(winograd.ENV, 'auto')}"
     if not _ext.is_built() or not winograd.enabled():
-        return f"oneDNN ({winograd.ENV}={os.environ.get(winograd.ENV, 'auto')})"
-    return (f"Winograd F(4x4, 3x3), {winograd.isa()} kernel "
-            f"({winograd.ENV}={os.environ.get(winograd.ENV, 'auto')})")
+        return f"oneDNN ({setting})"
+    return f"Winograd F(4x4, 3x3), {winograd.isa()} kernel ({setting})"
 
 
 def amp_dtype(mode: str):

@@ -261,21 +261,25 @@ struct Kernel {
     Kernel<L, NV>::items(x, U, bias, res, y, p, i0, i1, Vb, M);                                                \
   }
 
+// Each kernel's vector lanes and output vectors per GEMM block.
+struct Shape {
+  int lanes, nv;
+};
+constexpr Shape kAvx512Shape{16, 4}, kAvx2Shape{8, 2};
+#if defined(__AVX512F__)
+constexpr Shape kGenericShape = kAvx512Shape;
+#elif defined(__AVX2__)
+constexpr Shape kGenericShape = kAvx2Shape;
+#else
+constexpr Shape kGenericShape{4, 2};
+#endif
+
 #if defined(__x86_64__) && defined(__linux__) && !defined(__clang__) && __GNUC__ >= 12 && !defined(INIK_NO_CLONES)
 #define INIK_WINO_ISAS 1
-INIK_WINO_ENTRY(items_avx512, __attribute__((target("arch=x86-64-v4"))), 16, 4)
-INIK_WINO_ENTRY(items_avx2, __attribute__((target("arch=x86-64-v3"))), 8, 2)
+INIK_WINO_ENTRY(items_avx512, __attribute__((target("arch=x86-64-v4"))), kAvx512Shape.lanes, kAvx512Shape.nv)
+INIK_WINO_ENTRY(items_avx2, __attribute__((target("arch=x86-64-v3"))), kAvx2Shape.lanes, kAvx2Shape.nv)
 #endif
-#if defined(__AVX512F__)
-constexpr int kGenericLanes = 16;
-INIK_WINO_ENTRY(items_generic, , 16, 4)
-#elif defined(__AVX2__)
-constexpr int kGenericLanes = 8;
-INIK_WINO_ENTRY(items_generic, , 8, 2)
-#else
-constexpr int kGenericLanes = 4;
-INIK_WINO_ENTRY(items_generic, , 4, 2)
-#endif
+INIK_WINO_ENTRY(items_generic, , kGenericShape.lanes, kGenericShape.nv)
 
 // The entry point for this CPU: the best it supports, or INIK_CPU_ISA (avx512, avx2,
 // generic) to test or time a lesser one; asking for more than the CPU has is an error.
@@ -301,8 +305,7 @@ Isa pick_isa() {
   return kGeneric;
 }
 
-int lanes(Isa isa) { return isa == kAvx512 ? 16 : isa == kAvx2 ? 8 : kGenericLanes; }
-int max_nv(Isa isa) { return isa == kAvx512 ? 4 : isa == kAvx2 ? 2 : (kGenericLanes == 16 ? 4 : 2); }
+Shape shape(Isa isa) { return isa == kAvx512 ? kAvx512Shape : isa == kAvx2 ? kAvx2Shape : kGenericShape; }
 
 template <class T>
 void items(Isa isa, const T* x, const float* U, const float* bias, const T* res, T* y, const Plan& p, int64_t i0,
@@ -363,7 +366,8 @@ at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, const
   TORCH_CHECK(reflect || padding_mode == "zeros",
               msg(op, ": padding_mode must be 'zeros' or 'reflect', got '", std::string(padding_mode), "'"));
   const Isa isa = pick_isa();
-  const int L = lanes(isa);
+  const Shape sh = shape(isa);
+  const int L = sh.lanes;
   Plan p{x.size(0), x.size(1), weight.size(0), x.size(2), x.size(3), 0, 0, 0, 0, reflect, relu};
   TORCH_CHECK(!reflect || (p.H >= 2 && p.W >= 2),
               msg(op, ": reflect padding needs H and W of at least 2, got ", x.sizes()));
@@ -395,7 +399,7 @@ at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, const
     using T = decltype(tag);
     const T* pr = res.defined() ? res.const_data_ptr<T>() : nullptr;
     at::parallel_for(0, n_items, 1, [&](int64_t i0, int64_t i1) {
-      const size_t vn = kA * kTB * p.Cip, mn = kA * kTB * max_nv(isa) * L;
+      const size_t vn = kA * kTB * p.Cip, mn = kA * kTB * sh.nv * L;
       const size_t bytes = ((vn + mn) * sizeof(float) + 63) / 64 * 64;  // aligned_alloc wants a multiple
       std::unique_ptr<float, decltype(&std::free)> buf(
           static_cast<float*>(std::aligned_alloc(64, bytes)), &std::free);

@@ -1,9 +1,10 @@
 """The compiled IFM extension ``inik._C`` (``csrc/``), if it was built.
 
 Importing ``inik._C`` registers two native IFM ops (CPU kernels always, CUDA
-kernels when the extension was built with them), and the CPU-only fused ConvLSTM
+kernels when the extension was built with them), the CPU-only fused ConvLSTM
 update ``torch.ops.inik.lstm_cell_forward`` / ``lstm_cell_backward`` (see
-:mod:`inik.ops.lstm`):
+:mod:`inik.ops.lstm`) and the CPU Winograd convolution
+``torch.ops.inik.conv3x3_winograd`` (see :mod:`inik.ops.winograd`). The IFM ops:
 
 * ``torch.ops.inik.ifm_native_forward(image, mu, omega, atoms, support) -> out``
 * ``torch.ops.inik.ifm_native_backward(grad, image, mu, omega, atoms, support, needs)

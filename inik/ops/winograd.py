@@ -77,13 +77,19 @@ def _autocast_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
-def eligible(x: Tensor, weight: Tensor, stride: int = 1) -> bool:
-    """Whether the model's 3x3 convolution of x can run as :func:`conv3x3` (see the module doc)."""
+def _fits(x: Tensor, weight: Tensor, stride: int) -> bool:
+    """The conditions :func:`eligible` and :func:`trainable` share: a CPU channels_last
+    float32/bfloat16 input (in autocast's dtype when autocast is on), a 3x3 stride-1
+    convolution with at least MIN_CHANNELS inputs, the extension built, Winograd enabled."""
     return (x.device.type == "cpu" and x.dim() == 4 and stride == 1 and tuple(weight.shape[2:]) == (3, 3)
             and x.shape[1] >= MIN_CHANNELS and min(x.shape[2:]) >= 2 and x.dtype in _DTYPES
-            and _autocast_dtype(x) == x.dtype
-            and not torch.is_grad_enabled() and x.is_contiguous(memory_format=torch.channels_last)
+            and _autocast_dtype(x) == x.dtype and x.is_contiguous(memory_format=torch.channels_last)
             and _ext.is_built() and enabled())
+
+
+def eligible(x: Tensor, weight: Tensor, stride: int = 1) -> bool:
+    """Whether the model's 3x3 convolution of x can run as :func:`conv3x3` (see the module doc)."""
+    return not torch.is_grad_enabled() and _fits(x, weight, stride)
 
 
 def trainable(x: Tensor, weight: Tensor, stride: int = 1) -> bool:
@@ -92,10 +98,7 @@ def trainable(x: Tensor, weight: Tensor, stride: int = 1) -> bool:
     under bf16 autocast; the forward and the input gradient are Winograd convolutions,
     the weight gradient oneDNN's (``inik.models.unet``)."""
     return (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad) and not torch.compiler.is_compiling()
-            and x.device.type == "cpu" and x.dim() == 4 and stride == 1 and tuple(weight.shape[2:]) == (3, 3)
-            and x.shape[1] >= MIN_CHANNELS and weight.shape[0] >= MIN_CHANNELS and min(x.shape[2:]) >= 2
-            and x.dtype in _DTYPES and _autocast_dtype(x) == x.dtype and weight.dtype in _DTYPES
-            and x.is_contiguous(memory_format=torch.channels_last) and _ext.is_built() and enabled())
+            and weight.shape[0] >= MIN_CHANNELS and weight.dtype in _DTYPES and _fits(x, weight, stride))
 
 
 def conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: Optional[Tensor] = None,
