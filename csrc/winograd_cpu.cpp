@@ -1,24 +1,25 @@
-// 3x3 stride-1 convolution by Winograd's minimal filtering F(4x4, 3x3), for CPU
-// inference in channels_last layout:
+// 3x3 stride-1 convolution by Winograd's minimal filtering F(4x4, 3x3) or F(6x6, 3x3),
+// for the CPU, in channels_last layout:
 //
-//   inik::conv3x3_winograd(x, weight, bias?, residual?, padding_mode, relu) -> y
+//   inik::conv3x3_winograd(x, weight, bias?, residual?, padding_mode, relu, tile=0) -> y
 //   y = conv2d(pad1(x, padding_mode), weight) + bias [+ residual], then max(., 0) if relu
 //
 // x: (B, Ci, H, W) channels_last-contiguous, float32 or bfloat16; weight (Co, Ci, 3, 3)
 // (any layout, any float dtype); bias (Co); residual like y. y is channels_last in
 // x's dtype. Everything is computed in float32. padding_mode "zeros" or "reflect".
+// tile: the output tile side, 4 or 6; 0 picks one for the image's size (pick_tile).
 //
 // Why: the network's time on a CPU is in its 3x3 convolutions (64 channels at full
 // resolution), which oneDNN runs near the cores' fp32 FMA peak. F(4x4, 3x3) needs
-// 36 multiply-adds per input channel for 16 outputs instead of 144, plus input and
-// output transforms (about 40% of the time at 640x640, mostly streaming the input
-// and output through memory, which the kernel prefetches). Its rounding error is larger
-// than a direct convolution's (5-15x in float32, about 3e-6 relative), which is
-// why the model uses it only at inference (inik.ops.winograd).
+// 36 multiply-adds per input channel for 16 outputs instead of 144, F(6x6, 3x3) 64 for
+// 36, plus input and output transforms (about 40% of the time at 640x640, mostly
+// streaming the input and output through memory, which the kernel prefetches). The
+// rounding error is larger than a direct convolution's (5-15x in float32, about 3e-6
+// relative, for F(4x4); about twice that for F(6x6)).
 //
-// Each work item is kTB = 6 adjacent 4x4 output tiles of one tile row. Per item:
-// (1) the 6x6 input tiles, padding applied by index, go to the Winograd domain
-// (V = B^T d B, one vector of channels at a time); (2) for each of the 36 positions
+// Each work item is kTB = 6 adjacent m x m output tiles of one tile row. Per item:
+// (1) the (m+2)^2 input tiles, padding applied by index, go to the Winograd domain
+// (V = B^T d B, one vector of channels at a time); (2) for each of the (m+2)^2 positions
 // a GEMM (6 tiles x Ci) @ (Ci x Co), a block of output channels at a time in
 // registers - 6 x 64 in 24 zmm on AVX-512, 6 x 16 in 12 ymm on AVX2; (3) the output
 // transform A^T M A, bias, residual and ReLU, stored. V and M stay in L1/L2. The
@@ -47,33 +48,83 @@ namespace wino {
 using simd::Vec;
 
 constexpr int kTB = 6;  // tiles per work item (the GEMM's rows)
-constexpr int kA = 36;  // positions of the 6x6 Winograd domain
 
 struct Plan {
   int64_t B, Ci, Co, H, W, th, tw, Cip, Cop;  // Cip, Cop: channels rounded up to the kernel's lanes
   bool reflect, relu;
 };
 
-// d0..d5 -> B^T d (one column of the 6x6 tile, every lane a channel).
-template <class F>
-INIK_AI void bt6(F d0, F d1, F d2, F d3, F d4, F d5, F* o) {
-  o[0] = 4.0f * d0 - 5.0f * d2 + d4;
-  o[1] = -4.0f * (d1 + d2) + d3 + d4;
-  o[2] = 4.0f * (d1 - d2) - d3 + d4;
-  o[3] = 2.0f * (d3 - d1) - d2 + d4;
-  o[4] = 2.0f * (d1 - d3) - d2 + d4;
-  o[5] = 4.0f * d1 - 5.0f * d3 + d5;
-}
+// F(m x m, 3x3): an (m + 2)^2 input tile gives m x m outputs. Tile<m>::bt takes one
+// column (or row) d[0 .. m+2) of the input tile to B^T d, Tile<m>::at one of the
+// Winograd domain's to A^T m; G is the weight transform (in double). Every lane of
+// F is a channel. Interpolation points 0, +-1, +-2 (and +-1/2 for m = 6), infinity.
+template <int m>
+struct Tile;
 
-// m0..m5 -> A^T m (4 outputs).
-template <class F>
-INIK_AI void at6(F m0, F m1, F m2, F m3, F m4, F m5, F* o) {
-  const F s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
-  o[0] = m0 + s12 + s34;
-  o[1] = d12 + 2.0f * d34;
-  o[2] = s12 + 4.0f * s34;
-  o[3] = d12 + 8.0f * d34 + m5;
-}
+template <>
+struct Tile<4> {
+  static constexpr int a = 6;
+  static constexpr double G[6][3] = {{0.25, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                     {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                     {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+  template <class F>
+  static INIK_AI void bt(const F* d, F* o) {
+    o[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
+    o[1] = -4.0f * (d[1] + d[2]) + d[3] + d[4];
+    o[2] = 4.0f * (d[1] - d[2]) - d[3] + d[4];
+    o[3] = 2.0f * (d[3] - d[1]) - d[2] + d[4];
+    o[4] = 2.0f * (d[1] - d[3]) - d[2] + d[4];
+    o[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
+  }
+  template <class F>
+  static INIK_AI void at(const F* m, F* o) {
+    const F s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
+    o[0] = m[0] + s12 + s34;
+    o[1] = d12 + 2.0f * d34;
+    o[2] = s12 + 4.0f * s34;
+    o[3] = d12 + 8.0f * d34 + m[5];
+  }
+};
+
+template <>
+struct Tile<6> {
+  static constexpr int a = 8;
+  static constexpr double G[8][3] = {{1, 0, 0},
+                                     {-2.0 / 9, -2.0 / 9, -2.0 / 9},
+                                     {-2.0 / 9, 2.0 / 9, -2.0 / 9},
+                                     {1.0 / 90, 1.0 / 45, 2.0 / 45},
+                                     {1.0 / 90, -1.0 / 45, 2.0 / 45},
+                                     {32.0 / 45, 16.0 / 45, 8.0 / 45},
+                                     {32.0 / 45, -16.0 / 45, 8.0 / 45},
+                                     {0, 0, 1}};
+  template <class F>
+  static INIK_AI void bt(const F* d, F* o) {
+    o[0] = d[0] - d[6] + 5.25f * (d[4] - d[2]);
+    o[7] = d[7] - d[1] + 5.25f * (d[3] - d[5]);
+    F t1 = d[2] + d[6] - 4.25f * d[4], t2 = d[1] + d[5] - 4.25f * d[3];
+    o[1] = t1 + t2;
+    o[2] = t1 - t2;
+    t1 = d[6] + 0.25f * d[2] - 1.25f * d[4];
+    t2 = 0.5f * d[1] - 2.5f * d[3] + 2.0f * d[5];
+    o[3] = t1 + t2;
+    o[4] = t1 - t2;
+    t1 = d[6] + 4.0f * d[2] - 5.0f * d[4];
+    t2 = 2.0f * d[1] - 2.5f * d[3] + 0.5f * d[5];
+    o[5] = t1 + t2;
+    o[6] = t1 - t2;
+  }
+  template <class F>
+  static INIK_AI void at(const F* m, F* o) {
+    const F s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
+    const F s56 = m[5] + m[6], d56 = m[5] - m[6];
+    o[0] = m[0] + s12 + s34 + s56;
+    o[1] = d12 + 2.0f * d34 + 0.5f * d56;
+    o[2] = s12 + 4.0f * s34 + 0.25f * s56;
+    o[3] = d12 + 8.0f * d34 + 0.125f * d56;
+    o[4] = s12 + 16.0f * s34 + 0.0625f * s56;
+    o[5] = d12 + 32.0f * d34 + 0.03125f * d56 + m[7];
+  }
+};
 
 // Row (or column) q of the padded input: its index in [0, n), and whether it holds data.
 // Reflect padding mirrors -1 -> 1 and n -> n - 2; indices further out only feed outputs
@@ -93,8 +144,8 @@ INIK_AI int64_t source_index(int64_t q, int64_t n, bool reflect, bool* valid) {
 // at full resolution the convolution streams its input and output from DRAM, and
 // without it those loads stall the transforms.
 struct Prefetch {
-  const char* ptr[10];
-  int64_t bytes[10];
+  const char* ptr[16];  // at most 2 m + 2 rows
+  int64_t bytes[16];
   int n = 0;
   int64_t lines = 0;  // total cache lines
   void add(const void* p, int64_t b) {
@@ -113,51 +164,53 @@ struct Prefetch {
   }
 };
 
-// The kernel for vectors of L floats, with MaxNV output vectors per GEMM block.
-template <int L, int MaxNV>
+// The kernel for F(m x m, 3x3) on vectors of L floats, with MaxNV output vectors per GEMM block.
+template <int L, int MaxNV, int m>
 struct Kernel {
   using V = Vec<L>;
   using F = typename V::f;
+  using T6 = Tile<m>;
+  static constexpr int a = T6::a;      // input tile side
+  static constexpr int kA = a * a;     // positions of the Winograd domain
 
-  // (1) Tile t of the item: V[a][t][:] for the 6x6 input tile at output origin (4 ty, 4 tx).
+  // (1) Tile t of the item: V[q][t][:] for the a x a input tile at output origin (m ty, m tx).
   template <class T>
   static INIK_AI void input_tile(const T* x, const Plan& p, int64_t b, int64_t ty, int64_t tx, int t, float* Vb) {
-    int64_t rows[6], cols[6];
-    bool rv[6], cv[6];
-    for (int i = 0; i < 6; ++i) {
-      rows[i] = source_index(4 * ty - 1 + i, p.H, p.reflect, &rv[i]);
-      cols[i] = source_index(4 * tx - 1 + i, p.W, p.reflect, &cv[i]);
+    int64_t rows[a], cols[a];
+    bool rv[a], cv[a];
+    for (int i = 0; i < a; ++i) {
+      rows[i] = source_index(m * ty - 1 + i, p.H, p.reflect, &rv[i]);
+      cols[i] = source_index(m * tx - 1 + i, p.W, p.reflect, &cv[i]);
     }
     for (int64_t c = 0; c < p.Cip; c += L) {
       const int64_t n = std::min<int64_t>(L, p.Ci - c);
-      F d[6][6], u[6][6];
-      for (int i = 0; i < 6; ++i)
-        for (int j = 0; j < 6; ++j)
-          d[i][j] = rv[i] && cv[j] ? V::get(x + ((b * p.H + rows[i]) * p.W + cols[j]) * p.Ci + c, n) : F{};
-      for (int j = 0; j < 6; ++j) {
-        F o[6];
-        bt6(d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j], o);
-        for (int i = 0; i < 6; ++i) u[i][j] = o[i];
+      F u[a][a];  // u[j][i] = (d B)[i][j]: each row transformed as it is loaded
+      for (int i = 0; i < a; ++i) {
+        F d[a], o[a];
+        for (int j = 0; j < a; ++j)
+          d[j] = rv[i] && cv[j] ? V::get(x + ((b * p.H + rows[i]) * p.W + cols[j]) * p.Ci + c, n) : F{};
+        T6::bt(d, o);
+        for (int j = 0; j < a; ++j) u[j][i] = o[j];
       }
-      for (int i = 0; i < 6; ++i) {
-        F o[6];
-        bt6(u[i][0], u[i][1], u[i][2], u[i][3], u[i][4], u[i][5], o);
-        for (int j = 0; j < 6; ++j) V::store(Vb + ((i * 6 + j) * kTB + t) * p.Cip + c, o[j]);
+      for (int j = 0; j < a; ++j) {
+        F o[a];
+        T6::bt(u[j], o);
+        for (int i = 0; i < a; ++i) V::store(Vb + ((i * a + j) * kTB + t) * p.Cip + c, o[i]);
       }
     }
   }
 
-  // (2) M[a][t][0 : NV*L] = V[a][t][:Ci] @ U[a][:Ci][co0 : co0 + NV*L] for all 36 a.
+  // (2) M[q][t][0 : NV*L] = V[q][t][:Ci] @ U[q][:Ci][co0 : co0 + NV*L] for all kA positions q.
   template <int NV>
   static INIK_AI void gemm(const float* Vb, const float* U, const Plan& p, int64_t co0, float* M,
                            const Prefetch* pf) {
-    for (int a = 0; a < kA; ++a) {
-      if (pf) pf->fetch(a, kA);
+    for (int q = 0; q < kA; ++q) {
+      if (pf) pf->fetch(q, kA);
       F acc[kTB][NV];
       for (int t = 0; t < kTB; ++t)
         for (int v = 0; v < NV; ++v) acc[t][v] = F{};
-      const float* va = Vb + a * kTB * p.Cip;
-      const float* ua = U + a * p.Ci * p.Cop + co0;
+      const float* va = Vb + q * kTB * p.Cip;
+      const float* ua = U + q * p.Ci * p.Cop + co0;
       for (int64_t ci = 0; ci < p.Ci; ++ci) {
         F w[NV];
         for (int v = 0; v < NV; ++v) w[v] = V::load(ua + ci * p.Cop + v * L);
@@ -167,7 +220,7 @@ struct Kernel {
         }
       }
       for (int t = 0; t < kTB; ++t)
-        for (int v = 0; v < NV; ++v) V::store(M + ((t * NV + v) * kA + a) * L, acc[t][v]);
+        for (int v = 0; v < NV; ++v) V::store(M + ((t * NV + v) * kA + q) * L, acc[t][v]);
     }
   }
 
@@ -175,23 +228,24 @@ struct Kernel {
   template <class T, int NV>
   static INIK_AI void output_tile(const float* M, const Plan& p, const float* bias, const T* res, T* y, int64_t b,
                                   int64_t ty, int64_t tx, int t, int64_t co0) {
-    const int64_t oy0 = 4 * ty, ox0 = 4 * tx;
+    const int64_t oy0 = m * ty, ox0 = m * tx;
     for (int v = 0; v < NV; ++v) {
       const int64_t c = co0 + v * L;
       if (c >= p.Co) break;
       const int64_t n = std::min<int64_t>(L, p.Co - c);
-      F m[6][6], u[4][6];
-      for (int a = 0; a < kA; ++a) m[a / 6][a % 6] = V::load(M + ((t * NV + v) * kA + a) * L);
-      for (int j = 0; j < 6; ++j) {
-        F o[4];
-        at6(m[0][j], m[1][j], m[2][j], m[3][j], m[4][j], m[5][j], o);
-        for (int r = 0; r < 4; ++r) u[r][j] = o[r];
+      const float* Mv = M + (t * NV + v) * kA * L;
+      F u[m][a];  // u[r][j] = (A^T M)[r][j]
+      for (int j = 0; j < a; ++j) {
+        F col[a], o[m];
+        for (int i = 0; i < a; ++i) col[i] = V::load(Mv + (i * a + j) * L);
+        T6::at(col, o);
+        for (int r = 0; r < m; ++r) u[r][j] = o[r];
       }
       const F bv = bias ? V::load(bias + c) : F{};
-      for (int r = 0; r < 4 && oy0 + r < p.H; ++r) {
-        F o[4];
-        at6(u[r][0], u[r][1], u[r][2], u[r][3], u[r][4], u[r][5], o);
-        for (int s = 0; s < 4 && ox0 + s < p.W; ++s) {
+      for (int r = 0; r < m && oy0 + r < p.H; ++r) {
+        F o[m];
+        T6::at(u[r], o);
+        for (int s = 0; s < m && ox0 + s < p.W; ++s) {
           const int64_t off = ((b * p.H + oy0 + r) * p.W + ox0 + s) * p.Co + c;
           F out = o[s] + bv;
           if (res) out += V::get(res + off, n);
@@ -209,7 +263,7 @@ struct Kernel {
     for (int t = 0; t < nt; ++t) output_tile<T, NV>(M, p, bias, res, y, b, ty, tx0 + t, t, co0);
   }
 
-  // Work items [i0, i1): item = (b, ty, group of kTB tiles); scratch Vb (36*kTB*Cip), M (36*kTB*MaxNV*L).
+  // Work items [i0, i1): item = (b, ty, group of kTB tiles); scratch Vb (kA*kTB*Cip), M (kA*kTB*MaxNV*L).
   template <class T>
   static INIK_AI void items(const T* x, const float* U, const float* bias, const T* res, T* y, const Plan& p,
                             int64_t i0, int64_t i1, float* Vb, float* M) {
@@ -220,16 +274,16 @@ struct Kernel {
       const int nt = static_cast<int>(std::min<int64_t>(kTB, p.tw - tx0));
       for (int t = 0; t < nt; ++t) input_tile(x, p, b, ty, tx0 + t, t, Vb);
       for (int t = nt; t < kTB; ++t)  // unused GEMM rows: zeros, never stored
-        for (int a = 0; a < kA; ++a) std::fill_n(Vb + (a * kTB + t) * p.Cip, p.Cip, 0.0f);
+        for (int q = 0; q < kA; ++q) std::fill_n(Vb + (q * kTB + t) * p.Cip, p.Cip, 0.0f);
       Prefetch pf;
       if (res)  // this item's residual rows
-        for (int64_t r = 4 * ty; r < std::min<int64_t>(4 * ty + 4, p.H); ++r)
-          pf.add(res + ((b * p.H + r) * p.W + 4 * tx0) * p.Co, (std::min<int64_t>(4 * (tx0 + nt), p.W) - 4 * tx0) *
+        for (int64_t r = m * ty; r < std::min<int64_t>(m * ty + m, p.H); ++r)
+          pf.add(res + ((b * p.H + r) * p.W + m * tx0) * p.Co, (std::min<int64_t>(m * (tx0 + nt), p.W) - m * tx0) *
                                                                    p.Co * static_cast<int64_t>(sizeof(T)));
       if (it + 1 < i1) {  // the next item's input rows
         const int64_t g1 = (it + 1) % groups, ty1 = ((it + 1) / groups) % p.th, b1 = (it + 1) / (groups * p.th);
-        const int64_t c0 = std::max<int64_t>(4 * g1 * kTB - 1, 0), c1 = std::min<int64_t>(4 * (g1 + 1) * kTB + 1, p.W);
-        for (int64_t r = std::max<int64_t>(4 * ty1 - 1, 0); r < std::min<int64_t>(4 * ty1 + 5, p.H); ++r)
+        const int64_t c0 = std::max<int64_t>(m * g1 * kTB - 1, 0), c1 = std::min<int64_t>(m * (g1 + 1) * kTB + 1, p.W);
+        for (int64_t r = std::max<int64_t>(m * ty1 - 1, 0); r < std::min<int64_t>(m * ty1 + m + 1, p.H); ++r)
           pf.add(x + ((b1 * p.H + r) * p.W + c0) * p.Ci, (c1 - c0) * p.Ci * static_cast<int64_t>(sizeof(T)));
       }
       int64_t co0 = 0;
@@ -252,13 +306,15 @@ struct Kernel {
 // AVX-512, 8 lanes x 2 vectors (12 of the 16 ymm) on AVX2, 4 x 2 otherwise.
 // -march=native builds (INIK_NO_CLONES) and other compilers get only the generic one.
 #define INIK_WINO_ENTRY(name, attr, L, NV)                                                                     \
+  template <int m>                                                                                             \
   attr void name(const float* x, const float* U, const float* bias, const float* res, float* y, const Plan& p, \
                  int64_t i0, int64_t i1, float* Vb, float* M) {                                                \
-    Kernel<L, NV>::items(x, U, bias, res, y, p, i0, i1, Vb, M);                                                \
+    Kernel<L, NV, m>::items(x, U, bias, res, y, p, i0, i1, Vb, M);                                             \
   }                                                                                                            \
+  template <int m>                                                                                             \
   attr void name(const at::BFloat16* x, const float* U, const float* bias, const at::BFloat16* res,            \
                  at::BFloat16* y, const Plan& p, int64_t i0, int64_t i1, float* Vb, float* M) {                \
-    Kernel<L, NV>::items(x, U, bias, res, y, p, i0, i1, Vb, M);                                                \
+    Kernel<L, NV, m>::items(x, U, bias, res, y, p, i0, i1, Vb, M);                                             \
   }
 
 // Each kernel's vector lanes and output vectors per GEMM block.
@@ -307,49 +363,85 @@ Isa pick_isa() {
 
 Shape shape(Isa isa) { return isa == kAvx512 ? kAvx512Shape : isa == kAvx2 ? kAvx2Shape : kGenericShape; }
 
-template <class T>
+template <int m, class T>
 void items(Isa isa, const T* x, const float* U, const float* bias, const T* res, T* y, const Plan& p, int64_t i0,
            int64_t i1, float* Vb, float* M) {
 #ifdef INIK_WINO_ISAS
-  if (isa == kAvx512) return items_avx512(x, U, bias, res, y, p, i0, i1, Vb, M);
-  if (isa == kAvx2) return items_avx2(x, U, bias, res, y, p, i0, i1, Vb, M);
+  if (isa == kAvx512) return items_avx512<m>(x, U, bias, res, y, p, i0, i1, Vb, M);
+  if (isa == kAvx2) return items_avx2<m>(x, U, bias, res, y, p, i0, i1, Vb, M);
 #endif
-  items_generic(x, U, bias, res, y, p, i0, i1, Vb, M);
+  items_generic<m>(x, U, bias, res, y, p, i0, i1, Vb, M);
 }
 
 std::string conv3x3_winograd_isa() { return kIsaNames[pick_isa()]; }
 
-// weight (Co, Ci, 3, 3) -> U (36, Ci, Cop) float32: U[6i+j][ci][co] = (G g G^T)[i][j],
+// weight (Co, Ci, 3, 3) -> U (a*a, Ci, Cop) float32: U[a i + j][ci][co] = (G g G^T)[i][j],
 // computed in double; columns Co..Cop are zero. (A plain loop: ATen's small batched
 // matmuls and copies took about 100 ms per 640x640 forward, over its ~120 calls.)
+template <int m>
 at::Tensor transform_weight(const at::Tensor& weight, int64_t Cop) {
-  static const double G[6][3] = {{0.25, 0, 0},           {-1.0 / 6, -1.0 / 6, -1.0 / 6}, {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                 {1.0 / 24, 1.0 / 12, 1.0 / 6}, {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+  constexpr int a = Tile<m>::a;
+  const auto& G = Tile<m>::G;
   const int64_t Co = weight.size(0), Ci = weight.size(1);
-  const at::Tensor w = weight.to(at::kDouble).contiguous();
-  at::Tensor U = at::zeros({kA, Ci, Cop}, at::TensorOptions().dtype(at::kFloat));
+  // (Ci, 3, 3, Co): every loop below runs over contiguous output channels
+  const at::Tensor w = weight.to(at::kDouble).permute({1, 2, 3, 0}).contiguous();
+  at::Tensor U = at::zeros({a * a, Ci, Cop}, at::TensorOptions().dtype(at::kFloat));
   const double* pw = w.const_data_ptr<double>();
   float* pu = U.data_ptr<float>();
-  at::parallel_for(0, Co * Ci, 256, [&](int64_t f0, int64_t f1) {
-    for (int64_t f = f0; f < f1; ++f) {
-      const double* g = pw + f * 9;
-      double gt[6][3];  // G g
-      for (int i = 0; i < 6; ++i)
-        for (int k = 0; k < 3; ++k) gt[i][k] = G[i][0] * g[k] + G[i][1] * g[3 + k] + G[i][2] * g[6 + k];
-      const int64_t co = f / Ci, ci = f % Ci;
-      for (int i = 0; i < 6; ++i)
-        for (int j = 0; j < 6; ++j)
-          pu[((i * 6 + j) * Ci + ci) * Cop + co] =
-              static_cast<float>(gt[i][0] * G[j][0] + gt[i][1] * G[j][1] + gt[i][2] * G[j][2]);
+  at::parallel_for(0, Ci, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<double> gt(a * 3 * Co);  // (G g)[i][k] for every output channel
+    for (int64_t ci = c0; ci < c1; ++ci) {
+      const double* g = pw + ci * 9 * Co;
+      for (int i = 0; i < a; ++i)
+        for (int k = 0; k < 3; ++k) {
+          double* o = gt.data() + (i * 3 + k) * Co;
+          for (int64_t co = 0; co < Co; ++co)
+            o[co] = G[i][0] * g[k * Co + co] + G[i][1] * g[(3 + k) * Co + co] + G[i][2] * g[(6 + k) * Co + co];
+        }
+      for (int i = 0; i < a; ++i)
+        for (int j = 0; j < a; ++j) {
+          const double *g0 = gt.data() + i * 3 * Co, *g1 = g0 + Co, *g2 = g1 + Co;
+          float* o = pu + ((i * a + j) * Ci + ci) * Cop;
+          for (int64_t co = 0; co < Co; ++co)
+            o[co] = static_cast<float>(g0[co] * G[j][0] + g1[co] * G[j][1] + g2[co] * G[j][2]);
+        }
     }
   });
   return U;
 }
 
+// GEMM rows (tiles, padded to whole work items) times Winograd positions: the multiply
+// count of F(m x m, 3x3) for an H x W image, up to the channels.
+int64_t gemm_cost(int m, int64_t H, int64_t W) {
+  const int64_t th = (H + m - 1) / m, tw = (W + m - 1) / m;
+  return th * ((tw + kTB - 1) / kTB * kTB) * (m + 2) * (m + 2);
+}
+
+// tile = 0: INIK_WINOGRAD_TILE (4 or 6, for tests and timings) if set, else F(6x6, 3x3)
+// for images of at least 128x128 pixels where it needs fewer multiplies, F(4x4, 3x3)
+// otherwise. Measured on the model's shapes (2-core AVX-512 CPU, bench_conv.py): F(6x6)
+// is 1.05-1.16x faster in bfloat16 from 160x160 up (up to 1.15x in float32, where the
+// 640x640 layers gain nothing), but 0.74-0.99x at 80x80 and 40x40, where its larger
+// transformed weights and tiles cost more than its fewer multiplies save.
+int pick_tile(int64_t tile, int64_t H, int64_t W) {
+  if (tile == 0) {
+    const char* env = std::getenv("INIK_WINOGRAD_TILE");
+    if (env != nullptr && *env != 0) {
+      const std::string want(env);
+      TORCH_CHECK(want == "4" || want == "6", msg("INIK_WINOGRAD_TILE must be 4 or 6, got '", want, "'"));
+      return want == "6" ? 6 : 4;
+    }
+    return H * W >= 128 * 128 && gemm_cost(6, H, W) < gemm_cost(4, H, W) ? 6 : 4;
+  }
+  TORCH_CHECK(tile == 4 || tile == 6, msg("conv3x3_winograd: tile must be 0 (automatic), 4 or 6, got ", tile));
+  return static_cast<int>(tile);
+}
+
 constexpr auto kCL = at::MemoryFormat::ChannelsLast;
 
 at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias_,
-                            const std::optional<at::Tensor>& residual_, c10::string_view padding_mode, bool relu) {
+                            const std::optional<at::Tensor>& residual_, c10::string_view padding_mode, bool relu,
+                            int64_t tile) {
   const char* op = "conv3x3_winograd";
   TORCH_CHECK(x.dim() == 4, msg(op, ": x must be 4-D (B, C, H, W), got shape ", x.sizes()));
   TORCH_CHECK(x.device().is_cpu(), msg(op, ": x must be a CPU tensor, got ", x.device()));
@@ -371,8 +463,9 @@ at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, const
   Plan p{x.size(0), x.size(1), weight.size(0), x.size(2), x.size(3), 0, 0, 0, 0, reflect, relu};
   TORCH_CHECK(!reflect || (p.H >= 2 && p.W >= 2),
               msg(op, ": reflect padding needs H and W of at least 2, got ", x.sizes()));
-  p.th = (p.H + 3) / 4;
-  p.tw = (p.W + 3) / 4;
+  const int m = pick_tile(tile, p.H, p.W);
+  p.th = (p.H + m - 1) / m;
+  p.tw = (p.W + m - 1) / m;
   p.Cip = (p.Ci + L - 1) / L * L;
   p.Cop = (p.Co + L - 1) / L * L;
   at::Tensor bias;
@@ -392,20 +485,24 @@ at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, const
                     x.scalar_type(), ", got ", res.sizes(), ", ", res.scalar_type()));
   }
   if (y.numel() == 0) return y;
-  const at::Tensor U = transform_weight(weight, p.Cop);
+  const at::Tensor U = m == 6 ? transform_weight<6>(weight, p.Cop) : transform_weight<4>(weight, p.Cop);
   const int64_t n_items = p.B * p.th * ((p.tw + kTB - 1) / kTB);
   const float* pb = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
   auto run = [&](auto tag) {
     using T = decltype(tag);
     const T* pr = res.defined() ? res.const_data_ptr<T>() : nullptr;
     at::parallel_for(0, n_items, 1, [&](int64_t i0, int64_t i1) {
-      const size_t vn = kA * kTB * p.Cip, mn = kA * kTB * sh.nv * L;
+      const size_t positions = (m + 2) * (m + 2), vn = positions * kTB * p.Cip, mn = positions * kTB * sh.nv * L;
       const size_t bytes = ((vn + mn) * sizeof(float) + 63) / 64 * 64;  // aligned_alloc wants a multiple
       std::unique_ptr<float, decltype(&std::free)> buf(
           static_cast<float*>(std::aligned_alloc(64, bytes)), &std::free);
       TORCH_CHECK(buf, msg(op, ": out of memory for scratch buffers"));
-      items(isa, x.const_data_ptr<T>(), U.const_data_ptr<float>(), pb, pr, y.data_ptr<T>(), p, i0, i1, buf.get(),
-            buf.get() + vn);
+      const T* px = x.const_data_ptr<T>();
+      const float* pu = U.const_data_ptr<float>();
+      if (m == 6)
+        items<6>(isa, px, pu, pb, pr, y.data_ptr<T>(), p, i0, i1, buf.get(), buf.get() + vn);
+      else
+        items<4>(isa, px, pu, pb, pr, y.data_ptr<T>(), p, i0, i1, buf.get(), buf.get() + vn);
     });
   };
   if (x.scalar_type() == at::kFloat)
@@ -420,8 +517,8 @@ at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, const
 
 TORCH_LIBRARY_FRAGMENT(inik, m) {
   m.def(
-      "conv3x3_winograd(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, str padding_mode, bool relu) "
-      "-> Tensor");
+      "conv3x3_winograd(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, str padding_mode, bool relu, "
+      "int tile=0) -> Tensor");
   m.def("conv3x3_winograd_isa() -> str", &inik::wino::conv3x3_winograd_isa);
 }
 

@@ -1,6 +1,6 @@
-"""The Winograd F(4x4, 3x3) convolution (inik._C, CPU) against a float64 direct
-convolution: padding modes, odd sizes, channel tails, bias, residual, ReLU,
-bfloat16, batches; where the model uses it; torch.compile; bad input.
+"""The Winograd F(4x4, 3x3) and F(6x6, 3x3) convolutions (inik._C, CPU) against a
+float64 direct convolution: padding modes, odd sizes, channel tails, bias,
+residual, ReLU, bfloat16, batches; where the model uses them; torch.compile; bad input.
 
 Like the other extension tests, these fail when inik._C is missing unless
 INIK_NO_EXTENSION=1 says it was left out on purpose.
@@ -39,18 +39,21 @@ def make(b, ci, co, h, w, seed=0, dtype=torch.float32):
     return x, weight, bias, res
 
 
-def tolerance(x, w):
+def tolerance(x, w, tile=4):
     """Winograd's float32 rounding, bounded by the sum of absolute products: 2e-6 of it
-    (a direct float32 convolution errs by ~1e-7 of it; the transforms add up to ~10x,
-    and the generic kernel, without FMA on SSE, up to ~20x)."""
-    return 2e-6 * F.conv2d(F.pad(x.double().abs(), (1, 1, 1, 1)), w.double().abs()).amax().item() + 1e-6
+    for F(4x4, 3x3), 4e-6 for F(6x6, 3x3) (a direct float32 convolution errs by ~1e-7
+    of it; the transforms add up to ~10x, F(6x6)'s larger ones about twice that, and
+    the generic kernel, without FMA on SSE, up to ~20x)."""
+    scale = 2e-6 if tile == 4 else 4e-6
+    return scale * F.conv2d(F.pad(x.double().abs(), (1, 1, 1, 1)), w.double().abs()).amax().item() + 1e-6
 
 
-# (B, Ci, Co, H, W): tile-aligned; odd sizes with partial tiles in both directions; more
-# tiles per row than one work item (6); channel tails (5, 3, 20, 80 are no multiple of 16);
-# Ci > Co and the smallest reflectable images
-SHAPES = [(1, 16, 16, 4, 4), (2, 64, 64, 13, 22), (1, 32, 80, 9, 31), (1, 5, 3, 6, 11),
-          (1, 128, 20, 17, 5), (1, 64, 32, 2, 3), (3, 16, 16, 2, 2)]
+# (B, Ci, Co, H, W): tile-aligned for F(4x4) and for F(6x6); odd sizes with partial tiles
+# in both directions; more tiles per row than one work item (6 tiles: 24 and 36 columns);
+# channel tails (5, 3, 20, 80 are no multiple of 16); Ci > Co and the smallest
+# reflectable images
+SHAPES = [(1, 16, 16, 4, 4), (1, 16, 16, 12, 6), (2, 64, 64, 13, 22), (1, 32, 80, 9, 31), (1, 5, 3, 6, 11),
+          (1, 128, 20, 17, 5), (1, 64, 32, 2, 3), (3, 16, 16, 2, 2), (1, 16, 24, 15, 41)]
 
 
 def _isas():
@@ -65,43 +68,48 @@ ISAS = _isas()
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("tile", winograd.TILES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("mode", ["zeros", "reflect"])
-def test_matches_direct_convolution(shape, mode, isa, monkeypatch):
-    """Every kernel (AVX-512: 16 lanes x 4 vectors; AVX2: 8 x 2; generic: the build's)."""
+def test_matches_direct_convolution(shape, mode, tile, isa, monkeypatch):
+    """Every kernel (AVX-512: 16 lanes x 4 vectors; AVX2: 8 x 2; generic: the build's),
+    both tile sizes."""
     monkeypatch.setenv("INIK_CPU_ISA", isa)
     assert winograd.isa() == isa
     x, w, b, res = make(*shape)
     for bias, residual, relu in ((None, None, False), (b, None, True), (None, res, False), (b, res, True)):
-        got = winograd.conv3x3(x, w, bias, residual, padding_mode=mode, relu=relu)
+        got = winograd.conv3x3(x, w, bias, residual, padding_mode=mode, relu=relu, tile=tile)
         want = direct(x, w, bias, residual, mode, relu)
         assert got.dtype == torch.float32 and got.shape == want.shape
         assert got.is_contiguous(memory_format=CL)
         err = (got.double() - want).abs().max().item()
-        assert err <= tolerance(x, w), (bias is not None, residual is not None, relu, err)
+        assert err <= tolerance(x, w, tile), (bias is not None, residual is not None, relu, err)
 
 
-def test_error_is_winograd_sized_not_larger():
+@pytest.mark.parametrize("tile, factor", [(4, 20), (6, 40)])
+def test_error_is_winograd_sized_not_larger(tile, factor):
     """The bound above is not loose: the measured error is within 10x-20x of a direct
-    float32 convolution's, as F(4x4, 3x3) analysis predicts, and weights 1e-3 off
-    are caught."""
+    float32 convolution's for F(4x4, 3x3), twice that for F(6x6, 3x3), as their
+    transforms' sizes predict, and weights 1e-3 off are caught."""
     x, w, _, _ = make(1, 64, 64, 24, 24, seed=3)
     want = direct(x, w)
-    err = (winograd.conv3x3(x, w).double() - want).abs().max().item()
+    err = (winograd.conv3x3(x, w, tile=tile).double() - want).abs().max().item()
     err_direct = (F.conv2d(x, w, padding=1).double() - want).abs().max().item()
-    assert err <= 20 * err_direct
-    assert (winograd.conv3x3(x, w * (1 + 1e-3)).double() - want).abs().max().item() > tolerance(x, w)
+    assert err <= factor * err_direct
+    wrong = winograd.conv3x3(x, w * (1 + 1e-3), tile=tile)
+    assert (wrong.double() - want).abs().max().item() > tolerance(x, w, tile)
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_bfloat16_input_rounds_once(isa, monkeypatch):
+@pytest.mark.parametrize("tile", winograd.TILES)
+def test_bfloat16_input_rounds_once(isa, tile, monkeypatch):
     monkeypatch.setenv("INIK_CPU_ISA", isa)
     x, w, b, res = make(2, 32, 48, 9, 14, dtype=torch.bfloat16)
-    got = winograd.conv3x3(x, w, b, res, padding_mode="reflect", relu=True)
+    got = winograd.conv3x3(x, w, b, res, padding_mode="reflect", relu=True, tile=tile)
     assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=CL)
     want = direct(x, w, b, res, "reflect", True)
     # one rounding of the float32 result to bfloat16 (2^-9 relative) plus the float32 error
-    bound = want.abs() * 2 ** -8 + tolerance(x.float(), w)
+    bound = want.abs() * 2 ** -8 + tolerance(x.float(), w, tile)
     assert bool(((got.double() - want).abs() <= bound).all())
 
 
@@ -141,12 +149,34 @@ def test_bad_input_names_the_argument():
         op(x, w, None, res[..., :5], "zeros", False)
     with pytest.raises(RuntimeError, match="reflect padding needs H and W of at least 2"):
         op(x[..., :1, :], w, None, None, "reflect", False)
+    with pytest.raises(RuntimeError, match="tile must be 0 \\(automatic\\), 4 or 6, got 5"):
+        op(x, w, None, None, "zeros", False, 5)
+    with pytest.raises(ValueError, match="tile must be 0 \\(automatic\\) or one of \\(4, 6\\), got 8"):
+        winograd.conv3x3(x, w, tile=8)
     with pytest.raises(ValueError, match="padding_mode must be one of"):
         winograd.conv3x3(x, w, padding_mode="replicate")
     with pytest.raises(TypeError, match="x must be float32 or bfloat16"):
         winograd.conv3x3(x.double(), w)
     with pytest.raises(RuntimeError, match="no backward"):
         winograd.conv3x3(x, w.requires_grad_())
+
+
+def test_automatic_tile_size(monkeypatch):
+    """tile=0 takes F(6x6, 3x3) from 128x128 pixels up where it needs fewer multiplies,
+    F(4x4, 3x3) below; INIK_WINOGRAD_TILE overrides the choice and is checked."""
+    cases = {(128, 128): 6, (160, 112): 6, (5000, 4): 4, (160, 96): 4, (96, 96): 4, (500, 4): 4, (127, 130): 6}
+    for (h, w), tile in cases.items():
+        x, wt, _, _ = make(1, 16, 16, h, w)
+        auto = winograd.conv3x3(x, wt, padding_mode="reflect")
+        assert torch.equal(auto, winograd.conv3x3(x, wt, padding_mode="reflect", tile=tile)), (h, w)
+        assert not torch.equal(auto, winograd.conv3x3(x, wt, padding_mode="reflect", tile=10 - tile)), (h, w)
+    x, wt, _, _ = make(1, 16, 16, 20, 20)
+    for tile in winograd.TILES:
+        monkeypatch.setenv("INIK_WINOGRAD_TILE", str(tile))
+        assert torch.equal(winograd.conv3x3(x, wt), winograd.conv3x3(x, wt, tile=tile))
+    monkeypatch.setenv("INIK_WINOGRAD_TILE", "5")
+    with pytest.raises(RuntimeError, match="INIK_WINOGRAD_TILE must be 4 or 6, got '5'"):
+        winograd.conv3x3(x, wt)
 
 
 def test_cpu_isa_override_is_checked(monkeypatch):
@@ -231,12 +261,14 @@ def test_model_with_winograd_compiles_fullgraph(monkeypatch, env):
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("tile", winograd.TILES)
 @pytest.mark.parametrize("shape", [(2, 16, 16, 9, 13), (1, 64, 32, 20, 17), (1, 32, 64, 5, 4), (1, 16, 16, 2, 3)])
-def test_training_convolution_gradients_match_onednn(shape, monkeypatch):
-    """float32 CPU training: forward and input gradient by Winograd, weight gradient by
-    oneDNN; all three against the plain path (INIK_WINOGRAD=0)."""
+def test_training_convolution_gradients_match_onednn(shape, tile, monkeypatch):
+    """float32 CPU training: forward and input gradient by Winograd (either tile size),
+    weight gradient by oneDNN; all three against the plain path (INIK_WINOGRAD=0)."""
     from inik.models.unet import ReflectConv2d
 
+    monkeypatch.setenv("INIK_WINOGRAD_TILE", str(tile))
     b, ci, co, h, w = shape
     torch.manual_seed(0)
     conv = ReflectConv2d(ci, co).to(memory_format=CL)
@@ -252,8 +284,8 @@ def test_training_convolution_gradients_match_onednn(shape, monkeypatch):
         got[env] = (y.detach(), x.grad, conv.weight.grad)
     # dx: a Winograd convolution of dy (the same bound), border rows and columns folded
     # back onto the ones they reflect (two such terms: twice the bound)
-    scale = {"y": tolerance(x.detach(), conv.weight.detach()),
-             "dx": 2 * tolerance(g, conv.weight.detach().flip((2, 3)).transpose(0, 1))}
+    scale = {"y": tolerance(x.detach(), conv.weight.detach(), tile),
+             "dx": 2 * tolerance(g, conv.weight.detach().flip((2, 3)).transpose(0, 1), tile)}
     for name, a, b_ in zip(("y", "dx", "dw"), got["0"], got["1"]):
         atol = scale.get(name, 1e-5 * a.abs().max().item())
         assert (a - b_).abs().max().item() <= atol, name

@@ -1,11 +1,14 @@
-"""3x3 convolutions by Winograd's F(4x4, 3x3) on the CPU, for inference and float32 training.
+"""3x3 convolutions by Winograd's F(4x4, 3x3) and F(6x6, 3x3) on the CPU, for inference and training.
 
 :func:`conv3x3` computes ``conv2d(pad1(x, padding_mode), weight) + bias [+ residual]``,
 then ReLU if asked, with the native op ``torch.ops.inik.conv3x3_winograd``
 (``csrc/winograd_cpu.cpp``): 36 multiply-adds per input channel for every 4x4
-block of outputs instead of 144, padding applied by index (no padded copy), the
-residual add and ReLU fused into the output transform. A 64 -> 64 channel
-convolution of a 640x640 float32 image takes about 51 ms here against oneDNN's
+block of outputs instead of 144, or 64 for every 6x6 block instead of 324,
+padding applied by index (no padded copy), the residual add and ReLU fused into
+the output transform. The op takes F(6x6, 3x3) for images of at least 128x128
+pixels, where it was measured 1.05-1.16x faster than F(4x4, 3x3) in bfloat16,
+and F(4x4, 3x3) below (``tile`` or ``INIK_WINOGRAD_TILE=4|6`` choose). A 64 -> 64
+channel convolution of a 640x640 float32 image takes about 51 ms here against oneDNN's
 135-143 ms (2-core AVX-512 CPU, ``benchmarks/RESULTS.md``); bfloat16 input is
 computed in float32 and rounded once (about 50 against 66-71 ms). The kernel
 is picked at run time for the CPU's instruction set (:func:`isa`: 16-lane
@@ -14,7 +17,8 @@ on the same machine (an AVX2 laptop's instruction set) the AVX2 kernel was 2x
 faster than oneDNN and the fp32 forward 1.7-1.8x faster.
 
 Numerics: Winograd's transforms round more than a direct convolution - about
-3e-6 of the output's scale in float32, 5-15x oneDNN's error - and it can be
+3e-6 of the output's scale in float32, 5-15x oneDNN's error, for F(4x4, 3x3),
+about twice that for F(6x6, 3x3) - and it can be
 switched off: :func:`enabled` reads ``INIK_WINOGRAD`` (``1``: on, ``0``: off,
 unset: on for CPUs with AVX2 or AVX-512, where it was measured faster, off
 elsewhere, e.g. on ARM). The model calls :func:`eligible` per convolution: CPU
@@ -39,12 +43,13 @@ ENV = "INIK_WINOGRAD"
 MIN_CHANNELS = 16  # below this the transforms cost more than they save
 _DTYPES = (torch.float32, torch.bfloat16)
 _MODES = ("zeros", "reflect")
+TILES = (4, 6)  # output tile sides: F(4x4, 3x3) and F(6x6, 3x3)
 # read once: torch.compile cannot trace the call (it returns a string)
 _AUTO = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 if _ext.is_built():
     @torch.library.register_fake("inik::conv3x3_winograd")
-    def _(x, weight, bias, residual, padding_mode, relu):
+    def _(x, weight, bias, residual, padding_mode, relu, tile=0):
         torch._check(x.dim() == 4 and weight.dim() == 4, lambda: "conv3x3_winograd: x and weight must be 4-D")
         return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3])).contiguous(
             memory_format=torch.channels_last)
@@ -102,18 +107,22 @@ def trainable(x: Tensor, weight: Tensor, stride: int = 1) -> bool:
 
 
 def conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: Optional[Tensor] = None,
-            padding_mode: str = "zeros", relu: bool = False) -> Tensor:
+            padding_mode: str = "zeros", relu: bool = False, tile: int = 0) -> Tensor:
     """``conv2d(pad1(x), weight, bias) (+ residual)``, then ReLU if ``relu``; CPU, no autograd.
 
     x: (B, C, H, W) float32 or bfloat16 on the CPU (any layout; channels_last
     avoids a copy); weight (Co, C, 3, 3); bias (Co,); residual (B, Co, H, W).
     Under CPU autocast the computation follows autocast's dtype, as ``conv2d``
-    would. Returns a channels_last tensor.
+    would. ``tile``: the output tile side, 4 for F(4x4, 3x3), 6 for F(6x6, 3x3),
+    0 (default) for the one the op picks for the image's size (:data:`TILES`).
+    Returns a channels_last tensor.
     """
     if not _ext.is_built():
         raise RuntimeError(f"inik.ops.winograd.conv3x3 needs the C++ extension: {_ext.build_hint()}")
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
         raise TypeError("conv3x3: x and weight must be tensors")
+    if tile not in (0,) + TILES:
+        raise ValueError(f"conv3x3: tile must be 0 (automatic) or one of {TILES}, got {tile!r}")
     if padding_mode not in _MODES:
         raise ValueError(f"conv3x3: padding_mode must be one of {_MODES}, got {padding_mode!r}")
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual)):
@@ -126,4 +135,4 @@ def conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: 
     x = x.to(dtype).contiguous(memory_format=cl)
     if residual is not None:
         residual = residual.to(dtype).contiguous(memory_format=cl)
-    return torch.ops.inik.conv3x3_winograd(x, weight, bias, residual, padding_mode, bool(relu))
+    return torch.ops.inik.conv3x3_winograd(x, weight, bias, residual, padding_mode, bool(relu), int(tile))
