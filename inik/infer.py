@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import numbers
 import os
 import sys
 import time
@@ -146,13 +147,17 @@ def auto_tile(height: int, width: int, tile: Optional[int] = None,
     ``tile=0``: always the whole image. Any other ``tile`` is returned as given;
     its overlap defaults to ``min(DEFAULT_OVERLAP, 3 * tile // 4)`` (in :func:`restore`).
     """
+    if overlap is not None:
+        if isinstance(overlap, bool) or not isinstance(overlap, numbers.Integral):
+            raise ValueError(f"overlap must be None (default) or a number of pixels, got {overlap!r}")
+        overlap = int(overlap)
     if tile is None:
         if height * width <= AUTO_MAX_PIXELS:
             return None, None
         return AUTO_TILE, DEFAULT_OVERLAP if overlap is None else overlap
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
+    if isinstance(tile, bool) or not isinstance(tile, numbers.Integral) or tile < 0:
         raise ValueError(f"tile must be None (automatic), 0 (whole image) or a size in pixels, got {tile!r}")
-    return (None, None) if tile == 0 else (tile, overlap)
+    return (None, None) if tile == 0 else (int(tile), overlap)
 
 
 _MODEL_CACHE: dict = {}
@@ -212,18 +217,59 @@ def deblur(image, model: Optional[INIKNet] = None, *, tile: Optional[int] = None
                           progress=progress)[0]
         if image.dim() != 4 or image.shape[1] != 3:
             raise ValueError(f"image tensor must be (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
-        return run(image.float()).to(image.dtype)
+        if not image.is_floating_point():
+            raise TypeError(f"image tensor must be floating point in [0, 1], got {image.dtype} "
+                            f"(for 8-bit data: image.float() / 255)")
+        f = image.float()
+        if not torch.isfinite(f).all():
+            raise ValueError("image contains NaN or Inf values")
+        _warn_out_of_range(f)
+        return run(f).to(image.dtype)
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover
         Image = None
     if Image is not None and isinstance(image, Image.Image):
-        arr = np.asarray(image)
-        out = deblur(arr, model, tile=tile, overlap=overlap, device=device, half=half, progress=progress)
-        return Image.fromarray(out, mode=image.mode if image.mode in ("L", "LA", "RGB", "RGBA") else None)
+        image = _pil_for_deblur(image)
+        out = deblur(np.asarray(image), model, tile=tile, overlap=overlap, device=device, half=half,
+                     progress=progress)
+        return Image.fromarray(out, mode=image.mode)
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image must be a numpy array, torch tensor or PIL image, got {type(image).__name__}")
     return _deblur_array(image, run)
+
+
+def _warn_out_of_range(f) -> None:
+    """Floating-point input is taken to be in [0, 1]: say so when it is not (e.g. 0..255)."""
+    lo, hi = float(f.min()), float(f.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        log.warning("image values span [%.4g, %.4g], outside [0, 1]: they are deblurred as they are and "
+                    "the output is clipped to [0, 1] (scale 8-bit data by 1/255)", lo, hi)
+
+
+# PIL modes deblurred as they are; the others are converted to one of these first
+_PIL_MODES = ("L", "LA", "RGB", "RGBA")
+
+
+def _pil_for_deblur(image):
+    """A PIL image in a mode :func:`deblur` works on: palette images become RGB(A),
+    bilevel ones L, CMYK / YCbCr / LAB / HSV RGB. 16-bit and float modes (I, I;16, F)
+    are refused: their value range is not defined by the mode (read the file with
+    :func:`inik.data.read_image` instead)."""
+    mode = image.mode
+    if mode in _PIL_MODES:
+        return image
+    if mode in ("P", "PA"):
+        alpha = mode == "PA" or "transparency" in image.info
+        return image.convert("RGBA" if alpha else "RGB")
+    if mode == "1":
+        return image.convert("L")
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"):
+        return image.convert("RGB")
+    if mode == "La":
+        return image.convert("LA")
+    raise ValueError(f"PIL image mode {mode!r} is not supported: use L, LA, RGB, RGBA, P, 1, CMYK or YCbCr, "
+                     f"or read the file with inik.data.read_image")
 
 
 def _deblur_array(image: np.ndarray, run) -> np.ndarray:
@@ -242,6 +288,8 @@ def _deblur_array(image: np.ndarray, run) -> np.ndarray:
         raise TypeError(f"image dtype must be uint8, uint16 or floating, got {dtype}")
     if not np.isfinite(f).all():
         raise ValueError("image contains NaN or Inf values")
+    if scale is None:
+        _warn_out_of_range(f)
     c = f.shape[2]
     colour = f[:, :, :3] if c >= 3 else np.repeat(f[:, :, :1], 3, axis=2)
     y = torch.from_numpy(np.ascontiguousarray(colour.transpose(2, 0, 1)))[None]
@@ -263,7 +311,11 @@ def _expand(inputs: list[str]) -> list[tuple[Path, Optional[Path]]]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found += [(f, p) for f in list_images(p)]
+            images = list_images(p)
+            if not images:
+                from .data.io import IMAGE_EXTENSIONS
+                raise ValueError(f"{p}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+            found += [(f, p) for f in images]
         elif p.exists():
             found.append((p, None))
         else:
@@ -295,13 +347,69 @@ def configure_parser(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
+WRITABLE = (".png", ".tif", ".tiff", ".jpg", ".jpeg")  # what write_image writes
+
+
 def _output_path(src: Path, root: Optional[Path], out: Path, single: bool) -> Path:
-    from .data.io import IMAGE_EXTENSIONS
-    if single and out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir():
+    if single and out.suffix and not out.is_dir():
         return out
     rel = src.relative_to(root) if root is not None else Path(src.name)
-    suffix = src.suffix if src.suffix.lower() in (".png", ".tif", ".tiff", ".jpg", ".jpeg") else ".png"
+    suffix = src.suffix if src.suffix.lower() in WRITABLE else ".png"
     return out / rel.with_suffix(suffix)
+
+
+def _plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
+    """(input, output) for every input file, checked before any is written: one output
+    per input, none of them another input. Raises ValueError saying what is wrong."""
+    files = _expand(inputs)
+    seen, unique = set(), []
+    for src, root in files:  # the same file named twice (or through a link) is deblurred once
+        key = src.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append((src, root))
+    out = Path(output)
+    single = len(unique) == 1
+    if not single and out.suffix.lower() in WRITABLE and not out.is_dir():
+        raise ValueError(f"-o {output}: {len(unique)} inputs need an output folder, not an image file")
+    if single and out.suffix and not out.is_dir() and out.suffix.lower() not in WRITABLE:
+        raise ValueError(f"-o {output}: cannot write {out.suffix!r} images; name a .png, .tif, .tiff, .jpg "
+                         f"or .jpeg file, or an output folder")
+    plan, writer = [], {}
+    for src, root in unique:
+        dst = _output_path(src, root, out, single)
+        key = dst.resolve()
+        if key in writer:
+            raise ValueError(f"{writer[key]} and {src} would both be written to {dst}; deblur them into "
+                             f"different folders")
+        writer[key] = src
+        plan.append((src, dst))
+    for src, dst in plan:
+        key = dst.resolve()
+        if key in seen and key != src.resolve():
+            raise ValueError(f"{src} would be written to {dst}, which is another input; choose another "
+                             f"output folder")
+    return plan
+
+
+def _check_device(device: str) -> torch.device:
+    """The torch device named by --device, usable here; ValueError saying why not."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {device}: not a torch device ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    try:
+        torch.empty(1, device=dev)
+    except (RuntimeError, AssertionError) as exc:
+        raise ValueError(f"--device {device}: cannot use it here ({str(exc).splitlines()[0]})") from None
+    return dev
+
+
+def _output_depth(dst: Path, info) -> int:
+    """16-bit output for 16-bit and floating-point sources (except JPEG, 8 bits only)."""
+    return 8 if dst.suffix.lower() in (".jpg", ".jpeg") or info.bit_depth == 8 else 16
 
 
 def run(args) -> int:
@@ -313,6 +421,12 @@ def run(args) -> int:
               f"got {args.tile}", file=sys.stderr)
         return 2
     try:
+        _check_device(args.device)
+        plan = _plan(args.inputs, args.output)
+    except ValueError as exc:
+        print(f"inik deblur: {exc}", file=sys.stderr)
+        return 2
+    try:
         model, trained = load_model(args.weights, device=args.device)
     except (OSError, ValueError) as exc:
         print(f"inik deblur: cannot load weights: {exc}", file=sys.stderr)
@@ -322,24 +436,22 @@ def run(args) -> int:
     if args.compile:
         # One graph per input shape (all tiles of a photo share one); the IFM stays one opaque op.
         model = torch.compile(model, dynamic=False)
-    files = _expand(args.inputs)
-    out = Path(args.output)
-    single = len(files) == 1
     failures = 0
     tiles = tqdm(desc="tiles", unit="tile", leave=False, disable=None, position=1)
-    for src, root in tqdm(files, desc="deblur", unit="img", disable=None, position=0):
-        dst = _output_path(src, root, out, single)
+    for src, dst in tqdm(plan, desc="deblur", unit="img", disable=None, position=0):
         try:
             if dst.resolve() == src.resolve() and not args.overwrite:
                 raise FileExistsError(f"{dst}: output would replace the input (pass --overwrite)")
             if dst.exists() and not args.overwrite:
                 raise FileExistsError(f"{dst}: exists (pass --overwrite to replace it)")
             img, info = read_image(src, mode=None)
+            depth = _output_depth(dst, info)
+            if dst.suffix.lower() in (".jpg", ".jpeg") and info.has_alpha:
+                raise ValueError(f"{dst}: JPEG cannot hold {src}'s alpha channel; write .png or .tif")
             t0 = time.perf_counter()
             result = deblur(img, model, tile=args.tile, overlap=args.overlap, device=args.device,
                             half=args.half, progress=tiles)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            depth = 16 if info.bit_depth == 16 and dst.suffix.lower() != ".jpg" else 8
             write_image(dst, result, bit_depth=depth, overwrite=args.overwrite)
             tqdm.write(f"{src} -> {dst} ({info.width}x{info.height}, {depth}-bit, "
                        f"{time.perf_counter() - t0:.1f} s)")

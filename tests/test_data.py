@@ -318,3 +318,33 @@ def test_eval_dataset_full_images(tmp_path):
     b, s = PairedImageDataset(find_pairs(tmp_path), crop=None, augment=False)[0]
     assert b.shape == s.shape == (3, 10, 14)
     np.testing.assert_array_equal(b.numpy(), read_image(tmp_path / "source" / "a.png")[0].transpose(2, 0, 1))
+
+
+def test_tiff_photometric_interpretations(tmp_path):
+    """Palette TIFFs get their colour map, CMYK ones become RGB (as Pillow converts CMYK
+    JPEGs), min-is-white grey is inverted; anything else is refused by name."""
+    import tifffile
+    from PIL import Image
+
+    idx = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    cmap = np.stack([np.arange(256) * 257, np.zeros(256), np.full(256, 65535)]).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "pal.tif", idx, photometric="palette", colormap=cmap)
+    arr, info = read_image(tmp_path / "pal.tif", mode=None)
+    assert info.mode == "RGB" and info.bit_depth == 8
+    np.testing.assert_allclose(arr[..., 0], idx / 255)
+    assert (arr[..., 1] == 0).all() and (arr[..., 2] == 1).all()
+
+    cmyk = np.random.default_rng(0).integers(0, 256, (5, 6, 4), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "cmyk.tif", cmyk, photometric="separated")
+    arr, info = read_image(tmp_path / "cmyk.tif", mode=None)
+    assert info.mode == "RGB" and not info.has_alpha
+    pillow = np.asarray(Image.fromarray(cmyk, "CMYK").convert("RGB")).astype(int)
+    assert np.abs(np.round(arr * 255).astype(int) - pillow).max() <= 1
+
+    tifffile.imwrite(tmp_path / "white.tif", np.array([[0, 65535, 1000]], np.uint16), photometric="miniswhite")
+    arr, info = read_image(tmp_path / "white.tif", mode=None)
+    np.testing.assert_allclose(arr[0, :, 0], [1, 0, 1 - 1000 / 65535], rtol=0, atol=1e-7)
+
+    tifffile.imwrite(tmp_path / "lab.tif", np.zeros((3, 3, 3), np.uint8), photometric="cielab")
+    with pytest.raises(ImageReadError, match="unsupported TIFF photometric interpretation CIELAB"):
+        read_image(tmp_path / "lab.tif")

@@ -206,3 +206,105 @@ def test_cli_compile_matches_eager(tmp_path, weights, monkeypatch):
     eager, _ = read_image(tmp_path / "eager.png", mode=None)
     compiled, _ = read_image(tmp_path / "compiled.png", mode=None)
     assert np.abs(eager.astype(np.float64) - compiled).max() <= 1 / 255
+
+
+def test_cli_refuses_colliding_outputs_before_writing(tmp_path, weights, capsys):
+    """Two inputs that would be written to one file, or an output that is another
+    input, stop the run before anything is written, with or without --overwrite."""
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(src / "a.png", np.full((20, 20, 3), 40, np.uint8))
+    Image.fromarray(np.full((20, 20, 3), 200, np.uint8)).save(src / "a.bmp")  # -> a.png too
+    before = (src / "a.png").read_bytes()
+    for extra in ([], ["--overwrite"]):
+        rc = main(["deblur", str(src), "-o", str(tmp_path / "out"), "--weights", str(weights)] + extra)
+        err = capsys.readouterr().err
+        assert rc == 2 and "would both be written to" in err and "a.bmp" in err
+        assert not (tmp_path / "out").exists()
+        rc = main(["deblur", str(src / "a.bmp"), str(src / "a.png"), "-o", str(src), "--weights", str(weights)]
+                  + extra)
+        assert rc == 2 and "would both be written to" in capsys.readouterr().err
+    (tmp_path / "d1").mkdir()
+    write_image(tmp_path / "d1" / "a.png", np.zeros((20, 20, 3), np.uint8))
+    rc = main(["deblur", str(src / "a.bmp"), str(tmp_path / "d1" / "a.png"), "-o", str(src), "--overwrite",
+               "--weights", str(weights)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "would both be written to" in err
+    rc = main(["deblur", str(src / "a.bmp"), "-o", str(src / "a.png"), "--overwrite", "--weights", str(weights)])
+    assert rc == 0  # one input, an explicit output file: replacing it is what --overwrite asks
+    write_image(src / "a.png", np.full((20, 20, 3), 40, np.uint8), overwrite=True)
+    assert (src / "a.png").read_bytes() == before
+    # the same file named twice is deblurred once
+    rc = main(["deblur", str(src / "a.png"), str(src / "a.png"), "-o", str(tmp_path / "twice"),
+               "--weights", str(weights)])
+    assert rc == 0 and sorted(p.name for p in (tmp_path / "twice").iterdir()) == ["a.png"]
+
+
+def test_cli_checks_output_device_and_inputs_up_front(tmp_path, weights, capsys):
+    write_image(tmp_path / "p.png", np.zeros((20, 20, 3), np.uint8))
+    write_image(tmp_path / "q.png", np.zeros((20, 20, 3), np.uint8))
+    (tmp_path / "empty").mkdir()
+    cases = [
+        ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.xyz")], "cannot write '.xyz' images"),
+        ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.bmp")], "cannot write '.bmp' images"),
+        ([str(tmp_path / "p.png"), str(tmp_path / "q.png"), "-o", str(tmp_path / "r.png")],
+         "2 inputs need an output folder"),
+        ([str(tmp_path / "empty"), "-o", str(tmp_path / "out")], "no images found"),
+        ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--device", "nonsense"],
+         "--device nonsense: not a torch device"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--device", "cuda"],
+                      "--device cuda: CUDA is not available"))
+    for args, message in cases:
+        rc = main(["deblur"] + args + ["--weights", str(weights)])
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err, (args, err)
+        assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "p.png", "q.png"]
+
+
+def test_cli_output_depth_follows_the_source(tmp_path, weights, capsys):
+    import tifffile
+
+    rng = np.random.default_rng(5)
+    write_image(tmp_path / "s16.png", (rng.random((20, 20, 3)) * 65535).astype(np.uint16))
+    tifffile.imwrite(tmp_path / "f.tif", rng.random((20, 20, 3), dtype=np.float32), photometric="rgb")
+    write_image(tmp_path / "rgba.png", (rng.random((20, 20, 4)) * 255).astype(np.uint8))
+    for src, dst, depth in (("s16.png", "a.jpeg", 8), ("s16.png", "a.JPG", 8), ("f.tif", "f.tif", 16),
+                            ("f.tif", "f.png", 16), ("s16.png", "b.tiff", 16)):
+        assert main(["deblur", str(tmp_path / src), "-o", str(tmp_path / "o" / dst), "--weights",
+                     str(weights)]) == 0, (src, dst, capsys.readouterr().err)
+        assert read_image(tmp_path / "o" / dst, mode=None)[1].bit_depth == depth, (src, dst)
+    rc = main(["deblur", str(tmp_path / "rgba.png"), "-o", str(tmp_path / "o" / "x.jpg"), "--weights", str(weights)])
+    assert rc == 1 and "JPEG cannot hold" in capsys.readouterr().err
+
+
+def test_api_refuses_or_converts_ambiguous_input(small_model, caplog):
+    rng = np.random.default_rng(6)
+    u8 = (rng.random((3, 16, 16)) * 255).astype(np.uint8)
+    with pytest.raises(TypeError, match="image tensor must be floating point in \\[0, 1\\], got torch.uint8"):
+        inik.deblur(torch.from_numpy(u8), small_model)
+    rgb = Image.fromarray(u8.transpose(1, 2, 0))
+    want = np.asarray(inik.deblur(rgb, small_model))
+    # modes that are colour in another form are converted, not deblurred as raw channels
+    for mode, out_mode in (("CMYK", "RGB"), ("YCbCr", "RGB"), ("P", "RGB")):
+        out = inik.deblur(rgb.convert(mode), small_model)
+        assert out.mode == out_mode, mode
+        ref = np.asarray(inik.deblur(rgb.convert(mode).convert("RGB"), small_model))
+        np.testing.assert_array_equal(np.asarray(out), ref)
+        if mode != "P":  # close to deblurring the RGB original (the conversions round; a palette quantises)
+            assert np.abs(np.asarray(out).astype(int) - want).mean() < 6, mode
+    assert inik.deblur(rgb.convert("1"), small_model).mode == "L"
+    pa = rgb.convert("P")
+    pa.info["transparency"] = 0
+    assert inik.deblur(pa, small_model).mode == "RGBA"
+    with pytest.raises(ValueError, match="PIL image mode 'F' is not supported"):
+        inik.deblur(rgb.convert("F"), small_model)
+    with caplog.at_level("WARNING", logger="inik"):
+        inik.deblur(rng.random((16, 16, 3)).astype(np.float32) * 255, small_model)
+    assert "outside [0, 1]" in caplog.text
+    out = inik.deblur(rng.random((16, 16, 3)).astype(np.float32), small_model, tile=np.int64(0))
+    assert out.shape == (16, 16, 3)
+    with pytest.raises(ValueError, match="overlap must be None \\(default\\) or a number of pixels, got 2.5"):
+        inik.deblur(rng.random((16, 16, 3)).astype(np.float32), small_model, tile=32, overlap=2.5)

@@ -184,20 +184,53 @@ def _is_tiff(path) -> bool:
 
 
 def _read_tiff(path) -> tuple[np.ndarray, int, int]:
-    """First page of a TIFF as (H, W, C) native dtype, bit depth, orientation."""
+    """First page of a TIFF as (H, W, C) native dtype, bit depth, orientation.
+
+    Grey (black or white is zero), RGB, palette (its colour map applied, 8 bits) and
+    CMYK (converted to RGB as Pillow converts CMYK JPEGs: R = (1 - C)(1 - K), no
+    colour management); any other photometric interpretation is refused."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         arr = page.asarray()
+        photometric = int(page.photometric)
         separate_planes = int(page.planarconfig) == 2
         tag = page.tags.get(_EXIF_ORIENTATION)
         orientation = int(tag.value) if tag is not None else 1
+        inkset = page.tags.get(332)  # InkSet: 1 (or absent) = CMYK
+        colormap = page.colormap if photometric == 3 else None
+        compression = int(page.compression)
     if arr.ndim == 3 and separate_planes:
         arr = np.moveaxis(arr, 0, -1)  # (C, H, W) planes -> interleaved (H, W, C)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4, 5):
+        raise _error(path, f"unsupported TIFF layout {arr.shape}")
+    if photometric == 3:  # palette: indices into a 16-bit colour map
+        if colormap is None or arr.shape[2] != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise _error(path, "palette TIFF without a usable colour map")
+        arr = (np.asarray(colormap)[:, arr[:, :, 0]].transpose(1, 2, 0) >> 8).astype(np.uint8)
+    elif photometric == 5:  # separated: CMYK (+ alpha)
+        if (inkset is not None and int(inkset.value) != 1) or arr.shape[2] not in (4, 5):
+            raise _error(path, f"unsupported separated (ink) TIFF with {arr.shape[2]} samples; only CMYK is read")
+        top = 1.0 if np.issubdtype(arr.dtype, np.floating) else float(np.iinfo(arr.dtype).max)
+        cmy, k = arr[:, :, :3].astype(np.float64), arr[:, :, 3:4].astype(np.float64)
+        rgb = (top - cmy) * (top - k) / top
+        rgb = rgb.astype(arr.dtype) if arr.dtype.kind == "f" else np.round(rgb).astype(arr.dtype)
+        arr = np.concatenate([rgb, arr[:, :, 4:]], axis=2)
+    elif photometric == 0:  # white is zero
+        if arr.shape[2] not in (1, 2):
+            raise _error(path, f"unsupported min-is-white TIFF with {arr.shape[2]} samples")
+        top = 1.0 if np.issubdtype(arr.dtype, np.floating) else np.iinfo(arr.dtype).max
+        arr = np.concatenate([(top - arr[:, :, :1]).astype(arr.dtype), arr[:, :, 1:]], axis=2)
+    elif photometric == 6 and compression in (6, 7):
+        pass  # JPEG-compressed YCbCr: tifffile decodes it to RGB
+    elif photometric not in (1, 2):
+        name = getattr(tifffile.PHOTOMETRIC(photometric), "name", str(photometric))
+        raise _error(path, f"unsupported TIFF photometric interpretation {name} (grey, RGB, palette or CMYK "
+                           f"are read)")
+    if arr.shape[2] == 5:
         raise _error(path, f"unsupported TIFF layout {arr.shape}")
     if arr.dtype == np.uint8:
         depth = 8
