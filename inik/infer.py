@@ -420,6 +420,10 @@ def run(args) -> int:
         print(f"inik deblur: --tile must be 0 (whole image) or at least {MIN_SIZE} pixels, "
               f"got {args.tile}", file=sys.stderr)
         return 2
+    if args.overlap is not None and (args.overlap < 0 or (args.tile and args.overlap > 3 * args.tile // 4)):
+        print(f"inik deblur: --overlap must be in [0, 3/4 of --tile], got {args.overlap}"
+              + (f" for --tile {args.tile}" if args.tile else ""), file=sys.stderr)
+        return 2
     try:
         _check_device(args.device)
         plan = _plan(args.inputs, args.output)
