@@ -1,4 +1,4 @@
-"""Time the model's 3x3 convolutions on the CPU: oneDNN against Winograd F(4x4, 3x3).
+"""Time the model's 3x3 convolutions on the CPU: oneDNN against Winograd F(4x4, 3x3) and F(6x6, 3x3).
 
     python benchmarks/bench_conv.py                      # the shapes of a 640x640 forward, fp32 and bf16
     python benchmarks/bench_conv.py --size 320 --dtypes float32 --out conv.json
@@ -8,9 +8,11 @@ inference forward at ``--size`` (found by running the model once with hooks),
 with how often each occurs. For each shape and dtype: ``direct`` is what the
 model runs without Winograd (``conv3x3_reflect_borders``: oneDNN's zero-padded
 convolution, border rows and columns recomputed with reflect padding);
-``winograd`` is ``inik.ops.winograd.conv3x3`` with reflect padding. Prints the
-median times, their ratio, and the forward's total over all occurrences (what
-the convolutions cost one forward); writes CSV or JSON with ``--out``.
+``F(4x4)`` and ``F(6x6)`` are ``inik.ops.winograd.conv3x3`` with reflect padding
+and each tile size; ``auto`` is the tile size the model's calls take
+(``inik.ops.winograd.tile_for``), and ``ratio`` direct over it. Prints the
+median times and the forward's totals over all occurrences (what the
+convolutions cost one forward); writes CSV or JSON with ``--out``.
 The CPU's allocator setting of ``inik deblur`` is applied, as in bench_model.
 
 To see what a CPU with AVX2 only would get, hold oneDNN, PyTorch and the Winograd
@@ -90,29 +92,38 @@ def main(argv=None) -> int:
           f"{len(shapes)} shapes")
     rows, totals = [], collections.defaultdict(float)
     gen = torch.Generator().manual_seed(0)
-    print(f"{'dtype':9s} {'Ci->Co':>9s} {'H x W':>11s} {'n':>3s} {'direct ms':>10s} {'winograd ms':>12s} {'ratio':>6s}")
+    print(f"{'dtype':9s} {'Ci->Co':>9s} {'H x W':>11s} {'n':>3s} {'direct ms':>10s} {'F(4x4) ms':>10s} "
+          f"{'F(6x6) ms':>10s} {'auto':>5s} {'ratio':>6s}")
     for dname in dtypes:
         dtype = DTYPES[dname]
         for (ci, co, h, w), n in sorted(shapes.items(), key=lambda kv: -kv[0][0] * kv[0][1] * kv[0][2] * kv[0][3]):
             x = torch.randn(1, ci, h, w, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
             weight = (torch.randn(co, ci, 3, 3, generator=gen) / (3 * ci ** 0.5)).to(dtype)
+            runs = {"direct": lambda: conv3x3_reflect_borders(x, weight, 1)}
+            for tile in winograd.TILES:
+                runs[tile] = lambda tile=tile: winograd.conv3x3(x, weight, padding_mode="reflect", tile=tile)
+            t = {}
             with torch.no_grad():
-                conv3x3_reflect_borders(x, weight, 1), winograd.conv3x3(x, weight, padding_mode="reflect")  # warm-up
-                t_direct, _ = measure(lambda: conv3x3_reflect_borders(x, weight, 1), device, args.reps, args.min_ms)
-                t_wino, _ = measure(lambda: winograd.conv3x3(x, weight, padding_mode="reflect"), device,
-                                    args.reps, args.min_ms)
-            totals[(dname, "direct")] += n * t_direct
-            totals[(dname, "winograd")] += n * t_wino
+                for key, fn in runs.items():
+                    fn()  # warm-up
+                    t[key], _ = measure(fn, device, args.reps, args.min_ms)
+            auto = winograd.tile_for(h, w)  # what the model's calls (tile=0) run
+            for key in ("direct",) + winograd.TILES:
+                totals[(dname, key)] += n * t[key]
+            totals[(dname, "winograd")] += n * t[auto]
             rows.append({"dtype": dname, "ci": ci, "co": co, "h": h, "w": w, "count": n,
-                         "direct_ms": round(t_direct, 3), "winograd_ms": round(t_wino, 3),
-                         "speedup": round(t_direct / t_wino, 3)})
-            print(f"{dname:9s} {f'{ci}->{co}':>9s} {f'{h}x{w}':>11s} {n:3d} {t_direct:10.2f} {t_wino:12.2f} "
-                  f"{t_direct / t_wino:6.2f}")
+                         "direct_ms": round(t["direct"], 3), "f4_ms": round(t[4], 3), "f6_ms": round(t[6], 3),
+                         "tile": auto, "winograd_ms": round(t[auto], 3),
+                         "speedup": round(t["direct"] / t[auto], 3)})
+            print(f"{dname:9s} {f'{ci}->{co}':>9s} {f'{h}x{w}':>11s} {n:3d} {t['direct']:10.2f} {t[4]:10.2f} "
+                  f"{t[6]:10.2f} {auto:5d} {t['direct'] / t[auto]:6.2f}")
     for dname in dtypes:
         d, wgr = totals[(dname, "direct")], totals[(dname, "winograd")]
         print(f"{dname}: all of one forward's 3x3 stride-1 convolutions: direct {d:.0f} ms, "
-              f"winograd {wgr:.0f} ms ({d / wgr:.2f}x)")
-        meta[f"total_ms_{dname}"] = {"direct": round(d, 1), "winograd": round(wgr, 1)}
+              f"winograd {wgr:.0f} ms ({d / wgr:.2f}x; all F(4x4) {totals[(dname, 4)]:.0f} ms, "
+              f"all F(6x6) {totals[(dname, 6)]:.0f} ms)")
+        meta[f"total_ms_{dname}"] = {"direct": round(d, 1), "winograd": round(wgr, 1),
+                                     "f4": round(totals[(dname, 4)], 1), "f6": round(totals[(dname, 6)], 1)}
     if args.out:
         _write(args.out, rows, meta)
         print(f"wrote {args.out}")

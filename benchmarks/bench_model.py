@@ -86,7 +86,9 @@ def _conv_path(device: torch.device) -> str:
     setting = f"{winograd.ENV}={os.environ.get(winograd.ENV, 'auto')}"
     if not _ext.is_built() or not winograd.enabled():
         return f"oneDNN ({setting})"
-    return f"Winograd F(4x4, 3x3), {winograd.isa()} kernel ({setting})"
+    tile = os.environ.get("INIK_WINOGRAD_TILE", "")
+    tiles = f"F({tile}x{tile}, 3x3) (INIK_WINOGRAD_TILE)" if tile else "F(6x6, 3x3) from 128x128 up, F(4x4, 3x3) below"
+    return f"Winograd {tiles}, {winograd.isa()} kernel ({setting})"
 
 
 def amp_dtype(mode: str):

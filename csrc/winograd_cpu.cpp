@@ -27,6 +27,7 @@
 // for a lesser one, for tests and timings).
 //
 //   inik::conv3x3_winograd_isa() -> str: the kernel that calls run now ("avx512", "avx2", "generic").
+//   inik::conv3x3_winograd_tile(H, W) -> int: the tile side tile=0 picks for an H x W image.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -437,6 +438,11 @@ int pick_tile(int64_t tile, int64_t H, int64_t W) {
   return static_cast<int>(tile);
 }
 
+int64_t conv3x3_winograd_tile(int64_t H, int64_t W) {
+  TORCH_CHECK(H >= 1 && W >= 1, msg("conv3x3_winograd_tile: H and W must be at least 1, got ", H, " x ", W));
+  return pick_tile(0, H, W);
+}
+
 constexpr auto kCL = at::MemoryFormat::ChannelsLast;
 
 at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias_,
@@ -520,6 +526,7 @@ TORCH_LIBRARY_FRAGMENT(inik, m) {
       "conv3x3_winograd(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, str padding_mode, bool relu, "
       "int tile=0) -> Tensor");
   m.def("conv3x3_winograd_isa() -> str", &inik::wino::conv3x3_winograd_isa);
+  m.def("conv3x3_winograd_tile(int H, int W) -> int", &inik::wino::conv3x3_winograd_tile);
 }
 
 TORCH_LIBRARY_IMPL(inik, CPU, m) { m.impl("conv3x3_winograd", &inik::wino::conv3x3_winograd); }

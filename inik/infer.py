@@ -347,10 +347,8 @@ def configure_parser(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
-WRITABLE = (".png", ".tif", ".tiff", ".jpg", ".jpeg")  # what write_image writes
-
-
 def _output_path(src: Path, root: Optional[Path], out: Path, single: bool) -> Path:
+    from .data.io import WRITE_EXTENSIONS as WRITABLE
     if single and out.suffix and not out.is_dir():
         return out
     rel = src.relative_to(root) if root is not None else Path(src.name)
@@ -361,6 +359,7 @@ def _output_path(src: Path, root: Optional[Path], out: Path, single: bool) -> Pa
 def _plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
     """(input, output) for every input file, checked before any is written: one output
     per input, none of them another input. Raises ValueError saying what is wrong."""
+    from .data.io import WRITE_EXTENSIONS as WRITABLE
     files = _expand(inputs)
     seen, unique = set(), []
     for src, root in files:  # the same file named twice (or through a link) is deblurred once

@@ -84,4 +84,7 @@ def test_bench_conv_times_every_shape_of_the_model(tmp_path):
     # the U-Net's and the recurrent cells' shapes at the three levels, 3->32 included
     assert {(r["ci"], r["co"]) for r in rows} >= {(3, 32), (32, 32), (64, 64), (128, 128), (64, 32)}
     assert sum(r["count"] for r in rows) == data["meta"]["convolutions"]
-    assert all(r["direct_ms"] > 0 and r["winograd_ms"] > 0 for r in rows)
+    assert all(r["direct_ms"] > 0 and r["f4_ms"] > 0 and r["f6_ms"] > 0 for r in rows)
+    # "winograd" is the tile size the model's calls take for that shape
+    assert all(r["winograd_ms"] == r["f4_ms" if r["tile"] == 4 else "f6_ms"] for r in rows)
+    assert {r["tile"] for r in rows if r["h"] >= 64} == {4}  # F(6x6) only from 128x128 pixels up

@@ -170,10 +170,12 @@ def test_automatic_tile_size(monkeypatch):
         auto = winograd.conv3x3(x, wt, padding_mode="reflect")
         assert torch.equal(auto, winograd.conv3x3(x, wt, padding_mode="reflect", tile=tile)), (h, w)
         assert not torch.equal(auto, winograd.conv3x3(x, wt, padding_mode="reflect", tile=10 - tile)), (h, w)
+        assert winograd.tile_for(h, w) == tile
     x, wt, _, _ = make(1, 16, 16, 20, 20)
     for tile in winograd.TILES:
         monkeypatch.setenv("INIK_WINOGRAD_TILE", str(tile))
         assert torch.equal(winograd.conv3x3(x, wt), winograd.conv3x3(x, wt, tile=tile))
+        assert winograd.tile_for(20, 20) == tile
     monkeypatch.setenv("INIK_WINOGRAD_TILE", "5")
     with pytest.raises(RuntimeError, match="INIK_WINOGRAD_TILE must be 4 or 6, got '5'"):
         winograd.conv3x3(x, wt)

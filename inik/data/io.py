@@ -37,6 +37,7 @@ from PIL import Image
 __all__ = [
     "ImageInfo",
     "IMAGE_EXTENSIONS",
+    "WRITE_EXTENSIONS",
     "ImageReadError",
     "read_image",
     "read_image_info",
@@ -48,6 +49,8 @@ __all__ = [
 
 #: File suffixes (lower case) treated as images when scanning folders.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+#: File suffixes (lower case) :func:`write_image` writes.
+WRITE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -431,7 +434,7 @@ def write_image(
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16; got {bit_depth} (writing {path})")
     suffix = path.suffix.lower()
-    if suffix not in (".png", ".tif", ".tiff", ".jpg", ".jpeg"):
+    if suffix not in WRITE_EXTENSIONS:
         raise ValueError(f"{path}: unsupported suffix {path.suffix!r}; use .png, .tif, .tiff, .jpg or .jpeg")
     if suffix in (".jpg", ".jpeg"):
         if bit_depth != 8:

@@ -63,6 +63,14 @@ def isa() -> str:
     return torch.ops.inik.conv3x3_winograd_isa()
 
 
+def tile_for(height: int, width: int) -> int:
+    """The output tile side (4 or 6) :func:`conv3x3` with ``tile=0`` uses for a
+    ``height x width`` image (``INIK_WINOGRAD_TILE`` may fix it, for tests and timings)."""
+    if not _ext.is_built():
+        raise RuntimeError(f"inik.ops.winograd needs the C++ extension: {_ext.build_hint()}")
+    return torch.ops.inik.conv3x3_winograd_tile(int(height), int(width))
+
+
 def enabled() -> bool:
     """Whether the model may use Winograd convolutions here (``INIK_WINOGRAD``)."""
     value = os.environ.get(ENV, "").strip().lower()
