@@ -420,10 +420,11 @@ int64_t gemm_cost(int m, int64_t H, int64_t W) {
 
 // tile = 0: INIK_WINOGRAD_TILE (4 or 6, for tests and timings) if set, else F(6x6, 3x3)
 // for images of at least 128x128 pixels where it needs fewer multiplies, F(4x4, 3x3)
-// otherwise. Measured on the model's shapes (2-core AVX-512 CPU, bench_conv.py): F(6x6)
-// is 1.05-1.16x faster in bfloat16 from 160x160 up (up to 1.15x in float32, where the
-// 640x640 layers gain nothing), but 0.74-0.99x at 80x80 and 40x40, where its larger
-// transformed weights and tiles cost more than its fewer multiplies save.
+// otherwise. Measured on the model's shapes (2-core AVX-512 CPU, bench_conv.py): from
+// 160x160 up F(6x6) is 1.0-1.4x faster in bfloat16 and 0.9-1.1x in float32 (a 640x640
+// bf16 forward 1.08x faster in all), but 0.7-0.95x at 80x80 and 40x40, where its larger
+// transformed weights (64 positions, not 36) and partial tiles cost more than its fewer
+// multiplies save.
 int pick_tile(int64_t tile, int64_t H, int64_t W) {
   if (tile == 0) {
     const char* env = std::getenv("INIK_WINOGRAD_TILE");

@@ -6,8 +6,9 @@ then ReLU if asked, with the native op ``torch.ops.inik.conv3x3_winograd``
 block of outputs instead of 144, or 64 for every 6x6 block instead of 324,
 padding applied by index (no padded copy), the residual add and ReLU fused into
 the output transform. The op takes F(6x6, 3x3) for images of at least 128x128
-pixels, where it was measured 1.05-1.16x faster than F(4x4, 3x3) in bfloat16,
-and F(4x4, 3x3) below (``tile`` or ``INIK_WINOGRAD_TILE=4|6`` choose). A 64 -> 64
+pixels, where it was measured up to 1.4x faster than F(4x4, 3x3) per layer in
+bfloat16 (a whole 640x640 bf16 forward 1.08x), and F(4x4, 3x3) below
+(:func:`tile_for` says which; ``tile`` or ``INIK_WINOGRAD_TILE=4|6`` choose). A 64 -> 64
 channel convolution of a 640x640 float32 image takes about 51 ms here against oneDNN's
 135-143 ms (2-core AVX-512 CPU, ``benchmarks/RESULTS.md``); bfloat16 input is
 computed in float32 and rounded once (about 50 against 66-71 ms). The kernel
