@@ -178,6 +178,8 @@ def run_one(spec: dict) -> dict:
     if device.type == "cpu" and mode != "baseline" and mode != "fast-system-malloc":
         if not keep_freed_memory():
             print("note: the allocator setting is unavailable here (not glibc)", file=sys.stderr)
+    if spec.get("cudnn_benchmark"):
+        torch.backends.cudnn.benchmark = True  # time cuDNN's algorithms per shape first, keep the fastest
     torch.manual_seed(0)
     state = inik.INIKNet().state_dict()
     model = build(mode, state, device)
@@ -221,6 +223,8 @@ def main(argv=None) -> int:
                                    f"known: {', '.join(KNOWN_MODES)}")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--min-ms", type=float, default=20_000, help="CPU: stop repeating after this much time")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="GPU: torch.backends.cudnn.benchmark in every mode (cuDNN times its algorithms first)")
     p.add_argument("--out", help="write rows to .csv or .json")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -240,7 +244,8 @@ def main(argv=None) -> int:
           f"3x3 convolutions of the fast path at inference: {conv}\n"
           f"threads: {torch.get_num_threads()}; every mode runs in its own process", flush=True)
     rows = []
-    base_spec = {"device": str(device), "reps": args.reps, "min_ms": args.min_ms}
+    base_spec = {"device": str(device), "reps": args.reps, "min_ms": args.min_ms,
+                 "cudnn_benchmark": args.cudnn_benchmark}
 
     def record(task, mode, spec):
         if task.startswith("train") and mode.endswith("-graph"):
@@ -271,7 +276,7 @@ def main(argv=None) -> int:
     if args.out:
         out = Path(args.out)
         meta = {"device": _device_name(device), "versions": _versions(device), "threads": torch.get_num_threads(),
-                "fast_path_convolutions": conv}
+                "fast_path_convolutions": conv, "cudnn_benchmark": args.cudnn_benchmark}
         if out.suffix == ".json":
             out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
         else:

@@ -52,5 +52,7 @@ TAIL=16 step bench_ifm_bf16 50 $PY benchmarks/bench_ifm.py --dtype bfloat16 --ba
     --out "$LOGS/bench_ifm_bf16.json"
 TAIL=14 step bench_model 170 $PY benchmarks/bench_model.py --sizes 640 \
     --modes baseline,fast,fast-bf16,fast-bf16-graph,fast-bf16-compiled-graph --out "$LOGS/bench_model.json"
+TAIL=6 step bench_model_cudnn 90 $PY benchmarks/bench_model.py --sizes 640 --no-train --cudnn-benchmark \
+    --modes fast-bf16,fast-bf16-graph --out "$LOGS/bench_model_cudnn.json"
 TAIL=45 step profile_model 60 $PY benchmarks/profile_model.py --size 640 --mode fast-bf16 --rows 30
 echo "done $(date +%T)"
