@@ -63,7 +63,7 @@ def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Option
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
         scores = evaluate(x[0], sharp, lpips=lpips)
-        rows.append({"name": Path(pair.blurry).name, **scores, "seconds": seconds})
+        rows.append({"name": pair.name, **scores, "seconds": seconds})
     keys = [k for k in ("psnr", "ssim", "mae", "lpips", "seconds") if rows and k in rows[0]]
     mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     return {"mean": mean, "images": rows}
@@ -74,7 +74,8 @@ def configure_parser(p) -> None:
     p.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
     p.add_argument("--split", default="test", help="DPDD split (default test)")
     p.add_argument("--weights", help="INIKNet safetensors file (default: the bundled weights)")
-    p.add_argument("--out", required=True, help="report JSON path (a CSV is written beside it)")
+    p.add_argument("--out", required=True, help="report .json path (the per-image CSV is written beside it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--device", default="cpu")
     p.add_argument("--tile", type=int, default=None)
     p.add_argument("--bits", choices=["8", "native"], default="8",
@@ -85,19 +86,52 @@ def configure_parser(p) -> None:
                    help="score the blurry inputs themselves instead of a model's output")
 
 
+def _check_out(out: Path, overwrite: bool) -> Path:
+    """The CSV path beside the report; ValueError when ``--out`` cannot be written."""
+    if out.suffix.lower() != ".json":
+        raise ValueError(f"--out {out}: name a .json report (the per-image CSV is written beside it)")
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a folder; name a .json report")
+    csv_path = out.with_suffix(".csv")
+    for path in (out, csv_path):
+        if path.exists() and not overwrite:
+            raise ValueError(f"--out: {path} exists (pass --overwrite to replace it)")
+    return csv_path
+
+
+def _check_images(pairs, bits: str) -> None:
+    """What would fail half-way through, checked before any image is scored."""
+    from .data.io import _is_tiff, read_image_info
+    for pair in pairs:
+        for path in (pair.blurry, pair.sharp):
+            width, height = read_image_info(path)
+            if min(width, height) < 7:
+                raise ValueError(f"{path}: {width}x{height} is too small for SSIM's 7x7 window")
+            if bits == "8" and _is_tiff(path):  # float TIFFs have no 8-bit reading
+                import tifffile
+                with tifffile.TiffFile(path) as tif:
+                    if tif.pages[0].dtype is not None and tif.pages[0].dtype.kind == "f":
+                        raise ValueError(f"{path}: a floating-point image cannot be read as 8-bit; use --bits native")
+
+
 def run(args) -> int:
     from .data.pairs import find_pairs
+    from .infer import check_device
     from .losses import MissingWeightsError
     from .metrics import LPIPSMetric
     try:
+        csv_path = _check_out(Path(args.out), args.overwrite)
+        check_device(args.device)
+        if args.tile is not None and args.tile != 0 and args.tile < 32:
+            raise ValueError(f"--tile must be 0 (whole image) or at least 32 pixels, got {args.tile}")
         pairs = find_pairs(args.data, layout=args.layout, split=args.split)
+        if not pairs:
+            raise ValueError(f"no image pairs in {args.data}")
+        _check_images(pairs, args.bits)
+        model, trained = (None, False) if args.identity else load_model(args.weights, device=args.device)
     except (OSError, ValueError) as exc:
         print(f"inik eval: {exc}", file=sys.stderr)
         return 2
-    if not pairs:
-        print(f"inik eval: no image pairs in {args.data}", file=sys.stderr)
-        return 2
-    model, trained = (None, False) if args.identity else load_model(args.weights, device=args.device)
     if not trained and not args.identity:
         print("inik eval: WARNING: evaluating an UNTRAINED model (no weights given or bundled)", file=sys.stderr)
     lpips = None
@@ -106,18 +140,19 @@ def run(args) -> int:
             lpips = LPIPSMetric(args.device)
         except MissingWeightsError as exc:
             if args.lpips == "on":
-                print(f"inik eval: {exc}", file=sys.stderr)
+                print(f"inik eval: {exc} (or --lpips off)", file=sys.stderr)
                 return 2
             print(f"inik eval: LPIPS skipped: {exc}", file=sys.stderr)
     report = evaluate_folder(model, pairs, bits=args.bits, device=args.device, tile=args.tile,
                              lpips=lpips, progress=True)
-    report.update(data=str(args.data), weights="identity" if args.identity else str(args.weights or "default"),
-                  trained=trained,
-                  device=str(args.device), bits=args.bits)
+    report.update(data=str(args.data), layout=args.layout, split=args.split,
+                  weights="identity" if args.identity else str(args.weights or "default"),
+                  trained=trained, device=str(args.device), bits=args.bits, tile=args.tile,
+                  lpips=lpips is not None)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
+    with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(report["images"][0]))
         w.writeheader()
         w.writerows(report["images"])

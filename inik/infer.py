@@ -391,7 +391,7 @@ def _plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
     return plan
 
 
-def _check_device(device: str) -> torch.device:
+def check_device(device: str) -> torch.device:
     """The torch device named by --device, usable here; ValueError saying why not."""
     try:
         dev = torch.device(device)
@@ -424,7 +424,7 @@ def run(args) -> int:
               + (f" for --tile {args.tile}" if args.tile else ""), file=sys.stderr)
         return 2
     try:
-        _check_device(args.device)
+        check_device(args.device)
         plan = _plan(args.inputs, args.output)
     except ValueError as exc:
         print(f"inik deblur: {exc}", file=sys.stderr)

@@ -79,26 +79,87 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise ValueError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        for name in ("lr", "max_blur"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("mse_weight", "freq_weight", "lpips_weight", "vgg_weight", "workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
+        if not 0 <= self.photo_prob <= 1:
+            raise ValueError(f"photo_prob must be in [0, 1], got {self.photo_prob}")
+        if self.val_images < 1:
+            raise ValueError(f"val_images must be >= 1, got {self.val_images}")
         INIKNetConfig(**self.model)  # validates the model fields early
 
 
-def load_config(path: Optional[str], overrides: dict) -> TrainConfig:
-    """A TrainConfig from a JSON/TOML file (optional) plus overrides (None values ignored)."""
-    values: dict = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"--config: no file {path!r}")
+# The type each TrainConfig field takes from a config file (ints are accepted for floats).
+_FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "Optional[str]": (str, type(None)),
+                "bool": (bool,), "dict": (dict,)}
+
+
+def _check_types(values: dict, where: str) -> dict:
+    """``values`` with each key's value checked against its TrainConfig field type."""
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    for key, value in values.items():
+        allowed = _FIELD_TYPES[str(types[key])]
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            raise ValueError(f"{where}: key {key!r} must be {str(types[key]).replace('Optional[str]', 'a string or null')}"
+                             f", got {value!r}")
+        if float in allowed and not isinstance(value, bool):
+            values[key] = float(value)
+    return values
+
+
+def read_config_file(path: str) -> dict:
+    """The TrainConfig fields a JSON/TOML file sets, checked by name and type."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--config: no file {path!r}")
+    try:
         if p.suffix.lower() == ".toml":
             import tomllib
             values = tomllib.loads(p.read_text())
         else:
             values = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:  # json and tomllib decode errors are ValueErrors
+        raise ValueError(f"--config {path}: not valid {'TOML' if p.suffix.lower() == '.toml' else 'JSON'}: "
+                         f"{exc}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path}: must hold an object of TrainConfig fields, got {type(values).__name__}")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"--config {path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    return _check_types(values, f"--config {path}")
+
+
+def load_config(path: Optional[str], overrides: dict) -> TrainConfig:
+    """A TrainConfig from a JSON/TOML file (optional) plus overrides (None values ignored)."""
+    values = read_config_file(path) if path else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values)
+
+
+# What may change when a run is resumed: how long it runs, how often it logs and saves,
+# where its data lives, how many loader workers, and --init (ignored on resume).
+RESUMABLE = ("iters", "log_every", "val_every", "ckpt_every", "workers", "data", "val_data", "init", "out")
+
+
+def resumed_config(saved: dict, requested: dict, where: str) -> TrainConfig:
+    """The config of a resumed run: the one it was saved with, updated by ``requested``
+    (the fields set by --config and flags) where :data:`RESUMABLE` allows; a request
+    to change anything else is a ValueError naming it."""
+    values = dict(saved)
+    for key, value in requested.items():
+        if value is None or value == saved.get(key):
+            continue
+        if key not in RESUMABLE:
+            raise ValueError(f"--resume: {key} = {value!r} differs from the run's {saved.get(key)!r} ({where}); a "
+                             f"resumed run keeps its settings (it may change {', '.join(RESUMABLE)}) - start a new "
+                             f"run with --init to change them")
+        values[key] = value
     return TrainConfig(**values)
 
 
@@ -151,8 +212,15 @@ def _synthetic(cfg: TrainConfig, held_out: bool, seed: int):
     from .data.io import list_images
     photos = None
     if cfg.dataset == "synthetic" and cfg.data:
-        train_photos, held_photos = split_photos(list_images(cfg.data, recursive=True), held_out=0.1, seed=0)
+        found = list_images(cfg.data, recursive=True)
+        if not found:
+            raise ValueError(f"--data {cfg.data}: no images found for synthetic training")
+        train_photos, held_photos = split_photos(found, held_out=0.1, seed=0)
         photos = held_photos if held_out else train_photos
+        if held_out and not photos:  # one photo: nothing to hold out
+            import logging
+            logging.getLogger("inik").warning("--data %s has one photo: validating on procedural scenes", cfg.data)
+            photos = None
     return SyntheticDefocusDataset(photos, SyntheticConfig(size=cfg.crop, max_radius=cfg.max_blur, photo_prob=cfg.photo_prob),
                                    length=2**62, seed=seed)
 
@@ -258,6 +326,25 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out}: exists and is not a folder")
+    state_path = out / "last.state.pt"
+    state = None
+    if resume:
+        if not state_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint in {out} (expected {state_path})")
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        saved = state["config"]
+        changed = [k for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE and saved.get(k) != v]
+        if changed:
+            raise ValueError(f"--resume: the run in {out} was saved with other settings ({', '.join(changed)}): "
+                             f"resume it with its own (inik.train.resumed_config) or start a new run")
+        if cfg.iters <= state["iteration"]:
+            raise ValueError(f"--resume: the run in {out} is at iteration {state['iteration']} already; ask for more "
+                             f"with --iters (got {cfg.iters})")
+    elif state_path.exists() or (out / "last.safetensors").exists():
+        raise FileExistsError(f"--out {out} holds a run already: pass --resume to continue it, or choose another "
+                              f"--out (nothing was changed)")
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
@@ -267,11 +354,7 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
     start = 0
     if cfg.init and not resume:
         init_weights(model, cfg.init)
-    if resume:
-        state_path = out / "last.state.pt"
-        if not state_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint in {out} (expected {state_path})")
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -382,17 +465,32 @@ def configure_parser(p) -> None:
 
 
 def run(args) -> int:
+    from .data.io import ImageReadError
+    from .infer import check_device
+    from .losses import MissingWeightsError
     keys = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in keys}
     try:
-        cfg = load_config(args.config, overrides)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
+        if args.device:
+            check_device(args.device)
+        if args.resume:
+            requested = {**(read_config_file(args.config) if args.config else {}),
+                         **{k: v for k, v in overrides.items() if v is not None}}
+            out = Path(requested.get("out") or TrainConfig.out)
+            state_path = out / "last.state.pt"
+            if not state_path.is_file():
+                raise FileNotFoundError(f"--resume: no checkpoint in {out} (expected {state_path})")
+            saved = torch.load(state_path, map_location="cpu", weights_only=False)["config"]
+            cfg = resumed_config(saved, requested, str(state_path))
+        else:
+            cfg = load_config(args.config, overrides)
+    except (ValueError, OSError, TypeError) as exc:
         print(f"inik train: {exc}", file=sys.stderr)
         return 2
-    from .losses import MissingWeightsError
     try:
         train(cfg, resume=args.resume, device=args.device, progress=args.progress)
-    except (MissingWeightsError, FileNotFoundError, NotADirectoryError) as exc:
+    except (MissingWeightsError, ImageReadError, OSError, ValueError) as exc:
+        # bad data, a bad --init or --out, settings the data cannot serve (a crop larger than the images)
         print(f"inik train: {exc}", file=sys.stderr)
         return 2
     out = Path(cfg.out)

@@ -85,9 +85,11 @@ def test_init_fine_tunes_from_weights(tmp_path):
     assert tuned.config.zero_mean_atoms
     inik.INIKNet(width=4, scales=4, atoms=3).save(tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="other.safetensors.*does not match"):
-        train(_cfg(tmp_path, data, iters=1, init=str(tmp_path / "other.safetensors")), progress=False)
+        train(_cfg(tmp_path, data, iters=1, init=str(tmp_path / "other.safetensors"), out=str(tmp_path / "r2")),
+              progress=False)
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
-        train(_cfg(tmp_path, data, iters=1, init=str(tmp_path / "missing.safetensors")), progress=False)
+        train(_cfg(tmp_path, data, iters=1, init=str(tmp_path / "missing.safetensors"), out=str(tmp_path / "r3")),
+              progress=False)
 
 
 def test_failed_save_keeps_the_last_checkpoint(tmp_path, monkeypatch):
@@ -182,12 +184,12 @@ def test_eval_matches_skimage(tmp_path):
                "--lpips", "off"])
     assert rc == 0
     report = json.loads(report_path.read_text())
-    assert [r["name"] for r in report["images"]] == ["img0.png", "img1.png"]
+    assert [r["name"] for r in report["images"]] == ["img0", "img1"]  # the pair names (unique in a dataset)
     from PIL import Image
     psnrs = []
     for row in report["images"]:
-        blurry = np.asarray(Image.open(data / "source" / row["name"]), dtype=np.float64) / 255
-        sharp = np.asarray(Image.open(data / "target" / row["name"]), dtype=np.float64) / 255
+        blurry = np.asarray(Image.open(data / "source" / f"{row['name']}.png"), dtype=np.float64) / 255
+        sharp = np.asarray(Image.open(data / "target" / f"{row['name']}.png"), dtype=np.float64) / 255
         with torch.no_grad():
             out = model(torch.from_numpy(blurry.transpose(2, 0, 1)).float()[None])[0]
         out = np.clip(out.double().numpy().transpose(1, 2, 0), 0, 1)
@@ -232,3 +234,106 @@ def test_eval_identity_scores_the_input(tmp_path):
     blurry = np.asarray(Image.open(data / "source" / "img0.png"), dtype=np.float64) / 255
     sharp = np.asarray(Image.open(data / "target" / "img0.png"), dtype=np.float64) / 255
     assert row["psnr"] == pytest.approx(peak_signal_noise_ratio(sharp, blurry, data_range=1), abs=1e-6)
+
+
+def _config_file(tmp_path, data, **kw):
+    values = dict(dataset="folder", data=str(data), crop=32, batch=1, lpips_weight=0.0, workers=0, log_every=1,
+                  val_every=1000, ckpt_every=1000, val_images=1, model=SMALL, amp="off")
+    values.update(kw)
+    path = tmp_path / f"cfg{len(list(tmp_path.glob('cfg*.json')))}.json"
+    path.write_text(json.dumps(values))
+    return str(path)
+
+
+def test_resume_keeps_the_runs_settings(tmp_path, capsys):
+    """--resume takes the settings the run was saved with (a flag may extend --iters,
+    not change the loss or the seed), refuses conflicting ones by name, and a new run
+    never replaces an existing one."""
+    data = _pairs_folder(tmp_path / "data")
+    out = str(tmp_path / "run")
+    cfg = _config_file(tmp_path, data, iters=2, seed=5, freq_weight=0.5)
+    assert main(["train", "--config", cfg, "--out", out, "--no-progress"]) == 0
+    capsys.readouterr()
+    # no --config at all: the saved settings, not TrainConfig's defaults
+    assert main(["train", "--out", out, "--resume", "--iters", "3", "--no-progress"]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["seed"] == 5 and saved["freq_weight"] == 0.5 and saved["iters"] == 3 and saved["model"] == SMALL
+    assert torch.load(tmp_path / "run" / "last.state.pt", weights_only=False)["iteration"] == 3
+    capsys.readouterr()
+    for flags, message in ((["--lr", "0.1", "--iters", "4"], "lr = 0.1 differs from the run's 0.0002"),
+                           (["--config", _config_file(tmp_path, data, iters=4, seed=6)], "seed = 6 differs"),
+                           (["--iters", "3"], "is at iteration 3 already")):
+        assert main(["train", "--out", out, "--resume", "--no-progress"] + flags) == 2
+        assert message in capsys.readouterr().err
+    # a new run into the folder: refused, nothing touched
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    assert main(["train", "--config", cfg, "--out", out, "--no-progress"]) == 2
+    assert "holds a run already: pass --resume" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+    with pytest.raises(ValueError, match="saved with other settings \\(seed\\)"):
+        train(load_config(cfg, {"out": out, "seed": 9, "iters": 5}), resume=True, progress=False)
+
+
+def test_config_file_values_are_checked(tmp_path, capsys):
+    data = _pairs_folder(tmp_path / "data")
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"iters": 3,}')
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    cases = [(_config_file(tmp_path, data, iters="3"), "key 'iters' must be int, got '3'"),
+             (_config_file(tmp_path, data, lr="fast"), "key 'lr' must be float, got 'fast'"),
+             (_config_file(tmp_path, data, iters=3.5), "key 'iters' must be int, got 3.5"),
+             (_config_file(tmp_path, data, val_data=3), "key 'val_data' must be a string or null, got 3"),
+             (_config_file(tmp_path, data, lr=-1), "lr must be > 0, got -1.0"),
+             (_config_file(tmp_path, data, workers=-1), "workers must be >= 0"),
+             (str(bad_json), f"--config {bad_json}: not valid JSON"),
+             (str(listed), "must hold an object of TrainConfig fields, got list")]
+    for path, message in cases:
+        assert main(["train", "--config", path, "--out", str(tmp_path / "r"), "--no-progress"]) == 2, path
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (path, err)
+    assert load_config(_config_file(tmp_path, data, lr=1), {}).lr == 1.0  # an int for a float is fine
+
+
+def test_train_reports_data_errors_without_a_traceback(tmp_path, capsys):
+    data = _pairs_folder(tmp_path / "data")
+    (tmp_path / "empty").mkdir()
+    cases = [(["--data", str(tmp_path / "empty")], "no known dataset layout"),
+             (["--crop", "64"], "crop 64 is larger than"),
+             (["--device", "nonsense"], "--device nonsense: not a torch device")]
+    for i, (flags, message) in enumerate(cases):
+        rc = main(["train", "--config", _config_file(tmp_path, data, iters=1), "--out", str(tmp_path / f"r{i}"),
+                   "--no-progress"] + flags)
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and "Traceback" not in err, (flags, err)
+
+
+def test_a_few_photos_still_hold_one_out():
+    from inik.data.synthetic import split_photos
+    for n in (2, 3, 5):
+        train_photos, held = split_photos([f"p{i}.png" for i in range(n)])
+        assert len(held) == 1 and len(train_photos) == n - 1
+    assert split_photos(["only.png"]) == ([__import__("pathlib").Path("only.png")], [])
+    assert len(split_photos([f"p{i}.png" for i in range(310)])[1]) == 31  # the default model's split
+
+
+def test_eval_checks_its_report_and_images_first(tmp_path, capsys):
+    data = _pairs_folder(tmp_path / "data", n=1, size=40)
+    report = tmp_path / "report.json"
+    base = ["eval", "--data", str(data), "--identity", "--lpips", "off"]
+    assert main(base + ["--out", str(report)]) == 0
+    first = report.read_bytes()
+    capsys.readouterr()
+    (tmp_path / "adir.json").mkdir()
+    for out, message in ((report, "exists (pass --overwrite"), (tmp_path / "r.csv", "name a .json report"),
+                         (tmp_path / "adir.json", "is a folder")):
+        assert main(base + ["--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert report.read_bytes() == first
+    assert main(base + ["--out", str(report), "--overwrite"]) == 0
+    tiny = _pairs_folder(tmp_path / "tiny", n=1, size=8)
+    write_image(tiny / "source" / "img0.png", np.zeros((5, 5, 3), np.float32), overwrite=True)
+    write_image(tiny / "target" / "img0.png", np.zeros((5, 5, 3), np.float32), overwrite=True)
+    capsys.readouterr()
+    assert main(["eval", "--data", str(tiny), "--identity", "--lpips", "off", "--out", str(tmp_path / "t.json")]) == 2
+    assert "too small for SSIM's 7x7 window" in capsys.readouterr().err

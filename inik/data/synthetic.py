@@ -497,10 +497,13 @@ class _PhotoCache:
 
 def split_photos(photos, held_out: float = 0.1, seed: int = 0) -> tuple[list[Path], list[Path]]:
     """Split photos into (training, held-out) lists by a seeded permutation, so
-    that a held-out synthetic set shares no source photo with training."""
+    that a held-out synthetic set shares no source photo with training. At least
+    one photo is held out when there are two or more."""
     photos = sorted(Path(p) for p in photos)
     order = np.random.default_rng(seed).permutation(len(photos))
     n = int(round(held_out * len(photos)))
+    if held_out > 0 and n == 0 and len(photos) >= 2:  # a few photos: still hold one out
+        n = 1
     held = sorted(photos[i] for i in order[:n])
     train = sorted(photos[i] for i in order[n:])
     return train, held
