@@ -9,7 +9,8 @@ an interrupted run stopped, and each DDP rank draws its own samples.
 Checkpoints: ``OUT/last.safetensors`` (weights + model config, loadable by
 ``inik.INIKNet.load``) and ``OUT/last.state.pt`` (optimiser, scheduler, RNG,
 iteration), both written atomically; ``OUT/log.csv`` logs every ``log_every``
-iterations.
+iterations (``lr``: the rate that iteration used). Ctrl-C stops a single-process
+run after the step it is in and saves a checkpoint there (a second Ctrl-C aborts).
 """
 
 from __future__ import annotations
@@ -398,33 +399,83 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
     t0 = time.perf_counter()
     model.train()
     it = start
-    for blurry, sharp in loader:
-        blurry, sharp = blurry.to(device, non_blocking=True), sharp.to(device, non_blocking=True)
-        if cfg.channels_last:
-            blurry = blurry.contiguous(memory_format=torch.channels_last)
-        loss, outputs = train_step(net, loss_fn, opt, scaler, blurry, sharp, amp)
-        sched.step()
-        it += 1
-        if rank == 0:
-            if bar is not None:
-                bar.update()
-            do_val = bool(val) and (it % cfg.val_every == 0 or it == cfg.iters)
-            if do_val or it % cfg.log_every == 0 or it == cfg.iters:
-                row = {"iter": it, "loss": f"{loss.item():.6g}", "psnr": f"{psnr(outputs[-1].detach(), sharp):.4f}",
-                       "lr": f"{sched.get_last_lr()[0]:.6g}", "seconds": f"{time.perf_counter() - t0:.1f}",
-                       "val_psnr": f"{validate(model, val, device):.4f}" if do_val else ""}
-                model.train()
-                with open(log_path, "a", newline="") as f:
-                    csv.DictWriter(f, fieldnames=fields).writerow(row)
+    stop = _StopOnInterrupt(enabled=world == 1)
+    with stop:
+        for blurry, sharp in loader:
+            blurry, sharp = blurry.to(device, non_blocking=True), sharp.to(device, non_blocking=True)
+            if cfg.channels_last:
+                blurry = blurry.contiguous(memory_format=torch.channels_last)
+            lr = sched.get_last_lr()[0]  # the rate this step uses
+            loss, outputs = train_step(net, loss_fn, opt, scaler, blurry, sharp, amp)
+            sched.step()
+            it += 1
+            if rank == 0:
                 if bar is not None:
-                    bar.set_postfix(loss=row["loss"], psnr=row["psnr"])
-            if it % cfg.ckpt_every == 0 or it == cfg.iters:
+                    bar.update()
+                do_val = bool(val) and (it % cfg.val_every == 0 or it == cfg.iters)
+                if do_val or it % cfg.log_every == 0 or it == cfg.iters:
+                    row = {"iter": it, "loss": f"{loss.item():.6g}",
+                           "psnr": f"{psnr(outputs[-1].detach(), sharp):.4f}", "lr": f"{lr:.6g}",
+                           "seconds": f"{time.perf_counter() - t0:.1f}",
+                           "val_psnr": f"{validate(model, val, device):.4f}" if do_val else ""}
+                    model.train()
+                    with open(log_path, "a", newline="") as f:
+                        csv.DictWriter(f, fieldnames=fields).writerow(row)
+                    if bar is not None:
+                        bar.set_postfix(loss=row["loss"], psnr=row["psnr"])
+                if it % cfg.ckpt_every == 0 or it == cfg.iters:
+                    save_checkpoint(out, model, opt, sched, it, cfg)
+            if stop.requested:
                 save_checkpoint(out, model, opt, sched, it, cfg)
+                break
     if bar is not None:
         bar.close()
+    if stop.requested:
+        raise TrainingInterrupted(out, it)
     if world > 1:
         dist.barrier()
     return model
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after a whole step; its checkpoint is saved."""
+
+    def __init__(self, out: Path, iteration: int):
+        super().__init__(f"interrupted after iteration {iteration}; checkpoint saved in {out} "
+                         f"(continue with --resume)")
+        self.out, self.iteration = out, iteration
+
+
+class _StopOnInterrupt:
+    """While active, the first SIGINT (Ctrl-C) only asks the loop to stop after the
+    step it is in, so the checkpoint saved is a consistent one; a second one aborts.
+    Single-process runs in the main thread only (DDP ranks would have to agree)."""
+
+    def __init__(self, enabled: bool):
+        import threading
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested, self._pid = False, os.getpid()
+
+    def _handle(self, signum, frame):
+        if os.getpid() != self._pid:  # a data-loader worker forked with this handler: the main process decides
+            return
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninik train: stopping after this step and saving a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr)
+
+    def __enter__(self):
+        if self.enabled:
+            import signal
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            import signal
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 @torch.no_grad()
@@ -489,6 +540,9 @@ def run(args) -> int:
         return 2
     try:
         train(cfg, resume=args.resume, device=args.device, progress=args.progress)
+    except TrainingInterrupted as exc:
+        print(f"inik train: {exc}", file=sys.stderr)
+        return 130
     except (MissingWeightsError, ImageReadError, OSError, ValueError) as exc:
         # bad data, a bad --init or --out, settings the data cannot serve (a crop larger than the images)
         print(f"inik train: {exc}", file=sys.stderr)

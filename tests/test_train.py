@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 import inik
 from inik.cli import main
 from inik.data.io import write_image
-from inik.train import TrainConfig, load_config, save_checkpoint, train
+from inik.train import TrainConfig, TrainingInterrupted, load_config, save_checkpoint, train
 
 SMALL = dict(width=8, scales=4, atoms=3)
 
@@ -337,3 +337,35 @@ def test_eval_checks_its_report_and_images_first(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--data", str(tiny), "--identity", "--lpips", "off", "--out", str(tmp_path / "t.json")]) == 2
     assert "too small for SSIM's 7x7 window" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_a_checkpoint_after_the_step(tmp_path, monkeypatch):
+    """SIGINT during a step: the step finishes, its checkpoint is saved, training stops
+    with TrainingInterrupted, and --resume then ends where an uninterrupted run does."""
+    import signal
+
+    import inik.train as tr
+
+    data = _pairs_folder(tmp_path / "data")
+    full = train(_cfg(tmp_path, data, iters=4, out=str(tmp_path / "full")), progress=False)
+    real_step, calls = tr.train_step, []
+
+    def step_with_ctrl_c(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of step 2
+        return real_step(*args)
+
+    monkeypatch.setattr(tr, "train_step", step_with_ctrl_c)
+    cfg = _cfg(tmp_path, data, iters=4, out=str(tmp_path / "cut"))
+    with pytest.raises(TrainingInterrupted, match="interrupted after iteration 2"):
+        train(cfg, progress=False)
+    assert torch.load(tmp_path / "cut" / "last.state.pt", weights_only=False)["iteration"] == 2
+    assert signal.getsignal(signal.SIGINT) is not None and len(calls) == 2
+    monkeypatch.setattr(tr, "train_step", real_step)
+    resumed = train(cfg, resume=True, progress=False)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    rows = _log(tmp_path / "cut")
+    assert [int(r["iter"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[0]["lr"]) == cfg.lr  # the rate the first step used
