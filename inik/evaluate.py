@@ -74,7 +74,9 @@ def configure_parser(p) -> None:
     p.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
     p.add_argument("--split", default="test", help="DPDD split (default test)")
     p.add_argument("--weights", help="INIKNet safetensors file (default: the bundled weights)")
-    p.add_argument("--out", required=True, help="report .json path (the per-image CSV is written beside it)")
+    p.add_argument("--out", required=True,
+                   help="report .json path (the per-image CSV is written beside it); an image equal to its "
+                        "reference has PSNR inf, written as the string \"inf\"")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--device", default="cpu")
     p.add_argument("--tile", type=int, default=None)
@@ -84,6 +86,18 @@ def configure_parser(p) -> None:
                    help="LPIPS: auto = when the AlexNet weights are available")
     p.add_argument("--identity", action="store_true",
                    help="score the blurry inputs themselves instead of a model's output")
+
+
+def _finite_json(value):
+    """``value`` with non-finite floats as the strings "inf" / "-inf" / "nan": the PSNR
+    of an image equal to its reference is infinite, which strict JSON cannot hold."""
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_json(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
 
 
 def _check_out(out: Path, overwrite: bool) -> Path:
@@ -151,7 +165,7 @@ def run(args) -> int:
                   lpips=lpips is not None)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out.write_text(json.dumps(_finite_json(report), indent=2, allow_nan=False))
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(report["images"][0]))
         w.writeheader()

@@ -47,11 +47,13 @@ def _pair(output, target) -> tuple[np.ndarray, np.ndarray]:
 
 
 def psnr(output, target) -> float:
-    """PSNR in dB (data range 1) of the clipped output against the target."""
+    """PSNR in dB (data range 1) of the clipped output against the target; inf when
+    they are equal."""
     from skimage.metrics import peak_signal_noise_ratio
 
     x, y = _pair(output, target)
-    return float(peak_signal_noise_ratio(y, x, data_range=1.0))
+    with np.errstate(divide="ignore"):  # equal images: inf, which is the answer, not a warning
+        return float(peak_signal_noise_ratio(y, x, data_range=1.0))
 
 
 def mae(output, target) -> float:

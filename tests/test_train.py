@@ -317,6 +317,11 @@ def test_a_few_photos_still_hold_one_out():
     assert len(split_photos([f"p{i}.png" for i in range(310)])[1]) == 31  # the default model's split
 
 
+def read_image_u8(path):
+    from PIL import Image
+    return np.asarray(Image.open(path))
+
+
 def test_eval_checks_its_report_and_images_first(tmp_path, capsys):
     data = _pairs_folder(tmp_path / "data", n=1, size=40)
     report = tmp_path / "report.json"
@@ -331,6 +336,12 @@ def test_eval_checks_its_report_and_images_first(tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert report.read_bytes() == first
     assert main(base + ["--out", str(report), "--overwrite"]) == 0
+    # an image equal to its reference: PSNR inf, kept valid JSON
+    same = _pairs_folder(tmp_path / "same", n=1, size=40)
+    write_image(same / "source" / "img0.png", read_image_u8(same / "target" / "img0.png"), overwrite=True)
+    assert main(["eval", "--data", str(same), "--identity", "--lpips", "off", "--out", str(tmp_path / "s.json")]) == 0
+    strict = json.loads((tmp_path / "s.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert strict["images"][0]["psnr"] == "inf" and strict["mean"]["psnr"] == "inf"
     tiny = _pairs_folder(tmp_path / "tiny", n=1, size=8)
     write_image(tiny / "source" / "img0.png", np.zeros((5, 5, 3), np.float32), overwrite=True)
     write_image(tiny / "target" / "img0.png", np.zeros((5, 5, 3), np.float32), overwrite=True)
