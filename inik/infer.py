@@ -264,10 +264,10 @@ def _pil_for_deblur(image):
         return image.convert("RGBA" if alpha else "RGB")
     if mode == "1":
         return image.convert("L")
-    if mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"):
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
         return image.convert("RGB")
-    if mode == "La":
-        return image.convert("LA")
+    if mode in ("RGBa", "La"):  # premultiplied alpha: un-premultiplied, alpha kept
+        return image.convert(mode[:-1] + "A")
     raise ValueError(f"PIL image mode {mode!r} is not supported: use L, LA, RGB, RGBA, P, 1, CMYK or YCbCr, "
                      f"or read the file with inik.data.read_image")
 

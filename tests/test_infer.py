@@ -300,6 +300,7 @@ def test_api_refuses_or_converts_ambiguous_input(small_model, caplog):
         if mode != "P":  # close to deblurring the RGB original (the conversions round; a palette quantises)
             assert np.abs(np.asarray(out).astype(int) - want).mean() < 6, mode
     assert inik.deblur(rgb.convert("1"), small_model).mode == "L"
+    assert inik.deblur(rgb.convert("RGBA").convert("RGBa"), small_model).mode == "RGBA"  # alpha kept
     pa = rgb.convert("P")
     pa.info["transparency"] = 0
     assert inik.deblur(pa, small_model).mode == "RGBA"
