@@ -322,7 +322,8 @@ def _expand(inputs: list[str]) -> list[tuple[Path, Optional[Path]]]:
             matches = sorted(glob.glob(item))
             if not matches:
                 found.append((p, None))  # reported as missing when read
-            found += [(Path(m), None) for m in matches]
+            for m in map(Path, matches):  # a folder the pattern matches counts as a folder named here
+                found += [(f, m) for f in list_images(m)] if m.is_dir() else [(m, None)]
     return found
 
 

@@ -382,9 +382,11 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
     if rank == 0 and (not resume or not log_path.exists()):
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerow(fields)
+    spent = 0.0  # training seconds before this process: the log's clock runs on after a resume
     if rank == 0 and resume:  # drop log rows past the checkpoint (they will be recomputed)
         with open(log_path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(r["iter"]) <= start]
+        spent = float(rows[-1]["seconds"]) if rows and rows[-1].get("seconds") else 0.0
         with open(log_path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
@@ -396,7 +398,7 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
     if progress and rank == 0:
         from tqdm import tqdm
         bar = tqdm(total=cfg.iters, initial=start, desc="train", dynamic_ncols=True)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - spent
     model.train()
     it = start
     stop = _StopOnInterrupt(enabled=world == 1)

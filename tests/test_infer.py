@@ -234,6 +234,9 @@ def test_cli_refuses_colliding_outputs_before_writing(tmp_path, weights, capsys)
     assert rc == 0  # one input, an explicit output file: replacing it is what --overwrite asks
     write_image(src / "a.png", np.full((20, 20, 3), 40, np.uint8), overwrite=True)
     assert (src / "a.png").read_bytes() == before
+    # a glob matching a folder takes the folder's images, as naming the folder does
+    rc = main(["deblur", str(tmp_path / "d*"), "-o", str(tmp_path / "globbed"), "--weights", str(weights)])
+    assert rc == 0 and sorted(p.name for p in (tmp_path / "globbed").iterdir()) == ["a.png"]
     # the same file named twice is deblurred once
     rc = main(["deblur", str(src / "a.png"), str(src / "a.png"), "-o", str(tmp_path / "twice"),
                "--weights", str(weights)])

@@ -379,4 +379,6 @@ def test_ctrl_c_saves_a_checkpoint_after_the_step(tmp_path, monkeypatch):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     rows = _log(tmp_path / "cut")
     assert [int(r["iter"]) for r in rows] == [1, 2, 3, 4]
+    seconds = [float(r["seconds"]) for r in rows]
+    assert seconds == sorted(seconds)  # the clock runs on across the resume
     assert float(rows[0]["lr"]) == cfg.lr  # the rate the first step used
