@@ -383,6 +383,9 @@ def _plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
             raise ValueError(f"{writer[key]} and {src} would both be written to {dst}; deblur them into "
                              f"different folders")
         writer[key] = src
+        blocked = next((d for d in dst.parents if d.exists() and not d.is_dir()), None)
+        if blocked is not None:
+            raise ValueError(f"{dst}: cannot write there, {blocked} is a file, not a folder")
         plan.append((src, dst))
     for src, dst in plan:
         key = dst.resolve()
