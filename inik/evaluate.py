@@ -130,14 +130,13 @@ def _check_images(pairs, bits: str) -> None:
 
 def run(args) -> int:
     from .data.pairs import find_pairs
-    from .infer import check_device
+    from .infer import check_device, check_tile_option
     from .losses import MissingWeightsError
     from .metrics import LPIPSMetric
     try:
         csv_path = _check_out(Path(args.out), args.overwrite)
         check_device(args.device)
-        if args.tile is not None and args.tile != 0 and args.tile < 32:
-            raise ValueError(f"--tile must be 0 (whole image) or at least 32 pixels, got {args.tile}")
+        check_tile_option(args.tile)
         pairs = find_pairs(args.data, layout=args.layout, split=args.split)
         if not pairs:
             raise ValueError(f"no image pairs in {args.data}")

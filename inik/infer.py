@@ -387,12 +387,19 @@ def _plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
         if blocked is not None:
             raise ValueError(f"{dst}: cannot write there, {blocked} is a file, not a folder")
         plan.append((src, dst))
-    for src, dst in plan:
+    for src, dst in plan:  # after the collisions above, which name both inputs
         key = dst.resolve()
         if key in seen and key != src.resolve():
             raise ValueError(f"{src} would be written to {dst}, which is another input; choose another "
                              f"output folder")
     return plan
+
+
+def check_tile_option(tile: Optional[int]) -> None:
+    """``--tile`` of ``inik deblur`` and ``inik eval``: None, 0 (whole image) or at least
+    MIN_SIZE pixels; ValueError saying so."""
+    if tile is not None and tile != 0 and tile < MIN_SIZE:
+        raise ValueError(f"--tile must be 0 (whole image) or at least {MIN_SIZE} pixels, got {tile}")
 
 
 def check_device(device: str) -> torch.device:
@@ -419,9 +426,10 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from .data.io import read_image, write_image
-    if args.tile is not None and args.tile != 0 and args.tile < MIN_SIZE:
-        print(f"inik deblur: --tile must be 0 (whole image) or at least {MIN_SIZE} pixels, "
-              f"got {args.tile}", file=sys.stderr)
+    try:
+        check_tile_option(args.tile)
+    except ValueError as exc:
+        print(f"inik deblur: {exc}", file=sys.stderr)
         return 2
     if args.overlap is not None and (args.overlap < 0 or (args.tile and args.overlap > 3 * args.tile // 4)):
         print(f"inik deblur: --overlap must be in [0, 3/4 of --tile], got {args.overlap}"
