@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import sys
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from .models import INIKNet, INIKNetConfig
 
 DATASETS = ("synthetic", "folder", "dpdd", "lfdof")
+log = logging.getLogger("inik")
 
 
 @dataclass
@@ -219,8 +221,7 @@ def _synthetic(cfg: TrainConfig, held_out: bool, seed: int):
         train_photos, held_photos = split_photos(found, held_out=0.1, seed=0)
         photos = held_photos if held_out else train_photos
         if held_out and not photos:  # one photo: nothing to hold out
-            import logging
-            logging.getLogger("inik").warning("--data %s has one photo: validating on procedural scenes", cfg.data)
+            log.warning("--data %s has one photo: validating on procedural scenes", cfg.data)
             photos = None
     return SyntheticDefocusDataset(photos, SyntheticConfig(size=cfg.crop, max_radius=cfg.max_blur, photo_prob=cfg.photo_prob),
                                    length=2**62, seed=seed)
@@ -257,6 +258,14 @@ def _atomic_torch_save(obj, path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def read_state(out: Path) -> dict:
+    """``OUT/last.state.pt``: what ``--resume`` continues from; FileNotFoundError if absent."""
+    state_path = out / "last.state.pt"
+    if not state_path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in {out} (expected {state_path})")
+    return torch.load(state_path, map_location="cpu", weights_only=False)
 
 
 def save_checkpoint(out: Path, model: INIKNet, opt, sched, it: int, cfg: TrainConfig) -> None:
@@ -329,12 +338,9 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out}: exists and is not a folder")
-    state_path = out / "last.state.pt"
     state = None
     if resume:
-        if not state_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint in {out} (expected {state_path})")
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = read_state(out)
         saved = state["config"]
         changed = [k for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE and saved.get(k) != v]
         if changed:
@@ -343,7 +349,7 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
         if cfg.iters <= state["iteration"]:
             raise ValueError(f"--resume: the run in {out} is at iteration {state['iteration']} already; ask for more "
                              f"with --iters (got {cfg.iters})")
-    elif state_path.exists() or (out / "last.safetensors").exists():
+    elif (out / "last.state.pt").exists() or (out / "last.safetensors").exists():
         raise FileExistsError(f"--out {out} holds a run already: pass --resume to continue it, or choose another "
                               f"--out (nothing was changed)")
     out.mkdir(parents=True, exist_ok=True)
@@ -530,11 +536,7 @@ def run(args) -> int:
             requested = {**(read_config_file(args.config) if args.config else {}),
                          **{k: v for k, v in overrides.items() if v is not None}}
             out = Path(requested.get("out") or TrainConfig.out)
-            state_path = out / "last.state.pt"
-            if not state_path.is_file():
-                raise FileNotFoundError(f"--resume: no checkpoint in {out} (expected {state_path})")
-            saved = torch.load(state_path, map_location="cpu", weights_only=False)["config"]
-            cfg = resumed_config(saved, requested, str(state_path))
+            cfg = resumed_config(read_state(out)["config"], requested, str(out / "last.state.pt"))
         else:
             cfg = load_config(args.config, overrides)
     except (ValueError, OSError, TypeError) as exc:
