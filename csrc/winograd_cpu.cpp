@@ -170,8 +170,8 @@ template <int L, int MaxNV, int m>
 struct Kernel {
   using V = Vec<L>;
   using F = typename V::f;
-  using T6 = Tile<m>;
-  static constexpr int a = T6::a;      // input tile side
+  using TileM = Tile<m>;
+  static constexpr int a = TileM::a;   // input tile side
   static constexpr int kA = a * a;     // positions of the Winograd domain
 
   // (1) Tile t of the item: V[q][t][:] for the a x a input tile at output origin (m ty, m tx).
@@ -190,12 +190,12 @@ struct Kernel {
         F d[a], o[a];
         for (int j = 0; j < a; ++j)
           d[j] = rv[i] && cv[j] ? V::get(x + ((b * p.H + rows[i]) * p.W + cols[j]) * p.Ci + c, n) : F{};
-        T6::bt(d, o);
+        TileM::bt(d, o);
         for (int j = 0; j < a; ++j) u[j][i] = o[j];
       }
       for (int j = 0; j < a; ++j) {
         F o[a];
-        T6::bt(u[j], o);
+        TileM::bt(u[j], o);
         for (int i = 0; i < a; ++i) V::store(Vb + ((i * a + j) * kTB + t) * p.Cip + c, o[i]);
       }
     }
@@ -239,13 +239,13 @@ struct Kernel {
       for (int j = 0; j < a; ++j) {
         F col[a], o[m];
         for (int i = 0; i < a; ++i) col[i] = V::load(Mv + (i * a + j) * L);
-        T6::at(col, o);
+        TileM::at(col, o);
         for (int r = 0; r < m; ++r) u[r][j] = o[r];
       }
       const F bv = bias ? V::load(bias + c) : F{};
       for (int r = 0; r < m && oy0 + r < p.H; ++r) {
         F o[m];
-        T6::at(u[r], o);
+        TileM::at(u[r], o);
         for (int s = 0; s < m && ox0 + s < p.W; ++s) {
           const int64_t off = ((b * p.H + oy0 + r) * p.W + ox0 + s) * p.Co + c;
           F out = o[s] + bv;
