@@ -1,13 +1,19 @@
 // 3x3 stride-1 convolution by Winograd's minimal filtering F(4x4, 3x3) or F(6x6, 3x3),
 // for the CPU, in channels_last layout:
 //
-//   inik::conv3x3_winograd(x, weight, bias?, residual?, padding_mode, relu, tile=0) -> y
+//   inik::conv3x3_winograd(x, weight, bias?, residual?, padding_mode, relu, tile=0, bf16_gemm=True) -> y
 //   y = conv2d(pad1(x, padding_mode), weight) + bias [+ residual], then max(., 0) if relu
 //
 // x: (B, Ci, H, W) channels_last-contiguous, float32 or bfloat16; weight (Co, Ci, 3, 3)
 // (any layout, any float dtype); bias (Co); residual like y. y is channels_last in
-// x's dtype. Everything is computed in float32. padding_mode "zeros" or "reflect".
-// tile: the output tile side, 4 or 6; 0 picks one for the image's size (pick_tile).
+// x's dtype. padding_mode "zeros" or "reflect". tile: the output tile side, 4 or 6; 0
+// picks one for the image's size (pick_tile). Everything is computed in float32,
+// except with bf16_gemm, bfloat16 x and a CPU with AVX512-BF16: the GEMM then takes its
+// operands (the transformed input and weights) rounded to bfloat16 and sums their
+// products in float32, at twice the rate (Kernel::gemm_dot). That rounding costs
+// accuracy: a relative RMS error of about 0.6% of the output on the model's
+// activations (oneDNN's bfloat16 convolution: 0.2%; float32 GEMM: 0.17%, mostly
+// the output's own rounding), 2.5% (F(4x4)) and 5% (F(6x6)) on random data.
 //
 // Why: the network's time on a CPU is in its 3x3 convolutions (64 channels at full
 // resolution), which oneDNN runs near the cores' fp32 FMA peak. F(4x4, 3x3) needs
@@ -26,7 +32,8 @@
 // kernel for the CPU's instruction set is picked at run time (INIK_CPU_ISA can ask
 // for a lesser one, for tests and timings).
 //
-//   inik::conv3x3_winograd_isa() -> str: the kernel that calls run now ("avx512", "avx2", "generic").
+//   inik::conv3x3_winograd_isa() -> str: the kernel that calls run now ("avx512_bf16", "avx512",
+//   "avx2", "generic"; avx512_bf16 differs from avx512 in the bfloat16 GEMM only).
 //   inik::conv3x3_winograd_tile(H, W) -> int: the tile side tile=0 picks for an H x W image.
 
 #include <ATen/ATen.h>
@@ -38,6 +45,11 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <type_traits>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "cpu_lanes.h"
 #include "cpu_simd.h"
@@ -49,6 +61,16 @@ namespace wino {
 using simd::Vec;
 
 constexpr int kTB = 6;  // tiles per work item (the GEMM's rows)
+
+// Kernels per instruction set (GCC 12+ on x86-64 Linux): AVX-512, AVX2 and, for
+// bfloat16 input, AVX-512 with AVX512-BF16's dot product (INIK_WINO_DOT). Otherwise
+// only the generic build.
+#if defined(__x86_64__) && defined(__linux__) && !defined(__clang__) && __GNUC__ >= 12 && !defined(INIK_NO_CLONES)
+#define INIK_WINO_ISAS 1
+#define INIK_WINO_DOT 1
+#else
+#define INIK_WINO_DOT 0
+#endif
 
 struct Plan {
   int64_t B, Ci, Co, H, W, th, tw, Cip, Cop;  // Cip, Cop: channels rounded up to the kernel's lanes
@@ -166,17 +188,20 @@ struct Prefetch {
 };
 
 // The kernel for F(m x m, 3x3) on vectors of L floats, with MaxNV output vectors per GEMM block.
-template <int L, int MaxNV, int m>
+// kDot: the GEMM multiplies bfloat16 pairs with AVX512-BF16's vdpbf16ps (the
+// Winograd-domain V and U rounded to bfloat16, products summed in float32; see gemm_dot).
+template <int L, int MaxNV, int m, bool kDot = false>
 struct Kernel {
   using V = Vec<L>;
   using F = typename V::f;
   using TileM = Tile<m>;
+  using W = std::conditional_t<kDot, at::BFloat16, float>;  // storage of V and U
   static constexpr int a = TileM::a;   // input tile side
   static constexpr int kA = a * a;     // positions of the Winograd domain
 
   // (1) Tile t of the item: V[q][t][:] for the a x a input tile at output origin (m ty, m tx).
   template <class T>
-  static INIK_AI void input_tile(const T* x, const Plan& p, int64_t b, int64_t ty, int64_t tx, int t, float* Vb) {
+  static INIK_AI void input_tile(const T* x, const Plan& p, int64_t b, int64_t ty, int64_t tx, int t, W* Vb) {
     int64_t rows[a], cols[a];
     bool rv[a], cv[a];
     for (int i = 0; i < a; ++i) {
@@ -225,6 +250,44 @@ struct Kernel {
     }
   }
 
+#if INIK_WINO_DOT
+  // (2) with kDot: vdpbf16ps adds a.lo * b.lo + a.hi * b.hi of each lane's pair of
+  // bfloat16s to a float32 accumulator - two input channels per instruction, twice
+  // the FMAs' rate. V (bfloat16, a tile's channels contiguous) gives a broadcast pair
+  // (V[t][2k], V[t][2k+1]); U is stored as (kA, Ci/2 rounded up, Cop, 2), the pair
+  // (U[2k][co], U[2k+1][co]) in output channel co's lane. Channels beyond Ci are zero
+  // in both.
+  static INIK_AI F dot(F acc, typename V::i a, typename V::i b) {
+    static_assert(L == 16, "vdpbf16ps takes zmm registers");
+    return (F)__builtin_ia32_dpbf16ps_v16sf((__m512)acc, (__m512bh)a, (__m512bh)b);
+  }
+  template <int NV>
+  static INIK_AI void gemm_dot(const W* Vb, const W* U, const Plan& p, int64_t co0, float* M, const Prefetch* pf) {
+    using I = typename V::i;
+    const int64_t pairs = (p.Ci + 1) / 2;
+    for (int q = 0; q < kA; ++q) {
+      if (pf) pf->fetch(q, kA);
+      F acc[kTB][NV];
+      for (int t = 0; t < kTB; ++t)
+        for (int v = 0; v < NV; ++v) acc[t][v] = F{};
+      const W* va = Vb + q * kTB * p.Cip;
+      const W* ua = U + (q * pairs * p.Cop + co0) * 2;
+      for (int64_t k = 0; k < pairs; ++k) {
+        I w[NV];
+        for (int v = 0; v < NV; ++v) std::memcpy(&w[v], ua + (k * p.Cop + v * L) * 2, sizeof(I));
+        for (int t = 0; t < kTB; ++t) {
+          int32_t pair;
+          std::memcpy(&pair, va + t * p.Cip + 2 * k, sizeof(pair));
+          const I s = I{} + pair;  // a broadcast
+          for (int v = 0; v < NV; ++v) acc[t][v] = dot(acc[t][v], s, w[v]);
+        }
+      }
+      for (int t = 0; t < kTB; ++t)
+        for (int v = 0; v < NV; ++v) V::store(M + ((t * NV + v) * kA + q) * L, acc[t][v]);
+    }
+  }
+#endif
+
   // (3) Output tile t, channels [co0, co0 + NV*L): A^T M A, bias, residual, ReLU, stored.
   template <class T, int NV>
   static INIK_AI void output_tile(const float* M, const Plan& p, const float* bias, const T* res, T* y, int64_t b,
@@ -258,16 +321,21 @@ struct Kernel {
   }
 
   template <class T, int NV>
-  static INIK_AI void block(const float* Vb, const float* U, const Plan& p, const float* bias, const T* res, T* y,
+  static INIK_AI void block(const W* Vb, const W* U, const Plan& p, const float* bias, const T* res, T* y,
                             int64_t b, int64_t ty, int64_t tx0, int nt, int64_t co0, float* M, const Prefetch* pf) {
-    gemm<NV>(Vb, U, p, co0, M, pf);
+#if INIK_WINO_DOT
+    if constexpr (kDot)
+      gemm_dot<NV>(Vb, U, p, co0, M, pf);
+    else
+#endif
+      gemm<NV>(Vb, U, p, co0, M, pf);
     for (int t = 0; t < nt; ++t) output_tile<T, NV>(M, p, bias, res, y, b, ty, tx0 + t, t, co0);
   }
 
   // Work items [i0, i1): item = (b, ty, group of kTB tiles); scratch Vb (kA*kTB*Cip), M (kA*kTB*MaxNV*L).
   template <class T>
-  static INIK_AI void items(const T* x, const float* U, const float* bias, const T* res, T* y, const Plan& p,
-                            int64_t i0, int64_t i1, float* Vb, float* M) {
+  static INIK_AI void items(const T* x, const W* U, const float* bias, const T* res, T* y, const Plan& p,
+                            int64_t i0, int64_t i1, W* Vb, float* M) {
     const int64_t groups = (p.tw + kTB - 1) / kTB;
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t g = it % groups, ty = (it / groups) % p.th, b = it / (groups * p.th);
@@ -275,7 +343,7 @@ struct Kernel {
       const int nt = static_cast<int>(std::min<int64_t>(kTB, p.tw - tx0));
       for (int t = 0; t < nt; ++t) input_tile(x, p, b, ty, tx0 + t, t, Vb);
       for (int t = nt; t < kTB; ++t)  // unused GEMM rows: zeros, never stored
-        for (int q = 0; q < kA; ++q) std::fill_n(Vb + (q * kTB + t) * p.Cip, p.Cip, 0.0f);
+        for (int q = 0; q < kA; ++q) std::fill_n(Vb + (q * kTB + t) * p.Cip, p.Cip, W(0.0f));
       Prefetch pf;
       if (res)  // this item's residual rows
         for (int64_t r = m * ty; r < std::min<int64_t>(m * ty + m, p.H); ++r)
@@ -331,83 +399,117 @@ constexpr Shape kGenericShape = kAvx2Shape;
 constexpr Shape kGenericShape{4, 2};
 #endif
 
-#if defined(__x86_64__) && defined(__linux__) && !defined(__clang__) && __GNUC__ >= 12 && !defined(INIK_NO_CLONES)
-#define INIK_WINO_ISAS 1
+#ifdef INIK_WINO_ISAS
 INIK_WINO_ENTRY(items_avx512, __attribute__((target("arch=x86-64-v4"))), kAvx512Shape.lanes, kAvx512Shape.nv)
 INIK_WINO_ENTRY(items_avx2, __attribute__((target("arch=x86-64-v3"))), kAvx2Shape.lanes, kAvx2Shape.nv)
+// bfloat16 input on AVX512-BF16: the GEMM in bfloat16 pairs (Kernel::gemm_dot); float32
+// input on such a CPU takes items_avx512.
+template <int m>
+__attribute__((target("arch=x86-64-v4,avx512bf16"))) void items_avx512_bf16(
+    const at::BFloat16* x, const at::BFloat16* U, const float* bias, const at::BFloat16* res, at::BFloat16* y,
+    const Plan& p, int64_t i0, int64_t i1, at::BFloat16* Vb, float* M) {
+  Kernel<kAvx512Shape.lanes, kAvx512Shape.nv, m, true>::items(x, U, bias, res, y, p, i0, i1, Vb, M);
+}
 #endif
 INIK_WINO_ENTRY(items_generic, , kGenericShape.lanes, kGenericShape.nv)
 
-// The entry point for this CPU: the best it supports, or INIK_CPU_ISA (avx512, avx2,
-// generic) to test or time a lesser one; asking for more than the CPU has is an error.
-enum Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
-const char* const kIsaNames[] = {"generic", "avx2", "avx512"};
+// The entry point for this CPU: the best it supports, or INIK_CPU_ISA (avx512_bf16,
+// avx512, avx2, generic) to test or time a lesser one; asking for more than the CPU has
+// is an error. avx512_bf16 differs from avx512 for bfloat16 input only.
+enum Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
+const char* const kIsaNames[] = {"generic", "avx2", "avx512", "avx512_bf16"};
+constexpr int kIsas = 4;
 
 Isa pick_isa() {
   int best = kGeneric;
 #ifdef INIK_WINO_ISAS
   __builtin_cpu_init();
-  best = __builtin_cpu_supports("x86-64-v4") ? kAvx512 : __builtin_cpu_supports("x86-64-v3") ? kAvx2 : kGeneric;
+  best = __builtin_cpu_supports("x86-64-v4") ? (__builtin_cpu_supports("avx512bf16") ? kAvx512Bf16 : kAvx512)
+         : __builtin_cpu_supports("x86-64-v3") ? kAvx2
+                                                : kGeneric;
 #endif
   const char* env = std::getenv("INIK_CPU_ISA");
   if (env == nullptr || *env == 0) return static_cast<Isa>(best);
   const std::string want(env);
-  for (int i = 0; i < 3; ++i)
+  for (int i = 0; i < kIsas; ++i)
     if (want == kIsaNames[i]) {
       TORCH_CHECK(i <= best, msg("INIK_CPU_ISA=", want, ": this CPU (or this build) supports at most ",
                                  kIsaNames[best]));
       return static_cast<Isa>(i);
     }
-  TORCH_CHECK(false, msg("INIK_CPU_ISA must be avx512, avx2 or generic, got '", want, "'"));
+  TORCH_CHECK(false, msg("INIK_CPU_ISA must be avx512_bf16, avx512, avx2 or generic, got '", want, "'"));
   return kGeneric;
 }
 
-Shape shape(Isa isa) { return isa == kAvx512 ? kAvx512Shape : isa == kAvx2 ? kAvx2Shape : kGenericShape; }
+Shape shape(Isa isa) { return isa >= kAvx512 ? kAvx512Shape : isa == kAvx2 ? kAvx2Shape : kGenericShape; }
+
+// Whether bfloat16 input runs the bfloat16 GEMM (Kernel::gemm_dot) on this kernel.
+bool dot_gemm(Isa isa, at::ScalarType dtype) { return INIK_WINO_DOT && isa == kAvx512Bf16 && dtype == at::kBFloat16; }
 
 template <int m, class T>
 void items(Isa isa, const T* x, const float* U, const float* bias, const T* res, T* y, const Plan& p, int64_t i0,
            int64_t i1, float* Vb, float* M) {
 #ifdef INIK_WINO_ISAS
-  if (isa == kAvx512) return items_avx512<m>(x, U, bias, res, y, p, i0, i1, Vb, M);
+  if (isa >= kAvx512) return items_avx512<m>(x, U, bias, res, y, p, i0, i1, Vb, M);
   if (isa == kAvx2) return items_avx2<m>(x, U, bias, res, y, p, i0, i1, Vb, M);
 #endif
   items_generic<m>(x, U, bias, res, y, p, i0, i1, Vb, M);
 }
 
+template <int m>
+void items(Isa, const at::BFloat16* x, const at::BFloat16* U, const float* bias, const at::BFloat16* res,
+           at::BFloat16* y, const Plan& p, int64_t i0, int64_t i1, at::BFloat16* Vb, float* M) {
+#ifdef INIK_WINO_ISAS
+  items_avx512_bf16<m>(x, U, bias, res, y, p, i0, i1, Vb, M);
+#else
+  TORCH_CHECK(false, "conv3x3_winograd: the bfloat16 GEMM is not in this build");
+#endif
+}
+
 std::string conv3x3_winograd_isa() { return kIsaNames[pick_isa()]; }
 
-// weight (Co, Ci, 3, 3) -> U (a*a, Ci, Cop) float32: U[a i + j][ci][co] = (G g G^T)[i][j],
-// computed in double; columns Co..Cop are zero. (A plain loop: ATen's small batched
-// matmuls and copies took about 100 ms per 640x640 forward, over its ~120 calls.)
+// weight (Co, Ci, 3, 3) -> U[a i + j][ci][co] = (G g G^T)[i][j], computed in double;
+// columns Co..Cop are zero. float32 (a*a, Ci, Cop), or for the bfloat16 GEMM (dot)
+// bfloat16 (a*a, Ci/2 rounded up, Cop, 2): input channels 2k and 2k+1 side by side,
+// a zero for the odd Ci's last. (A plain loop: ATen's small batched matmuls and copies
+// took about 100 ms per 640x640 forward, over its ~120 calls.)
 template <int m>
-at::Tensor transform_weight(const at::Tensor& weight, int64_t Cop) {
+at::Tensor transform_weight(const at::Tensor& weight, int64_t Cop, bool dot) {
   constexpr int a = Tile<m>::a;
   const auto& G = Tile<m>::G;
-  const int64_t Co = weight.size(0), Ci = weight.size(1);
+  const int64_t Co = weight.size(0), Ci = weight.size(1), pairs = (Ci + 1) / 2;
   // (Ci, 3, 3, Co): every loop below runs over contiguous output channels
   const at::Tensor w = weight.to(at::kDouble).permute({1, 2, 3, 0}).contiguous();
-  at::Tensor U = at::zeros({a * a, Ci, Cop}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor U = dot ? at::zeros({a * a, pairs, Cop, 2}, at::TensorOptions().dtype(at::kBFloat16))
+                     : at::zeros({a * a, Ci, Cop}, at::TensorOptions().dtype(at::kFloat));
   const double* pw = w.const_data_ptr<double>();
-  float* pu = U.data_ptr<float>();
-  at::parallel_for(0, Ci, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<double> gt(a * 3 * Co);  // (G g)[i][k] for every output channel
-    for (int64_t ci = c0; ci < c1; ++ci) {
-      const double* g = pw + ci * 9 * Co;
-      for (int i = 0; i < a; ++i)
-        for (int k = 0; k < 3; ++k) {
-          double* o = gt.data() + (i * 3 + k) * Co;
-          for (int64_t co = 0; co < Co; ++co)
-            o[co] = G[i][0] * g[k * Co + co] + G[i][1] * g[(3 + k) * Co + co] + G[i][2] * g[(6 + k) * Co + co];
-        }
-      for (int i = 0; i < a; ++i)
-        for (int j = 0; j < a; ++j) {
-          const double *g0 = gt.data() + i * 3 * Co, *g1 = g0 + Co, *g2 = g1 + Co;
-          float* o = pu + ((i * a + j) * Ci + ci) * Cop;
-          for (int64_t co = 0; co < Co; ++co)
-            o[co] = static_cast<float>(g0[co] * G[j][0] + g1[co] * G[j][1] + g2[co] * G[j][2]);
-        }
-    }
-  });
+  auto fill = [&](auto* pu) {  // U's row (q, ci) starts at pu + row(q, ci), its channels stride apart
+    const int64_t stride = dot ? 2 : 1;
+    auto row = [&](int64_t q, int64_t ci) { return dot ? ((q * pairs + ci / 2) * Cop) * 2 + ci % 2 : (q * Ci + ci) * Cop; };
+    at::parallel_for(0, Ci, 1, [&](int64_t c0, int64_t c1) {
+      std::vector<double> gt(a * 3 * Co);  // (G g)[i][k] for every output channel
+      for (int64_t ci = c0; ci < c1; ++ci) {
+        const double* g = pw + ci * 9 * Co;
+        for (int i = 0; i < a; ++i)
+          for (int k = 0; k < 3; ++k) {
+            double* o = gt.data() + (i * 3 + k) * Co;
+            for (int64_t co = 0; co < Co; ++co)
+              o[co] = G[i][0] * g[k * Co + co] + G[i][1] * g[(3 + k) * Co + co] + G[i][2] * g[(6 + k) * Co + co];
+          }
+        for (int i = 0; i < a; ++i)
+          for (int j = 0; j < a; ++j) {
+            const double *g0 = gt.data() + i * 3 * Co, *g1 = g0 + Co, *g2 = g1 + Co;
+            auto* o = pu + row(i * a + j, ci);
+            for (int64_t co = 0; co < Co; ++co)
+              o[co * stride] = static_cast<float>(g0[co] * G[j][0] + g1[co] * G[j][1] + g2[co] * G[j][2]);
+          }
+      }
+    });
+  };
+  if (dot)
+    fill(U.data_ptr<at::BFloat16>());
+  else
+    fill(U.data_ptr<float>());
   return U;
 }
 
@@ -448,7 +550,7 @@ constexpr auto kCL = at::MemoryFormat::ChannelsLast;
 
 at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias_,
                             const std::optional<at::Tensor>& residual_, c10::string_view padding_mode, bool relu,
-                            int64_t tile) {
+                            int64_t tile, bool bf16_gemm) {
   const char* op = "conv3x3_winograd";
   TORCH_CHECK(x.dim() == 4, msg(op, ": x must be 4-D (B, C, H, W), got shape ", x.sizes()));
   TORCH_CHECK(x.device().is_cpu(), msg(op, ": x must be a CPU tensor, got ", x.device()));
@@ -492,30 +594,37 @@ at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, const
                     x.scalar_type(), ", got ", res.sizes(), ", ", res.scalar_type()));
   }
   if (y.numel() == 0) return y;
-  const at::Tensor U = m == 6 ? transform_weight<6>(weight, p.Cop) : transform_weight<4>(weight, p.Cop);
+  const bool dot = bf16_gemm && dot_gemm(isa, x.scalar_type());
+  const at::Tensor U = m == 6 ? transform_weight<6>(weight, p.Cop, dot) : transform_weight<4>(weight, p.Cop, dot);
   const int64_t n_items = p.B * p.th * ((p.tw + kTB - 1) / kTB);
   const float* pb = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
-  auto run = [&](auto tag) {
-    using T = decltype(tag);
+  // T: the tensors' dtype; W: V's and U's (bfloat16 for the bfloat16 GEMM, else float)
+  auto run = [&](auto t_tag, auto w_tag) {
+    using T = decltype(t_tag);
+    using W = decltype(w_tag);
     const T* pr = res.defined() ? res.const_data_ptr<T>() : nullptr;
     at::parallel_for(0, n_items, 1, [&](int64_t i0, int64_t i1) {
       const size_t positions = (m + 2) * (m + 2), vn = positions * kTB * p.Cip, mn = positions * kTB * sh.nv * L;
-      const size_t bytes = ((vn + mn) * sizeof(float) + 63) / 64 * 64;  // aligned_alloc wants a multiple
-      std::unique_ptr<float, decltype(&std::free)> buf(
-          static_cast<float*>(std::aligned_alloc(64, bytes)), &std::free);
+      // M after V, each at a multiple of 64 bytes (aligned_alloc wants the size one too)
+      const size_t vbytes = (vn * sizeof(W) + 63) / 64 * 64, bytes = (vbytes + mn * sizeof(float) + 63) / 64 * 64;
+      std::unique_ptr<char, decltype(&std::free)> buf(static_cast<char*>(std::aligned_alloc(64, bytes)), &std::free);
       TORCH_CHECK(buf, msg(op, ": out of memory for scratch buffers"));
+      W* Vb = reinterpret_cast<W*>(buf.get());
+      float* M = reinterpret_cast<float*>(buf.get() + vbytes);
       const T* px = x.const_data_ptr<T>();
-      const float* pu = U.const_data_ptr<float>();
+      const W* pu = U.const_data_ptr<W>();
       if (m == 6)
-        items<6>(isa, px, pu, pb, pr, y.data_ptr<T>(), p, i0, i1, buf.get(), buf.get() + vn);
+        items<6>(isa, px, pu, pb, pr, y.data_ptr<T>(), p, i0, i1, Vb, M);
       else
-        items<4>(isa, px, pu, pb, pr, y.data_ptr<T>(), p, i0, i1, buf.get(), buf.get() + vn);
+        items<4>(isa, px, pu, pb, pr, y.data_ptr<T>(), p, i0, i1, Vb, M);
     });
   };
   if (x.scalar_type() == at::kFloat)
-    run(float{});
+    run(float{}, float{});
+  else if (dot)
+    run(at::BFloat16{}, at::BFloat16{});
   else
-    run(at::BFloat16{});
+    run(at::BFloat16{}, float{});
   return y;
 }
 
@@ -525,7 +634,7 @@ at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, const
 TORCH_LIBRARY_FRAGMENT(inik, m) {
   m.def(
       "conv3x3_winograd(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, str padding_mode, bool relu, "
-      "int tile=0) -> Tensor");
+      "int tile=0, bool bf16_gemm=True) -> Tensor");
   m.def("conv3x3_winograd_isa() -> str", &inik::wino::conv3x3_winograd_isa);
   m.def("conv3x3_winograd_tile(int H, int W) -> int", &inik::wino::conv3x3_winograd_tile);
 }

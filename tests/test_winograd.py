@@ -60,7 +60,7 @@ def _isas():
     """The kernels this CPU can run: its best and every lesser one (INIK_CPU_ISA)."""
     if not _ext.is_built():
         return ["generic"]
-    order = ["generic", "avx2", "avx512"]
+    order = ["generic", "avx2", "avx512", "avx512_bf16"]
     return order[:order.index(winograd.isa()) + 1]
 
 
@@ -102,15 +102,114 @@ def test_error_is_winograd_sized_not_larger(tile, factor):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("tile", winograd.TILES)
-def test_bfloat16_input_rounds_once(isa, tile, monkeypatch):
+def test_bfloat16_input_with_float32_gemm_rounds_once(isa, tile, monkeypatch):
     monkeypatch.setenv("INIK_CPU_ISA", isa)
     x, w, b, res = make(2, 32, 48, 9, 14, dtype=torch.bfloat16)
-    got = winograd.conv3x3(x, w, b, res, padding_mode="reflect", relu=True, tile=tile)
+    got = winograd.conv3x3(x, w, b, res, padding_mode="reflect", relu=True, tile=tile, bf16_gemm=False)
     assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=CL)
     want = direct(x, w, b, res, "reflect", True)
     # one rounding of the float32 result to bfloat16 (2^-9 relative) plus the float32 error
     bound = want.abs() * 2 ** -8 + tolerance(x.float(), w, tile)
     assert bool(((got.double() - want).abs() <= bound).all())
+
+
+# The kernel's transforms as matrices (csrc/winograd_cpu.cpp, Tile<4> and Tile<6>): B^T,
+# A^T and G, for a float64 Winograd convolution that rounds where the bfloat16 GEMM does.
+BT = {4: [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+          [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+      6: [[1, 0, -5.25, 0, 5.25, 0, -1, 0], [0, 1, 1, -4.25, -4.25, 1, 1, 0], [0, -1, 1, 4.25, -4.25, -1, 1, 0],
+          [0, 0.5, 0.25, -2.5, -1.25, 2, 1, 0], [0, -0.5, 0.25, 2.5, -1.25, -2, 1, 0],
+          [0, 2, 4, -2.5, -5, 0.5, 1, 0], [0, -2, 4, 2.5, -5, -0.5, 1, 0], [0, -1, 0, 5.25, 0, -5.25, 0, 1]]}
+AT = {4: [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+      6: [[1, 1, 1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0.5, -0.5, 0], [0, 1, 1, 4, 4, 0.25, 0.25, 0],
+          [0, 1, -1, 8, -8, 0.125, -0.125, 0], [0, 1, 1, 16, 16, 0.0625, 0.0625, 0],
+          [0, 1, -1, 32, -32, 0.03125, -0.03125, 1]]}
+G = {4: [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+         [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+     6: [[1, 0, 0], [-2 / 9, -2 / 9, -2 / 9], [-2 / 9, 2 / 9, -2 / 9], [1 / 90, 1 / 45, 2 / 45],
+         [1 / 90, -1 / 45, 2 / 45], [32 / 45, 16 / 45, 8 / 45], [32 / 45, -16 / 45, 8 / 45], [0, 0, 1]]}
+
+
+def _padded_index(n, count, reflect):
+    """The kernel's rows (or columns) -1 .. count-2 of the padded input: source index and
+    whether it holds data (reflect mirrors -1 and n, then clamps: beyond that only
+    outputs past the image read them, but their rounding in V still counts)."""
+    q = torch.arange(-1, count - 1)
+    valid = (q >= 0) & (q < n)
+    if reflect:
+        q = torch.where(q < 0, -q, torch.where(q >= n, 2 * n - 2 - q, q))
+        valid = torch.ones_like(valid)
+    return q.clamp(0, n - 1), valid
+
+
+def winograd_float64(x, w, tile, mode, round_bf16=True):
+    """F(tile x tile, 3x3) in float64; with round_bf16 the transformed input V and
+    weights U are rounded to bfloat16 (U through float32, as the kernel stores it)."""
+    m, a = tile, tile + 2
+    bt, at, g = (torch.tensor(t[tile], dtype=torch.float64) for t in (BT, AT, G))
+    b, _, h, wd = x.shape
+    th, tw = -(-h // m), -(-wd // m)
+    ri, rv = _padded_index(h, th * m + 2, mode == "reflect")
+    ci, cv = _padded_index(wd, tw * m + 2, mode == "reflect")
+    d = (x.double()[:, :, ri][:, :, :, ci] * (rv[:, None] & cv[None, :])).unfold(2, a, m).unfold(3, a, m)
+    v = torch.einsum("ij,bctwjk,lk->bctwil", bt, d, bt)
+    u = torch.einsum("ij,ocjk,lk->ocil", g, w.double(), g)
+    if round_bf16:
+        v, u = v.bfloat16().double(), u.float().bfloat16().double()
+    y = torch.einsum("ij,botwjk,lk->botwil", at, torch.einsum("bctwil,ocil->botwil", v, u), at)
+    return y.permute(0, 1, 2, 4, 3, 5).reshape(b, -1, th * m, tw * m)[:, :, :h, :wd]
+
+
+@pytest.mark.parametrize("tile", winograd.TILES)
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+def test_float64_winograd_is_the_convolution(tile, mode):
+    """The matrices above are the kernel's transforms: unrounded, they give the convolution."""
+    x, w, _, _ = make(1, 5, 3, 13, 8)
+    torch.testing.assert_close(winograd_float64(x, w, tile, mode, round_bf16=False), direct(x, w, mode=mode),
+                               rtol=0, atol=1e-12)
+
+
+needs_bf16_gemm = pytest.mark.skipif("avx512_bf16" not in ISAS, reason="this CPU has no AVX512-BF16")
+
+
+@needs_bf16_gemm
+@pytest.mark.parametrize("tile", winograd.TILES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+def test_bfloat16_gemm_rounds_its_operands_and_output_only(shape, mode, tile, monkeypatch):
+    """The bfloat16 GEMM (AVX512-BF16, the default for bfloat16 input there) equals a
+    float64 Winograd convolution whose V and U are rounded to bfloat16, up to the one
+    rounding of the output (its products summed in float32)."""
+    monkeypatch.setenv("INIK_CPU_ISA", "avx512_bf16")
+    x, w, b, res = make(*shape, dtype=torch.bfloat16)
+    core = winograd_float64(x, w, tile, mode)
+    for bias, residual, relu in ((None, None, False), (b, res, True)):
+        got = winograd.conv3x3(x, w, bias, residual, padding_mode=mode, relu=relu, tile=tile)
+        want = core + (0 if bias is None else bias.double()[:, None, None]) + (0 if residual is None else residual.double())
+        want = want.clamp_min(0) if relu else want
+        assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=CL)
+        bound = want.abs() * 2 ** -8 + 1e-5 * want.abs().max().item()
+        assert bool(((got.double() - want).abs() <= bound).all()), (bias is not None, (got.double() - want).abs().max())
+
+
+@needs_bf16_gemm
+@pytest.mark.parametrize("tile, rms", [(4, 0.035), (6, 0.07)])
+def test_bfloat16_gemm_error_is_bounded_and_switchable(tile, rms, monkeypatch):
+    """Its error on random data: a relative RMS of about 2.5% (F(4x4)) and 5% (F(6x6)),
+    against 0.17% for the float32 GEMM. bf16_gemm=False gives the float32 GEMM, bit
+    for bit what the avx512 kernel computes; float32 input ignores the switch."""
+    x, w, _, _ = make(1, 64, 64, 24, 30, dtype=torch.bfloat16)
+    want = direct(x, w)
+    scale = want.pow(2).mean().sqrt().item()
+    monkeypatch.setenv("INIK_CPU_ISA", "avx512_bf16")
+    fast = winograd.conv3x3(x, w, tile=tile)
+    exact_gemm = winograd.conv3x3(x, w, tile=tile, bf16_gemm=False)
+    assert (fast.double() - want).pow(2).mean().sqrt().item() <= rms * scale
+    assert (exact_gemm.double() - want).pow(2).mean().sqrt().item() <= 0.003 * scale
+    assert torch.equal(winograd.conv3x3(x.float(), w, tile=tile), winograd.conv3x3(x.float(), w, tile=tile,
+                                                                                      bf16_gemm=False))
+    monkeypatch.setenv("INIK_CPU_ISA", "avx512")
+    assert torch.equal(winograd.conv3x3(x, w, tile=tile), exact_gemm)
 
 
 def test_any_input_layout_and_autocast_dtype():
@@ -183,10 +282,10 @@ def test_automatic_tile_size(monkeypatch):
 
 def test_cpu_isa_override_is_checked(monkeypatch):
     monkeypatch.setenv("INIK_CPU_ISA", "sse9")
-    with pytest.raises(RuntimeError, match="INIK_CPU_ISA must be avx512, avx2 or generic, got 'sse9'"):
+    with pytest.raises(RuntimeError, match="INIK_CPU_ISA must be avx512_bf16, avx512, avx2 or generic, got 'sse9'"):
         winograd.isa()
-    if ISAS[-1] != "avx512":  # asking for more than the CPU has
-        monkeypatch.setenv("INIK_CPU_ISA", "avx512")
+    if ISAS[-1] != "avx512_bf16":  # asking for more than the CPU has
+        monkeypatch.setenv("INIK_CPU_ISA", "avx512_bf16")
         with pytest.raises(RuntimeError, match="supports at most"):
             winograd.isa()
 
@@ -341,6 +440,9 @@ def test_training_under_bf16_autocast_matches_onednn(monkeypatch):
         assert (type(y.grad_fn).__name__ == "_WinogradReflectConvBackward") == (env == "1")
         (y.float() * g.float()).sum().backward()
         assert y.dtype == x.grad.dtype == torch.bfloat16 and conv.weight.grad.dtype == torch.float32
+        if env == "1":  # training keeps the float32 GEMM
+            assert torch.equal(y, winograd.conv3x3(x.detach(), conv.weight.detach(), padding_mode="reflect",
+                                                   bf16_gemm=False))
         got[env] = (y.detach().float(), x.grad.float(), conv.weight.grad)
     for name, a, b_ in zip(("y", "dx", "dw"), got["0"], got["1"]):
         assert (a - b_).abs().max().item() <= 2 ** -6 * a.abs().max().item(), name

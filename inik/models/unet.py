@@ -102,7 +102,8 @@ def conv3x3_reflect_borders(x: torch.Tensor, weight: torch.Tensor, stride: int) 
 
 class _WinogradReflectConv(torch.autograd.Function):
     """``F.conv2d(reflect_pad1(x), weight)`` for CPU training: the forward and the input
-    gradient as Winograd convolutions (computed in float32), the weight gradient by oneDNN.
+    gradient as Winograd convolutions (computed in float32, with the float32 GEMM for
+    bfloat16 too: ``bf16_gemm=False``), the weight gradient by oneDNN.
 
     y is the valid correlation of P(x) (P: the reflect pad) with w, so the gradient of
     P(x) is the full correlation of dy with w flipped and transposed - a Winograd
@@ -113,7 +114,7 @@ class _WinogradReflectConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight):
         ctx.save_for_backward(x, weight)
-        return torch.ops.inik.conv3x3_winograd(x, weight, None, None, "reflect", False)
+        return torch.ops.inik.conv3x3_winograd(x, weight, None, None, "reflect", False, 0, False)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -124,7 +125,7 @@ class _WinogradReflectConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             padded = F.pad(grad, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
             g_pad = torch.ops.inik.conv3x3_winograd(padded, weight.flip((2, 3)).transpose(0, 1), None, None,
-                                                    "zeros", False)
+                                                    "zeros", False, 0, False)
             gx = _reflect_pad1_backward(g_pad)
         if ctx.needs_input_grad[1]:  # (under bf16 autocast in bf16, as autocast's convolution would)
             gw = torch.ops.aten.convolution_backward(grad, _reflect_pad1_forward(x), weight.to(grad.dtype), None,
@@ -137,7 +138,7 @@ class ReflectConv2d(nn.Conv2d):
     """A 3x3 convolution with one pixel of reflect padding (the same parameters and
     numbers as ``nn.Conv2d(..., padding=1, padding_mode="reflect")``), padded by
     :func:`reflect_pad1` so that channels_last stays channels_last. In CPU
-    inference on channels_last input: Winograd's F(4x4, 3x3) where
+    inference on channels_last input: Winograd's F(4x4, 3x3) or F(6x6, 3x3) where
     :func:`inik.ops.winograd.eligible` allows it (2.4x faster in float32, rounding
     differences of about 3e-6), else :func:`conv3x3_reflect_borders`."""
 

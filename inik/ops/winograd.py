@@ -10,10 +10,17 @@ pixels, where it was measured up to 1.4x faster than F(4x4, 3x3) per layer in
 bfloat16 (a whole 640x640 bf16 forward 1.08x), and F(4x4, 3x3) below
 (:func:`tile_for` says which; ``tile`` or ``INIK_WINOGRAD_TILE=4|6`` choose). A 64 -> 64
 channel convolution of a 640x640 float32 image takes about 51 ms here against oneDNN's
-135-143 ms (2-core AVX-512 CPU, ``benchmarks/RESULTS.md``); bfloat16 input is
-computed in float32 and rounded once (about 50 against 66-71 ms). The kernel
+135-143 ms (2-core AVX-512 CPU, ``benchmarks/RESULTS.md``). bfloat16 input is
+computed in float32 and rounded once, except on CPUs with AVX512-BF16, where by
+default (``bf16_gemm=True``) the GEMM takes the transformed input and weights
+rounded to bfloat16 and sums their products in float32 (``vdpbf16ps``, twice the
+float32 FMA rate): the convolutions of a bf16 640x640 forward 1.4x faster, at a
+relative RMS error of about 0.6% per convolution on the model's activations
+(oneDNN's bf16 convolution: 0.2%; on random data 2.5% for F(4x4), 5% for F(6x6)),
+and the default model's output unchanged in quality (``benchmarks/RESULTS.md``,
+"Session 8"). Training keeps the float32 GEMM. The kernel
 is picked at run time for the CPU's instruction set (:func:`isa`: 16-lane
-AVX-512, 8-lane AVX2, or a generic build); with oneDNN and PyTorch held to AVX2
+AVX-512 with or without AVX512-BF16, 8-lane AVX2, or a generic build); with oneDNN and PyTorch held to AVX2
 on the same machine (an AVX2 laptop's instruction set) the AVX2 kernel was 2x
 faster than oneDNN and the fp32 forward 1.7-1.8x faster.
 
@@ -50,15 +57,16 @@ _AUTO = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 if _ext.is_built():
     @torch.library.register_fake("inik::conv3x3_winograd")
-    def _(x, weight, bias, residual, padding_mode, relu, tile=0):
+    def _(x, weight, bias, residual, padding_mode, relu, tile=0, bf16_gemm=True):
         torch._check(x.dim() == 4 and weight.dim() == 4, lambda: "conv3x3_winograd: x and weight must be 4-D")
         return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3])).contiguous(
             memory_format=torch.channels_last)
 
 
 def isa() -> str:
-    """The instruction set of the kernel that runs on this CPU: ``"avx512"``, ``"avx2"`` or
-    ``"generic"`` (``INIK_CPU_ISA`` may ask for a lesser one, for tests and timings)."""
+    """The instruction set of the kernel that runs on this CPU: ``"avx512_bf16"``,
+    ``"avx512"``, ``"avx2"`` or ``"generic"`` (``INIK_CPU_ISA`` may ask for a lesser one,
+    for tests and timings; ``avx512_bf16`` differs from ``avx512`` in the bfloat16 GEMM only)."""
     if not _ext.is_built():
         raise RuntimeError(f"inik.ops.winograd needs the C++ extension: {_ext.build_hint()}")
     return torch.ops.inik.conv3x3_winograd_isa()
@@ -116,7 +124,7 @@ def trainable(x: Tensor, weight: Tensor, stride: int = 1) -> bool:
 
 
 def conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: Optional[Tensor] = None,
-            padding_mode: str = "zeros", relu: bool = False, tile: int = 0) -> Tensor:
+            padding_mode: str = "zeros", relu: bool = False, tile: int = 0, bf16_gemm: bool = True) -> Tensor:
     """``conv2d(pad1(x), weight, bias) (+ residual)``, then ReLU if ``relu``; CPU, no autograd.
 
     x: (B, C, H, W) float32 or bfloat16 on the CPU (any layout; channels_last
@@ -124,6 +132,8 @@ def conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: 
     Under CPU autocast the computation follows autocast's dtype, as ``conv2d``
     would. ``tile``: the output tile side, 4 for F(4x4, 3x3), 6 for F(6x6, 3x3),
     0 (default) for the one the op picks for the image's size (:data:`TILES`).
+    ``bf16_gemm``: for bfloat16 on a CPU with AVX512-BF16, multiply in bfloat16
+    (faster, larger rounding: see the module doc); ``False`` keeps the float32 GEMM.
     Returns a channels_last tensor.
     """
     if not _ext.is_built():
@@ -144,4 +154,5 @@ def conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: 
     x = x.to(dtype).contiguous(memory_format=cl)
     if residual is not None:
         residual = residual.to(dtype).contiguous(memory_format=cl)
-    return torch.ops.inik.conv3x3_winograd(x, weight, bias, residual, padding_mode, bool(relu), int(tile))
+    return torch.ops.inik.conv3x3_winograd(x, weight, bias, residual, padding_mode, bool(relu), int(tile),
+                                           bool(bf16_gemm))
