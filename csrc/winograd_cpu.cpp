@@ -47,10 +47,7 @@
 #include <string>
 #include <type_traits>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
+#include "cpu_isa.h"
 #include "cpu_lanes.h"
 #include "cpu_simd.h"
 #include "ifm_host.h"
@@ -61,16 +58,6 @@ namespace wino {
 using simd::Vec;
 
 constexpr int kTB = 6;  // tiles per work item (the GEMM's rows)
-
-// Kernels per instruction set (GCC 12+ on x86-64 Linux): AVX-512, AVX2 and, for
-// bfloat16 input, AVX-512 with AVX512-BF16's dot product (INIK_WINO_DOT). Otherwise
-// only the generic build.
-#if defined(__x86_64__) && defined(__linux__) && !defined(__clang__) && __GNUC__ >= 12 && !defined(INIK_NO_CLONES)
-#define INIK_WINO_ISAS 1
-#define INIK_WINO_DOT 1
-#else
-#define INIK_WINO_DOT 0
-#endif
 
 struct Plan {
   int64_t B, Ci, Co, H, W, th, tw, Cip, Cop;  // Cip, Cop: channels rounded up to the kernel's lanes
@@ -250,17 +237,13 @@ struct Kernel {
     }
   }
 
-#if INIK_WINO_DOT
+#if INIK_DOT_BF16
   // (2) with kDot: vdpbf16ps adds a.lo * b.lo + a.hi * b.hi of each lane's pair of
   // bfloat16s to a float32 accumulator - two input channels per instruction, twice
   // the FMAs' rate. V (bfloat16, a tile's channels contiguous) gives a broadcast pair
   // (V[t][2k], V[t][2k+1]); U is stored as (kA, Ci/2 rounded up, Cop, 2), the pair
   // (U[2k][co], U[2k+1][co]) in output channel co's lane. Channels beyond Ci are zero
   // in both.
-  static INIK_AI F dot(F acc, typename V::i a, typename V::i b) {
-    static_assert(L == 16, "vdpbf16ps takes zmm registers");
-    return (F)__builtin_ia32_dpbf16ps_v16sf((__m512)acc, (__m512bh)a, (__m512bh)b);
-  }
   template <int NV>
   static INIK_AI void gemm_dot(const W* Vb, const W* U, const Plan& p, int64_t co0, float* M, const Prefetch* pf) {
     using I = typename V::i;
@@ -279,7 +262,7 @@ struct Kernel {
           int32_t pair;
           std::memcpy(&pair, va + t * p.Cip + 2 * k, sizeof(pair));
           const I s = I{} + pair;  // a broadcast
-          for (int v = 0; v < NV; ++v) acc[t][v] = dot(acc[t][v], s, w[v]);
+          for (int v = 0; v < NV; ++v) acc[t][v] = dot_bf16(acc[t][v], s, w[v]);
         }
       }
       for (int t = 0; t < kTB; ++t)
@@ -323,7 +306,7 @@ struct Kernel {
   template <class T, int NV>
   static INIK_AI void block(const W* Vb, const W* U, const Plan& p, const float* bias, const T* res, T* y,
                             int64_t b, int64_t ty, int64_t tx0, int nt, int64_t co0, float* M, const Prefetch* pf) {
-#if INIK_WINO_DOT
+#if INIK_DOT_BF16
     if constexpr (kDot)
       gemm_dot<NV>(Vb, U, p, co0, M, pf);
     else
@@ -399,13 +382,13 @@ constexpr Shape kGenericShape = kAvx2Shape;
 constexpr Shape kGenericShape{4, 2};
 #endif
 
-#ifdef INIK_WINO_ISAS
+#ifdef INIK_CPU_ISAS
 INIK_WINO_ENTRY(items_avx512, __attribute__((target("arch=x86-64-v4"))), kAvx512Shape.lanes, kAvx512Shape.nv)
 INIK_WINO_ENTRY(items_avx2, __attribute__((target("arch=x86-64-v3"))), kAvx2Shape.lanes, kAvx2Shape.nv)
 // bfloat16 input on AVX512-BF16: the GEMM in bfloat16 pairs (Kernel::gemm_dot); float32
 // input on such a CPU takes items_avx512.
 template <int m>
-__attribute__((target("arch=x86-64-v4,avx512bf16"))) void items_avx512_bf16(
+INIK_TARGET_AVX512_BF16 void items_avx512_bf16(
     const at::BFloat16* x, const at::BFloat16* U, const float* bias, const at::BFloat16* res, at::BFloat16* y,
     const Plan& p, int64_t i0, int64_t i1, at::BFloat16* Vb, float* M) {
   Kernel<kAvx512Shape.lanes, kAvx512Shape.nv, m, true>::items(x, U, bias, res, y, p, i0, i1, Vb, M);
@@ -413,16 +396,15 @@ __attribute__((target("arch=x86-64-v4,avx512bf16"))) void items_avx512_bf16(
 #endif
 INIK_WINO_ENTRY(items_generic, , kGenericShape.lanes, kGenericShape.nv)
 
-// The entry point for this CPU: the best it supports, or INIK_CPU_ISA (avx512_bf16,
-// avx512, avx2, generic) to test or time a lesser one; asking for more than the CPU has
-// is an error. avx512_bf16 differs from avx512 for bfloat16 input only.
-enum Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
+}  // namespace wino
+
+// pick_isa (declared in cpu_isa.h).
 const char* const kIsaNames[] = {"generic", "avx2", "avx512", "avx512_bf16"};
 constexpr int kIsas = 4;
 
 Isa pick_isa() {
   int best = kGeneric;
-#ifdef INIK_WINO_ISAS
+#ifdef INIK_CPU_ISAS
   __builtin_cpu_init();
   best = __builtin_cpu_supports("x86-64-v4") ? (__builtin_cpu_supports("avx512bf16") ? kAvx512Bf16 : kAvx512)
          : __builtin_cpu_supports("x86-64-v3") ? kAvx2
@@ -441,15 +423,17 @@ Isa pick_isa() {
   return kGeneric;
 }
 
+namespace wino {
+
 Shape shape(Isa isa) { return isa >= kAvx512 ? kAvx512Shape : isa == kAvx2 ? kAvx2Shape : kGenericShape; }
 
 // Whether bfloat16 input runs the bfloat16 GEMM (Kernel::gemm_dot) on this kernel.
-bool dot_gemm(Isa isa, at::ScalarType dtype) { return INIK_WINO_DOT && isa == kAvx512Bf16 && dtype == at::kBFloat16; }
+bool dot_gemm(Isa isa, at::ScalarType dtype) { return INIK_DOT_BF16 && isa == kAvx512Bf16 && dtype == at::kBFloat16; }
 
 template <int m, class T>
 void items(Isa isa, const T* x, const float* U, const float* bias, const T* res, T* y, const Plan& p, int64_t i0,
            int64_t i1, float* Vb, float* M) {
-#ifdef INIK_WINO_ISAS
+#ifdef INIK_CPU_ISAS
   if (isa >= kAvx512) return items_avx512<m>(x, U, bias, res, y, p, i0, i1, Vb, M);
   if (isa == kAvx2) return items_avx2<m>(x, U, bias, res, y, p, i0, i1, Vb, M);
 #endif
@@ -459,7 +443,7 @@ void items(Isa isa, const T* x, const float* U, const float* bias, const T* res,
 template <int m>
 void items(Isa, const at::BFloat16* x, const at::BFloat16* U, const float* bias, const at::BFloat16* res,
            at::BFloat16* y, const Plan& p, int64_t i0, int64_t i1, at::BFloat16* Vb, float* M) {
-#ifdef INIK_WINO_ISAS
+#ifdef INIK_CPU_ISAS
   items_avx512_bf16<m>(x, U, bias, res, y, p, i0, i1, Vb, M);
 #else
   TORCH_CHECK(false, "conv3x3_winograd: the bfloat16 GEMM is not in this build");
