@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import glob
 import logging
 import numbers
@@ -173,6 +174,15 @@ def _default_model(device) -> INIKNet:
     return _MODEL_CACHE[key]
 
 
+def _on_device(model: INIKNet, device) -> INIKNet:
+    """``model`` if it is on ``device``, else a copy there: ``deblur(model=m, device=d)``
+    leaves the caller's model where it was (``Module.to`` moves it in place)."""
+    want, have = torch.device(device), next(model.parameters()).device
+    if want.type == have.type and (want.index is None or want.index == have.index):
+        return model
+    return copy.deepcopy(model).to(want)
+
+
 def _cpu_has_bf16() -> bool:
     """Whether oneDNN has native bfloat16 kernels on this CPU."""
     try:
@@ -197,8 +207,7 @@ def deblur(image, model: Optional[INIKNet] = None, *, tile: Optional[int] = None
     """
     if device is None:
         device = next(model.parameters()).device if model is not None else "cpu"
-    model = model if model is not None else _default_model(device)
-    model = model.to(device)
+    model = _on_device(model, device) if model is not None else _default_model(device)
     autocast = None
     if half:
         autocast = torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16

@@ -53,6 +53,18 @@ def test_grey_alpha_torch_pil(small_model):
     assert isinstance(out_pil, Image.Image) and out_pil.size == pil.size and out_pil.mode == "RGB"
 
 
+def test_deblur_leaves_the_callers_model_where_it_is(small_model):
+    """deblur(model=m, device=d) runs a copy of m on d; m itself does not move."""
+    from inik.infer import _on_device
+
+    img = np.random.default_rng(3).random((16, 16, 3), dtype=np.float32)
+    np.testing.assert_array_equal(inik.deblur(img, small_model, device="cpu"), inik.deblur(img, small_model))
+    assert _on_device(small_model, "cpu") is small_model and _on_device(small_model, torch.device("cpu")) is small_model
+    moved = _on_device(small_model, "meta")
+    assert moved is not small_model and next(moved.parameters()).device.type == "meta"
+    assert all(p.device.type == "cpu" for p in small_model.parameters())
+
+
 def test_half_warns_where_the_cpu_only_emulates_bf16(small_model, monkeypatch, caplog):
     import inik.infer
 
