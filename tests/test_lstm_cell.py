@@ -161,3 +161,14 @@ def test_bad_input_is_rejected_with_named_arguments():
         op.lstm_cell_backward(gates, c, c[:, :, :2].contiguous(memory_format=CL), None)
     empty_g, empty_c = make(4, torch.float32, h=0)
     assert lstm_pointwise(empty_g, empty_c, fused=True)[0].shape == empty_c.shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_opcheck_native_ops(dtype):
+    """Schemas, fake (meta) kernels against the real ones, and torch.compile's view of
+    torch.ops.inik.lstm_cell_forward / lstm_cell_backward."""
+    gates, c = make(17, dtype)
+    dh, dc = (torch.randn_like(c.float()).to(dtype).contiguous(memory_format=CL) for _ in range(2))
+    torch.library.opcheck(torch.ops.inik.lstm_cell_forward.default, (gates, c))
+    for grads in ((dh, dc), (dh, None), (None, dc)):
+        torch.library.opcheck(torch.ops.inik.lstm_cell_backward.default, (gates, c, *grads))

@@ -212,6 +212,16 @@ def test_bfloat16_gemm_error_is_bounded_and_switchable(tile, rms, monkeypatch):
     assert torch.equal(winograd.conv3x3(x, w, tile=tile), exact_gemm)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck(dtype):
+    """Schema, fake (meta) kernel against the real one and torch.compile's view of
+    torch.ops.inik.conv3x3_winograd, with every optional argument."""
+    x, w, b, res = make(1, 16, 24, 7, 9, dtype=dtype)
+    for args in ((x, w, None, None, "zeros", False), (x, w, b, res, "reflect", True, 6, False),
+                 (x, w, b, None, "zeros", False, 4, True)):
+        torch.library.opcheck(torch.ops.inik.conv3x3_winograd.default, args)
+
+
 def test_any_input_layout_and_autocast_dtype():
     x, w, _, _ = make(1, 16, 16, 7, 9)
     want = winograd.conv3x3(x, w)

@@ -101,3 +101,20 @@ def lstm_pointwise(gates: Tensor, c: Tensor, fused: Optional[bool] = None) -> tu
     i, f, o, g = gates.chunk(4, 1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
+
+
+if _ext.is_built():
+    # Shapes and layouts of the native ops' results, for torch.compile and opcheck.
+    @torch.library.register_fake("inik::lstm_cell_forward")
+    def _(gates, c):
+        torch._check(gates.dim() == 4 and c.dim() == 4 and gates.shape[1] == 4 * c.shape[1],
+                     lambda: "lstm_cell_forward: gates must be (B, 4h, H, W) for c of shape (B, h, H, W)")
+        cl = torch.channels_last
+        return torch.empty_like(c, memory_format=cl), torch.empty_like(c, memory_format=cl)
+
+    @torch.library.register_fake("inik::lstm_cell_backward")
+    def _(gates, c, grad_h, grad_c):
+        torch._check(gates.dim() == 4 and c.dim() == 4 and gates.shape[1] == 4 * c.shape[1],
+                     lambda: "lstm_cell_backward: gates must be (B, 4h, H, W) for c of shape (B, h, H, W)")
+        cl = torch.channels_last
+        return torch.empty_like(gates, memory_format=cl), torch.empty_like(c, memory_format=cl)
