@@ -115,17 +115,14 @@ def _check_out(out: Path, overwrite: bool) -> Path:
 
 def _check_images(pairs, bits: str) -> None:
     """What would fail half-way through, checked before any image is scored."""
-    from .data.io import _is_tiff, read_image_info
+    from .data.io import is_float_image, read_image_info
     for pair in pairs:
         for path in (pair.blurry, pair.sharp):
             width, height = read_image_info(path)
             if min(width, height) < 7:
                 raise ValueError(f"{path}: {width}x{height} is too small for SSIM's 7x7 window")
-            if bits == "8" and _is_tiff(path):  # float TIFFs have no 8-bit reading
-                import tifffile
-                with tifffile.TiffFile(path) as tif:
-                    if tif.pages[0].dtype is not None and tif.pages[0].dtype.kind == "f":
-                        raise ValueError(f"{path}: a floating-point image cannot be read as 8-bit; use --bits native")
+            if bits == "8" and is_float_image(path):  # float TIFFs have no 8-bit reading
+                raise ValueError(f"{path}: a floating-point image cannot be read as 8-bit; use --bits native")
 
 
 def run(args) -> int:

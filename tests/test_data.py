@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageOps
 
 from inik.data import io as iio
-from inik.data.io import ImageReadError, read_image, read_image_info, write_image
+from inik.data.io import ImageReadError, is_float_image, read_image, read_image_info, write_image
 from inik.data.pairs import (
     CropFlipRotate,
     PairedImageDataset,
@@ -149,6 +149,18 @@ def test_tiff_orientation(tmp_path):
     img, info = read_image(path)
     assert info.orientation == 6 and img.shape == (10, 6, 3)
     np.testing.assert_array_equal(np.round(img * 65535), np.rot90(codes, -1))
+
+
+def test_is_float_image(tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "f.tif", np.zeros((4, 5, 3), np.float32), photometric="rgb")
+    tifffile.imwrite(tmp_path / "i.tif", np.zeros((4, 5, 3), np.uint16), photometric="rgb")
+    write_image(tmp_path / "p.png", np.zeros((4, 5, 3), np.float32))
+    assert is_float_image(tmp_path / "f.tif")
+    assert not is_float_image(tmp_path / "i.tif") and not is_float_image(tmp_path / "p.png")
+    with pytest.raises(ImageReadError, match="no such file"):
+        is_float_image(tmp_path / "missing.tif")
 
 
 def test_write_atomic_no_overwrite(tmp_path):

@@ -348,6 +348,15 @@ def test_eval_checks_its_report_and_images_first(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--data", str(tiny), "--identity", "--lpips", "off", "--out", str(tmp_path / "t.json")]) == 2
     assert "too small for SSIM's 7x7 window" in capsys.readouterr().err
+    import tifffile  # a float TIFF pair has no 8-bit reading: refused under --bits 8, scored natively
+    floats = tmp_path / "floats"
+    for side in ("source", "target"):
+        (floats / side).mkdir(parents=True)
+        tifffile.imwrite(floats / side / "img0.tif", np.full((12, 12, 3), 0.5, np.float32), photometric="rgb")
+    base = ["eval", "--data", str(floats), "--identity", "--lpips", "off"]
+    assert main(base + ["--bits", "8", "--out", str(tmp_path / "f.json")]) == 2
+    assert "a floating-point image cannot be read as 8-bit" in capsys.readouterr().err
+    assert main(base + ["--bits", "native", "--out", str(tmp_path / "f.json")]) == 0
 
 
 def test_ctrl_c_saves_a_checkpoint_after_the_step(tmp_path, monkeypatch):

@@ -41,6 +41,7 @@ __all__ = [
     "ImageReadError",
     "read_image",
     "read_image_info",
+    "is_float_image",
     "write_image",
     "image_to_tensor",
     "tensor_to_image",
@@ -378,6 +379,21 @@ def read_image_info(path) -> tuple[int, int]:
         except Exception as e:
             raise _error(path, f"cannot open as an image ({e})") from e
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def is_float_image(path) -> bool:
+    """Whether a file stores floating-point samples (a float TIFF), from its header.
+    Raises ImageReadError naming the file if it cannot be opened."""
+    if not _is_tiff(path):
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            dtype = tif.pages[0].dtype
+    except Exception as e:
+        raise _error(path, f"cannot open as a TIFF ({e})") from e
+    return dtype is not None and dtype.kind == "f"
 
 
 def _quantize(img: np.ndarray, bit_depth: int) -> np.ndarray:
