@@ -36,6 +36,24 @@ def test_bench_model_runs_every_mode_in_its_own_process(tmp_path):
             assert r["speedup"] == 1.0
 
 
+def test_ab_env_alternates_settings_in_one_process(tmp_path):
+    out = tmp_path / "ab.json"
+    text = _run("ab_env.py", "INIK_WINOGRAD=0", "INIK_WINOGRAD=1,INIK_WINOGRAD_TILE=", "--size", "32x48",
+                "--rounds", "2", "--out", str(out))
+    assert "infer 32x48, mode fast, 2 rounds per setting" in text
+    data = json.loads(out.read_text())
+    assert [r["setting"] for r in data["rows"]] == ["INIK_WINOGRAD=0", "INIK_WINOGRAD=1,INIK_WINOGRAD_TILE="]
+    assert all(len(r["ms"]) == 2 and r["median_ms"] > 0 for r in data["rows"])
+    assert data["rows"][0]["ratio_to_first"] == 1.0 and data["meta"]["device"]
+    text = _run("ab_env.py", "INIK_WINOGRAD=0", "INIK_WINOGRAD=1", "--train", "--train-size", "32",
+                "--train-batch", "1", "--rounds", "1")
+    assert "train b1 32x32" in text
+    for bad, message in ((["INIK_WINOGRAD"], "expected VAR=value"), (["A=1"], "at least two settings")):
+        proc = subprocess.run([sys.executable, str(BENCH / "ab_env.py"), *bad], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr
+
+
 def test_bench_model_rejects_unknown_modes():
     proc = subprocess.run([sys.executable, str(BENCH / "bench_model.py"), "--modes", "turbo"],
                           capture_output=True, text=True, timeout=120)
