@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .infer import load_model, restore
+from .infer import half_dtype, load_model, restore
 
 
 def to_8bit(image: np.ndarray, bit_depth: int) -> np.ndarray:
@@ -34,15 +34,17 @@ def to_8bit(image: np.ndarray, bit_depth: int) -> np.ndarray:
 
 
 def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Optional[int] = None,
-                    lpips=None, progress: bool = False) -> dict:
+                    lpips=None, progress: bool = False, half: bool = False) -> dict:
     """Metrics of ``model`` on ``pairs`` (from :func:`inik.data.pairs.find_pairs`);
     ``model=None`` scores the blurry inputs themselves (the baseline to beat).
+    ``half``: run the model under ``--half``'s autocast (:func:`inik.infer.half_dtype`).
 
     Returns ``{"mean": {...}, "images": [{"name", "psnr", "ssim", "mae", ["lpips"], "seconds"}]}``.
     """
     from .data.io import read_image
     from .metrics import evaluate
     device = torch.device(device)
+    autocast = half_dtype(device) if half and model is not None else None
     rows = []
     it = pairs
     if progress:
@@ -58,7 +60,7 @@ def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Option
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        x = y.clamp(0, 1) if model is None else restore(model, y, tile=tile)
+        x = y.clamp(0, 1) if model is None else restore(model, y, tile=tile, autocast_dtype=autocast)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
@@ -80,6 +82,9 @@ def configure_parser(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--device", default="cpu")
     p.add_argument("--tile", type=int, default=None)
+    p.add_argument("--half", action="store_true",
+                   help="run the model as `inik deblur --half` does (bf16 autocast, fp16 on CUDA), to see what "
+                        "it costs in quality; the paper's protocol is float32")
     p.add_argument("--bits", choices=["8", "native"], default="8",
                    help="read images as 8-bit like the paper (default) or at their native bit depth")
     p.add_argument("--lpips", choices=["auto", "on", "off"], default="auto",
@@ -154,11 +159,11 @@ def run(args) -> int:
                 return 2
             print(f"inik eval: LPIPS skipped: {exc}", file=sys.stderr)
     report = evaluate_folder(model, pairs, bits=args.bits, device=args.device, tile=args.tile,
-                             lpips=lpips, progress=True)
+                             lpips=lpips, progress=True, half=args.half)
     report.update(data=str(args.data), layout=args.layout, split=args.split,
                   weights="identity" if args.identity else str(args.weights or "default"),
                   trained=trained, device=str(args.device), bits=args.bits, tile=args.tile,
-                  lpips=lpips is not None)
+                  lpips=lpips is not None, half=args.half and not args.identity)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_finite_json(report), indent=2, allow_nan=False))

@@ -183,6 +183,18 @@ def _on_device(model: INIKNet, device) -> INIKNet:
     return copy.deepcopy(model).to(want)
 
 
+def half_dtype(device) -> torch.dtype:
+    """The autocast dtype of ``--half`` on ``device``: float16 on CUDA, bfloat16
+    elsewhere (with a warning on CPUs that only emulate bfloat16)."""
+    if torch.device(device).type == "cuda":
+        return torch.float16
+    if not _cpu_has_bf16():
+        log.warning("half=True (--half): this CPU has no native bfloat16 arithmetic (AVX-512 BF16 or "
+                    "AMX), so oneDNN emulates it and the network runs slower than in float32; "
+                    "leave --half out here")
+    return torch.bfloat16
+
+
 def _cpu_has_bf16() -> bool:
     """Whether oneDNN has native bfloat16 kernels on this CPU."""
     try:
@@ -208,13 +220,7 @@ def deblur(image, model: Optional[INIKNet] = None, *, tile: Optional[int] = None
     if device is None:
         device = next(model.parameters()).device if model is not None else "cpu"
     model = _on_device(model, device) if model is not None else _default_model(device)
-    autocast = None
-    if half:
-        autocast = torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16
-        if autocast == torch.bfloat16 and not _cpu_has_bf16():
-            log.warning("half=True (--half): this CPU has no native bfloat16 arithmetic (AVX-512 BF16 or "
-                        "AMX), so oneDNN emulates it and the network runs slower than in float32; "
-                        "leave --half out here")
+    autocast = half_dtype(device) if half else None
 
     def run(y):
         t, o = auto_tile(y.shape[-2], y.shape[-1], tile, overlap)

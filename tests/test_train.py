@@ -200,6 +200,20 @@ def test_eval_matches_skimage(tmp_path):
         assert row["seconds"] > 0
     assert report["mean"]["psnr"] == pytest.approx(np.mean(psnrs), abs=1e-4)
     assert (tmp_path / "report.csv").is_file()
+    # --half: the model as `inik deblur --half` runs it (bf16 autocast here), recorded in the report
+    from inik.infer import load_model, restore
+    assert main(["eval", "--data", str(data), "--weights", str(weights), "--out", str(tmp_path / "half.json"),
+                 "--lpips", "off", "--half"]) == 0
+    half = json.loads((tmp_path / "half.json").read_text())
+    assert half["half"] is True and report["half"] is False
+    loaded, _ = load_model(weights)
+    for row in half["images"]:
+        blurry = np.asarray(Image.open(data / "source" / f"{row['name']}.png"), dtype=np.float32) / 255
+        sharp = np.asarray(Image.open(data / "target" / f"{row['name']}.png"), dtype=np.float64) / 255
+        out = restore(loaded, torch.from_numpy(blurry.transpose(2, 0, 1))[None], autocast_dtype=torch.bfloat16)
+        assert row["psnr"] == pytest.approx(peak_signal_noise_ratio(sharp, out[0].double().numpy().transpose(1, 2, 0),
+                                                                    data_range=1), abs=1e-4)
+    assert [r["psnr"] for r in half["images"]] != [r["psnr"] for r in report["images"]]
 
 
 def test_cli_train_without_lpips_weights_says_what_to_do(tmp_path, monkeypatch, capsys):
