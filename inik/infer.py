@@ -355,7 +355,8 @@ def configure_parser(p) -> None:
                    help=f"tile overlap in pixels (default {DEFAULT_OVERLAP}, at most 3/4 of the tile)")
     p.add_argument("--half", action="store_true",
                    help="bf16 autocast (fp16 on CUDA); on a CPU only where it has native bf16 (AVX-512 BF16: "
-                        "about 1.2x faster here), else it warns: emulated bf16 is slower than fp32")
+                        "about 1.6x faster than fp32 on the 2-core development CPU, 2026-11-26), else it warns: "
+                        "emulated bf16 is slower than fp32")
     p.add_argument("--compile", action="store_true",
                    help="run the network under torch.compile: a one-off compilation per image size "
                         "(about 3 minutes on a 2-core CPU), then forwards 1-2%% faster on an AVX-512 CPU (measured "
