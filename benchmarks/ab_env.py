@@ -90,7 +90,8 @@ def main(argv=None) -> int:
         fn, task = train_fn(args.mode, model, batch, target, device), f"train b{b} {s}x{s}"
     else:
         h, w = _size(args.size)
-        fn, task = inference_fn(args.mode, model, torch.rand(1, 3, h, w, generator=g).to(device), device), f"infer {w}x{h}"
+        y = torch.rand(1, 3, h, w, generator=g).to(device)
+        fn, task = inference_fn(args.mode, model, y, device), f"infer {w}x{h}"
     saved = dict(os.environ)
     times: list[list[float]] = [[] for _ in settings]
     try:

@@ -187,7 +187,8 @@ struct Kernel {
   static constexpr int kA = a * a;     // positions of the Winograd domain
 
   // V's store: float as is; bfloat16 for the bfloat16 GEMM, rounded by vcvtneps2bf16
-  // (to nearest even, as V::store's integer rounding, but one instruction for 16 lanes).
+  // (to nearest even, as V::store's integer rounding, but one instruction for 16 lanes;
+  // it flushes denormals, below 1e-38, to zero).
   static INIK_AI void store_v(W* p, F v) {
 #if INIK_DOT_BF16
     if constexpr (kDot) {
@@ -482,7 +483,9 @@ at::Tensor transform_weight(const at::Tensor& weight, int64_t Cop, bool dot) {
   const double* pw = w.const_data_ptr<double>();
   auto fill = [&](auto* pu) {  // U's row (q, ci) starts at pu + row(q, ci), its channels stride apart
     const int64_t stride = dot ? 2 : 1;
-    auto row = [&](int64_t q, int64_t ci) { return dot ? ((q * pairs + ci / 2) * Cop) * 2 + ci % 2 : (q * Ci + ci) * Cop; };
+    auto row = [&](int64_t q, int64_t ci) {
+      return dot ? ((q * pairs + ci / 2) * Cop) * 2 + ci % 2 : (q * Ci + ci) * Cop;
+    };
     at::parallel_for(0, Ci, 1, [&](int64_t c0, int64_t c1) {
       std::vector<double> gt(a * 3 * Co);  // (G g)[i][k] for every output channel
       for (int64_t ci = c0; ci < c1; ++ci) {

@@ -185,7 +185,8 @@ def test_bfloat16_gemm_rounds_its_operands_and_output_only(shape, mode, tile, mo
     core = winograd_float64(x, w, tile, mode)
     for bias, residual, relu in ((None, None, False), (b, res, True)):
         got = winograd.conv3x3(x, w, bias, residual, padding_mode=mode, relu=relu, tile=tile)
-        want = core + (0 if bias is None else bias.double()[:, None, None]) + (0 if residual is None else residual.double())
+        want = core + (0 if bias is None else bias.double()[:, None, None])
+        want = want + (0 if residual is None else residual.double())
         want = want.clamp_min(0) if relu else want
         assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=CL)
         bound = want.abs() * 2 ** -8 + 1e-5 * want.abs().max().item()
