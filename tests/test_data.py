@@ -263,12 +263,15 @@ def test_lfdof_many_to_one(tmp_path):
     root = tmp_path / "lfdof"
     for stem in ["0001", "0002", "0010"]:
         _save(root / "ground_truth" / f"{stem}.png")
-    for name in ["0001_1", "0001_2", "0002_3_7", "0010/5", "0010/6"]:
+    # scene folders whose slices are numbered like the scenes: the folder wins (0010/0001 is scene 0010's)
+    for name in ["0001_1", "0001_2", "0002_3_7", "0010/5", "0010/0001", "0010/0002_1"]:
         _save(root / "input" / f"{name}.png")
     pairs = find_pairs(root)  # auto-detects lfdof
     got = {p.name: p.sharp.stem for p in pairs}
-    assert got == {"0001_1": "0001", "0001_2": "0001", "0002_3_7": "0002", "0010/5": "0010", "0010/6": "0010"}
-    assert target_stem_candidates("0010/0003_1") == ["0003_1", "0003", "0010"]
+    assert got == {"0001_1": "0001", "0001_2": "0001", "0002_3_7": "0002", "0010/5": "0010", "0010/0001": "0010",
+                   "0010/0002_1": "0010"}
+    assert target_stem_candidates("0010/0003_1") == ["0010", "0003_1", "0003"]
+    assert target_stem_candidates("a/b/c_1") == ["b", "a", "c_1", "c"]
     _save(root / "input" / "0003_1.png")
     with pytest.raises(PairingError, match=r"0003_1.png.*'0003_1', '0003'"):
         find_pairs(root, "lfdof")

@@ -21,11 +21,13 @@ without suffix). Many-to-one (LFDOF, where several refocused inputs share one
 all-in-focus target): for a blurry file ``<input>/<sub>/<stem>.<ext>`` the
 candidate target stems are tried in this order, and the first that exists wins:
 
-1. ``stem`` itself;
-2. ``stem`` with its last ``_part`` removed, repeatedly
-   (``0001_3_2`` -> ``0001_3`` -> ``0001``);
-3. the enclosing folder names under the input folder, innermost first
-   (``input/0001/5.png`` -> ``0001``).
+1. the enclosing folder names under the input folder, innermost first
+   (``input/0001/5.png`` -> ``0001``): a scene's folder names its target even
+   when its slices are numbered like the scenes (``input/0002/0001.png`` is
+   scene 0002's, not 0001's);
+2. ``stem`` itself;
+3. ``stem`` with its last ``_part`` removed, repeatedly
+   (``0001_3_2`` -> ``0001_3`` -> ``0001``).
 
 Nothing is ever paired by sort order. A blurry file without a partner, a
 sharp file that no blurry file uses, two files with one stem in a folder, a
@@ -98,12 +100,11 @@ def target_stem_candidates(relative_blurry: str) -> list[str]:
     suffix, e.g. ``"0001/0001_3_2"``. See the module docstring for the rule."""
     parts = relative_blurry.split("/")
     stem, folders = parts[-1], parts[:-1]
-    out = [stem]
+    out = list(reversed(folders)) + [stem]
     while "_" in stem:
         stem = stem.rsplit("_", 1)[0]
         if stem:
             out.append(stem)
-    out.extend(reversed(folders))
     return out
 
 
