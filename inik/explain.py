@@ -16,11 +16,15 @@ Writes into the output folder:
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 # A perceptually ordered colour map (anchors of viridis), interpolated linearly.
 _ANCHORS = np.array([[68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142],
@@ -73,12 +77,28 @@ def atom_sheets(atoms: list[torch.Tensor], cell: int = 60) -> tuple[np.ndarray, 
     return stack(spatial_rows), stack(fourier_rows)
 
 
+STALE_PATTERN = "mu_scale*.png"  # explain's per-scale files: a model with fewer scales leaves some behind
+
+
 def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = False) -> dict:
     """Write the interpretation PNGs of ``model`` on ``image`` ((H, W, 3) float in [0, 1]) into
-    ``out_dir``; returns the summary written to ``explain.json``."""
+    ``out_dir``; returns the summary written to ``explain.json``.
+
+    Every output name is checked before anything is written: an existing one is
+    an error (FileExistsError) unless ``overwrite``, which also removes per-scale
+    maps an earlier run with more scales left in ``out_dir``.
+    """
     from .data.io import write_image
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: is a file, not a folder (the output folder)")
+    scales = model.config.scales
+    names = (["defocus_size.png"] + [f"mu_scale{r}.png" for r in range(scales)]
+             + ["omega.png", "atoms_spatial.png", "atoms_fourier.png", "explain.json"])
+    existing = [n for n in names if (out / n).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out / existing[0]}: file exists" + (f" (and {len(existing) - 1} more)"
+                              if len(existing) > 1 else "") + "; nothing written (--overwrite replaces them)")
     device = next(model.parameters()).device
     y = torch.from_numpy(np.ascontiguousarray(image[..., :3].transpose(2, 0, 1))).float()[None].to(device)
     maps = model.interpret(y)
@@ -87,21 +107,11 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
     sizes = torch.arange(mu.shape[0], dtype=torch.float32) * 2 + 1
     size_map = (mu * sizes[:, None, None]).sum(0).numpy()
     kmax = float(sizes[-1])
-
-    def save(name, arr):
-        write_image(out / name, arr, overwrite=overwrite)
-
-    save("defocus_size.png", colormap(size_map, 1.0, kmax))
-    for r in range(mu.shape[0]):
-        save(f"mu_scale{r}.png", mu[r].numpy())
-    omegas = []
-    for n in range(omega.shape[0]):
-        o = omega[n].numpy()
-        omegas.append(colormap(o, float(o.min()), float(o.max())))
-    save("omega.png", _tile_row(omegas, gap=4))
+    omegas = [colormap(o.numpy(), float(o.min()), float(o.max())) for o in omega]
     spatial, fourier = atom_sheets(maps.atoms)
-    save("atoms_spatial.png", spatial)
-    save("atoms_fourier.png", fourier)
+    images = {"defocus_size.png": colormap(size_map, 1.0, kmax),
+              **{f"mu_scale{r}.png": mu[r].numpy() for r in range(mu.shape[0])},
+              "omega.png": _tile_row(omegas, gap=4), "atoms_spatial.png": spatial, "atoms_fourier.png": fourier}
     summary = {
         "defocus_size": {"min": float(size_map.min()), "max": float(size_map.max()),
                          "mean": float(size_map.mean()), "colour_range": [1.0, kmax]},
@@ -109,7 +119,16 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
         "omega_range": [[float(o.min()), float(o.max())] for o in omega],
         "atom_sizes": [int(a.shape[-1]) for a in maps.atoms],
     }
-    (out / "explain.json").write_text(json.dumps(summary, indent=2))
+    out.mkdir(parents=True, exist_ok=True)
+    for name, arr in images.items():
+        write_image(out / name, arr, overwrite=overwrite)
+    tmp = out / ".explain.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / "explain.json")
+    if overwrite:
+        for stale in sorted(set(out.glob(STALE_PATTERN)) - {out / n for n in images}):
+            stale.unlink()
+            log.warning("removed %s: a map from an earlier run with more scales", stale)
     return summary
 
 
@@ -123,8 +142,9 @@ def configure_parser(p) -> None:
 
 def run(args) -> int:
     from .data.io import read_image
-    from .infer import DEFAULT_WEIGHTS, UNTRAINED_NOTE, load_model
+    from .infer import DEFAULT_WEIGHTS, UNTRAINED_NOTE, check_device, load_model
     try:
+        check_device(args.device)
         image, _ = read_image(args.input)
         model, trained = load_model(args.weights, device=args.device)
         if not trained:

@@ -174,7 +174,7 @@ def test_cli_untrained_says_so(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "q.png").is_file()
 
 
-def test_explain_writes_maps(tmp_path, weights):
+def test_explain_writes_maps(tmp_path, weights, capsys):
     write_image(tmp_path / "p.png", np.random.default_rng(3).random((40, 36, 3)).astype(np.float32))
     out = tmp_path / "maps"
     assert main(["explain", str(tmp_path / "p.png"), "-o", str(out), "--weights", str(weights)]) == 0
@@ -190,8 +190,27 @@ def test_explain_writes_maps(tmp_path, weights):
     assert 1 <= summary["defocus_size"]["min"] <= summary["defocus_size"]["max"] <= 15
     assert summary["atom_sizes"] == [3, 5, 7, 9, 11, 13, 15]
     assert abs(sum(summary["mu_mean_per_scale"]) - 1) < 1e-5
-    # A second run does not silently replace the maps.
+    # A second run replaces nothing - not even explain.json - and writes nothing, unless --overwrite.
+    notes = out / "explain.json"
+    notes.write_text("my notes")
+    (out / "mu_scale3.png").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert main(["explain", str(tmp_path / "p.png"), "-o", str(out), "--weights", str(weights)]) == 1
+    assert "file exists (and 11 more); nothing written" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before and notes.read_text() == "my notes"
+    # --overwrite with a model of fewer scales: its maps replace the old ones, and the old
+    # per-scale maps it has no counterpart for are removed, not left to mislead
+    torch.manual_seed(0)
+    few = tmp_path / "few.safetensors"
+    inik.INIKNet(width=8, scales=3).save(few)
+    assert main(["explain", str(tmp_path / "p.png"), "-o", str(out), "--weights", str(few), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.glob("mu_scale*.png")) == [f"mu_scale{r}.png" for r in range(3)]
+    assert json.loads(notes.read_text())["atom_sizes"] == [3, 5]
+    # an output path that is a file, and a device that is not there: clean errors
+    assert main(["explain", str(tmp_path / "p.png"), "-o", str(tmp_path / "p.png"), "--weights", str(weights)]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["explain", str(tmp_path / "p.png"), "-o", str(out), "--device", "nonsense"]) == 1
+    assert "--device" in capsys.readouterr().err
 
 
 def test_cli_compile_matches_eager(tmp_path, weights, monkeypatch):
