@@ -1,6 +1,7 @@
 """The IFM op: reference and unfused backends against a naive oracle, identities,
 gradients, torch.library registration, torch.compile, validation and backend choice."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,7 +152,9 @@ def test_compile_inductor():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (lambda y, mu, om, at: (y[0], mu, om, at), "image must have 4 dimensions"),
+    (lambda y, mu, om, at: (y[0], mu, om, at), r"image must have 4 dimensions \(B, C, H, W\)"),
+    (lambda y, mu, om, at: (y, mu[0], om, at), r"mu must have 4 dimensions \(B, R, H, W\)"),
+    (lambda y, mu, om, at: (y, mu, om[0], at), r"omega must have 4 dimensions \(B, N, H, W\)"),
     (lambda y, mu, om, at: (y, mu[:1], om, at), "mu must match image's batch"),
     (lambda y, mu, om, at: (y, mu, om[..., :3], at), "omega must match image's batch"),
     (lambda y, mu, om, at: (y, mu, om, at[:, :, :4, :4]), "K must be odd"),
@@ -176,6 +179,13 @@ def test_validation_types_and_support():
         ifm(y, mu, om, at, support=[5, 4, 3])
     with pytest.raises(ValueError, match="one size per scale"):
         ifm(y, mu, om, at, support=[5])
+    # support sizes are integers, not coerced: 3.7 is not 3, "135" is not [1, 3, 5]
+    for bad in ([5, 3.7, 1], "531", [True, True, True], 5):
+        with pytest.raises(TypeError, match="support must be a sequence of R=3 odd integers"):
+            ifm(y, mu, om, at, support=bad)
+    want = ifm(y, mu, om, at, support=[5, 3, 1])
+    for same in ((5, 3, 1), np.array([5, 3, 1]), torch.tensor([5, 3, 1]), [np.int64(5), 3, 1]):
+        torch.testing.assert_close(ifm(y, mu, om, at, support=same), want, rtol=0, atol=0)
 
 
 def test_backend_choice(monkeypatch):
@@ -183,10 +193,13 @@ def test_backend_choice(monkeypatch):
     assert "reference" in inik.ops.available_backends("cpu")
     monkeypatch.setenv(inik.ops.ENV_BACKEND, "unfused")
     assert inik.ops.resolve_backend("cpu") == "unfused"
-    with pytest.raises(RuntimeError, match="unknown backend 'nope'"):
-        inik.ops.resolve_backend("cpu", "nope")
-    monkeypatch.setenv(inik.ops.ENV_BACKEND, "nope")
-    with pytest.raises(RuntimeError, match="unknown backend"):
+    for bad in ("nope", "CPP", None):  # a bad argument value: ValueError naming it
+        with pytest.raises(ValueError, match=f"backend={bad!r}: unknown backend; expected 'auto' or one of"):
+            inik.ops.resolve_backend("cpu", bad)
+    with pytest.raises(RuntimeError, match="backend='cuda' cannot run on cpu"):
+        inik.ops.resolve_backend("cpu", "cuda")
+    monkeypatch.setenv(inik.ops.ENV_BACKEND, "nope")  # the variable is named when it is the culprit
+    with pytest.raises(ValueError, match="INIK_IFM_BACKEND='nope': unknown backend"):
         ifm(*make_inputs())
 
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -99,12 +101,17 @@ def resolve_backend(device: torch.device | str, backend: str = "auto") -> str:
     ``INIK_IFM_BACKEND`` environment variable when ``backend == "auto"``),
     else the first available in priority order."""
     device = torch.device(device)
-    if backend == "auto":
-        backend = os.environ.get(ENV_BACKEND, "").strip() or "auto"
+    source = f"backend={backend!r}"
+    if isinstance(backend, str) and backend == "auto":
+        env = os.environ.get(ENV_BACKEND, "").strip()
+        if env:
+            backend, source = env, f"{ENV_BACKEND}={env!r}"
     if backend != "auto":
+        if not isinstance(backend, str) or backend not in BACKEND_NAMES:
+            raise ValueError(f"inik.ops.ifm: {source}: unknown backend; expected 'auto' or one of {BACKEND_NAMES}")
         why = backend_unavailable(backend, device)
         if why is not None:
-            raise RuntimeError(f"inik.ops.ifm: backend={backend!r} cannot run on {device}: {why}")
+            raise RuntimeError(f"inik.ops.ifm: {source} cannot run on {device}: {why}")
         return backend
     order = _AUTO_ORDER.get(device.type, ("reference",))
     for name in order:
@@ -207,10 +214,9 @@ def validate(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor,
             raise TypeError(f"inik.ops.ifm: {name} must be a torch.Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
             raise TypeError(f"inik.ops.ifm: {name} must be a floating-point tensor, got dtype {t.dtype}")
+    layouts = {"image": "(B, C, H, W)", "mu": "(B, R, H, W)", "omega": "(B, N, H, W)", "atoms": "(R, N, K, K)"}
     for name, t in named.items():
-        _check(t.dim() == 4, f"{name} must have 4 dimensions "
-               f"({'(R, N, K, K)' if name == 'atoms' else '(B, ' + name[0].upper() + ', H, W)'}), "
-               f"got shape {tuple(t.shape)}")
+        _check(t.dim() == 4, f"{name} must have 4 dimensions {layouts[name]}, got shape {tuple(t.shape)}")
     dtypes = {name: t.dtype for name, t in named.items()}
     _check(len(set(dtypes.values())) == 1, f"all inputs must share one dtype, got {dtypes}")
     devices = {name: str(t.device) for name, t in named.items()}
@@ -230,6 +236,11 @@ def validate(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor,
     _check(omega.shape[1] == n, f"omega has {omega.shape[1]} atoms but atoms has N={n}")
     if support is None:
         return [k] * r
+    if isinstance(support, (Tensor, np.ndarray)):
+        support = support.tolist()
+    if isinstance(support, (str, bytes)) or not isinstance(support, Sequence) or not all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in support):
+        raise TypeError(f"inik.ops.ifm: support must be a sequence of R={r} odd integers, got {support!r}")
     support = [int(s) for s in support]
     _check(len(support) == r, f"support must give one size per scale (R={r}), got {len(support)}")
     for s in support:
@@ -252,7 +263,8 @@ def ifm(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor, *,
         backend: "auto", "reference", "unfused", "cpp", "cuda" or "triton".
 
     Returns:
-        (B, C, H, W) tensor of the inputs' dtype. Differentiable in all four inputs.
+        (B, C, H, W) tensor of the inputs' dtype. Differentiable in all four inputs
+        (first-order gradients; no double backward).
     """
     support = validate(image, mu, omega, atoms, support)
     name = resolve_backend(image.device, backend)
