@@ -333,6 +333,9 @@ def test_eval_dataset_full_images(tmp_path):
     b, s = PairedImageDataset(find_pairs(tmp_path), crop=None, augment=False)[0]
     assert b.shape == s.shape == (3, 10, 14)
     np.testing.assert_array_equal(b.numpy(), read_image(tmp_path / "source" / "a.png")[0].transpose(2, 0, 1))
+    for bad in (0, 16.5, True, "8"):  # refused when the dataset is made, not at its first item
+        with pytest.raises(ValueError, match="crop must be a positive integer size or None"):
+            PairedImageDataset(find_pairs(tmp_path), crop=bad)
 
 
 def test_tiff_photometric_interpretations(tmp_path):

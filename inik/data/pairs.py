@@ -38,6 +38,7 @@ file(s).
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,8 +249,8 @@ class PairedImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, pairs, *, crop: int | None = 256, augment: bool = True, seed: int = 0, cache: bool = False):
         self.pairs = list(pairs)
-        if crop is not None and crop < 1:
-            raise ValueError(f"crop must be a positive size or None; got {crop}")
+        if crop is not None and (not isinstance(crop, numbers.Integral) or isinstance(crop, bool) or crop < 1):
+            raise ValueError(f"crop must be a positive integer size or None; got {crop!r}")
         self.crop, self.augment, self.seed, self.cache = crop, augment, seed, cache
         self.epoch = 0
         self._cache: dict[Path, torch.Tensor] = {}
