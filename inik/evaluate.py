@@ -131,7 +131,7 @@ def _check_images(pairs, bits: str) -> None:
 
 
 def run(args) -> int:
-    from .data.pairs import find_pairs
+    from .data.pairs import find_pairs, resolve_layout
     from .infer import check_device, check_tile_option
     from .losses import MissingWeightsError
     from .metrics import LPIPSMetric
@@ -139,7 +139,8 @@ def run(args) -> int:
         csv_path = _check_out(Path(args.out), args.overwrite)
         check_device(args.device)
         check_tile_option(args.tile)
-        pairs = find_pairs(args.data, layout=args.layout, split=args.split)
+        layout = resolve_layout(args.data, args.layout, split=args.split)
+        pairs = find_pairs(args.data, layout=layout, split=args.split)
         if not pairs:
             raise ValueError(f"no image pairs in {args.data}")
         _check_images(pairs, args.bits)
@@ -160,7 +161,7 @@ def run(args) -> int:
             print(f"inik eval: LPIPS skipped: {exc}", file=sys.stderr)
     report = evaluate_folder(model, pairs, bits=args.bits, device=args.device, tile=args.tile,
                              lpips=lpips, progress=True, half=args.half)
-    report.update(data=str(args.data), layout=args.layout, split=args.split,
+    report.update(data=str(args.data), layout=layout, split=args.split if layout == "dpdd" else None,
                   weights="identity" if args.identity else str(args.weights or "default"),
                   trained=trained, device=str(args.device), bits=args.bits, tile=args.tile,
                   lpips=lpips is not None, half=args.half and not args.identity)

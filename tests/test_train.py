@@ -185,6 +185,7 @@ def test_eval_matches_skimage(tmp_path):
     assert rc == 0
     report = json.loads(report_path.read_text())
     assert [r["name"] for r in report["images"]] == ["img0", "img1"]  # the pair names (unique in a dataset)
+    assert report["layout"] == "realdof" and report["split"] is None  # as detected; split is DPDD's only
     from PIL import Image
     psnrs = []
     for row in report["images"]:

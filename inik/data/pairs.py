@@ -52,6 +52,7 @@ __all__ = [
     "PairingError",
     "LAYOUTS",
     "find_pairs",
+    "resolve_layout",
     "pair_folders",
     "target_stem_candidates",
     "CropFlipRotate",
@@ -151,6 +152,23 @@ def pair_folders(blurry_dir, sharp_dir, *, many_to_one: bool = False, check_size
     return pairs
 
 
+def resolve_layout(root, layout: str = "auto", *, split: str = "test") -> str:
+    """The layout :func:`find_pairs` reads ``root`` with: ``layout`` itself (checked),
+    or for ``"auto"`` the first of :data:`LAYOUTS` whose folders exist."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a directory")
+    if layout == "auto":
+        for name, (b, s, _) in LAYOUTS.items():
+            if (root / b.format(split=split)).is_dir() and (root / s.format(split=split)).is_dir():
+                return name
+        expected = "; ".join(f"{n}: {b.format(split=split)} + {s.format(split=split)}" for n, (b, s, _) in LAYOUTS.items())
+        raise PairingError(f"{root}: no known dataset layout found (expected folders {expected})")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be 'auto' or one of {sorted(LAYOUTS)}; got {layout!r}")
+    return layout
+
+
 def find_pairs(root, layout: str = "auto", *, split: str = "test", check_sizes: bool = True) -> list[ImagePair]:
     """Pairs of a dataset in one of the known layouts (see :data:`LAYOUTS`).
 
@@ -161,18 +179,7 @@ def find_pairs(root, layout: str = "auto", *, split: str = "test", check_sizes: 
         check_sizes: see :func:`pair_folders`.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise NotADirectoryError(f"{root}: not a directory")
-    if layout == "auto":
-        for name, (b, s, _) in LAYOUTS.items():
-            if (root / b.format(split=split)).is_dir() and (root / s.format(split=split)).is_dir():
-                layout = name
-                break
-        else:
-            expected = "; ".join(f"{n}: {b.format(split=split)} + {s.format(split=split)}" for n, (b, s, _) in LAYOUTS.items())
-            raise PairingError(f"{root}: no known dataset layout found (expected folders {expected})")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be 'auto' or one of {sorted(LAYOUTS)}; got {layout!r}")
+    layout = resolve_layout(root, layout, split=split)
     b, s, many = LAYOUTS[layout]
     bdir, sdir = root / b.format(split=split), root / s.format(split=split)
     for d in (bdir, sdir):
