@@ -277,6 +277,30 @@ def test_lfdof_many_to_one(tmp_path):
         find_pairs(root, "lfdof")
 
 
+def test_folder_scanning_links_hidden_folders_and_subfolders(tmp_path):
+    """LFDOF scene folders that are symbolic links are searched (once, even when linked
+    twice or back up the tree); hidden folders are not; a broken link with an image's
+    suffix is an error naming it; a one-to-one layout with images only in subfolders
+    says so."""
+    root = tmp_path / "lfdof"
+    for stem in ["0001", "0002"]:
+        _save(root / "ground_truth" / f"{stem}.png")
+    _save(root / "input" / "0001" / "1.png")
+    _save(tmp_path / "elsewhere" / "0002" / "1.png")
+    (root / "input" / "0002").symlink_to(tmp_path / "elsewhere" / "0002", target_is_directory=True)
+    (root / "input" / "0001" / "loop").symlink_to(root / "input", target_is_directory=True)
+    _save(root / "input" / ".ipynb_checkpoints" / "0001" / "1.png")
+    assert {p.name: p.sharp.stem for p in find_pairs(root)} == {"0001/1": "0001", "0002/1": "0002"}
+    (root / "input" / "0001" / "2.png").symlink_to(tmp_path / "missing.png")
+    with pytest.raises(ImageReadError, match=r"2.png.*broken symbolic link"):
+        find_pairs(root)
+    flat = tmp_path / "flat"
+    _save(flat / "source" / "sub" / "a.png")
+    _save(flat / "target" / "a.png")
+    with pytest.raises(PairingError, match="its subfolders hold 1.*only the lfdof layout searches subfolders"):
+        find_pairs(flat)
+
+
 def test_unknown_layout_message(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(PairingError, match="no known dataset layout"):

@@ -150,10 +150,12 @@ def test_cli_batch_keeps_bit_depth_and_survives_bad_files(tmp_path, weights, cap
     write_image(src / "a.png", (rng.random((20, 24, 3)) * 65535).astype(np.uint16))
     write_image(src / "b.png", (rng.random((21, 22, 4)) * 255).astype(np.uint8))
     (src / "c.png").write_bytes(b"not an image")
+    (src / "d.png").symlink_to(tmp_path / "gone.png")  # a broken link: reported, not skipped silently
     out = tmp_path / "out"
     rc = main(["deblur", str(src), "-o", str(out), "--weights", str(weights)])
-    assert rc == 1  # one bad file
-    assert "c.png" in capsys.readouterr().err
+    assert rc == 1  # two bad files, the rest deblurred
+    err = capsys.readouterr().err
+    assert "c.png" in err and "d.png: broken symbolic link" in err
     a, info_a = read_image(out / "a.png", mode=None)
     b, info_b = read_image(out / "b.png", mode=None)
     assert info_a.bit_depth == 16 and a.shape == (20, 24, 3)

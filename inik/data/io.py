@@ -182,7 +182,7 @@ def _is_tiff(path) -> bool:
         with open(path, "rb") as f:
             return f.read(4) in _TIFF_MAGIC
     except FileNotFoundError:
-        raise _error(path, "no such file") from None
+        raise _error(path, "broken symbolic link" if os.path.islink(path) else "no such file") from None
     except OSError as e:
         raise _error(path, f"cannot open ({e})") from e
 
@@ -521,12 +521,26 @@ def tensor_to_image(tensor, dtype=np.float32) -> np.ndarray:
 
 
 def list_images(folder, recursive: bool = False) -> list[Path]:
-    """Image files (by suffix, see IMAGE_EXTENSIONS) in a folder, sorted by path;
-    hidden files are skipped. Raises NotADirectoryError naming the folder."""
+    """Image files (by suffix, see IMAGE_EXTENSIONS) in a folder, sorted by path.
+
+    Hidden files (and with ``recursive``, hidden folders) are skipped; symbolic
+    links to folders are followed (each folder once). A broken symbolic link with
+    an image's suffix is listed, so that reading it reports it instead of the file
+    vanishing without a word. Raises NotADirectoryError naming the folder."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder}: not a directory")
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(
-        p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
+    if recursive:
+        found, seen = [], set()
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:  # a link back up the tree, or two links to one folder
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            found.extend(Path(dirpath) / f for f in filenames)
+    else:
+        found = list(folder.iterdir())
+    return sorted(p for p in found if not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and (p.is_file() or (p.is_symlink() and not p.exists())))

@@ -127,7 +127,10 @@ def pair_folders(blurry_dir, sharp_dir, *, many_to_one: bool = False, check_size
     blurry = _by_stem(list_images(blurry_dir, recursive=many_to_one), blurry_dir)
     sharp = _by_stem(list_images(sharp_dir), sharp_dir)
     if not blurry:
-        raise PairingError(f"no images in {blurry_dir}")
+        nested = [] if many_to_one else list_images(blurry_dir, recursive=True)
+        hint = (f" (its subfolders hold {len(nested)}, e.g. {nested[0]}; only the lfdof layout searches "
+                 "subfolders)") if nested else ""
+        raise PairingError(f"no images in {blurry_dir}{hint}")
     pairs, used = [], set()
     for name, path in sorted(blurry.items()):
         candidates = target_stem_candidates(name) if many_to_one else [name]
