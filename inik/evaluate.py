@@ -156,7 +156,7 @@ def run(args) -> int:
             lpips = LPIPSMetric(args.device)
         except MissingWeightsError as exc:
             if args.lpips == "on":
-                print(f"inik eval: {exc} (or --lpips off)", file=sys.stderr)
+                print(f"inik eval: {exc}", file=sys.stderr)
                 return 2
             print(f"inik eval: LPIPS skipped: {exc}", file=sys.stderr)
     report = evaluate_folder(model, pairs, bits=args.bits, device=args.device, tile=args.tile,

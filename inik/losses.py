@@ -50,8 +50,9 @@ class MissingWeightsError(FileNotFoundError):
 
 _WEIGHTS = {
     # name: (torchvision weights enum name, what it is for, how to go without)
-    "alexnet": ("AlexNet_Weights", "LPIPS (AlexNet backbone)", "--lpips-weight 0 trains without the LPIPS term"),
-    "vgg19": ("VGG19_Weights", "the VGG-19 feature loss", "--vgg-weight 0 (the default) trains without it"),
+    "alexnet": ("AlexNet_Weights", "LPIPS (AlexNet backbone)",
+                "go without LPIPS: `inik train --lpips-weight 0`, `inik eval --lpips off`"),
+    "vgg19": ("VGG19_Weights", "the VGG-19 feature loss", "train without it: --vgg-weight 0 (the default)"),
 }
 
 

@@ -116,7 +116,7 @@ def test_missing_weights_say_which_file_where(empty_hub, monkeypatch):
     msg = str(e.value)
     assert str(empty_hub / "alexnet-owt-7be5be79.pth") in msg
     assert "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth" in msg
-    assert "--lpips-weight 0" in msg
+    assert "`inik train --lpips-weight 0`, `inik eval --lpips off`" in msg  # whichever command met it
     with pytest.raises(MissingWeightsError, match="vgg19-dcbb9e9d.pth"):
         VGG19Features()
     with pytest.raises(MissingWeightsError, match="alexnet"):
