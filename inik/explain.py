@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -80,14 +81,20 @@ def atom_sheets(atoms: list[torch.Tensor], cell: int = 60) -> tuple[np.ndarray, 
 STALE_PATTERN = "mu_scale*.png"  # explain's per-scale files: a model with fewer scales leaves some behind
 
 
-def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = False) -> dict:
+def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = False,
+            tile: Optional[int] = None, overlap: Optional[int] = None) -> dict:
     """Write the interpretation PNGs of ``model`` on ``image`` ((H, W, 3) float in [0, 1]) into
     ``out_dir``; returns the summary written to ``explain.json``.
 
     Every output name is checked before anything is written: an existing one is
     an error (FileExistsError) unless ``overwrite``, which also removes per-scale
-    maps an earlier run with more scales left in ``out_dir``.
+    maps an earlier run with more scales left in ``out_dir``. ``tile``/``overlap``:
+    as for ``inik deblur`` (None: whole images up to about 2 megapixels, tiles
+    beyond, :func:`inik.infer.auto_tile`; 0: always whole), so memory stays
+    bounded for any photo size; the maps of the tiles are blended as deblur
+    blends its outputs.
     """
+    from .infer import auto_tile, tiled
     from .data.io import write_image
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -100,15 +107,23 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
         raise FileExistsError(f"{out / existing[0]}: file exists" + (f" (and {len(existing) - 1} more)"
                               if len(existing) > 1 else "") + "; nothing written (--overwrite replaces them)")
     device = next(model.parameters()).device
-    y = torch.from_numpy(np.ascontiguousarray(image[..., :3].transpose(2, 0, 1))).float()[None].to(device)
-    maps = model.interpret(y)
-    mu = maps.mu[-1][0].float().cpu()        # (R, H, W)
-    omega = maps.omega[-1][0].float().cpu()  # (N, H, W)
+    y = torch.from_numpy(np.ascontiguousarray(image[..., :3].transpose(2, 0, 1))).float()[None]
+
+    @torch.no_grad()
+    def finest_maps(x):  # (1, R + N, h, w): the finest level's mu and omega
+        maps = model.interpret(x.to(device).contiguous(memory_format=torch.channels_last))
+        return torch.cat([maps.mu[-1], maps.omega[-1]], 1).float()
+
+    t, o = auto_tile(y.shape[-2], y.shape[-1], tile, overlap)
+    both = tiled(finest_maps, y, t, o)[0]
+    mu, omega = both[:scales], both[scales:]  # (R, H, W), (N, H, W)
+    with torch.no_grad():
+        atoms = [model.dictionary.scale_atoms(s) for s in range(1, scales)]
     sizes = torch.arange(mu.shape[0], dtype=torch.float32) * 2 + 1
     size_map = (mu * sizes[:, None, None]).sum(0).numpy()
     kmax = float(sizes[-1])
     omegas = [colormap(o.numpy(), float(o.min()), float(o.max())) for o in omega]
-    spatial, fourier = atom_sheets(maps.atoms)
+    spatial, fourier = atom_sheets(atoms)
     images = {"defocus_size.png": colormap(size_map, 1.0, kmax),
               **{f"mu_scale{r}.png": mu[r].numpy() for r in range(mu.shape[0])},
               "omega.png": _tile_row(omegas, gap=4), "atoms_spatial.png": spatial, "atoms_fourier.png": fourier}
@@ -117,7 +132,7 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
                          "mean": float(size_map.mean()), "colour_range": [1.0, kmax]},
         "mu_mean_per_scale": [float(m) for m in mu.mean((1, 2))],
         "omega_range": [[float(o.min()), float(o.max())] for o in omega],
-        "atom_sizes": [int(a.shape[-1]) for a in maps.atoms],
+        "atom_sizes": [int(a.shape[-1]) for a in atoms],
     }
     out.mkdir(parents=True, exist_ok=True)
     for name, arr in images.items():
@@ -138,18 +153,22 @@ def configure_parser(p) -> None:
     p.add_argument("--weights", help="INIKNet safetensors file (default: the bundled weights)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in DIR")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile size in pixels, as for inik deblur (default: whole image up to ~2 megapixels, "
+                        "tiles beyond; 0: always the whole image)")
 
 
 def run(args) -> int:
     from .data.io import read_image
-    from .infer import DEFAULT_WEIGHTS, UNTRAINED_NOTE, check_device, load_model
+    from .infer import DEFAULT_WEIGHTS, UNTRAINED_NOTE, check_device, check_tile_option, load_model
     try:
         check_device(args.device)
+        check_tile_option(args.tile)
         image, _ = read_image(args.input)
         model, trained = load_model(args.weights, device=args.device)
         if not trained:
             print("inik explain: WARNING: " + UNTRAINED_NOTE.format(path=DEFAULT_WEIGHTS), file=sys.stderr)
-        summary = explain(model, image, args.output, overwrite=args.overwrite)
+        summary = explain(model, image, args.output, overwrite=args.overwrite, tile=args.tile)
     except (OSError, ValueError) as exc:
         print(f"inik explain: {exc}", file=sys.stderr)
         return 1

@@ -97,9 +97,17 @@ def restore(model: INIKNet, y: torch.Tensor, tile: Optional[int] = None, overlap
         with torch.autocast(device.type, dtype=autocast_dtype):
             return model(x).float()
 
-    b, c, h0, w0 = y.shape
+    return tiled(run, y, tile, overlap, progress).clamp_(0, 1)
+
+
+def tiled(run, y: torch.Tensor, tile: Optional[int] = None, overlap: Optional[int] = None,
+          progress=None) -> torch.Tensor:
+    """``run(y)`` for a per-pixel network function ``run`` ((B, C, H, W) -> (B, C', H, W)),
+    on the CPU: whole, or with ``tile`` on T x T windows blended over their overlaps as
+    :func:`restore` describes (the image padded once, as the network pads it)."""
+    h0, w0 = y.shape[-2:]
     if tile is None or (h0 <= tile and w0 <= tile):
-        return run(y).clamp_(0, 1).cpu()
+        return run(y).cpu()
     if tile < MIN_SIZE:
         raise ValueError(f"tile must be at least {MIN_SIZE} pixels, got {tile}")
     tile -= tile % MULTIPLE
@@ -112,7 +120,7 @@ def restore(model: INIKNet, y: torch.Tensor, tile: Optional[int] = None, overlap
     y, _ = pad_to_valid(y)
     h, w = y.shape[-2:]
     step = tile - overlap
-    out = torch.zeros((b, c, h, w))
+    out = None
     weight = torch.zeros((1, 1, h, w))
     rows, cols = _starts(h, tile, step), _starts(w, tile, step)
     if progress is not None:
@@ -121,6 +129,8 @@ def restore(model: INIKNet, y: torch.Tensor, tile: Optional[int] = None, overlap
         for left in cols:
             th, tw = min(tile, h), min(tile, w)
             patch = run(y[:, :, top:top + th, left:left + tw]).cpu()
+            if out is None:
+                out = torch.zeros((patch.shape[0], patch.shape[1], h, w))
             # (th < tile only where the image is smaller than a tile: one tile, no shared side)
             wy = _window(th, overlap, top == 0, top + th >= h)
             wx = _window(tw, overlap, left == 0, left + tw >= w)
@@ -129,7 +139,7 @@ def restore(model: INIKNet, y: torch.Tensor, tile: Optional[int] = None, overlap
             weight[:, :, top:top + th, left:left + tw] += wt
             if progress is not None:
                 progress.update()
-    return (out / weight)[..., :h0, :w0].clamp_(0, 1)
+    return (out / weight)[..., :h0, :w0]
 
 
 # Whole-image inference up to this many pixels (1920x1080 fits; about 5 GB peak

@@ -1,5 +1,7 @@
 """inik.deblur and `inik deblur`: kinds of input, bit depth, alpha, tiling, batch errors."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -187,7 +189,6 @@ def test_explain_writes_maps(tmp_path, weights, capsys):
     assert size_map.shape == (40, 36, 3)
     mu0, _ = read_image(out / "mu_scale0.png", mode=None)
     assert mu0.shape == (40, 36, 1)
-    import json
     summary = json.loads((out / "explain.json").read_text())
     assert 1 <= summary["defocus_size"]["min"] <= summary["defocus_size"]["max"] <= 15
     assert summary["atom_sizes"] == [3, 5, 7, 9, 11, 13, 15]
@@ -213,6 +214,25 @@ def test_explain_writes_maps(tmp_path, weights, capsys):
     assert "is a file, not a folder" in capsys.readouterr().err
     assert main(["explain", str(tmp_path / "p.png"), "-o", str(out), "--device", "nonsense"]) == 1
     assert "--device" in capsys.readouterr().err
+
+
+def test_explain_in_tiles_matches_the_whole_image(tmp_path, weights, capsys):
+    """--tile bounds explain's memory on large photos; the blended maps equal the
+    whole-image maps (to one 8-bit code here) and the summary to 1e-3."""
+    write_image(tmp_path / "p.png", np.random.default_rng(3).random((70, 52, 3)).astype(np.float32))
+    runs = {}
+    for tile in ("0", "32"):
+        out = tmp_path / f"maps{tile}"
+        assert main(["explain", str(tmp_path / "p.png"), "-o", str(out), "--weights", str(weights),
+                     "--tile", tile]) == 0
+        mu = np.stack([read_image(out / f"mu_scale{r}.png", mode=None)[0] for r in range(8)])
+        runs[tile] = mu, json.loads((out / "explain.json").read_text())
+    (mu0, s0), (mu1, s1) = runs["0"], runs["32"]
+    assert mu1.shape == mu0.shape == (8, 70, 52, 1) and np.abs(mu1 - mu0).max() <= 1 / 255 + 1e-6
+    for key in ("min", "max", "mean"):
+        assert abs(s1["defocus_size"][key] - s0["defocus_size"][key]) < 1e-3
+    assert main(["explain", str(tmp_path / "p.png"), "-o", str(tmp_path / "t"), "--tile", "8"]) == 1
+    assert "--tile" in capsys.readouterr().err
 
 
 def test_cli_compile_matches_eager(tmp_path, weights, monkeypatch):
