@@ -34,20 +34,28 @@ _ANCHORS = np.array([[68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], 
 
 
 def colormap(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """(H, W) values -> (H, W, 3) float RGB in [0, 1], ``lo`` dark purple to ``hi`` yellow."""
-    t = np.clip((values - lo) / max(hi - lo, 1e-12), 0, 1) * (len(_ANCHORS) - 1)
-    i = np.minimum(t.astype(int), len(_ANCHORS) - 2)
+    """(H, W) values -> (H, W, 3) float32 RGB in [0, 1], ``lo`` dark purple to ``hi`` yellow."""
+    anchors = _ANCHORS.astype(np.float32)
+    t = np.clip((np.asarray(values, np.float32) - lo) / max(hi - lo, 1e-12), 0, 1) * (len(anchors) - 1)
+    i = np.minimum(t.astype(np.int32), len(anchors) - 2)
     f = (t - i)[..., None]
-    return _ANCHORS[i] * (1 - f) + _ANCHORS[i + 1] * f
+    return anchors[i] * (1 - f) + anchors[i + 1] * f
+
+
+def _u8(rgb: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> the 8-bit codes write_image would write (a quarter of float32's memory)."""
+    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
 def _tile_row(images: list[np.ndarray], gap: int = 2) -> np.ndarray:
+    """Images side by side on white (1.0, or 255 for uint8), ``gap`` pixels apart."""
     h = max(im.shape[0] for im in images)
+    white = 255 if images[0].dtype == np.uint8 else 1.0
     row = []
     for im in images:
-        pad = np.ones((h, im.shape[1], 3))
+        pad = np.full((h, im.shape[1], 3), white, dtype=im.dtype)
         pad[:im.shape[0]] = im
-        row += [pad, np.ones((h, gap, 3))]
+        row += [pad, np.full((h, gap, 3), white, dtype=im.dtype)]
     return np.concatenate(row[:-1], 1)
 
 
@@ -122,9 +130,11 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
     sizes = torch.arange(mu.shape[0], dtype=torch.float32) * 2 + 1
     size_map = (mu * sizes[:, None, None]).sum(0).numpy()
     kmax = float(sizes[-1])
-    omegas = [colormap(o.numpy(), float(o.min()), float(o.max())) for o in omega]
+    # maps as 8-bit codes as soon as they are coloured: a 10-megapixel photo's omega row in
+    # float64 took 5 GB
+    omegas = [_u8(colormap(o.numpy(), float(o.min()), float(o.max()))) for o in omega]
     spatial, fourier = atom_sheets(atoms)
-    images = {"defocus_size.png": colormap(size_map, 1.0, kmax),
+    images = {"defocus_size.png": _u8(colormap(size_map, 1.0, kmax)),
               **{f"mu_scale{r}.png": mu[r].numpy() for r in range(mu.shape[0])},
               "omega.png": _tile_row(omegas, gap=4), "atoms_spatial.png": spatial, "atoms_fourier.png": fourier}
     summary = {
