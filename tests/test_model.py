@@ -1,5 +1,6 @@
 """INIKNet: shapes at any size, parameter counts, ablations, interpretation, save/load, learning."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,6 +94,16 @@ def test_config_errors():
         inik.INIKNet(scales=1)
     with pytest.raises(ValueError, match="zero_mean_atoms must be a bool"):
         inik.INIKNet(zero_mean_atoms="yes")
+    for name, bad in (("width", True), ("atoms", True), ("width", 0), ("scales", 1), ("atoms", 2.0)):
+        with pytest.raises(ValueError, match=f"{name} must be an integer >= {2 if name == 'scales' else 1}"):
+            inik.INIKNet(**{name: bad})
+    assert type(inik.INIKNet(width=np.int64(8)).config.width) is int
+    for config in (8, {"width": 8}):  # the options are keywords (or an INIKNetConfig)
+        with pytest.raises(TypeError, match="config must be an INIKNetConfig"):
+            inik.INIKNet(config)
+    for backend in ("CPP", "nope", None):  # refused when the model is built, not at its first forward
+        with pytest.raises(ValueError, match="ifm_backend must be 'auto' or one of"):
+            inik.INIKNet(width=8, ifm_backend=backend)
 
 
 @pytest.mark.parametrize("y, exc, match", [
@@ -111,6 +122,13 @@ def test_bad_input(model, y, exc, match):
 def test_forward_levels_needs_training_sizes(model):
     with pytest.raises(ValueError, match="multiples of 16"):
         model.forward_levels(torch.rand(1, 3, 40, 48))
+
+
+def test_forward_levels_takes_any_float_dtype_as_forward_does(model):
+    y = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        levels = model.forward_levels(y)
+        torch.testing.assert_close(levels[-1].double(), model(y), rtol=1e-5, atol=1e-5)
 
 
 def test_interpret(model):
@@ -151,6 +169,21 @@ def test_save_load_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(y), m(y), rtol=0, atol=0)
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temp files left
+    # through a symbolic link: the file it names is updated, the link stays a link
+    other = inik.INIKNet(dictionary="upsampled", recurrence="unidirectional", width=8)
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(path)
+    other.save(link)
+    assert link.is_symlink() and inik.INIKNet.load(path).state_dict()["mu_head.weight"].equal(
+        other.state_dict()["mu_head.weight"])
+    # errors name the user's path, not a temporary file, and leave nothing behind
+    with pytest.raises(FileNotFoundError, match="the folder of .*nope.*does not exist"):
+        m.save(tmp_path / "nope" / "w.safetensors")
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        m.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.safetensors", "w.safetensors"]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'strict'"):
+        inik.INIKNet.load(path, strict=False)
 
 
 def test_load_errors(tmp_path):
@@ -165,6 +198,18 @@ def test_load_errors(tmp_path):
     save_file({"x": torch.zeros(1)}, other)
     with pytest.raises(ValueError, match="not an INIKNet weights file"):
         inik.INIKNet.load(other)
+    # a config this version cannot read in full: refused by name, never loaded with defaults
+    import json
+    state = {k: v.contiguous() for k, v in inik.INIKNet(width=8).state_dict().items()}
+    good = {"width": 8}
+    for config, match in ((json.dumps({**good, "zero_mean_atom": True}), r"does not know: \['zero_mean_atom'\]"),
+                          ("{not json", "malformed config"), ("[8]", "malformed config")):
+        bad = tmp_path / "bad.safetensors"
+        save_file(state, bad, metadata={"format": "inik.INIKNet", "config": config})
+        with pytest.raises(ValueError, match=match):
+            inik.INIKNet.load(bad)
+    save_file(state, bad, metadata={"format": "inik.INIKNet", "config": json.dumps(good)})
+    assert inik.INIKNet.load(bad).config == inik.INIKNet(width=8).config  # missing options: defaults
 
 
 def test_ifm_backend_is_a_runtime_choice():

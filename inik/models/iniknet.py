@@ -6,8 +6,9 @@ Quan, Yao, Ji, ICCV 2023; every architectural fact is in ARCHITECTURE.md section
 from __future__ import annotations
 
 import json
+import numbers
 import os
-import tempfile
+import uuid
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import ifm
+from ..ops import BACKEND_NAMES, ifm
 from .dictionary import KINDS, Dictionary
 from .recurrent import DuplexRecurrence, UnidirectionalRecurrence
 from .unet import UNet
@@ -67,9 +68,10 @@ class INIKNetConfig:
         if not isinstance(self.zero_mean_atoms, bool):
             raise ValueError(f"INIKNet: zero_mean_atoms must be a bool, got {self.zero_mean_atoms!r}")
         for name in ("width", "scales", "atoms"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < (2 if name == "scales" else 1):
-                raise ValueError(f"INIKNet: {name} must be a positive integer (scales >= 2), "
-                                 f"got {getattr(self, name)!r}")
+            value, least = getattr(self, name), 2 if name == "scales" else 1
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
+                raise ValueError(f"INIKNet: {name} must be an integer >= {least}, got {value!r}")
+            object.__setattr__(self, name, int(value))  # numpy integers as plain ints (saved as JSON)
 
 
 @dataclass
@@ -116,8 +118,13 @@ class INIKNet(nn.Module):
         super().__init__()
         if config is None:
             config = INIKNetConfig(**kwargs)
+        elif not isinstance(config, INIKNetConfig):
+            raise TypeError(f"INIKNet: config must be an INIKNetConfig (or pass options as keywords, "
+                            f"e.g. INIKNet(width=8)), got {type(config).__name__}")
         elif kwargs:
             raise TypeError("INIKNet: pass either config or keyword arguments, not both")
+        if not isinstance(ifm_backend, str) or ifm_backend not in ("auto",) + BACKEND_NAMES:
+            raise ValueError(f"INIKNet: ifm_backend must be 'auto' or one of {BACKEND_NAMES}, got {ifm_backend!r}")
         self.config = config
         self.ifm_backend = ifm_backend
         c = config
@@ -227,7 +234,8 @@ class INIKNet(nn.Module):
         if h % MULTIPLE or w % MULTIPLE or h < MIN_SIZE or w < MIN_SIZE:
             raise ValueError(f"INIKNet.forward_levels: H and W must be multiples of {MULTIPLE} and at "
                              f"least {MIN_SIZE} (training crops), got {h}x{w}; use model(y) for any size")
-        return [x for x, _, _ in self._run(y, all_levels=True)]
+        # in the parameters' dtype, as forward() takes it
+        return [x for x, _, _ in self._run(y.to(next(self.parameters()).dtype), all_levels=True)]
 
     @torch.no_grad()
     def interpret(self, y: torch.Tensor) -> Interpretation:
@@ -242,22 +250,28 @@ class INIKNet(nn.Module):
     # ------------------------------------------------------------ weights
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write weights and configuration to one safetensors file (atomically)."""
+        """Write weights and configuration to one safetensors file (atomically: a
+        temporary file in the same folder, renamed over ``path``; a symbolic link's
+        target is what gets replaced)."""
         from safetensors.torch import save_file
 
         from .. import __version__
-        path = os.fspath(path)
+        shown = os.fsdecode(os.fspath(path))
+        if not shown:
+            raise ValueError("INIKNet.save: path is empty")
+        target = os.path.realpath(shown)  # through symbolic links: the file they name is updated
+        directory = os.path.dirname(target)
+        if os.path.isdir(target):
+            raise IsADirectoryError(f"INIKNet.save: {shown!r} is a folder; name a .safetensors file")
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"INIKNet.save: the folder of {shown!r} does not exist")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         meta = {"format": FORMAT, "config": json.dumps(asdict(self.config)), "inik_version": __version__}
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-        os.close(fd)
+        # created by safetensors with the usual permissions (0666 less the umask)
+        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex[:12]}.safetensors")
         try:
             save_file(state, tmp, metadata=meta)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-            os.replace(tmp, path)
+            os.replace(tmp, target)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -277,14 +291,25 @@ class INIKNet(nn.Module):
             raise ValueError(f"INIKNet.load: {path!r} is not a readable safetensors file ({exc})") from exc
         if meta.get("format") != FORMAT or "config" not in meta:
             raise ValueError(f"INIKNet.load: {path!r} is not an INIKNet weights file (no inik metadata)")
-        known = {f.name for f in fields(INIKNetConfig)}
-        return INIKNetConfig(**{k: v for k, v in json.loads(meta["config"]).items() if k in known})
+        try:
+            stored = json.loads(meta["config"])
+        except ValueError as exc:
+            raise ValueError(f"INIKNet.load: {path!r} has a malformed config ({exc})") from exc
+        if not isinstance(stored, dict):
+            raise ValueError(f"INIKNet.load: {path!r} has a malformed config (not a JSON object)")
+        # Options missing from the file take their defaults (files from before they existed);
+        # options this version does not know would change the network unseen, so they stop the load.
+        unknown = sorted(set(stored) - {f.name for f in fields(INIKNetConfig)})
+        if unknown:
+            raise ValueError(f"INIKNet.load: {path!r} sets options this version of inik does not know: "
+                             f"{unknown} (written by version {meta.get('inik_version', '?')})")
+        return INIKNetConfig(**stored)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu",
-             **kwargs) -> "INIKNet":
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+             ifm_backend: str = "auto") -> "INIKNet":
         """Rebuild a model from a file written by :meth:`save`."""
         from safetensors.torch import load_file
-        model = cls(cls.read_config(path), **kwargs)
+        model = cls(cls.read_config(path), ifm_backend=ifm_backend)
         model.load_state_dict(load_file(os.fspath(path), device=str(map_location)))
         return model.to(map_location)
