@@ -10,7 +10,7 @@
 // picks one for the image's size (pick_tile). Everything is computed in float32,
 // except with bf16_gemm, bfloat16 x and a CPU with AVX512-BF16: the GEMM then takes its
 // operands (the transformed input and weights) rounded to bfloat16 and sums their
-// products in float32, at twice the rate (Kernel::gemm_dot). That rounding costs
+// products in float32, at twice the rate (Kernel::gemm). That rounding costs
 // accuracy: a relative RMS error of about 0.6% of the output on the model's
 // activations (oneDNN's bfloat16 convolution: 0.2%; float32 GEMM: 0.17%, mostly
 // the output's own rounding), 2.5% (F(4x4)) and 5% (F(6x6)) on random data.
@@ -176,7 +176,7 @@ struct Prefetch {
 
 // The kernel for F(m x m, 3x3) on vectors of L floats, with MaxNV output vectors per GEMM block.
 // kDot: the GEMM multiplies bfloat16 pairs with AVX512-BF16's vdpbf16ps (the
-// Winograd-domain V and U rounded to bfloat16, products summed in float32; see gemm_dot).
+// Winograd-domain V and U rounded to bfloat16, products summed in float32; see gemm).
 template <int L, int MaxNV, int m, bool kDot = false>
 struct Kernel {
   using V = Vec<L>;
@@ -228,62 +228,51 @@ struct Kernel {
   }
 
   // (2) M[q][t][0 : NV*L] = V[q][t][:Ci] @ U[q][:Ci][co0 : co0 + NV*L] for all kA positions q.
+  // With kDot, vdpbf16ps adds a.lo * b.lo + a.hi * b.hi of each lane's pair of bfloat16s
+  // to a float32 accumulator - two input channels per instruction, twice the FMAs' rate:
+  // V (bfloat16, a tile's channels contiguous) gives a broadcast pair (V[t][2k], V[t][2k+1]);
+  // U is stored as (kA, Ci/2 rounded up, Cop, 2), the pair (U[2k][co], U[2k+1][co]) in
+  // output channel co's lane. Channels beyond Ci are zero in both.
   template <int NV>
-  static INIK_AI void gemm(const float* Vb, const float* U, const Plan& p, int64_t co0, float* M,
-                           const Prefetch* pf) {
-    for (int q = 0; q < kA; ++q) {
-      if (pf) pf->fetch(q, kA);
-      F acc[kTB][NV];
-      for (int t = 0; t < kTB; ++t)
-        for (int v = 0; v < NV; ++v) acc[t][v] = F{};
-      const float* va = Vb + q * kTB * p.Cip;
-      const float* ua = U + q * p.Ci * p.Cop + co0;
-      for (int64_t ci = 0; ci < p.Ci; ++ci) {
-        F w[NV];
-        for (int v = 0; v < NV; ++v) w[v] = V::load(ua + ci * p.Cop + v * L);
-        for (int t = 0; t < kTB; ++t) {
-          const F s = va[t * p.Cip + ci] - F{};  // a broadcast (x - 0 == x, unlike 0 + x for x = -0)
-          for (int v = 0; v < NV; ++v) acc[t][v] += s * w[v];
-        }
-      }
-      for (int t = 0; t < kTB; ++t)
-        for (int v = 0; v < NV; ++v) V::store(M + ((t * NV + v) * kA + q) * L, acc[t][v]);
-    }
-  }
-
-#if INIK_DOT_BF16
-  // (2) with kDot: vdpbf16ps adds a.lo * b.lo + a.hi * b.hi of each lane's pair of
-  // bfloat16s to a float32 accumulator - two input channels per instruction, twice
-  // the FMAs' rate. V (bfloat16, a tile's channels contiguous) gives a broadcast pair
-  // (V[t][2k], V[t][2k+1]); U is stored as (kA, Ci/2 rounded up, Cop, 2), the pair
-  // (U[2k][co], U[2k+1][co]) in output channel co's lane. Channels beyond Ci are zero
-  // in both.
-  template <int NV>
-  static INIK_AI void gemm_dot(const W* Vb, const W* U, const Plan& p, int64_t co0, float* M, const Prefetch* pf) {
-    using I = typename V::i;
-    const int64_t pairs = (p.Ci + 1) / 2;
+  static INIK_AI void gemm(const W* Vb, const W* U, const Plan& p, int64_t co0, float* M, const Prefetch* pf) {
     for (int q = 0; q < kA; ++q) {
       if (pf) pf->fetch(q, kA);
       F acc[kTB][NV];
       for (int t = 0; t < kTB; ++t)
         for (int v = 0; v < NV; ++v) acc[t][v] = F{};
       const W* va = Vb + q * kTB * p.Cip;
-      const W* ua = U + (q * pairs * p.Cop + co0) * 2;
-      for (int64_t k = 0; k < pairs; ++k) {
-        I w[NV];
-        for (int v = 0; v < NV; ++v) std::memcpy(&w[v], ua + (k * p.Cop + v * L) * 2, sizeof(I));
-        for (int t = 0; t < kTB; ++t) {
-          int32_t pair;
-          std::memcpy(&pair, va + t * p.Cip + 2 * k, sizeof(pair));
-          const I s = I{} + pair;  // a broadcast
-          for (int v = 0; v < NV; ++v) acc[t][v] = dot_bf16(acc[t][v], s, w[v]);
+#if INIK_DOT_BF16
+      if constexpr (kDot) {
+        using I = typename V::i;
+        const int64_t pairs = (p.Ci + 1) / 2;
+        const W* ua = U + (q * pairs * p.Cop + co0) * 2;
+        for (int64_t k = 0; k < pairs; ++k) {
+          I w[NV];
+          for (int v = 0; v < NV; ++v) std::memcpy(&w[v], ua + (k * p.Cop + v * L) * 2, sizeof(I));
+          for (int t = 0; t < kTB; ++t) {
+            int32_t pair;
+            std::memcpy(&pair, va + t * p.Cip + 2 * k, sizeof(pair));
+            const I s = I{} + pair;  // a broadcast
+            for (int v = 0; v < NV; ++v) acc[t][v] = dot_bf16(acc[t][v], s, w[v]);
+          }
+        }
+      } else
+#endif
+      {
+        const W* ua = U + q * p.Ci * p.Cop + co0;
+        for (int64_t ci = 0; ci < p.Ci; ++ci) {
+          F w[NV];
+          for (int v = 0; v < NV; ++v) w[v] = V::load(ua + ci * p.Cop + v * L);
+          for (int t = 0; t < kTB; ++t) {
+            const F s = va[t * p.Cip + ci] - F{};  // a broadcast (x - 0 == x, unlike 0 + x for x = -0)
+            for (int v = 0; v < NV; ++v) acc[t][v] += s * w[v];
+          }
         }
       }
       for (int t = 0; t < kTB; ++t)
         for (int v = 0; v < NV; ++v) V::store(M + ((t * NV + v) * kA + q) * L, acc[t][v]);
     }
   }
-#endif
 
   // (3) Output tile t, channels [co0, co0 + NV*L): A^T M A, bias, residual, ReLU, stored.
   template <class T, int NV>
@@ -320,12 +309,7 @@ struct Kernel {
   template <class T, int NV>
   static INIK_AI void block(const W* Vb, const W* U, const Plan& p, const float* bias, const T* res, T* y,
                             int64_t b, int64_t ty, int64_t tx0, int nt, int64_t co0, float* M, const Prefetch* pf) {
-#if INIK_DOT_BF16
-    if constexpr (kDot)
-      gemm_dot<NV>(Vb, U, p, co0, M, pf);
-    else
-#endif
-      gemm<NV>(Vb, U, p, co0, M, pf);
+    gemm<NV>(Vb, U, p, co0, M, pf);
     for (int t = 0; t < nt; ++t) output_tile<T, NV>(M, p, bias, res, y, b, ty, tx0 + t, t, co0);
   }
 
@@ -399,7 +383,7 @@ constexpr Shape kGenericShape{4, 2};
 #ifdef INIK_CPU_ISAS
 INIK_WINO_ENTRY(items_avx512, __attribute__((target("arch=x86-64-v4"))), kAvx512Shape.lanes, kAvx512Shape.nv)
 INIK_WINO_ENTRY(items_avx2, __attribute__((target("arch=x86-64-v3"))), kAvx2Shape.lanes, kAvx2Shape.nv)
-// bfloat16 input on AVX512-BF16: the GEMM in bfloat16 pairs (Kernel::gemm_dot); float32
+// bfloat16 input on AVX512-BF16: the GEMM in bfloat16 pairs (Kernel::gemm); float32
 // input on such a CPU takes items_avx512.
 template <int m>
 INIK_TARGET_AVX512_BF16 void items_avx512_bf16(
@@ -441,7 +425,7 @@ namespace wino {
 
 Shape shape(Isa isa) { return isa >= kAvx512 ? kAvx512Shape : isa == kAvx2 ? kAvx2Shape : kGenericShape; }
 
-// Whether bfloat16 input runs the bfloat16 GEMM (Kernel::gemm_dot) on this kernel.
+// Whether bfloat16 input runs the bfloat16 GEMM (Kernel::gemm) on this kernel.
 bool dot_gemm(Isa isa, at::ScalarType dtype) { return INIK_DOT_BF16 && isa == kAvx512Bf16 && dtype == at::kBFloat16; }
 
 template <int m, class T>
