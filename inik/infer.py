@@ -221,6 +221,9 @@ def deblur(image, model: Optional[INIKNet] = None, *, tile: Optional[int] = None
     ``image``: numpy (H, W), (H, W, 3) or (H, W, 4) - uint8, uint16 or float in
     [0, 1]; a torch tensor (3, H, W) or (B, 3, H, W) in [0, 1]; or a PIL image.
     Grey images are deblurred as RGB and returned grey; alpha passes through.
+    A PIL image comes back with its ICC profile, EXIF block and resolution in
+    ``info`` (pass them to ``save``: ``out.save(p, icc_profile=out.info.get("icc_profile"),
+    exif=out.info.get("exif", b""))``).
     ``model``: default: the bundled default weights. ``tile``: None picks
     automatically (whole image up to about 2 megapixels, 1024-px tiles beyond,
     see :func:`auto_tile`); 0 forces the whole image; T runs T x T tiles
@@ -258,7 +261,9 @@ def deblur(image, model: Optional[INIKNet] = None, *, tile: Optional[int] = None
         image = _pil_for_deblur(image)
         out = deblur(np.asarray(image), model, tile=tile, overlap=overlap, device=device, half=half,
                      progress=progress)
-        return Image.fromarray(out, mode=image.mode)
+        result = Image.fromarray(out, mode=image.mode)
+        result.info.update(_pil_metadata(image))
+        return result
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image must be a numpy array, torch tensor or PIL image, got {type(image).__name__}")
     return _deblur_array(image, run)
@@ -295,6 +300,20 @@ def _pil_for_deblur(image):
         return image.convert(mode[:-1] + "A")
     raise ValueError(f"PIL image mode {mode!r} is not supported: use L, LA, RGB, RGBA, P, 1, CMYK or YCbCr, "
                      f"or read the file with inik.data.read_image")
+
+
+def _pil_metadata(image) -> dict:
+    """What of a PIL image's ``info`` still describes its deblurred pixels (same
+    size, orientation and mode): the ICC profile when it fits the mode (not a CMYK
+    one after conversion to RGB), the EXIF block (its orientation tag included, as
+    the pixels are not turned), the resolution."""
+    from .data.io import icc_colour_space
+    info = image.info
+    kept = {k: info[k] for k in ("exif", "dpi") if k in info}
+    icc = info.get("icc_profile")
+    if icc_colour_space(icc) == ("GRAY" if image.mode in ("L", "LA") else "RGB"):
+        kept["icc_profile"] = icc
+    return kept
 
 
 def _deblur_array(image: np.ndarray, run) -> np.ndarray:
@@ -493,7 +512,8 @@ def run(args) -> int:
             result = deblur(img, model, tile=args.tile, overlap=args.overlap, device=args.device,
                             half=args.half, progress=tiles)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            write_image(dst, result, bit_depth=depth, overwrite=args.overwrite)
+            write_image(dst, result, bit_depth=depth, overwrite=args.overwrite, icc_profile=info.icc_profile,
+                        exif=info.exif)
             tqdm.write(f"{src} -> {dst} ({info.width}x{info.height}, {depth}-bit, "
                        f"{time.perf_counter() - t0:.1f} s)")
         except Exception as exc:  # one bad file must not stop the batch

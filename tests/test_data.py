@@ -151,6 +151,124 @@ def test_tiff_orientation(tmp_path):
     np.testing.assert_array_equal(np.round(img * 65535), np.rot90(codes, -1))
 
 
+def _fake_icc(space: bytes) -> bytes:
+    """The 128-byte header of an ICC profile for ``space`` data (enough for the code
+    that routes profiles; never shown to a colour manager)."""
+    head = bytearray(128)
+    head[0:4] = (128).to_bytes(4, "big")
+    head[16:20], head[20:24], head[36:40] = space, b"XYZ ", b"acsp"
+    return bytes(head)
+
+
+def _camera_exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F], exif[0x0110] = "Canon", "EOS R5"
+    sub = exif.get_ifd(0x8769)
+    sub[0x829A], sub[0x9003] = 0.004, "2026:11:26 10:00:00"  # exposure time, date taken
+    return exif
+
+
+def test_icc_colour_space():
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    assert iio.icc_colour_space(srgb) == "RGB"
+    assert iio.icc_colour_space(_fake_icc(b"GRAY")) == "GRAY"
+    assert iio.icc_colour_space(_fake_icc(b"CMYK")) == "CMYK"
+    assert iio.icc_colour_space(b"x" * 200) is None and iio.icc_colour_space(None) is None
+
+
+@pytest.mark.parametrize("dst,bits", [(".jpg", 8), (".png", 8), (".png", 16), (".tif", 16), (".tif", 8)])
+def test_colour_profile_and_exif_carried(tmp_path, dst, bits):
+    """A photo's ICC profile and camera EXIF come back in ImageInfo and are written
+    with the result: orientation reset to 1 (the pixels were turned), no thumbnail,
+    every other tag (sub-IFDs included) unchanged. TIFF output keeps the profile."""
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    codes = _codes((6, 10, 3), 8, seed=3)
+    src = tmp_path / "photo.jpg"
+    Image.fromarray(codes).save(src, quality=95, icc_profile=icc, exif=_camera_exif(6))
+    img, info = read_image(src, mode=None)
+    assert img.shape == (10, 6, 3) and info.orientation == 6
+    assert info.icc_profile == icc and info.exif is not None
+    assert "icc_profile" not in repr(info)  # kilobytes of profile stay out of the repr
+    out = write_image(tmp_path / f"o{dst}", img, bit_depth=bits, icc_profile=info.icc_profile, exif=info.exif)
+    with Image.open(out) as im:
+        assert im.info.get("icc_profile") == icc
+        exif = im.getexif()
+        if dst == ".tif":
+            assert 0x0112 not in exif and 0x010F not in exif  # EXIF is not written to TIFF
+        else:
+            assert exif[0x0112] == 1 and exif[0x010F] == "Canon" and exif[0x0110] == "EOS R5"
+            assert dict(exif.get_ifd(0x8769)) == {0x829A: 0.004, 0x9003: "2026:11:26 10:00:00"}
+    again, info2 = read_image(out, mode=None)
+    assert again.shape == img.shape and info2.orientation == 1 and info2.icc_profile == icc
+    if dst != ".jpg":
+        np.testing.assert_array_equal(np.round(again * 255), np.round(img * 255))
+
+
+def test_exif_thumbnail_dropped_and_upright_patch():
+    """The EXIF patch works in place on both byte orders, drops IFD1 (the thumbnail),
+    and gives up (None) rather than return a block that still says 'rotated'."""
+    for order in ("<", ">"):
+        mark = b"II" if order == "<" else b"MM"
+        # IFD0 at 8: two entries (orientation SHORT 8, make ASCII 'ab\0'), then IFD1 at 38
+        ifd0 = struct.pack(order + "H", 2) + struct.pack(order + "HHI", 0x0112, 3, 1) + struct.pack(order + "HH", 8, 0)
+        ifd0 += struct.pack(order + "HHI", 0x010F, 2, 3) + b"ab\x00\x00" + struct.pack(order + "I", 38)
+        ifd1 = struct.pack(order + "H", 1) + struct.pack(order + "HHI", 0x0103, 3, 1) + struct.pack(order + "HH", 6, 0)
+        ifd1 += struct.pack(order + "I", 0)
+        raw = mark + struct.pack(order + "HI", 42, 8) + ifd0 + ifd1
+        for block in (raw, iio._EXIF_PREFIX + raw):
+            fixed = iio._upright_exif(block)
+            assert fixed is not None and len(fixed) == len(raw)
+            exif = Image.Exif()
+            exif.load(fixed)
+            assert exif[0x0112] == 1 and exif[0x010F] == "ab" and struct.unpack_from(order + "I", fixed, 34)[0] == 0
+        # orientation stored as a LONG: not patched in place, so the block is not carried
+        odd = bytearray(raw)
+        struct.pack_into(order + "HI", odd, 12, 4, 1)
+        struct.pack_into(order + "I", odd, 18, 8)
+        assert iio._upright_exif(bytes(odd)) is None
+    assert iio._upright_exif(b"Exif\x00\x00junk") is None and iio._upright_exif(b"") is None
+
+
+def test_colour_profile_follows_the_channels(tmp_path):
+    """A grey file's GRAY profile is kept; a CMYK file's profile is not, as its pixels
+    are read as RGB; write_image refuses a profile that does not fit the image."""
+    import tifffile
+
+    grey = tmp_path / "g.png"
+    Image.fromarray(_codes((5, 7), 8)).save(grey, icc_profile=_fake_icc(b"GRAY"))
+    img, info = read_image(grey, mode=None)
+    assert info.mode == "L" and info.icc_profile == _fake_icc(b"GRAY")
+    write_image(tmp_path / "g16.png", img, bit_depth=16, icc_profile=info.icc_profile)
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.info["icc_profile"] == _fake_icc(b"GRAY")
+    cmyk = tmp_path / "c.tif"
+    tifffile.imwrite(cmyk, _codes((5, 7, 4), 8), photometric="separated", iccprofile=_fake_icc(b"CMYK"))
+    img, info = read_image(cmyk, mode=None)
+    assert info.mode == "RGB" and info.icc_profile is None
+    with pytest.raises(ValueError, match=r"icc_profile describes GRAY data, but the image has 3 channel"):
+        write_image(tmp_path / "x.png", img, icc_profile=_fake_icc(b"GRAY"))
+    with pytest.raises(ValueError, match="icc_profile must be the bytes of an ICC profile"):
+        write_image(tmp_path / "x.png", img, icc_profile=b"not a profile")
+    with pytest.raises(ValueError, match="exif must be an EXIF block"):
+        write_image(tmp_path / "x.jpg", img, exif=b"nonsense")
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.jpg").exists()
+
+
+def test_jpeg_too_long_exif_left_out(tmp_path, caplog):
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 70000  # ImageDescription: more than a JPEG segment holds
+    with caplog.at_level("WARNING"):
+        write_image(tmp_path / "x.jpg", np.zeros((4, 4, 3), np.float32), exif=exif.tobytes())
+    assert "EXIF block of" in caplog.text
+    with Image.open(tmp_path / "x.jpg") as im:
+        assert 0x010E not in im.getexif()
+
+
 def test_is_float_image(tmp_path):
     import tifffile
 

@@ -341,6 +341,33 @@ def test_cli_output_depth_follows_the_source(tmp_path, weights, capsys):
     assert rc == 1 and "JPEG cannot hold" in capsys.readouterr().err
 
 
+def test_cli_and_api_keep_colour_profile_and_exif(tmp_path, weights, small_model):
+    """A camera photo's colour profile and EXIF survive `inik deblur` (orientation
+    applied and reset to 1) and come back in a PIL result's info (untouched, as its
+    pixels are not turned); a CMYK profile does not follow the pixels into RGB."""
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 8, "Canon"
+    rng = np.random.default_rng(7)
+    photo = Image.fromarray((rng.random((20, 32, 3)) * 255).astype(np.uint8))
+    photo.save(tmp_path / "p.jpg", quality=95, icc_profile=icc, exif=exif)
+    for dst in ("o.jpg", "o.png", "o.tif"):
+        assert main(["deblur", str(tmp_path / "p.jpg"), "-o", str(tmp_path / dst), "--weights", str(weights)]) == 0
+        with Image.open(tmp_path / dst) as im:
+            assert im.size == (20, 32) and im.info.get("icc_profile") == icc, dst
+            if dst != "o.tif":
+                assert im.getexif()[0x0112] == 1 and im.getexif()[0x010F] == "Canon", dst
+    with Image.open(tmp_path / "p.jpg") as im:
+        out = inik.deblur(im, small_model)
+        assert out.size == im.size and out.info["icc_profile"] == icc and out.info["exif"] == im.info["exif"]
+    cmyk = photo.convert("CMYK")
+    cmyk.info["icc_profile"] = b"\0" * 16 + b"CMYK" + b"\0" * 16 + b"acsp" + b"\0" * 88
+    out = inik.deblur(cmyk, small_model)
+    assert out.mode == "RGB" and "icc_profile" not in out.info
+
+
 def test_api_refuses_or_converts_ambiguous_input(small_model, caplog):
     rng = np.random.default_rng(6)
     u8 = (rng.random((3, 16, 16)) * 255).astype(np.uint8)

@@ -4,7 +4,9 @@ Images are handled as float32 numpy arrays ``(H, W, C)`` in ``[0, 1]``: an
 8-bit file is divided by 255, a 16-bit file by 65535, so that a 16-bit DPDD
 image keeps its 16 bits. Every read also returns an :class:`ImageInfo` with the
 file's bit depth, channel layout and EXIF orientation (which is applied to the
-pixels), so that a result can be written back in the source's own bit depth.
+pixels), so that a result can be written back in the source's own bit depth,
+and the file's colour profile (ICC) and EXIF block, so that it can be written
+back with the same colours and camera metadata.
 
 Routes, chosen because each is exact for its format:
 
@@ -26,9 +28,12 @@ unless ``overwrite=True``.
 from __future__ import annotations
 
 import io
+import logging
 import os
+import struct
 import uuid
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +47,7 @@ __all__ = [
     "read_image",
     "read_image_info",
     "is_float_image",
+    "icc_colour_space",
     "write_image",
     "image_to_tensor",
     "tensor_to_image",
@@ -54,6 +60,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 WRITE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
 _EXIF_ORIENTATION = 0x0112
+_EXIF_PREFIX = b"Exif\x00\x00"  # before the TIFF structure in a JPEG's APP1 segment
+_TIFF_ICC_TAG = 34675  # InterColorProfile
+_JPEG_MAX_EXIF = 65533 - len(_EXIF_PREFIX)  # one APP1 segment
+
+log = logging.getLogger(__name__)
 
 
 class ImageReadError(OSError):
@@ -72,6 +83,16 @@ class ImageInfo:
         has_alpha: whether the file has an alpha channel.
         orientation: EXIF orientation tag (1-8) that was applied; 1 = none.
         width, height: size after applying the orientation, in pixels.
+        icc_profile: the ICC colour profile of the pixels as read, or None (the
+            file has none, or its profile described a colour space that was
+            converted on reading, such as CMYK). Pixels are deblurred in the
+            file's own colour space; writing them with this profile keeps their
+            colours (without it, viewers take them to be sRGB).
+        exif: the file's EXIF block (TIFF structure, without the ``Exif\\0\\0``
+            prefix) made fit for the pixels as read: orientation 1 (it was
+            applied), no thumbnail (it shows the source); or None. Read from
+            JPEG, PNG and WebP files; TIFFs keep theirs in their own tags, not
+            carried.
     """
 
     path: str
@@ -82,6 +103,8 @@ class ImageInfo:
     orientation: int
     width: int
     height: int
+    icc_profile: bytes | None = field(default=None, repr=False)
+    exif: bytes | None = field(default=None, repr=False)
 
 
 def _error(path, what: str) -> ImageReadError:
@@ -113,6 +136,54 @@ def _orientation_of(im: Image.Image) -> int:
     except Exception:  # a malformed EXIF block must not make the pixels unreadable
         return 1
     return value if 1 <= value <= 8 else 1
+
+
+def icc_colour_space(profile) -> str | None:
+    """The colour space of the data an ICC profile describes (``"RGB"``, ``"GRAY"``,
+    ``"CMYK"``, ...: header bytes 16-19), or None if ``profile`` is not an ICC profile."""
+    if not isinstance(profile, (bytes, bytearray)) or len(profile) < 128 or profile[36:40] != b"acsp":
+        return None
+    return bytes(profile[16:20]).decode("latin-1").strip() or None
+
+
+def _icc_space_for(channels: int) -> str:
+    return "GRAY" if channels in (1, 2) else "RGB"
+
+
+def _upright_exif(raw) -> bytes | None:
+    """An EXIF block fit for pixels whose orientation was applied: orientation 1 and
+    no thumbnail (IFD1, a picture of the source), patched in place so that every
+    other offset (maker notes, GPS and EXIF sub-IFDs) stays valid. None if the block
+    cannot be parsed or the patch does not take."""
+    if not isinstance(raw, (bytes, bytearray)):
+        return None
+    data = bytearray(raw[len(_EXIF_PREFIX):] if raw.startswith(_EXIF_PREFIX) else raw)
+    if len(data) < 8 or data[:2] not in (b"II", b"MM"):
+        return None
+    order = "<" if data[:2] == b"II" else ">"
+    if struct.unpack_from(order + "H", data, 2)[0] != 42:
+        return None
+    ifd0 = struct.unpack_from(order + "I", data, 4)[0]
+    if ifd0 + 2 > len(data):
+        return None
+    n = struct.unpack_from(order + "H", data, ifd0)[0]
+    end = ifd0 + 2 + 12 * n
+    if end + 4 > len(data):
+        return None
+    for k in range(n):
+        entry = ifd0 + 2 + 12 * k
+        tag, kind, count = struct.unpack_from(order + "HHI", data, entry)
+        if tag == _EXIF_ORIENTATION and kind == 3 and count == 1:  # SHORT, stored in the entry
+            struct.pack_into(order + "H", data, entry + 8, 1)
+    struct.pack_into(order + "I", data, end, 0)  # IFD0 is the last IFD: the thumbnail is gone
+    try:
+        check = Image.Exif()
+        check.load(bytes(data))
+        if int(check.get(_EXIF_ORIENTATION, 1)) != 1:
+            return None
+    except Exception:
+        return None
+    return bytes(data)
 
 
 def _png_bit_depth(path) -> int:
@@ -187,8 +258,8 @@ def _is_tiff(path) -> bool:
         raise _error(path, f"cannot open ({e})") from e
 
 
-def _read_tiff(path) -> tuple[np.ndarray, int, int]:
-    """First page of a TIFF as (H, W, C) native dtype, bit depth, orientation.
+def _read_tiff(path) -> tuple[np.ndarray, int, int, bytes | None]:
+    """First page of a TIFF as (H, W, C) native dtype, bit depth, orientation, ICC profile.
 
     Grey (black or white is zero), RGB, palette (its colour map applied, 8 bits) and
     CMYK (converted to RGB as Pillow converts CMYK JPEGs: R = (1 - C)(1 - K), no
@@ -203,6 +274,8 @@ def _read_tiff(path) -> tuple[np.ndarray, int, int]:
         tag = page.tags.get(_EXIF_ORIENTATION)
         orientation = int(tag.value) if tag is not None else 1
         inkset = page.tags.get(332)  # InkSet: 1 (or absent) = CMYK
+        icc = page.tags.get(_TIFF_ICC_TAG)
+        icc = bytes(icc.value) if icc is not None and isinstance(icc.value, (bytes, bytearray)) else None
         colormap = page.colormap if photometric == 3 else None
         compression = int(page.compression)
     if arr.ndim == 3 and separate_planes:
@@ -244,23 +317,23 @@ def _read_tiff(path) -> tuple[np.ndarray, int, int]:
         depth = 32
     else:
         raise _error(path, f"unsupported TIFF sample type {arr.dtype} (expected uint8, uint16 or float)")
-    return arr, depth, orientation if 1 <= orientation <= 8 else 1
+    return arr, depth, orientation if 1 <= orientation <= 8 else 1, icc
 
 
 _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 
-def _decode(path) -> tuple[np.ndarray, int, str, int]:
+def _decode(path) -> tuple[np.ndarray, int, str, int, bytes | None, bytes | None]:
     """Native pixels (H, W, C) uint8/uint16/float, bit depth, format, orientation
-    (the orientation already applied to the pixels)."""
+    (the orientation already applied to the pixels), ICC profile, raw EXIF block."""
     if _is_tiff(path):
         try:
-            arr, depth, orientation = _read_tiff(path)
+            arr, depth, orientation, icc = _read_tiff(path)
         except ImageReadError:
             raise
         except Exception as e:
             raise _error(path, f"cannot decode TIFF ({type(e).__name__}: {e})") from e
-        return _orient(arr, orientation), depth, "TIFF", orientation
+        return _orient(arr, orientation), depth, "TIFF", orientation, icc, None
     try:
         im = Image.open(path)
     except Exception as e:
@@ -268,6 +341,7 @@ def _decode(path) -> tuple[np.ndarray, int, str, int]:
     with im:
         fmt = im.format or "?"
         orientation = _orientation_of(im)
+        icc, exif = im.info.get("icc_profile"), im.info.get("exif")
         mode = im.mode
         try:
             if mode in ("I;16", "I;16B", "I;16L"):
@@ -292,7 +366,7 @@ def _decode(path) -> tuple[np.ndarray, int, str, int]:
             raise
         except Exception as e:
             raise _error(path, f"cannot decode image data ({type(e).__name__}: {e})") from e
-    return _orient(arr, orientation), depth, fmt, orientation
+    return _orient(arr, orientation), depth, fmt, orientation, icc, exif
 
 
 def _to_float(arr: np.ndarray) -> np.ndarray:
@@ -328,7 +402,8 @@ def read_image(path, mode: str | None = "RGB") -> tuple[np.ndarray, ImageInfo]:
 
     Args:
         path: PNG (8/16-bit), JPEG, TIFF (8/16-bit, float) or any format Pillow
-            reads. The EXIF orientation, if any, is applied.
+            reads. The EXIF orientation, if any, is applied; the ICC profile
+            and EXIF block are returned in ``info`` (see :class:`ImageInfo`).
         mode: ``"RGB"`` (default): ``(H, W, 3)``; grey is replicated, alpha is
             dropped (not composited; ``info.has_alpha`` says it was there).
             ``"RGBA"``: ``(H, W, 4)``, alpha 1 where the file has none.
@@ -343,8 +418,10 @@ def read_image(path, mode: str | None = "RGB") -> tuple[np.ndarray, ImageInfo]:
         ImageReadError (an OSError) naming the file if it is missing, not an
         image, truncated or of an unsupported layout.
     """
-    arr, depth, fmt, orientation = _decode(path)
+    arr, depth, fmt, orientation, icc, exif = _decode(path)
     file_mode = _MODES[arr.shape[2]]
+    if icc_colour_space(icc) != _icc_space_for(arr.shape[2]):
+        icc = None  # none, not a profile, or one of a colour space converted on reading (CMYK)
     info = ImageInfo(
         path=str(path),
         format=fmt,
@@ -354,6 +431,8 @@ def read_image(path, mode: str | None = "RGB") -> tuple[np.ndarray, ImageInfo]:
         orientation=orientation,
         width=arr.shape[1],
         height=arr.shape[0],
+        icc_profile=bytes(icc) if icc else None,
+        exif=_upright_exif(exif) if exif else None,
     )
     return _convert_channels(_to_float(arr), mode, path), info
 
@@ -406,12 +485,45 @@ def _quantize(img: np.ndarray, bit_depth: int) -> np.ndarray:
     return np.round(np.clip(img, 0.0, 1.0) * maxval).astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 
-def _write_png16(f, q: np.ndarray) -> None:
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _write_png16(f, q: np.ndarray, icc: bytes | None, exif: bytes | None) -> None:
     png = _pypng()
 
     h, w, c = q.shape
     writer = png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16, compression=6)
-    writer.write_array(f, q.reshape(-1))
+    body = io.BytesIO()
+    writer.write_array(body, q.reshape(-1))
+    data = body.getvalue()
+    head = 8 + 25  # signature, IHDR; iCCP and eXIf go before the image data
+    extra = b""
+    if icc:
+        extra += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
+    if exif:
+        extra += _png_chunk(b"eXIf", exif)
+    f.write(data[:head] + extra + data[head:])
+
+
+def _check_metadata(path, channels: int, icc_profile, exif) -> tuple[bytes | None, bytes | None]:
+    """write_image's icc_profile and exif, checked; exif without its JPEG prefix."""
+    if icc_profile is not None:
+        space = icc_colour_space(icc_profile)
+        if space is None:
+            raise ValueError(f"icc_profile must be the bytes of an ICC profile (writing {path})")
+        if space != _icc_space_for(channels):
+            raise ValueError(f"icc_profile describes {space} data, but the image has {channels} channel(s) "
+                             f"({_MODES[channels]}): it needs a {_icc_space_for(channels)} profile (writing {path})")
+        icc_profile = bytes(icc_profile)
+    if exif is not None:
+        if not isinstance(exif, (bytes, bytearray)):
+            raise ValueError(f"exif must be bytes (an EXIF block), got {type(exif).__name__} (writing {path})")
+        exif = bytes(exif[len(_EXIF_PREFIX):] if exif.startswith(_EXIF_PREFIX) else exif)
+        if exif[:4] not in (b"II*\x00", b"MM\x00*"):
+            raise ValueError(f"exif must be an EXIF block (a TIFF structure, optionally after 'Exif\\0\\0'); "
+                             f"got bytes starting {exif[:8]!r} (writing {path})")
+    return icc_profile or None, exif or None
 
 
 def write_image(
@@ -421,6 +533,8 @@ def write_image(
     bit_depth: int | None = None,
     overwrite: bool = False,
     quality: int = 95,
+    icc_profile: bytes | None = None,
+    exif: bytes | None = None,
 ) -> Path:
     """Write an image atomically, in 8 or 16 bits.
 
@@ -435,6 +549,13 @@ def write_image(
         bit_depth: 8 or 16; default: 16 for uint16 input, else 8.
         overwrite: replace an existing file; otherwise FileExistsError.
         quality: JPEG quality (1-95).
+        icc_profile: an ICC colour profile to embed (PNG, JPEG, TIFF), such as
+            :attr:`ImageInfo.icc_profile`; it must describe RGB data for colour
+            images, GRAY for grey ones (ValueError otherwise).
+        exif: an EXIF block to embed (PNG and JPEG; TIFF output leaves it out),
+            such as :attr:`ImageInfo.exif`, written as given: its orientation tag
+            must fit the pixels. A JPEG's EXIF segment holds at most 64 KB; a
+            longer block is left out with a warning.
 
     Returns:
         The path written.
@@ -459,6 +580,7 @@ def write_image(
             raise ValueError(f"{path}: JPEG cannot hold an alpha channel")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: file exists (pass overwrite=True to replace it)")
+    icc, exif = _check_metadata(path, img.shape[2], icc_profile, exif)
     q = _quantize(img, bit_depth)
 
     buf = io.BytesIO()
@@ -468,15 +590,24 @@ def write_image(
         photometric = "minisblack" if q.shape[2] in (1, 2) else "rgb"
         extrasamples = ("unassalpha",) if q.shape[2] in (2, 4) else None
         data = q[:, :, 0] if q.shape[2] == 1 else q
-        tifffile.imwrite(buf, data, photometric=photometric, extrasamples=extrasamples, compression="zlib")
+        tifffile.imwrite(buf, data, photometric=photometric, extrasamples=extrasamples, compression="zlib",
+                         iccprofile=icc)
     elif suffix == ".png" and bit_depth == 16:
-        _write_png16(buf, q)
+        _write_png16(buf, q, icc, exif)
     else:
         pil = Image.fromarray(q[:, :, 0] if q.shape[2] == 1 else q, _MODES[q.shape[2]])
+        meta = {"icc_profile": icc} if icc else {}
         if suffix == ".png":
-            pil.save(buf, format="PNG", compress_level=6)
+            if exif:
+                meta["exif"] = exif
+            pil.save(buf, format="PNG", compress_level=6, **meta)
         else:
-            pil.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+            if exif and len(exif) > _JPEG_MAX_EXIF:
+                log.warning("%s: EXIF block of %d bytes left out (a JPEG holds at most %d)", path, len(exif),
+                            _JPEG_MAX_EXIF)
+            elif exif:
+                meta["exif"] = _EXIF_PREFIX + exif
+            pil.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, **meta)
 
     directory = path.parent if str(path.parent) else Path(".")
     tmp = directory / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
