@@ -17,6 +17,7 @@ from inik.data.pairs import (
     find_pairs,
     pair_folders,
     random_transform,
+    resolve_layout,
     target_stem_candidates,
 )
 
@@ -335,6 +336,13 @@ def test_find_pairs_one_to_one_layouts(tmp_path):
         assert [p.name for p in pairs] == ["a", "b", "c"]
         assert all(p.blurry.stem == p.sharp.stem for p in pairs)
         assert find_pairs(root, layout) == pairs
+    # a copy whose folders changed case (RTF's GT as gt, DPDD's source as Source) reads the same
+    (tmp_path / "rtf" / "GT").rename(tmp_path / "rtf" / "gt")
+    (tmp_path / "dpdd" / "test_c" / "source").rename(tmp_path / "dpdd" / "test_c" / "Source")
+    for layout in ("rtf", "dpdd"):
+        pairs = find_pairs(tmp_path / layout)
+        assert [p.name for p in pairs] == ["a", "b", "c"] and resolve_layout(tmp_path / layout) == layout
+        assert find_pairs(tmp_path / layout, layout) == pairs
 
 
 def test_pairs_by_stem_not_sort_order(tmp_path):

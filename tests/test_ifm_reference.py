@@ -129,6 +129,26 @@ def test_opcheck():
                           (g, y, mu, om, at, [5, 5, 5], "reference", [True, False, True, True]))
 
 
+@pytest.mark.parametrize("backend", PURE + ["cpp"])
+@pytest.mark.parametrize("empty", ["b", "c", "h", "w"])
+def test_empty_inputs_give_empty_outputs_and_zero_gradients(backend, empty):
+    """As conv2d: a zero-size batch, channel count or image is an empty result, and the
+    gradients (of any loss of it) are zero - for every backend, including raw ops."""
+    from inik.ops.ifm import backend_unavailable
+
+    if backend_unavailable(backend, torch.device("cpu")):
+        pytest.skip(f"{backend} is not built here")
+    sizes = dict(b=2, c=3, h=5, w=7)
+    sizes[empty] = 0
+    y, mu, om, at = make_inputs(**sizes, grad=True)
+    out = ifm(y, mu, om, at, support=[5, 3, 1], backend=backend)
+    assert out.shape == y.shape and out.dtype == y.dtype
+    out.sum().backward()
+    for x in (y, mu, om, at):
+        assert x.grad.shape == x.shape and not x.grad.any()
+    torch.library.opcheck(torch.ops.inik.ifm.default, (y, mu, om, at, [5, 3, 1], backend))
+
+
 def test_compile_fullgraph_matches_eager():
     inputs = make_inputs(grad=True)
     eager_in = [x.detach().clone().requires_grad_() for x in inputs]

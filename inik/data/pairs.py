@@ -155,6 +155,20 @@ def pair_folders(blurry_dir, sharp_dir, *, many_to_one: bool = False, check_size
     return pairs
 
 
+def _folder(root: Path, relative: str) -> Path:
+    """``root / relative``, each part matched regardless of case when no folder has
+    the exact name and exactly one has it in another case (``gt`` for RTF's ``GT``,
+    ``Source`` for ``source``)."""
+    path = root
+    for part in relative.split("/"):
+        exact = path / part
+        if not exact.is_dir() and path.is_dir():
+            same = [c for c in path.iterdir() if c.name.lower() == part.lower() and c.is_dir()]
+            exact = same[0] if len(same) == 1 else exact
+        path = exact
+    return path
+
+
 def resolve_layout(root, layout: str = "auto", *, split: str = "test") -> str:
     """The layout :func:`find_pairs` reads ``root`` with: ``layout`` itself (checked),
     or for ``"auto"`` the first of :data:`LAYOUTS` whose folders exist."""
@@ -163,7 +177,7 @@ def resolve_layout(root, layout: str = "auto", *, split: str = "test") -> str:
         raise NotADirectoryError(f"{root}: not a directory")
     if layout == "auto":
         for name, (b, s, _) in LAYOUTS.items():
-            if (root / b.format(split=split)).is_dir() and (root / s.format(split=split)).is_dir():
+            if _folder(root, b.format(split=split)).is_dir() and _folder(root, s.format(split=split)).is_dir():
                 return name
         expected = "; ".join(f"{n}: {b.format(split=split)} + {s.format(split=split)}" for n, (b, s, _) in LAYOUTS.items())
         raise PairingError(f"{root}: no known dataset layout found (expected folders {expected})")
@@ -184,7 +198,7 @@ def find_pairs(root, layout: str = "auto", *, split: str = "test", check_sizes: 
     root = Path(root)
     layout = resolve_layout(root, layout, split=split)
     b, s, many = LAYOUTS[layout]
-    bdir, sdir = root / b.format(split=split), root / s.format(split=split)
+    bdir, sdir = _folder(root, b.format(split=split)), _folder(root, s.format(split=split))
     for d in (bdir, sdir):
         if not d.is_dir():
             raise PairingError(f"{d}: folder missing for layout {layout!r}")

@@ -152,8 +152,10 @@ def _runnable(backend: str, device: torch.device) -> Backend:
 @torch.library.custom_op("inik::ifm", mutates_args=())
 def _ifm_op(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor,
             support: Sequence[int], backend: str) -> Tensor:
-    out = _runnable(backend, image.device).forward(image, mu, omega, atoms, list(support))
-    return _like(out, image)
+    kernels = _runnable(backend, image.device)
+    if image.numel() == 0:  # an empty batch, channel or image: nothing for a kernel to do
+        return torch.empty_like(image)
+    return _like(kernels.forward(image, mu, omega, atoms, list(support)), image)
 
 
 @_ifm_op.register_fake
@@ -166,9 +168,11 @@ def _ifm_backward_op(grad: Tensor, image: Tensor, mu: Tensor, omega: Tensor, ato
                      support: Sequence[int], backend: str,
                      needs: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients for (image, mu, omega, atoms); an unneeded one is an empty tensor."""
-    grads = _runnable(backend, image.device).backward(grad, image, mu, omega, atoms, list(support),
-                                                       list(needs))
+    kernels = _runnable(backend, image.device)
     inputs = (image, mu, omega, atoms)
+    if image.numel() == 0:  # an empty output: every gradient is zero
+        return tuple(torch.zeros_like(x) if nd else x.new_empty(0) for x, nd in zip(inputs, needs))
+    grads = kernels.backward(grad, image, mu, omega, atoms, list(support), list(needs))
     return tuple(_like(g, x) if nd else x.new_empty(0)
                  for g, x, nd in zip(grads, inputs, needs))
 
@@ -222,8 +226,6 @@ def validate(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor,
     devices = {name: str(t.device) for name, t in named.items()}
     _check(len(set(devices.values())) == 1, f"all inputs must be on one device, got {devices}")
     b, c, h, w = image.shape
-    _check(b >= 1 and c >= 1 and h >= 1 and w >= 1,
-           f"image must be non-empty (B, C, H, W), got shape {tuple(image.shape)}")
     r, n, k, k2 = atoms.shape
     _check(k == k2, f"atoms must be square (R, N, K, K), got shape {tuple(atoms.shape)}")
     _check(k % 2 == 1, f"atoms' kernel size K must be odd, got K={k}")
@@ -264,7 +266,8 @@ def ifm(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor, *,
 
     Returns:
         (B, C, H, W) tensor of the inputs' dtype. Differentiable in all four inputs
-        (first-order gradients; no double backward).
+        (first-order gradients; no double backward). Any of B, C, H, W may be 0
+        (an empty output; the gradients are then zero).
     """
     support = validate(image, mu, omega, atoms, support)
     name = resolve_backend(image.device, backend)
