@@ -30,10 +30,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _note_missing_extension() -> None:
+    """Say so when the compiled kernels are missing (a failed build installs without
+    them, and pip shows the build's warning only with -v): everything still runs,
+    several times slower on a CPU."""
+    import os
+
+    from .ops import _ext
+    if not _ext.is_built() and os.environ.get(_ext.NO_EXTENSION_ENV, "") != "1":
+        print(f"inik: note: running without the compiled kernels, several times slower on a CPU: "
+              f"{_ext.build_hint()}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .runtime import keep_freed_memory
     keep_freed_memory()  # 1.5x faster CPU forwards (see its docstring); INIK_MALLOC=system opts out
+    _note_missing_extension()
     return int(importlib.import_module(args._module).run(args) or 0)
 
 

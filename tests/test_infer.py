@@ -170,6 +170,23 @@ def test_cli_batch_keeps_bit_depth_and_survives_bad_files(tmp_path, weights, cap
     assert rc == 1 and "replace the input" in capsys.readouterr().err
 
 
+def test_cli_without_the_extension_says_so_and_runs(tmp_path, weights, monkeypatch, capsys):
+    """A failed build installs without inik._C (pip shows its warning only with -v):
+    the command line says so once, and deblurs on the PyTorch paths."""
+    from inik.ops import _ext
+
+    write_image(tmp_path / "p.png", np.full((24, 24, 3), 0.5, np.float32))
+    monkeypatch.delenv("INIK_NO_EXTENSION", raising=False)
+    monkeypatch.setattr(_ext, "_C", None)
+    assert main(["deblur", str(tmp_path / "p.png"), "-o", str(tmp_path / "q.png"), "--weights", str(weights)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("running without the compiled kernels") == 1 and "pip install -v" in err
+    assert read_image(tmp_path / "q.png")[0].shape == (24, 24, 3)
+    monkeypatch.setenv("INIK_NO_EXTENSION", "1")  # left out on purpose: nothing to say
+    assert main(["deblur", str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--weights", str(weights)]) == 0
+    assert "compiled kernels" not in capsys.readouterr().err
+
+
 def test_cli_untrained_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(inik.infer, "DEFAULT_WEIGHTS", tmp_path / "none.safetensors")
     write_image(tmp_path / "p.png", np.zeros((8, 8, 3), np.uint8))

@@ -48,7 +48,8 @@ def build_hint() -> str:
     if os.environ.get(NO_EXTENSION_ENV, "") == "1":
         return f"{NO_EXTENSION_ENV}=1 is set (the extension was not built on purpose)"
     return (f"inik._C is not built ({_IMPORT_ERROR}); build it with "
-            "`pip install --no-build-isolation -e .` (torch must be installed first)")
+            "`pip install -v --no-build-isolation -e .` (torch must be installed first, and a C++ "
+            "compiler present: -v shows why a build fails)")
 
 
 def has_cuda_kernels() -> bool:
