@@ -166,6 +166,6 @@ setup(
         "lpips",
         'triton; platform_system == "Linux" and platform_machine == "x86_64"',
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"heif": ["pillow-heif"], "test": ["pytest", "pillow-heif"]},
     entry_points={"console_scripts": ["inik=inik.cli:main"]},
 )

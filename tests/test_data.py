@@ -1,6 +1,8 @@
 """Image I/O, pairing and paired-dataset augmentation (all data made here)."""
 
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -268,6 +270,45 @@ def test_jpeg_too_long_exif_left_out(tmp_path, caplog):
     assert "EXIF block of" in caplog.text
     with Image.open(tmp_path / "x.jpg") as im:
         assert 0x010E not in im.getexif()
+
+
+def test_heic_phone_photo(tmp_path):
+    """HEIC/HEIF (phone photos) through pillow-heif: pixels as its decoder gives them
+    (upright: it applies the file's rotation), colour profile and EXIF kept; found by
+    content, so a HEIC renamed .jpg reads too; listed by folder scans."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    from PIL import ImageCms
+
+    pillow_heif.register_heif_opener()
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    src = tmp_path / "IMG_0001.HEIC"
+    Image.fromarray(_codes((24, 40, 3), 8, seed=4)).save(src, quality=-1, icc_profile=icc,
+                                                         exif=_camera_exif(6).tobytes())
+    with Image.open(src) as im:
+        want = np.asarray(im.convert("RGB"))
+    assert want.shape == (40, 24, 3)  # stored turned, decoded upright
+    img, info = read_image(src, mode=None)
+    assert info.format == "HEIF" and info.orientation == 1 and (info.width, info.height) == (24, 40)
+    np.testing.assert_array_equal(np.round(img * 255).astype(np.uint8), want)
+    assert info.icc_profile == icc and info.exif is not None
+    assert read_image_info(src) == (24, 40)
+    renamed = tmp_path / "renamed.jpg"
+    renamed.write_bytes(src.read_bytes())
+    np.testing.assert_array_equal(read_image(renamed, mode=None)[0], img)
+    assert src in iio.list_images(tmp_path)
+
+
+def test_heic_without_pillow_heif_says_what_to_install(tmp_path):
+    """Without the optional package a HEIC file is refused by name, with what to install
+    (a fresh process: Pillow keeps an opener once registered)."""
+    pillow_heif = pytest.importorskip("pillow_heif")  # to make the file
+    src = tmp_path / "IMG_0002.heic"
+    pillow_heif.from_bytes(mode="RGB", size=(8, 8), data=bytes(8 * 8 * 3)).save(src, quality=-1)
+    code = ("import sys; sys.modules['pillow_heif'] = None\n"
+            "from inik.data.io import read_image, ImageReadError\n"
+            f"try:\n    read_image({str(src)!r})\nexcept ImageReadError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert f"{src}: a HEIC/HEIF image: reading it needs the pillow-heif package" in out.stdout, out.stderr
 
 
 def test_is_float_image(tmp_path):

@@ -17,7 +17,9 @@ Routes, chosen because each is exact for its format:
   the low bytes. Any other 16-bit PNG (grey + alpha) goes through ``pypng``.
   Both routes are tested against each other.
 * TIFF (8-bit, 16-bit, float32): ``tifffile``.
-* JPEG and everything else Pillow opens: Pillow (8-bit).
+* JPEG and everything else Pillow opens: Pillow (8-bit); HEIC/HEIF photos
+  through Pillow with the optional ``pillow-heif`` package (its decoder applies
+  the file's rotation, so the EXIF orientation it reports is 1).
 
 Writing is atomic: the file is written under a temporary name in the target
 directory and moved into place with :func:`os.replace`, so a crash never leaves
@@ -54,8 +56,9 @@ __all__ = [
     "list_images",
 ]
 
-#: File suffixes (lower case) treated as images when scanning folders.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+#: File suffixes (lower case) treated as images when scanning folders. HEIC/HEIF
+#: (phone photos) are read with the optional ``pillow-heif`` package.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".heic", ".heif")
 #: File suffixes (lower case) :func:`write_image` writes.
 WRITE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -184,6 +187,36 @@ def _upright_exif(raw) -> bytes | None:
     except Exception:
         return None
     return bytes(data)
+
+
+# ISO base media brands of HEIF still images (HEVC-coded or generic)
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+
+
+def _is_heif(path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
+
+
+def _open(path) -> Image.Image:
+    """``Image.open``, with HEIC/HEIF photos read through pillow-heif (registered on
+    first need, by content: a phone photo renamed .jpg is read too)."""
+    try:
+        return Image.open(path)
+    except Exception:
+        if not _is_heif(path):
+            raise
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        raise _error(path, "a HEIC/HEIF image: reading it needs the pillow-heif package "
+                           "(pip install pillow-heif, or pip install 'inik[heif]')") from None
+    register_heif_opener()
+    return Image.open(path)
 
 
 def _png_bit_depth(path) -> int:
@@ -335,7 +368,9 @@ def _decode(path) -> tuple[np.ndarray, int, str, int, bytes | None, bytes | None
             raise _error(path, f"cannot decode TIFF ({type(e).__name__}: {e})") from e
         return _orient(arr, orientation), depth, "TIFF", orientation, icc, None
     try:
-        im = Image.open(path)
+        im = _open(path)
+    except ImageReadError:
+        raise
     except Exception as e:
         raise _error(path, f"cannot open as an image ({e})") from e
     with im:
@@ -453,8 +488,10 @@ def read_image_info(path) -> tuple[int, int]:
             raise _error(path, f"cannot open as a TIFF ({e})") from e
     else:
         try:
-            with Image.open(path) as im:
+            with _open(path) as im:
                 (w, h), orientation = im.size, _orientation_of(im)
+        except ImageReadError:
+            raise
         except Exception as e:
             raise _error(path, f"cannot open as an image ({e})") from e
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
