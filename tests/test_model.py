@@ -140,6 +140,9 @@ def test_interpret(model):
     assert [tuple(a.shape) for a in out.atoms] == [(10, k, k) for k in range(3, 16, 2)]
     with torch.no_grad():
         torch.testing.assert_close(out.outputs[-1], model(y))
+    half = model.interpret(y.double())  # maps in the input's dtype, as forward returns
+    assert {t.dtype for t in half.outputs + half.mu + half.omega} == {torch.float64}
+    assert half.atoms[0].dtype == torch.float32
 
 
 def test_dictionary_structure():

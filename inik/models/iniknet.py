@@ -239,11 +239,12 @@ class INIKNet(nn.Module):
 
     @torch.no_grad()
     def interpret(self, y: torch.Tensor) -> Interpretation:
-        """mu, omega and outputs at every level, and the atoms at every scale."""
+        """mu, omega and outputs at every level (in y's dtype, as :meth:`forward`
+        returns), and the atoms at every scale (in the parameters' dtype)."""
         yp, (h, w) = self._prepare(y)
         levels = self._run(yp, all_levels=True)
         crops = [(-(-h // 2 ** (LEVELS - 1 - l)), -(-w // 2 ** (LEVELS - 1 - l))) for l in range(LEVELS)]
-        pick = lambda i: [lv[i][..., :ch, :cw] for lv, (ch, cw) in zip(levels, crops)]  # noqa: E731
+        pick = lambda i: [lv[i][..., :ch, :cw].to(y.dtype) for lv, (ch, cw) in zip(levels, crops)]  # noqa: E731
         atoms = [self.dictionary.scale_atoms(s) for s in range(1, self.config.scales)]
         return Interpretation(outputs=pick(0), mu=pick(1), omega=pick(2), atoms=atoms)
 
