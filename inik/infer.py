@@ -390,19 +390,31 @@ def configure_parser(p) -> None:
                    help="run the network under torch.compile: a one-off compilation per image size "
                         "(about 3 minutes on a 2-core CPU), then forwards 1-2%% faster on an AVX-512 CPU (measured "
                         "2026-11-26), more on a GPU; pays off only for many tiles or images of one size")
+    p.add_argument("--format", choices=OUTPUT_FORMATS, default=None,
+                   help="format of the outputs written into a folder (default: each input's own when it "
+                        "can be written - PNG, TIFF, JPEG - else PNG); a single output file's suffix decides")
+    p.add_argument("--quality", type=int, default=95, metavar="Q",
+                   help="JPEG quality of JPEG outputs, 1-95 (default 95)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
-def _output_path(src: Path, root: Optional[Path], out: Path, single: bool) -> Path:
+#: values of --format
+OUTPUT_FORMATS = ("png", "jpg", "tif")
+
+
+def _output_path(src: Path, root: Optional[Path], out: Path, single: bool, fmt: Optional[str] = None) -> Path:
     from .data.io import WRITE_EXTENSIONS as WRITABLE
     if single and out.suffix and not out.is_dir():
         return out
     rel = src.relative_to(root) if root is not None else Path(src.name)
-    suffix = src.suffix if src.suffix.lower() in WRITABLE else ".png"
+    if fmt is not None:
+        suffix = "." + fmt
+    else:
+        suffix = src.suffix if src.suffix.lower() in WRITABLE else ".png"
     return out / rel.with_suffix(suffix)
 
 
-def _plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
+def _plan(inputs: list[str], output: str, fmt: Optional[str] = None) -> list[tuple[Path, Path]]:
     """(input, output) for every input file, checked before any is written: one output
     per input, none of them another input. Raises ValueError saying what is wrong."""
     from .data.io import WRITE_EXTENSIONS as WRITABLE
@@ -420,9 +432,14 @@ def _plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
     if single and out.suffix and not out.is_dir() and out.suffix.lower() not in WRITABLE:
         raise ValueError(f"-o {output}: cannot write {out.suffix!r} images; name a .png, .tif, .tiff, .jpg "
                          f"or .jpeg file, or an output folder")
+    if fmt is not None and single and out.suffix and not out.is_dir():
+        kind = {".jpeg": "jpg", ".tiff": "tif"}.get(out.suffix.lower(), out.suffix.lower()[1:])
+        if kind != fmt:
+            raise ValueError(f"--format {fmt} contradicts the output file -o {output}; name a folder, or "
+                             f"a .{fmt} file")
     plan, writer = [], {}
     for src, root in unique:
-        dst = _output_path(src, root, out, single)
+        dst = _output_path(src, root, out, single, fmt)
         key = dst.resolve()
         if key in writer:
             raise ValueError(f"{writer[key]} and {src} would both be written to {dst}; deblur them into "
@@ -482,7 +499,9 @@ def run(args) -> int:
         return 2
     try:
         check_device(args.device)
-        plan = _plan(args.inputs, args.output)
+        if not 1 <= args.quality <= 95:
+            raise ValueError(f"--quality must be in 1..95 (JPEG quality), got {args.quality}")
+        plan = _plan(args.inputs, args.output, args.format)
     except ValueError as exc:
         print(f"inik deblur: {exc}", file=sys.stderr)
         return 2
@@ -512,8 +531,8 @@ def run(args) -> int:
             result = deblur(img, model, tile=args.tile, overlap=args.overlap, device=args.device,
                             half=args.half, progress=tiles)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            write_image(dst, result, bit_depth=depth, overwrite=args.overwrite, icc_profile=info.icc_profile,
-                        exif=info.exif)
+            write_image(dst, result, bit_depth=depth, overwrite=args.overwrite, quality=args.quality,
+                        icc_profile=info.icc_profile, exif=info.exif)
             tqdm.write(f"{src} -> {dst} ({info.width}x{info.height}, {depth}-bit, "
                        f"{time.perf_counter() - t0:.1f} s)")
         except Exception as exc:  # one bad file must not stop the batch

@@ -385,6 +385,37 @@ def test_cli_and_api_keep_colour_profile_and_exif(tmp_path, weights, small_model
     assert out.mode == "RGB" and "icc_profile" not in out.info
 
 
+def test_cli_format_and_quality(tmp_path, weights, capsys):
+    """--format picks the outputs' format for a folder (JPEG 8-bit from a 16-bit PNG,
+    with --quality); it must agree with a single output file's suffix; alpha cannot go
+    to JPEG (that file is reported, the others written)."""
+    rng = np.random.default_rng(8)
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(src / "a.png", (rng.random((24, 24, 3)) * 65535).astype(np.uint16))
+    write_image(src / "b.tif", (rng.random((24, 24, 3)) * 255).astype(np.uint8))
+    write_image(src / "c.png", (rng.random((24, 24, 4)) * 255).astype(np.uint8))
+    rc = main(["deblur", str(src), "-o", str(tmp_path / "out"), "--weights", str(weights), "--format", "jpg",
+               "--quality", "60"])
+    assert rc == 1 and "JPEG cannot hold" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.jpg", "b.jpg"]
+    main(["deblur", str(src / "a.png"), "-o", str(tmp_path / "q95"), "--weights", str(weights), "--format", "jpg"])
+    small, best = (tmp_path / "out" / "a.jpg").stat().st_size, (tmp_path / "q95" / "a.jpg").stat().st_size
+    assert small < best  # quality 60 against the default 95
+    with Image.open(tmp_path / "out" / "a.jpg") as im:
+        assert im.format == "JPEG" and im.mode == "RGB"
+    assert main(["deblur", str(src / "b.tif"), "-o", str(tmp_path / "t"), "--weights", str(weights),
+                 "--format", "png"]) == 0
+    assert read_image(tmp_path / "t" / "b.png")[1].format == "PNG"
+    for bad, msg in ((["-o", str(tmp_path / "x.jpg"), "--format", "png"], "--format png contradicts"),
+                     (["-o", str(tmp_path / "y"), "--quality", "0"], "--quality must be in 1..95")):
+        assert main(["deblur", str(src / "a.png"), "--weights", str(weights), *bad]) == 2
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "x.jpg").exists() and not (tmp_path / "y").exists()
+    assert main(["deblur", str(src / "a.png"), "-o", str(tmp_path / "z.jpeg"), "--weights", str(weights),
+                 "--format", "jpg"]) == 0
+
+
 def test_api_refuses_or_converts_ambiguous_input(small_model, caplog):
     rng = np.random.default_rng(6)
     u8 = (rng.random((3, 16, 16)) * 255).astype(np.uint8)
