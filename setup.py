@@ -67,7 +67,19 @@ def _build_ext_class(base):
                      "slower on a CPU. "
                      + ("INIK_BUILD_CUDA=0 builds the CPU kernels alone. " if cuda else "")
                      + "The compiler's output is above; INIK_REQUIRE_EXTENSION=1 makes this an error.")
+                self._remove_stale_outputs()
                 self.extensions = []
+
+        def _remove_stale_outputs(self):
+            """An inik._C left by an earlier build (in the build folder, or in the source tree
+            for an editable install) no longer matches the sources: install without it."""
+            source_tree = os.path.dirname(os.path.abspath(__file__))
+            for ext in self.extensions:
+                name = self.get_ext_filename(ext.name)
+                for stale in {os.path.join(self.build_lib, name), os.path.join(source_tree, name)}:
+                    if os.path.exists(stale):
+                        os.remove(stale)
+                        _say(f"removed {stale}, left by an earlier build")
 
         def get_outputs(self):  # an extension that was not built is not an output to install
             return [out for out in super().get_outputs() if os.path.exists(out)]

@@ -310,6 +310,8 @@ def _pil_metadata(image) -> dict:
     from .data.io import icc_colour_space
     info = image.info
     kept = {k: info[k] for k in ("exif", "dpi") if k in info}
+    if kept.get("exif") and not kept["exif"].startswith(b"Exif\x00\x00"):
+        kept["exif"] = b"Exif\x00\x00" + kept["exif"]  # as JPEG's info holds it: save() writes any format
     icc = info.get("icc_profile")
     if icc_colour_space(icc) == ("GRAY" if image.mode in ("L", "LA") else "RGB"):
         kept["icc_profile"] = icc

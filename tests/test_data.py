@@ -246,6 +246,8 @@ def test_colour_profile_follows_the_channels(tmp_path):
     Image.fromarray(_codes((5, 7), 8)).save(grey, icc_profile=_fake_icc(b"GRAY"))
     img, info = read_image(grey, mode=None)
     assert info.mode == "L" and info.icc_profile == _fake_icc(b"GRAY")
+    for mode in ("RGB", "RGBA"):  # grey returned as colour: a GRAY profile no longer describes it
+        assert read_image(grey, mode=mode)[1].icc_profile is None
     write_image(tmp_path / "g16.png", img, bit_depth=16, icc_profile=info.icc_profile)
     with Image.open(tmp_path / "g16.png") as im:
         assert im.info["icc_profile"] == _fake_icc(b"GRAY")

@@ -379,6 +379,16 @@ def test_cli_and_api_keep_colour_profile_and_exif(tmp_path, weights, small_model
     with Image.open(tmp_path / "p.jpg") as im:
         out = inik.deblur(im, small_model)
         assert out.size == im.size and out.info["icc_profile"] == icc and out.info["exif"] == im.info["exif"]
+    webp = tmp_path / "p.webp"  # WebP keeps EXIF without JPEG's 'Exif' header
+    photo.save(webp, lossless=True, exif=exif)
+    with Image.open(webp) as im:
+        out = inik.deblur(im, small_model)
+    out.save(tmp_path / "w.jpg", exif=out.info["exif"])  # as the docstring says
+    with Image.open(tmp_path / "w.jpg") as im:
+        assert im.getexif()[0x010F] == "Canon"
+    out.save(tmp_path / "w.webp", exif=out.info["exif"])
+    with Image.open(tmp_path / "w.webp") as im:
+        assert im.getexif()[0x010F] == "Canon"
     cmyk = photo.convert("CMYK")
     cmyk.info["icc_profile"] = b"\0" * 16 + b"CMYK" + b"\0" * 16 + b"acsp" + b"\0" * 88
     out = inik.deblur(cmyk, small_model)

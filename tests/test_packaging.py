@@ -36,11 +36,22 @@ def _wheel(src: Path, out: Path, **env):
 
 
 def test_failed_extension_build_installs_without_it(source_tree, tmp_path):
+    import sysconfig
+
     pytest.importorskip("torch.utils.cpp_extension")
+    # binaries an earlier build left (build folder; source tree, as an editable install has it)
+    name = "_C" + sysconfig.get_config_var("EXT_SUFFIX")
+    stale = [source_tree / "inik" / name]
+    stale += [source_tree / "build" / f"lib.{sysconfig.get_platform()}-cpython-{v}" / "inik" / name
+              for v in (f"{sys.version_info.major}{sys.version_info.minor}",)]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"an old build")
     proc, wheels = _wheel(source_tree, tmp_path / "a")
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0 and len(wheels) == 1, log[-3000:]
     assert "WARNING: building inik._C failed" in log and "INIK_REQUIRE_EXTENSION=1" in log
+    assert not any(path.exists() for path in stale) and "left by an earlier build" in log
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert not any(n.startswith("inik/_C") for n in names)
     for needed in ("inik/__init__.py", "inik/kernels/ifm_triton.py", "inik/weights/default.safetensors",

@@ -86,9 +86,9 @@ class ImageInfo:
         has_alpha: whether the file has an alpha channel.
         orientation: EXIF orientation tag (1-8) that was applied; 1 = none.
         width, height: size after applying the orientation, in pixels.
-        icc_profile: the ICC colour profile of the pixels as read, or None (the
-            file has none, or its profile described a colour space that was
-            converted on reading, such as CMYK). Pixels are deblurred in the
+        icc_profile: the ICC colour profile of the pixels as returned, or None
+            (the file has none, or its profile describes a colour space the
+            pixels were converted from: CMYK, or grey returned as RGB). Pixels are deblurred in the
             file's own colour space; writing them with this profile keeps their
             colours (without it, viewers take them to be sRGB).
         exif: the file's EXIF block (TIFF structure, without the ``Exif\\0\\0``
@@ -455,8 +455,9 @@ def read_image(path, mode: str | None = "RGB") -> tuple[np.ndarray, ImageInfo]:
     """
     arr, depth, fmt, orientation, icc, exif = _decode(path)
     file_mode = _MODES[arr.shape[2]]
-    if icc_colour_space(icc) != _icc_space_for(arr.shape[2]):
-        icc = None  # none, not a profile, or one of a colour space converted on reading (CMYK)
+    pixels = _convert_channels(_to_float(arr), mode, path)
+    if icc_colour_space(icc) != _icc_space_for(pixels.shape[2]):
+        icc = None  # none, not a profile, or of a colour space converted from (CMYK, grey as RGB)
     info = ImageInfo(
         path=str(path),
         format=fmt,
@@ -469,7 +470,7 @@ def read_image(path, mode: str | None = "RGB") -> tuple[np.ndarray, ImageInfo]:
         icc_profile=bytes(icc) if icc else None,
         exif=_upright_exif(exif) if exif else None,
     )
-    return _convert_channels(_to_float(arr), mode, path), info
+    return pixels, info
 
 
 def read_image_info(path) -> tuple[int, int]:
