@@ -145,6 +145,23 @@ def test_interpret(model):
     assert half.atoms[0].dtype == torch.float32
 
 
+def test_built_on_the_meta_device_then_loaded():
+    """torch.device('meta') construction, to_empty, load_state_dict: the same network
+    (the dictionary's polar grids, constants outside the state dict, are recomputed)."""
+    torch.manual_seed(0)
+    ref = inik.INIKNet(width=8).eval()
+    with torch.device("meta"):
+        lazy = inik.INIKNet(width=8)
+    assert next(lazy.parameters()).is_meta
+    lazy = lazy.to_empty(device="cpu")
+    lazy.load_state_dict(ref.state_dict())
+    y = torch.rand(1, 3, 35, 41)
+    with torch.no_grad():
+        torch.testing.assert_close(lazy.eval()(y), ref(y), rtol=0, atol=0)
+    double = inik.INIKNet(width=8).double()  # grids computed in float64, not widened from float32
+    torch.testing.assert_close(double.dictionary.grid15, polar_grid(15, dtype=torch.float64), rtol=0, atol=0)
+
+
 def test_dictionary_structure():
     d = inik.models.Dictionary()
     atoms = d()

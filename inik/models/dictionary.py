@@ -66,7 +66,7 @@ class Dictionary(nn.Module):
         self.scales, self.atoms, self.kind, self.zero_mean = scales, atoms, kind, zero_mean
         self.sizes = [2 * r + 1 for r in range(1, scales)]  # scales 1..R-1
         self.kernel_size = self.sizes[-1]
-        ws = torch.linspace(w_range[0], w_range[1], atoms).tolist()
+        ws = torch.linspace(w_range[0], w_range[1], atoms, device="cpu").tolist()  # also under a meta device
         if kind == "ms-inr":
             self.inrs = nn.ModuleList(SirenAtom(w, hidden) for w in ws)
         elif kind == "per-scale-inr":
@@ -75,6 +75,15 @@ class Dictionary(nn.Module):
             self.base = nn.Parameter(torch.randn(atoms, 1, 3, 3) / 3)
         for k in self.sizes:
             self.register_buffer(f"grid{k}", polar_grid(k), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # The polar grids are constants, not state: recomputed for the new device and dtype
+        # (exact in float64; and after ``to_empty``, as for a model built on the meta device).
+        super()._apply(fn, recurse)
+        for k in self.sizes:
+            old = self._buffers[f"grid{k}"]
+            self._buffers[f"grid{k}"] = polar_grid(k, device=old.device, dtype=old.dtype)
+        return self
 
     @property
     def support(self) -> list[int]:
