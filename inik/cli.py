@@ -16,11 +16,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("inik.explain", "write the defocus-size, mu, omega and atom maps of a photo as PNGs"),
     "train": ("inik.train", "train INIKNet (paper protocol; synthetic, folder, DPDD or LFDOF data)"),
     "eval": ("inik.evaluate", "PSNR / SSIM / MAE / LPIPS of a model on a paired folder"),
+    "info": ("inik.info", "versions, compiled kernels, devices and weights of this installation"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     parser = argparse.ArgumentParser(prog="inik", description="INIKNet defocus deblurring.")
+    parser.add_argument("--version", action="version", version=f"inik {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():
@@ -46,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .runtime import keep_freed_memory
     keep_freed_memory()  # 1.5x faster CPU forwards (see its docstring); INIK_MALLOC=system opts out
-    _note_missing_extension()
+    if args.command != "info":  # which says so itself
+        _note_missing_extension()
     return int(importlib.import_module(args._module).run(args) or 0)
 
 

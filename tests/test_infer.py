@@ -455,3 +455,26 @@ def test_api_refuses_or_converts_ambiguous_input(small_model, caplog):
     assert out.shape == (16, 16, 3)
     with pytest.raises(ValueError, match="overlap must be None \\(default\\) or a number of pixels, got 2.5"):
         inik.deblur(rng.random((16, 16, 3)).astype(np.float32), small_model, tile=32, overlap=2.5)
+
+
+def test_cli_info_version_and_python_m(capsys):
+    """`inik info` reports what this install runs on (as text and JSON), consistent with
+    the package's own answers; `inik --version` and `python -m inik` work."""
+    import subprocess
+    import sys
+
+    from inik.ops import _ext, resolve_backend
+
+    assert main(["info", "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["inik"] == inik.__version__ and facts["versions"]["torch"].split("+")[0] in torch.__version__
+    assert facts["extension"]["built"] == _ext.is_built() and facts["cpu"]["ifm_backend"] == resolve_backend("cpu")
+    assert (facts["default_weights"] is not None) == inik.infer.DEFAULT_WEIGHTS.is_file()
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"inik {inik.__version__}") and f"IFM backend {resolve_backend('cpu')}" in text
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"inik {inik.__version__}"
+    out = subprocess.run([sys.executable, "-m", "inik", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"inik {inik.__version__}", out.stderr
