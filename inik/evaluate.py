@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .infer import half_dtype, load_model, restore
+from .infer import DEVICE_HELP, half_dtype, load_model, restore
 
 
 def to_8bit(image: np.ndarray, bit_depth: int) -> np.ndarray:
@@ -80,7 +80,7 @@ def configure_parser(p) -> None:
                    help="report .json path (the per-image CSV is written beside it); an image equal to its "
                         "reference has PSNR inf, written as the string \"inf\"")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--tile", type=int, default=None)
     p.add_argument("--half", action="store_true",
                    help="run the model as `inik deblur --half` does (bf16 autocast, fp16 on CUDA), to see what "
@@ -137,7 +137,7 @@ def run(args) -> int:
     from .metrics import LPIPSMetric
     try:
         csv_path = _check_out(Path(args.out), args.overwrite)
-        check_device(args.device)
+        args.device = str(check_device(args.device))
         check_tile_option(args.tile)
         layout = resolve_layout(args.data, args.layout, split=args.split)
         pairs = find_pairs(args.data, layout=layout, split=args.split)

@@ -158,10 +158,11 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
 
 
 def configure_parser(p) -> None:
+    from .infer import DEVICE_HELP
     p.add_argument("input", metavar="INPUT", help="an image file")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
     p.add_argument("--weights", help="INIKNet safetensors file (default: the bundled weights)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace existing files in DIR")
     p.add_argument("--tile", type=int, default=None,
                    help="tile size in pixels, as for inik deblur (default: whole image up to ~2 megapixels, "
@@ -172,7 +173,7 @@ def run(args) -> int:
     from .data.io import read_image
     from .infer import DEFAULT_WEIGHTS, UNTRAINED_NOTE, check_device, check_tile_option, load_model
     try:
-        check_device(args.device)
+        args.device = str(check_device(args.device))
         check_tile_option(args.tile)
         image, _ = read_image(args.input)
         model, trained = load_model(args.weights, device=args.device)

@@ -378,7 +378,7 @@ def configure_parser(p) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file (one input) or folder (created if needed)")
     p.add_argument("--weights", help="INIKNet safetensors file (default: the bundled weights)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--tile", type=int, default=None,
                    help="tile size in pixels (default: whole image up to ~2 megapixels, "
                         f"{AUTO_TILE}-px tiles beyond; 0: always the whole image)")
@@ -466,8 +466,15 @@ def check_tile_option(tile: Optional[int]) -> None:
         raise ValueError(f"--tile must be 0 (whole image) or at least {MIN_SIZE} pixels, got {tile}")
 
 
+#: help text of --device in deblur, explain and eval
+DEVICE_HELP = "torch device: auto (default: cuda when available, else cpu), cpu, cuda, cuda:1 ..."
+
+
 def check_device(device: str) -> torch.device:
-    """The torch device named by --device, usable here; ValueError saying why not."""
+    """The torch device named by --device, usable here (``"auto"``: CUDA when it is
+    available, else the CPU); ValueError saying why not."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
@@ -500,7 +507,7 @@ def run(args) -> int:
               + (f" for --tile {args.tile}" if args.tile else ""), file=sys.stderr)
         return 2
     try:
-        check_device(args.device)
+        args.device = str(check_device(args.device))
         if not 1 <= args.quality <= 95:
             raise ValueError(f"--quality must be in 1..95 (JPEG quality), got {args.quality}")
         plan = _plan(args.inputs, args.output, args.format)

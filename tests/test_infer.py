@@ -478,3 +478,16 @@ def test_cli_info_version_and_python_m(capsys):
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"inik {inik.__version__}"
     out = subprocess.run([sys.executable, "-m", "inik", "--version"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == f"inik {inik.__version__}", out.stderr
+
+
+def test_device_auto_picks_cuda_when_available(monkeypatch):
+    """--device defaults to auto in deblur, explain and eval: CUDA when available, else the CPU."""
+    from inik.cli import build_parser
+    from inik.infer import check_device
+
+    assert check_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert check_device("auto") == torch.device("cpu")
+    parser = build_parser()
+    for argv in (["deblur", "x.png", "-o", "y"], ["explain", "x.png", "-o", "y"], ["eval", "--data", "d", "--out", "r"]):
+        assert parser.parse_args(argv).device == "auto", argv
