@@ -218,6 +218,7 @@ def main(argv=None) -> int:
     p.add_argument("--train-size", type=int, default=256)
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--no-train", action="store_true")
+    p.add_argument("--no-infer", action="store_true", help="time the training step only")
     p.add_argument("--compile", action="store_true", help="also time the torch.compile'd fast path")
     p.add_argument("--modes", help=f"comma-separated modes (default: baseline, fast, fast-bf16/fp16); "
                                    f"known: {', '.join(KNOWN_MODES)}")
@@ -265,7 +266,7 @@ def main(argv=None) -> int:
         print(f"{task:<24} {mode:<22} {ms:>10.1f} ms  {ratio:>7}  "
               f"peak +{'?' if mb is None else f'{mb:.0f}'} MB", flush=True)
 
-    for text in args.sizes.split(","):
+    for text in ([] if args.no_infer else args.sizes.split(",")):
         h, w = _size(text)
         for mode in modes:
             record(f"infer {w}x{h}", mode, {"task": "infer", "h": h, "w": w})

@@ -6,7 +6,13 @@
 # cuda-gdb if they fail: they once crashed the process on an H200), the IFM and
 # whole-model benchmarks and a profile of the model. Logs and JSON go to
 # ${OUT:-gpu_out}. Usage: bash benchmarks/gpu_sweep.sh
+# STEPS (comma-separated, default all) picks what runs after the install, so that a
+# second call can finish what a first one's time limit cut: sweep, build, tests,
+# bench_ifm, bench_model, train_compiled, profile; e.g.
+#   STEPS=build,bench_model,train_compiled bash benchmarks/gpu_sweep.sh
 set -u
+STEPS=${STEPS:-all}
+want() { [[ $STEPS == all || ",$STEPS," == *",$1,"* ]]; }
 OUT=${OUT:-gpu_out}; LOGS=/tmp/gpu_logs; mkdir -p "$LOGS"
 # everything also goes into one archive after each step (the device tool returns at most 8 files)
 pack() { tar czf "$OUT/all.tgz" -C "$LOGS" . 2>/dev/null; }
@@ -19,6 +25,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 ARCH=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
 TAIL=2 step install 60 env INIK_NO_EXTENSION=1 $PY -m pip install --no-build-isolation --no-deps --no-index -e .
+if want sweep; then
 echo "=== sweep compile ($(date +%T))"; t0=$SECONDS
 SWEEP_ONLY=${SWEEP_ONLY:-fwd,fwd-dense,storek-dense,all}
 for i in $(seq 0 13); do
@@ -31,28 +38,33 @@ for i in 0 1 2 3; do  # bf16: where the dense forward's half-precision dots may 
 done
 wait; cat "$LOGS"/sweep_c*.log | grep -v "^part" | head -20 > "$LOGS/sweep_compile.log"
 cat "$LOGS/sweep_compile.log"; rm -f "$LOGS"/sweep_c[0-9]*.log; echo "=== sweep compile: $((SECONDS - t0)) s"
+fi
 # The native extension builds beside the sweep's timing (CPU work against GPU-timed kernels).
-( timeout 200 env TORCH_CUDA_ARCH_LIST="$ARCH" INIK_BUILD_CUDA=1 MAX_JOBS=16 \
+BUILD=
+want build && { ( timeout 200 env TORCH_CUDA_ARCH_LIST="$ARCH" INIK_BUILD_CUDA=1 MAX_JOBS=16 \
     $PY -m pip install --no-build-isolation --no-deps --no-index -e . > "$LOGS/build.log" 2>&1;
   echo "build exit $?" >> "$LOGS/build.log" ) &
-BUILD=$!
-TAIL=${SWEEP_TAIL:-30} step sweep 120 $PY benchmarks/sweep_triton.py --only "$SWEEP_ONLY" --out "$LOGS/sweep.json"
-TAIL=${SWEEP_TAIL:-12} step sweep_bf16 60 $PY benchmarks/sweep_triton.py --dtype bfloat16 --only fwd,fwd-dense \
+BUILD=$!; }
+want sweep && TAIL=${SWEEP_TAIL:-30} step sweep 120 $PY benchmarks/sweep_triton.py --only "$SWEEP_ONLY" --out "$LOGS/sweep.json"
+want sweep && TAIL=${SWEEP_TAIL:-12} step sweep_bf16 60 $PY benchmarks/sweep_triton.py --dtype bfloat16 --only fwd,fwd-dense \
     --out "$LOGS/sweep_bf16.json"
-wait $BUILD; tail -n 2 "$LOGS/build.log"
-TAIL=12 step tests 150 $PY -m pytest -q -p no:cacheprovider -n 8 -rs -k "not reject_bad" \
+[[ -n $BUILD ]] && { wait $BUILD; tail -n 2 "$LOGS/build.log"; }
+want tests && TAIL=12 step tests 150 $PY -m pytest -q -p no:cacheprovider -n 8 -rs -k "not reject_bad" \
     tests/test_ifm_triton.py tests/test_ifm_cpp.py tests/test_fast_path.py
-TAIL=6 step reject_bad 60 $PY -m pytest -q -p no:cacheprovider -k reject_bad tests/test_ifm_cpp.py
-if ! grep -q " passed" "$LOGS/reject_bad.log" || grep -q "failed\|rror" "$LOGS/reject_bad.log"; then
+want tests && TAIL=6 step reject_bad 60 $PY -m pytest -q -p no:cacheprovider -k reject_bad tests/test_ifm_cpp.py
+if want tests && ! grep -q " passed" "$LOGS/reject_bad.log" || grep -q "failed\|rror" "$LOGS/reject_bad.log"; then
   TAIL=30 step crash_gdb 60 cuda-gdb -batch -ex run -ex bt --args $PY -c \
     "import torch, inik.ops._ext; x=[torch.randn(2,3,5,7), torch.randn(2,3,5,7), torch.randn(2,4,5,7), torch.randn(3,4,5,5)]; torch.ops.inik.ifm_native_forward(*x, [5,2,1])"
 fi
-TAIL=22 step bench_ifm_fp32 70 $PY benchmarks/bench_ifm.py --backends unfused,cuda,triton --out "$LOGS/bench_ifm_fp32.json"
-TAIL=16 step bench_ifm_bf16 50 $PY benchmarks/bench_ifm.py --dtype bfloat16 --backends unfused,triton \
+want bench_ifm && TAIL=22 step bench_ifm_fp32 70 $PY benchmarks/bench_ifm.py --backends unfused,cuda,triton --out "$LOGS/bench_ifm_fp32.json"
+want bench_ifm && TAIL=16 step bench_ifm_bf16 50 $PY benchmarks/bench_ifm.py --dtype bfloat16 --backends unfused,triton \
     --out "$LOGS/bench_ifm_bf16.json"
-TAIL=14 step bench_model 170 $PY benchmarks/bench_model.py --sizes 640 \
+want bench_model && TAIL=14 step bench_model 170 $PY benchmarks/bench_model.py --sizes 640 \
     --modes baseline,fast,fast-bf16,fast-bf16-graph,fast-bf16-compiled-graph --out "$LOGS/bench_model.json"
-TAIL=6 step bench_model_cudnn 90 $PY benchmarks/bench_model.py --sizes 640 --no-train --cudnn-benchmark \
+want bench_model && TAIL=6 step bench_model_cudnn 90 $PY benchmarks/bench_model.py --sizes 640 --no-train --cudnn-benchmark \
     --modes fast-bf16,fast-bf16-graph --out "$LOGS/bench_model_cudnn.json"
-TAIL=45 step profile_model 60 $PY benchmarks/profile_model.py --size 640 --mode fast-bf16 --rows 30
+# issue 7's training target (2x the baseline's speed, half its memory): the compiled step
+want train_compiled && TAIL=8 step train_compiled 150 $PY benchmarks/bench_model.py --sizes 640 --no-infer \
+    --modes baseline,fast-bf16-compiled --out "$LOGS/bench_train_compiled.json"
+want profile && TAIL=45 step profile_model 60 $PY benchmarks/profile_model.py --size 640 --mode fast-bf16 --rows 30
 echo "done $(date +%T)"

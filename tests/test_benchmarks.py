@@ -36,6 +36,13 @@ def test_bench_model_runs_every_mode_in_its_own_process(tmp_path):
             assert r["speedup"] == 1.0
 
 
+def test_bench_model_training_only(tmp_path):
+    out = tmp_path / "train.json"
+    _run("bench_model.py", "--no-infer", "--train-size", "32", "--train-batch", "1", "--reps", "1",
+         "--modes", "baseline", "--out", str(out))
+    assert [(r["task"], r["mode"]) for r in json.loads(out.read_text())["rows"]] == [("train b1 32x32", "baseline")]
+
+
 def test_ab_env_alternates_settings_in_one_process(tmp_path):
     out = tmp_path / "ab.json"
     text = _run("ab_env.py", "INIK_WINOGRAD=0", "INIK_WINOGRAD=1,INIK_WINOGRAD_TILE=", "--size", "32x48",
