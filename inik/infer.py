@@ -307,11 +307,11 @@ def _pil_metadata(image) -> dict:
     size, orientation and mode): the ICC profile when it fits the mode (not a CMYK
     one after conversion to RGB), the EXIF block (its orientation tag included, as
     the pixels are not turned), the resolution."""
-    from .data.io import icc_colour_space
+    from .data.io import _EXIF_PREFIX, icc_colour_space
     info = image.info
     kept = {k: info[k] for k in ("exif", "dpi") if k in info}
-    if kept.get("exif") and not kept["exif"].startswith(b"Exif\x00\x00"):
-        kept["exif"] = b"Exif\x00\x00" + kept["exif"]  # as JPEG's info holds it: save() writes any format
+    if kept.get("exif") and not kept["exif"].startswith(_EXIF_PREFIX):
+        kept["exif"] = _EXIF_PREFIX + kept["exif"]  # as JPEG's info holds it: save() writes any format
     icc = info.get("icc_profile")
     if icc_colour_space(icc) == ("GRAY" if image.mode in ("L", "LA") else "RGB"):
         kept["icc_profile"] = icc

@@ -88,14 +88,15 @@ class ImageInfo:
         width, height: size after applying the orientation, in pixels.
         icc_profile: the ICC colour profile of the pixels as returned, or None
             (the file has none, or its profile describes a colour space the
-            pixels were converted from: CMYK, or grey returned as RGB). Pixels are deblurred in the
-            file's own colour space; writing them with this profile keeps their
-            colours (without it, viewers take them to be sRGB).
+            pixels were converted from: CMYK, or grey returned as RGB). Pixels
+            are deblurred in the file's own colour space; writing them with
+            this profile keeps their colours (without it, viewers take them to
+            be sRGB).
         exif: the file's EXIF block (TIFF structure, without the ``Exif\\0\\0``
             prefix) made fit for the pixels as read: orientation 1 (it was
             applied), no thumbnail (it shows the source); or None. Read from
-            JPEG, PNG and WebP files; TIFFs keep theirs in their own tags, not
-            carried.
+            JPEG, PNG, WebP and HEIC files; TIFFs keep theirs in their own tags,
+            not carried.
     """
 
     path: str
