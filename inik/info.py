@@ -19,6 +19,15 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _ask(question, *args):
+    """``question(*args)``, or what went wrong as ``"error: ..."``: a bad setting (say
+    ``INIK_IFM_BACKEND=cuda`` on a machine without one) is reported, not fatal."""
+    try:
+        return question(*args)
+    except Exception as exc:  # noqa: BLE001 - every answer is a report
+        return f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+
+
 def collect() -> dict:
     """The facts ``inik info`` prints, as a JSON-ready dict."""
     import torch
@@ -38,14 +47,14 @@ def collect() -> dict:
         "torch_cuda": torch.version.cuda,
         "extension": {
             "built": _ext.is_built(),
-            "cpu_isa": winograd.isa() if _ext.is_built() else None,
+            "cpu_isa": _ask(winograd.isa) if _ext.is_built() else None,
             "cuda_kernels": _ext.has_cuda_kernels(),
             "note": None if _ext.is_built() else _ext.build_hint(),
         },
         "cpu": {"threads": torch.get_num_threads(), "native_bf16": _cpu_has_bf16(),
-                "ifm_backend": resolve_backend("cpu")},
+                "ifm_backend": _ask(resolve_backend, "cpu")},
         "cuda": ({"device": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
-                  "ifm_backend": resolve_backend("cuda")} if cuda else None),
+                  "ifm_backend": _ask(resolve_backend, "cuda")} if cuda else None),
         "default_weights": ({"path": str(DEFAULT_WEIGHTS), "bytes": DEFAULT_WEIGHTS.stat().st_size}
                             if DEFAULT_WEIGHTS.is_file() else None),
         "environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("INIK_", "TRITON_INTERPRET"))},

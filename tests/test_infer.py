@@ -473,6 +473,13 @@ def test_cli_info_version_and_python_m(capsys):
     assert main(["info"]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"inik {inik.__version__}") and f"IFM backend {resolve_backend('cpu')}" in text
+    for bad in ("INIK_IFM_BACKEND=nonsense", "INIK_IFM_BACKEND=cuda", "INIK_CPU_ISA=nonsense"):
+        name, value = bad.split("=")
+        with pytest.MonkeyPatch.context() as mp:  # a bad setting is reported, not fatal
+            mp.setenv(name, value)
+            assert main(["info"]) == 0
+        text = capsys.readouterr().out
+        assert "error: " in text and bad in text, bad
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"inik {inik.__version__}"

@@ -1,5 +1,7 @@
 """INIKNet: shapes at any size, parameter counts, ablations, interpretation, save/load, learning."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -158,8 +160,20 @@ def test_built_on_the_meta_device_then_loaded():
     y = torch.rand(1, 3, 35, 41)
     with torch.no_grad():
         torch.testing.assert_close(lazy.eval()(y), ref(y), rtol=0, atol=0)
-    double = inik.INIKNet(width=8).double()  # grids computed in float64, not widened from float32
-    torch.testing.assert_close(double.dictionary.grid15, polar_grid(15, dtype=torch.float64), rtol=0, atol=0)
+    with torch.device("meta"):  # loading with assign=True: the grids follow the parameters
+        assigned = inik.INIKNet(width=8)
+    assigned.load_state_dict(ref.state_dict(), assign=True)
+    with torch.no_grad():
+        torch.testing.assert_close(assigned.eval()(y), ref(y), rtol=0, atol=0)
+    # a dtype change casts the float32 grids, as trained (computing them in float64
+    # would move the centre tap's angle, and the network with it)
+    for dtype in (torch.float64, torch.bfloat16):
+        moved = copy.deepcopy(ref).to(dtype)
+        for k in moved.dictionary.sizes:
+            torch.testing.assert_close(getattr(moved.dictionary, f"grid{k}"), polar_grid(k).to(dtype),
+                                       rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(copy.deepcopy(ref).double()(y.double()).float(), ref(y), rtol=0, atol=2e-5)
 
 
 def test_dictionary_structure():

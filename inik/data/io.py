@@ -19,7 +19,9 @@ Routes, chosen because each is exact for its format:
 * TIFF (8-bit, 16-bit, float32): ``tifffile``.
 * JPEG and everything else Pillow opens: Pillow (8-bit); HEIC/HEIF photos
   through Pillow with the optional ``pillow-heif`` package (its decoder applies
-  the file's rotation, so the EXIF orientation it reports is 1).
+  the file's rotation, so the EXIF orientation it reports is 1). HEIF is read
+  at 8 bits: pillow-heif converts 10- and 12-bit files (some cameras' .HIF) to
+  8 bits, and ``ImageInfo.bit_depth`` says 8.
 
 Writing is atomic: the file is written under a temporary name in the target
 directory and moved into place with :func:`os.replace`, so a crash never leaves

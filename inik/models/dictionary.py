@@ -75,15 +75,31 @@ class Dictionary(nn.Module):
             self.base = nn.Parameter(torch.randn(atoms, 1, 3, 3) / 3)
         for k in self.sizes:
             self.register_buffer(f"grid{k}", polar_grid(k), persistent=False)
+        self.register_load_state_dict_post_hook(Dictionary._regrid_after_load)
 
-    def _apply(self, fn, recurse=True):
-        # The polar grids are constants, not state: recomputed for the new device and dtype
-        # (exact in float64; and after ``to_empty``, as for a model built on the meta device).
-        super()._apply(fn, recurse)
+    def _regrid(self, device, dtype=None) -> None:
+        """The polar grids (constants, not state) made afresh on ``device``: computed in
+        float32 on the CPU as they always were, then cast (computing them in another dtype
+        moves the centre tap's angle: atan2 of linspace's rounding at 0)."""
         for k in self.sizes:
             old = self._buffers[f"grid{k}"]
-            self._buffers[f"grid{k}"] = polar_grid(k, device=old.device, dtype=old.dtype)
+            self._buffers[f"grid{k}"] = polar_grid(k, device="cpu").to(device, dtype or old.dtype)
+
+    def _apply(self, fn, recurse=True):
+        # Also after ``to_empty``, whose uninitialised buffers would otherwise stand in for
+        # the grids (a model built on the meta device).
+        super()._apply(fn, recurse)
+        probe = self._buffers[f"grid{self.sizes[0]}"]
+        self._regrid(probe.device, probe.dtype)
         return self
+
+    @staticmethod
+    def _regrid_after_load(module, incompatible_keys) -> None:
+        # load_state_dict(assign=True) into a model built on the meta device: the grids,
+        # outside the state dict, follow the loaded parameters off the meta device.
+        param = next(module.parameters(), None)
+        if param is not None and any(module._buffers[f"grid{k}"].device != param.device for k in module.sizes):
+            module._regrid(param.device)
 
     @property
     def support(self) -> list[int]:
