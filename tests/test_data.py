@@ -300,6 +300,21 @@ def test_heic_phone_photo(tmp_path):
     assert src in iio.list_images(tmp_path)
 
 
+def test_avif_read_and_listed(tmp_path):
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow was built without AVIF")
+    codes = _codes((12, 20, 3), 8, seed=5)
+    Image.fromarray(codes).save(tmp_path / "a.avif", quality=100)
+    with Image.open(tmp_path / "a.avif") as im:
+        want = np.asarray(im.convert("RGB"))
+    img, info = read_image(tmp_path / "a.avif")
+    assert info.format == "AVIF" and img.shape == (12, 20, 3)
+    np.testing.assert_array_equal(np.round(img * 255).astype(np.uint8), want)
+    assert iio.list_images(tmp_path) == [tmp_path / "a.avif"]
+
+
 def test_heic_without_pillow_heif_says_what_to_install(tmp_path):
     """Without the optional package a HEIC file is refused by name, with what to install
     (a fresh process: Pillow keeps an opener once registered)."""

@@ -59,8 +59,8 @@ __all__ = [
 ]
 
 #: File suffixes (lower case) treated as images when scanning folders. HEIC/HEIF
-#: (phone photos) are read with the optional ``pillow-heif`` package.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".heic", ".heif")
+#: (phone photos) are read with the optional ``pillow-heif`` package, AVIF by Pillow.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".heic", ".heif", ".avif")
 #: File suffixes (lower case) :func:`write_image` writes.
 WRITE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
