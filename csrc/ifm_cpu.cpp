@@ -385,7 +385,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ifm_backward_cpu(
   const int64_t chunk_rows = bwd_chunk_rows(g.h);
   const int64_t chunks_per_image = (g.H + chunk_rows - 1) / chunk_rows;
   const int64_t chunks = g.B * chunks_per_image;
-  const int64_t groups = std::min(chunks, kMaxAtomPartials);
+  // at least one group: with no chunks (B or H = 0) the atom gradient is that group's zeros
+  const int64_t groups = std::max<int64_t>(1, std::min(chunks, kMaxAtomPartials));
   at::Tensor dpart = needs[3] ? at::zeros({groups, g.R, g.N, g.Qpad}, opt) : at::Tensor();
   // Scatter taps column-offset-major so consecutive read-modify-writes hit different rows.
   std::vector<int> scatter(g.Qmax);

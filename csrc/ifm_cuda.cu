@@ -72,6 +72,7 @@ at::Tensor ifm_forward_cuda(const at::Tensor& image, const at::Tensor& mu, const
                             const at::Tensor& atoms, at::IntArrayRef support) {
   const Geometry g = check_and_plan("ifm_native_forward", image, mu, omega, atoms, support);
   const c10::cuda::CUDAGuard guard(image.device());
+  if (g.B * g.H * g.W == 0) return at::empty({g.B, g.C, g.H, g.W}, image.options());  // no blocks to launch
   const auto acc = acc_type(image.scalar_type());
   at::Tensor ypad = padded_image(image, g);
   at::Tensor mu_c = mu.to(acc).contiguous(), om_c = omega.to(acc).contiguous();
@@ -104,6 +105,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ifm_backward_cuda(
   at::Tensor g_image = at::empty({0}, image.options()), g_mu = at::empty({0}, mu.options()),
              g_om = at::empty({0}, omega.options()), g_atoms = at::empty({0}, atoms.options());
   if (!(needs[0] || needs[1] || needs[2] || needs[3])) return {g_image, g_mu, g_om, g_atoms};
+  if (g.B * g.H * g.W == 0) {  // no pixels: every gradient asked for is zero (and no blocks to launch)
+    if (needs[0]) g_image = at::zeros_like(image, at::MemoryFormat::Contiguous);
+    if (needs[1]) g_mu = at::zeros_like(mu, at::MemoryFormat::Contiguous);
+    if (needs[2]) g_om = at::zeros_like(omega, at::MemoryFormat::Contiguous);
+    if (needs[3]) g_atoms = at::zeros_like(atoms, at::MemoryFormat::Contiguous);
+    return {g_image, g_mu, g_om, g_atoms};
+  }
 
   at::Tensor mu_c = mu.to(acc).contiguous(), om_c = omega.to(acc).contiguous();
   at::Tensor dx = grad.to(acc).contiguous();

@@ -58,20 +58,55 @@ def has_cuda_kernels() -> bool:
         "inik::ifm_native_forward", "CUDA")
 
 
+def check_fake(op: str, **tensors) -> None:
+    """The checks a fake (meta) kernel of a native op makes before inferring shapes:
+    every tensor given (None skipped) on one device. A meta tensor among CPU tensors
+    sends the call to the fake kernel, whose empty CPU result would otherwise pass for
+    the op's output (the native checks never run)."""
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    torch._check(len(set(devices.values())) <= 1,
+                 lambda: f"{op}: all tensors must be on one device, got "
+                         + ", ".join(f"{name} on {d}" for name, d in devices.items()))
+
+
+def forbid_backward(op: str, instead: str) -> None:
+    """A native op without a derivative refuses to be differentiated: without this,
+    autograd only warns and treats it as constant (its inputs' gradients silently
+    miss its contribution)."""
+    def backward(ctx, *grads):
+        raise RuntimeError(f"torch.ops.{op.replace('::', '.')} has no derivative; {instead}")
+
+    torch.library.register_autograd(op, backward, setup_context=lambda ctx, inputs, output: None)
+
+
+def _check_ifm_fake(op, image, mu, omega, atoms, support, grad=None) -> None:
+    check_fake(op, grad=grad, image=image, mu=mu, omega=omega, atoms=atoms)
+    torch._check(image.dim() == 4 and mu.dim() == 4 and omega.dim() == 4 and atoms.dim() == 4,
+                 lambda: f"{op}: inputs must be 4-D")
+    dtypes = {t.dtype for t in (image, mu, omega, atoms) + (() if grad is None else (grad,))}
+    torch._check(len(dtypes) == 1 and next(iter(dtypes)).is_floating_point,
+                 lambda: f"{op}: inputs must share one floating-point dtype, got {sorted(map(str, dtypes))}")
+    torch._check(len(support) == atoms.shape[0], lambda: f"{op}: support must give one size per scale")
+    k = atoms.shape[-1]
+    torch._check(all(s % 2 == 1 and 1 <= s <= k for s in support),
+                 lambda: f"{op}: support sizes must be odd and in [1, K={k}], got {list(support)}")
+
+
 if _C is not None:
     @torch.library.register_fake("inik::ifm_native_forward")
     def _(image, mu, omega, atoms, support):
-        torch._check(image.dim() == 4 and mu.dim() == 4 and omega.dim() == 4 and atoms.dim() == 4,
-                     lambda: "ifm_native_forward: inputs must be 4-D")
-        torch._check(len(support) == atoms.shape[0],
-                     lambda: "ifm_native_forward: support must give one size per scale")
+        _check_ifm_fake("ifm_native_forward", image, mu, omega, atoms, support)
         return image.new_empty(image.shape)
 
     @torch.library.register_fake("inik::ifm_native_backward")
     def _(grad, image, mu, omega, atoms, support, needs):
+        _check_ifm_fake("ifm_native_backward", image, mu, omega, atoms, support, grad=grad)
         torch._check(grad.shape == image.shape, lambda: "ifm_native_backward: grad must match image")
         return tuple(x.new_empty(x.shape) if nd else x.new_empty(0)
                      for x, nd in zip((image, mu, omega, atoms), needs))
+
+    for _op in ("inik::ifm_native_forward", "inik::ifm_native_backward"):
+        forbid_backward(_op, "differentiate inik.ops.ifm (torch.ops.inik.ifm) instead")
 
 
 def _forward(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor, support: Sequence[int]) -> Tensor:

@@ -105,16 +105,31 @@ def lstm_pointwise(gates: Tensor, c: Tensor, fused: Optional[bool] = None) -> tu
 
 if _ext.is_built():
     # Shapes and layouts of the native ops' results, for torch.compile and opcheck.
+    def _check_fake(op, gates, c, **grads):
+        _ext.check_fake(op, gates=gates, c=c, **grads)
+        torch._check(gates.dim() == 4 and c.dim() == 4 and gates.shape[1] == 4 * c.shape[1]
+                     and gates.shape[:1] + gates.shape[2:] == c.shape[:1] + c.shape[2:],
+                     lambda: f"{op}: gates must be (B, 4h, H, W) for c of shape (B, h, H, W)")
+        torch._check(gates.dtype == c.dtype and c.dtype in FUSED_DTYPES,
+                     lambda: f"{op}: gates and c must share a dtype among {FUSED_DTYPES}")
+        cl = torch.channels_last
+        torch._check(gates.is_contiguous(memory_format=cl) and c.is_contiguous(memory_format=cl),
+                     lambda: f"{op}: gates and c must be channels_last-contiguous")
+        for name, g in grads.items():
+            torch._check(g is None or (g.shape == c.shape and g.dtype == c.dtype),
+                         lambda: f"{op}: {name} must match c's shape and dtype")
+
     @torch.library.register_fake("inik::lstm_cell_forward")
     def _(gates, c):
-        torch._check(gates.dim() == 4 and c.dim() == 4 and gates.shape[1] == 4 * c.shape[1],
-                     lambda: "lstm_cell_forward: gates must be (B, 4h, H, W) for c of shape (B, h, H, W)")
+        _check_fake("lstm_cell_forward", gates, c)
         cl = torch.channels_last
         return torch.empty_like(c, memory_format=cl), torch.empty_like(c, memory_format=cl)
 
     @torch.library.register_fake("inik::lstm_cell_backward")
     def _(gates, c, grad_h, grad_c):
-        torch._check(gates.dim() == 4 and c.dim() == 4 and gates.shape[1] == 4 * c.shape[1],
-                     lambda: "lstm_cell_backward: gates must be (B, 4h, H, W) for c of shape (B, h, H, W)")
+        _check_fake("lstm_cell_backward", gates, c, grad_h=grad_h, grad_c=grad_c)
         cl = torch.channels_last
         return torch.empty_like(gates, memory_format=cl), torch.empty_like(c, memory_format=cl)
+
+    for _op in ("inik::lstm_cell_forward", "inik::lstm_cell_backward"):
+        _ext.forbid_backward(_op, "use inik.ops.lstm.lstm_pointwise, whose fused path has a backward")

@@ -58,9 +58,25 @@ _AUTO = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 if _ext.is_built():
     @torch.library.register_fake("inik::conv3x3_winograd")
     def _(x, weight, bias, residual, padding_mode, relu, tile=0, bf16_gemm=True):
-        torch._check(x.dim() == 4 and weight.dim() == 4, lambda: "conv3x3_winograd: x and weight must be 4-D")
-        return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3])).contiguous(
-            memory_format=torch.channels_last)
+        op = "conv3x3_winograd"
+        _ext.check_fake(op, x=x, weight=weight, bias=bias, residual=residual)
+        torch._check(x.dim() == 4 and weight.dim() == 4 and tuple(weight.shape[1:]) == (x.shape[1], 3, 3),
+                     lambda: f"{op}: x must be (B, C, H, W) and weight (Co, C, 3, 3), got {tuple(x.shape)} "
+                             f"and {tuple(weight.shape)}")
+        torch._check(x.dtype in _DTYPES, lambda: f"{op}: x must be float32 or bfloat16, got {x.dtype}")
+        torch._check(x.is_contiguous(memory_format=torch.channels_last),
+                     lambda: f"{op}: x must be channels_last-contiguous")
+        out_shape = (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
+        torch._check(bias is None or tuple(bias.shape) == (weight.shape[0],),
+                     lambda: f"{op}: bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
+        torch._check(residual is None or tuple(residual.shape) == out_shape,
+                     lambda: f"{op}: residual must be {out_shape}, got {tuple(residual.shape)}")
+        torch._check(padding_mode in _MODES, lambda: f"{op}: padding_mode must be one of {_MODES}")
+        torch._check(tile in (0,) + TILES, lambda: f"{op}: tile must be 0 or one of {TILES}, got {tile}")
+        return x.new_empty(out_shape).contiguous(memory_format=torch.channels_last)
+
+    _ext.forbid_backward("inik::conv3x3_winograd",
+                         "train through inik.models (its Winograd convolutions have an autograd.Function)")
 
 
 def isa() -> str:
@@ -93,8 +109,10 @@ def enabled() -> bool:
 
 
 def _autocast_dtype(x: Tensor) -> torch.dtype:
-    """The dtype a convolution of x computes in: autocast's on the CPU, else x's."""
-    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+    """The dtype a convolution of x computes in: autocast's on the CPU for the dtypes
+    autocast casts (float32, float16, bfloat16; float64 stays, as for conv2d), else x's."""
+    if (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and x.dtype in (torch.float32, torch.float16, torch.bfloat16)):
         return torch.get_autocast_dtype("cpu")
     return x.dtype
 
