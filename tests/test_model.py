@@ -1,6 +1,7 @@
 """INIKNet: shapes at any size, parameter counts, ablations, interpretation, save/load, learning."""
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -203,6 +204,14 @@ def test_save_load_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(y), m(y), rtol=0, atol=0)
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temp files left
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600)):  # permissions follow the umask, as for any file
+        old = os.umask(umask)
+        try:
+            m.save(tmp_path / f"u{umask:o}.safetensors")
+        finally:
+            os.umask(old)
+        assert (tmp_path / f"u{umask:o}.safetensors").stat().st_mode & 0o777 == mode
+        (tmp_path / f"u{umask:o}.safetensors").unlink()
     # through a symbolic link: the file it names is updated, the link stays a link
     other = inik.INIKNet(dictionary="upsampled", recurrence="unidirectional", width=8)
     link = tmp_path / "link.safetensors"

@@ -254,7 +254,7 @@ class INIKNet(nn.Module):
         """Write weights and configuration to one safetensors file (atomically: a
         temporary file in the same folder, renamed over ``path``; a symbolic link's
         target is what gets replaced)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         from .. import __version__
         shown = os.fsdecode(os.fspath(path))
@@ -268,10 +268,14 @@ class INIKNet(nn.Module):
             raise FileNotFoundError(f"INIKNet.save: the folder of {shown!r} does not exist")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         meta = {"format": FORMAT, "config": json.dumps(asdict(self.config)), "inik_version": __version__}
-        # created by safetensors with the usual permissions (0666 less the umask)
+        # created here with the usual permissions, 0666 less the umask (safetensors' own
+        # save_file leaves 0600: a weights file the owner's group could not read)
         tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex[:12]}.safetensors")
         try:
-            save_file(state, tmp, metadata=meta)
+            data = save(state, metadata=meta)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
             os.replace(tmp, target)
         except BaseException:
             if os.path.exists(tmp):
