@@ -102,13 +102,23 @@ def test_failed_save_keeps_the_last_checkpoint(tmp_path, monkeypatch):
         for p in model.parameters():
             p.add_(1.0)
 
-    def broken_save_file(tensors, path, metadata=None):
-        with open(path, "wb") as f:
-            f.write(b"partial")
-        raise OSError("disk full")
+    real_fdopen = os.fdopen
 
-    import safetensors.torch
-    monkeypatch.setattr(safetensors.torch, "save_file", broken_save_file)
+    class DiskFull:  # the weights file's write stops part-way
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(b"partial")
+            raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: DiskFull(real_fdopen(fd, *a, **k)))
     opt = torch.optim.Adam(model.parameters())
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(out, model, opt, torch.optim.lr_scheduler.StepLR(opt, 1), 3, cfg)
