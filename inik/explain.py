@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -103,7 +102,7 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
     blends its outputs.
     """
     from .infer import auto_tile, tiled
-    from .data.io import write_image
+    from .data.io import write_atomically, write_image
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: is a file, not a folder (the output folder)")
@@ -147,9 +146,7 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
     out.mkdir(parents=True, exist_ok=True)
     for name, arr in images.items():
         write_image(out / name, arr, overwrite=overwrite)
-    tmp = out / ".explain.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "explain.json")
+    write_atomically(out / "explain.json", json.dumps(summary, indent=2).encode())
     if overwrite:
         for stale in sorted(set(out.glob(STALE_PATTERN)) - {out / n for n in images}):
             stale.unlink()

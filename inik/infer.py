@@ -307,14 +307,13 @@ def _pil_metadata(image) -> dict:
     size, orientation and mode): the ICC profile when it fits the mode (not a CMYK
     one after conversion to RGB), the EXIF block (its orientation tag included, as
     the pixels are not turned), the resolution."""
-    from .data.io import _EXIF_PREFIX, icc_colour_space
+    from .data.io import _EXIF_PREFIX, _exif_body, icc_fits
     info = image.info
     kept = {k: info[k] for k in ("exif", "dpi") if k in info}
-    if kept.get("exif") and not kept["exif"].startswith(_EXIF_PREFIX):
-        kept["exif"] = _EXIF_PREFIX + kept["exif"]  # as JPEG's info holds it: save() writes any format
-    icc = info.get("icc_profile")
-    if icc_colour_space(icc) == ("GRAY" if image.mode in ("L", "LA") else "RGB"):
-        kept["icc_profile"] = icc
+    if kept.get("exif"):  # with JPEG's header, as its info holds it: save() writes it into any format
+        kept["exif"] = _EXIF_PREFIX + _exif_body(kept["exif"])
+    if icc_fits(info.get("icc_profile"), len(image.getbands())):
+        kept["icc_profile"] = info["icc_profile"]
     return kept
 
 
@@ -431,10 +430,11 @@ def _plan(inputs: list[str], output: str, fmt: Optional[str] = None) -> list[tup
     single = len(unique) == 1
     if not single and out.suffix.lower() in WRITABLE and not out.is_dir():
         raise ValueError(f"-o {output}: {len(unique)} inputs need an output folder, not an image file")
-    if single and out.suffix and not out.is_dir() and out.suffix.lower() not in WRITABLE:
+    to_file = single and out.suffix and not out.is_dir()  # as _output_path decides
+    if to_file and out.suffix.lower() not in WRITABLE:
         raise ValueError(f"-o {output}: cannot write {out.suffix!r} images; name a .png, .tif, .tiff, .jpg "
                          f"or .jpeg file, or an output folder")
-    if fmt is not None and single and out.suffix and not out.is_dir():
+    if fmt is not None and to_file:
         kind = {".jpeg": "jpg", ".tiff": "tif"}.get(out.suffix.lower(), out.suffix.lower()[1:])
         if kind != fmt:
             raise ValueError(f"--format {fmt} contradicts the output file -o {output}; name a folder, or "

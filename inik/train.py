@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -251,13 +252,10 @@ def validation_pairs(cfg: TrainConfig) -> list[tuple[torch.Tensor, torch.Tensor]
 # ------------------------------------------------------------------ checkpoints
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from .data.io import write_atomically
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_atomically(path, buf.getbuffer())
 
 
 def read_state(out: Path) -> dict:

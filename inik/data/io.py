@@ -52,6 +52,8 @@ __all__ = [
     "read_image_info",
     "is_float_image",
     "icc_colour_space",
+    "icc_fits",
+    "write_atomically",
     "write_image",
     "image_to_tensor",
     "tensor_to_image",
@@ -156,6 +158,17 @@ def _icc_space_for(channels: int) -> str:
     return "GRAY" if channels in (1, 2) else "RGB"
 
 
+def icc_fits(profile, channels: int) -> bool:
+    """Whether ``profile`` is an ICC profile of the colour space of pixels with
+    ``channels`` channels (GRAY for 1-2, RGB for 3-4)."""
+    return icc_colour_space(profile) == _icc_space_for(channels)
+
+
+def _exif_body(raw: bytes) -> bytes:
+    """An EXIF block without JPEG's ``Exif\\0\\0`` prefix (PNG, WebP and TIFF hold it so)."""
+    return raw[len(_EXIF_PREFIX):] if raw.startswith(_EXIF_PREFIX) else raw
+
+
 def _upright_exif(raw) -> bytes | None:
     """An EXIF block fit for pixels whose orientation was applied: orientation 1 and
     no thumbnail (IFD1, a picture of the source), patched in place so that every
@@ -163,7 +176,7 @@ def _upright_exif(raw) -> bytes | None:
     cannot be parsed or the patch does not take."""
     if not isinstance(raw, (bytes, bytearray)):
         return None
-    data = bytearray(raw[len(_EXIF_PREFIX):] if raw.startswith(_EXIF_PREFIX) else raw)
+    data = bytearray(_exif_body(raw))
     if len(data) < 8 or data[:2] not in (b"II", b"MM"):
         return None
     order = "<" if data[:2] == b"II" else ">"
@@ -459,7 +472,7 @@ def read_image(path, mode: str | None = "RGB") -> tuple[np.ndarray, ImageInfo]:
     arr, depth, fmt, orientation, icc, exif = _decode(path)
     file_mode = _MODES[arr.shape[2]]
     pixels = _convert_channels(_to_float(arr), mode, path)
-    if icc_colour_space(icc) != _icc_space_for(pixels.shape[2]):
+    if not icc_fits(icc, pixels.shape[2]):
         icc = None  # none, not a profile, or of a colour space converted from (CMYK, grey as RGB)
     info = ImageInfo(
         path=str(path),
@@ -560,7 +573,7 @@ def _check_metadata(path, channels: int, icc_profile, exif) -> tuple[bytes | Non
     if exif is not None:
         if not isinstance(exif, (bytes, bytearray)):
             raise ValueError(f"exif must be bytes (an EXIF block), got {type(exif).__name__} (writing {path})")
-        exif = bytes(exif[len(_EXIF_PREFIX):] if exif.startswith(_EXIF_PREFIX) else exif)
+        exif = bytes(_exif_body(exif))
         if exif[:4] not in (b"II*\x00", b"MM\x00*"):
             raise ValueError(f"exif must be an EXIF block (a TIFF structure, optionally after 'Exif\\0\\0'); "
                              f"got bytes starting {exif[:8]!r} (writing {path})")
@@ -650,13 +663,21 @@ def write_image(
                 meta["exif"] = _EXIF_PREFIX + exif
             pil.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, **meta)
 
-    directory = path.parent if str(path.parent) else Path(".")
-    tmp = directory / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    write_atomically(path, buf.getbuffer())
+    return path
+
+
+def write_atomically(path, data) -> None:
+    """Write ``data`` (bytes-like) to ``path`` so that a crash never leaves a partial
+    file under that name: a temporary file in the same folder, created with the usual
+    permissions (0666 less the umask, unlike mkstemp's 0600), flushed to disk, then
+    renamed over ``path``; on any failure it is removed and ``path`` is untouched."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        # os.open with 0o666 lets the umask set the final permissions, unlike mkstemp's 0o600.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
-            f.write(buf.getbuffer())
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -666,7 +687,6 @@ def write_image(
         except FileNotFoundError:
             pass
         raise
-    return path
 
 
 def image_to_tensor(image: np.ndarray):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import uuid
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
@@ -257,6 +256,7 @@ class INIKNet(nn.Module):
         from safetensors.torch import save
 
         from .. import __version__
+        from ..data.io import write_atomically
         shown = os.fsdecode(os.fspath(path))
         if not shown:
             raise ValueError("INIKNet.save: path is empty")
@@ -268,19 +268,9 @@ class INIKNet(nn.Module):
             raise FileNotFoundError(f"INIKNet.save: the folder of {shown!r} does not exist")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         meta = {"format": FORMAT, "config": json.dumps(asdict(self.config)), "inik_version": __version__}
-        # created here with the usual permissions, 0666 less the umask (safetensors' own
-        # save_file leaves 0600: a weights file the owner's group could not read)
-        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex[:12]}.safetensors")
-        try:
-            data = save(state, metadata=meta)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        # written by write_atomically, with the usual permissions (safetensors' own save_file
+        # leaves 0600: a weights file the owner's group could not read)
+        write_atomically(target, save(state, metadata=meta))
 
     @staticmethod
     def read_config(path: str | os.PathLike) -> INIKNetConfig:
