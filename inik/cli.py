@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("inik.explain", "write the defocus-size, mu, omega and atom maps of a photo as PNGs"),
     "train": ("inik.train", "train INIKNet (paper protocol; synthetic, folder, DPDD or LFDOF data)"),
     "eval": ("inik.evaluate", "PSNR / SSIM / MAE / LPIPS of a model on a paired folder"),
+    "synth": ("inik.synth", "write a fixed synthetic evaluation set (blurry/sharp pairs) from photos or scenes"),
     "info": ("inik.info", "versions, compiled kernels, devices and weights of this installation"),
 }
 

@@ -212,15 +212,13 @@ class _BatchSampler(torch.utils.data.Sampler):
 def _synthetic(cfg: TrainConfig, held_out: bool, seed: int):
     """Synthetic pairs from cfg.data's sharp photos (90/10 train/held-out split by
     file) or, without photos, procedural scenes."""
-    from .data.synthetic import SyntheticConfig, SyntheticDefocusDataset, split_photos
-    from .data.io import list_images
+    from .data.synthetic import SyntheticConfig, SyntheticDefocusDataset, select_photos
     photos = None
     if cfg.dataset == "synthetic" and cfg.data:
-        found = list_images(cfg.data, recursive=True)
-        if not found:
-            raise ValueError(f"--data {cfg.data}: no images found for synthetic training")
-        train_photos, held_photos = split_photos(found, held_out=0.1, seed=0)
-        photos = held_photos if held_out else train_photos
+        try:
+            photos = select_photos(cfg.data, "held-out" if held_out else "train")
+        except ValueError as exc:
+            raise ValueError(f"--data {exc} for synthetic training") from None
         if held_out and not photos:  # one photo: nothing to hold out
             log.warning("--data %s has one photo: validating on procedural scenes", cfg.data)
             photos = None

@@ -300,6 +300,35 @@ def test_heic_phone_photo(tmp_path):
     assert src in iio.list_images(tmp_path)
 
 
+@pytest.mark.parametrize("bits", [10, 12])
+def test_high_bit_depth_heif_is_read_at_16_bits(tmp_path, monkeypatch, bits):
+    """A 10- or 12-bit HEIF (camera .HIF, HDR phone photo) keeps its depth: read as
+    16-bit codes rescaled so that the top code is white, upright as the 8-bit
+    decode is, within one code of what was stored and of pillow-heif's own 8-bit
+    decode."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    monkeypatch.setattr(pillow_heif.options, "SAVE_HDR_TO_12_BIT", bits == 12)
+    top = (1 << bits) - 1
+    yy, xx = np.mgrid[0:24, 0:40]
+    smooth = np.stack([xx / 39, yy / 23, 0.5 + 0.4 * np.sin(xx / 4 + yy / 5)], -1)  # black to white
+    codes = np.round(smooth * top).astype(np.uint16)
+    heif = pillow_heif.from_bytes(mode="RGB;16", size=(40, 24), data=(codes << (16 - bits)).tobytes())
+    src = tmp_path / "DSC_0001.HIF"
+    heif.save(src, quality=-1, chroma=444, exif=_camera_exif(6).tobytes())
+    assert pillow_heif.open_heif(src).info["bit_depth"] == bits
+    img, info = read_image(src, mode=None)
+    assert info.format == "HEIF" and info.bit_depth == 16 and info.orientation == 1
+    assert img.shape == (40, 24, 3) and (info.width, info.height) == (24, 40)  # stored turned, read upright
+    decoded = np.asarray(pillow_heif.open_heif(src, convert_hdr_to_8bit=False)) >> (16 - bits)
+    np.testing.assert_array_equal(np.round(img * 65535).astype(np.uint16),
+                                  np.round(decoded * (65535 / top)).astype(np.uint16))
+    # within one code of what was stored (plus the 16-bit rounding); EXIF 6: turned clockwise to view
+    assert np.abs(np.rot90(img, 1) * top - codes).max() <= 1.0 + 0.5 * top / 65535 + 1e-6
+    with Image.open(src) as im:  # pillow-heif's 8-bit conversion, through Pillow's opener
+        eight = np.asarray(im.convert("RGB")).astype(np.float64)
+    assert np.abs(img * 255 - eight).max() <= 1.0
+
+
 def test_avif_read_and_listed(tmp_path):
     from PIL import features
 

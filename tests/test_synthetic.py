@@ -21,6 +21,7 @@ from inik.data.synthetic import (
     composite,
     linear_to_srgb,
     export_synthetic_pairs,
+    select_photos,
     split_photos,
     srgb_to_linear,
 )
@@ -227,6 +228,22 @@ def test_split_photos(tmp_path):
     assert split_photos(paths, 0.25, seed=1) == (train, held)
 
 
+def test_select_photos_is_the_training_split(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(12):
+        write_image(folder / ("sub" if i % 3 else ".") / f"p{i}.png", np.full((4, 4, 3), 0.5, np.float32))
+    found = sorted(folder.rglob("*.png"))
+    train, held = split_photos(found, held_out=0.1, seed=0)
+    assert select_photos(folder, "train") == train and select_photos(folder, "held-out") == held
+    assert len(held) == 1 and select_photos(folder) == train and select_photos(folder, "all") == found
+    with pytest.raises(ValueError, match="part must be one of"):
+        select_photos(folder, "test")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images found"):
+        select_photos(tmp_path / "empty")
+
+
 def test_datasets_indexed_and_stream_agree():
     cfg = SyntheticConfig(**SMALL)
     ds = SyntheticDefocusDataset(None, cfg, length=4, seed=9)
@@ -255,5 +272,67 @@ def test_export_synthetic_pairs(tmp_path):
     assert info.bit_depth == 16
     np.testing.assert_allclose(sharp, expected.sharp.permute(1, 2, 0).numpy(), atol=0.5 / 65535 + 1e-6)
     assert len((tmp_path / "set" / "params.jsonl").read_text().splitlines()) == 3
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="already holds a synthetic set"):
         export_synthetic_pairs(tmp_path / "set", 3, config=cfg, seed=4)
+
+
+def test_export_replaces_a_whole_set_and_never_other_files(tmp_path):
+    cfg = SyntheticConfig(**SMALL)
+    export_synthetic_pairs(tmp_path / "set", 3, config=cfg, seed=4)
+    # a smaller set replaces the larger one whole: no stale pair of the old set is left to be scored
+    assert export_synthetic_pairs(tmp_path / "set", 2, config=cfg, seed=5, overwrite=True) == ["00000", "00001"]
+    for sub in ("source", "target", "radius"):
+        assert sorted(p.name for p in (tmp_path / "set" / sub).iterdir()) == ["00000.png", "00001.png"]
+    lines = (tmp_path / "set" / "params.jsonl").read_text().splitlines()
+    assert [__import__("json").loads(x)["seed"] for x in lines] == [[5, 0], [5, 1]]
+    expected = DefocusSynthesizer(None, cfg).sample([5, 1])
+    np.testing.assert_allclose(read_image(tmp_path / "set" / "source" / "00001.png")[0],
+                               expected.blurry.permute(1, 2, 0).numpy(), atol=0.5 / 255 + 1e-6)
+    # a file that is not part of a set is refused before anything is written, even with overwrite
+    (tmp_path / "set" / "target" / "mine.png").write_bytes(b"x")
+    before = (tmp_path / "set" / "source" / "00000.png").read_bytes()
+    with pytest.raises(FileExistsError, match="mine.png: not a file of a synthetic set"):
+        export_synthetic_pairs(tmp_path / "set", 2, config=cfg, seed=6, overwrite=True)
+    assert (tmp_path / "set" / "source" / "00000.png").read_bytes() == before
+    assert (tmp_path / "set" / "params.jsonl").exists() and (tmp_path / "set" / "target" / "mine.png").exists()
+    (tmp_path / "afile").write_text("x")
+    for folder, count, error in ((tmp_path / "afile", 1, FileExistsError), (tmp_path / "new", 0, ValueError),
+                                 (tmp_path / "new", 1.5, TypeError)):
+        with pytest.raises(error):
+            export_synthetic_pairs(folder, count, config=cfg)
+    assert not (tmp_path / "new").exists()
+
+
+def test_synth_command_writes_the_set_export_writes(tmp_path, capsys):
+    from inik.cli import main
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(10):
+        write_image(photos / f"p{i}.png", rng.uniform(0, 1, (70, 64, 3)).astype(np.float32))
+    out = tmp_path / "set"
+    args = ["synth", str(out), "--count", "2", "--photos", str(photos), "--size", "24", "--max-blur", "3",
+            "--seed", "3"]
+    assert main(args) == 0
+    assert "wrote 2 pairs of 24x24 from 1 photos (held-out)" in capsys.readouterr().out
+    cfg = SyntheticConfig(size=24, max_radius=3.0, photo_prob=0.8)
+    export_synthetic_pairs(tmp_path / "api", 2, photos=select_photos(photos, "held-out"), config=cfg, seed=3)
+    for sub in ("source", "target", "radius"):
+        for name in ("00000.png", "00001.png"):
+            assert (out / sub / name).read_bytes() == (tmp_path / "api" / sub / name).read_bytes()
+    assert main(["eval", "--data", str(out), "--identity", "--lpips", "off", "--out", str(tmp_path / "r.json")]) == 0
+    capsys.readouterr()
+    (tmp_path / "empty").mkdir()
+    for extra, message in ((["--count", "1"], "already holds a synthetic set"),
+                           (["--photos", str(tmp_path / "empty")], "--photos " + str(tmp_path / "empty")),
+                           (["--size", "4"], "--size must be >= 8")):
+        assert main(args + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert main(args + ["--count", "1", "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "source").iterdir()) == ["00000.png"]
+    for bad in (["--count", "0"], ["--photo-prob", "1.5"], ["--max-blur", "nan"], ["--photo-split", "test"]):
+        with pytest.raises(SystemExit) as exc:
+            main(args + bad)
+        assert exc.value.code == 2
+        assert bad[0] in capsys.readouterr().err

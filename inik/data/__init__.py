@@ -21,6 +21,7 @@ from .synthetic import (
     SyntheticDefocusStream,
     export_synthetic_pairs,
     split_photos,
+    select_photos,
 )
 
 __all__ = [
@@ -44,5 +45,6 @@ __all__ = [
     "SyntheticDefocusDataset",
     "SyntheticDefocusStream",
     "split_photos",
+    "select_photos",
     "export_synthetic_pairs",
 ]

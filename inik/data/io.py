@@ -19,9 +19,10 @@ Routes, chosen because each is exact for its format:
 * TIFF (8-bit, 16-bit, float32): ``tifffile``.
 * JPEG and everything else Pillow opens: Pillow (8-bit); HEIC/HEIF photos
   through Pillow with the optional ``pillow-heif`` package (its decoder applies
-  the file's rotation, so the EXIF orientation it reports is 1). HEIF is read
-  at 8 bits: pillow-heif converts 10- and 12-bit files (some cameras' .HIF) to
-  8 bits, and ``ImageInfo.bit_depth`` says 8.
+  the file's rotation, so the EXIF orientation it reports is 1). 10- and
+  12-bit HEIF files (some cameras' .HIF, HDR phone photos) are read at 16 bits
+  (``ImageInfo.bit_depth`` 16, the codes rescaled so that white stays white),
+  8-bit ones at 8.
 
 Writing is atomic: the file is written under a temporary name in the target
 directory and moved into place with :func:`os.replace`, so a crash never leaves
@@ -235,6 +236,34 @@ def _open(path) -> Image.Image:
     return Image.open(path)
 
 
+def _heif_bits(im) -> int:
+    try:
+        return int(im.info.get("bit_depth") or 8)
+    except (TypeError, ValueError):
+        return 8
+
+
+def _read_heif_high(path, im) -> np.ndarray | None:
+    """A 10- or 12-bit HEIF (some cameras' .HIF, HDR phone photos) as uint16 (H, W, C)
+    on the full 16-bit scale (code v of b bits -> round(v * 65535 / (2^b - 1)), so
+    white stays white), decoded by pillow-heif without its conversion to 8 bits;
+    None, to read it at 8 bits instead, when that decode does not give the image
+    Pillow's opener describes (size, channels)."""
+    from pillow_heif import open_heif
+
+    bits = _heif_bits(im)
+    heif = open_heif(path, convert_hdr_to_8bit=False)
+    arr = np.asarray(heif)
+    if arr.dtype != np.uint16 or not 8 < bits <= 16:
+        return None
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.shape[:2] != (im.height, im.width) or arr.shape[2] != len(im.getbands()):
+        return None
+    codes = arr >> (16 - bits)  # pillow-heif shifts b-bit codes to the top of 16 bits
+    return np.round(codes * (65535.0 / ((1 << bits) - 1))).astype(np.uint16)
+
+
 def _png_bit_depth(path) -> int:
     with open(path, "rb") as f:
         head = f.read(26)
@@ -406,6 +435,8 @@ def _decode(path) -> tuple[np.ndarray, int, str, int, bytes | None, bytes | None
                 arr, depth = np.asarray(im).astype(np.float32)[:, :, None], 32
             elif fmt == "PNG" and _png_bit_depth(path) == 16:
                 arr, depth = _read_png16(path, mode), 16
+            elif fmt == "HEIF" and _heif_bits(im) > 8 and (high := _read_heif_high(path, im)) is not None:
+                arr, depth = high, 16
             else:
                 if mode not in ("L", "LA", "RGB", "RGBA"):
                     has_alpha = "A" in mode or "transparency" in im.info

@@ -56,6 +56,8 @@ one ``numpy.random.Generator``: a sample is a pure function of its seed.
 from __future__ import annotations
 
 import math
+import operator
+import re
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -80,6 +82,8 @@ __all__ = [
     "srgb_to_linear",
     "linear_to_srgb",
     "split_photos",
+    "select_photos",
+    "PHOTO_PARTS",
     "export_synthetic_pairs",
 ]
 
@@ -509,6 +513,26 @@ def split_photos(photos, held_out: float = 0.1, seed: int = 0) -> tuple[list[Pat
     return train, held
 
 
+PHOTO_PARTS = ("train", "held-out", "all")
+
+
+def select_photos(folder, part: str = "train") -> list[Path]:
+    """The sharp photos of ``folder`` (searched recursively) in one part of the
+    split that ``inik train`` uses for synthetic data: ``"train"`` (90%),
+    ``"held-out"`` (the other 10%, :func:`split_photos` with seed 0) or
+    ``"all"``. An evaluation set made from ``"held-out"`` shares no photo with
+    training. ValueError when the folder holds no images."""
+    if part not in PHOTO_PARTS:
+        raise ValueError(f"part must be one of {', '.join(PHOTO_PARTS)}; got {part!r}")
+    found = list_images(folder, recursive=True)
+    if not found:
+        raise ValueError(f"{folder}: no images found")
+    if part == "all":
+        return found
+    train, held = split_photos(found, held_out=0.1, seed=0)
+    return held if part == "held-out" else train
+
+
 # ---------------------------------------------------------------- generator
 
 
@@ -731,6 +755,31 @@ class SyntheticDefocusStream(torch.utils.data.IterableDataset):
             i += n
 
 
+_SET_FOLDERS = ("source", "target", "radius")
+_SET_FILE = re.compile(r"\d{5,}\.png")
+
+
+def _existing_set_files(folder: Path) -> list[Path]:
+    """The files of a synthetic set already in ``folder``; FileExistsError for any
+    other file in its source/target/radius folders (never deleted, and find_pairs
+    would pair it with the set)."""
+    found = []
+    for sub in _SET_FOLDERS:
+        d = folder / sub
+        if d.exists() and not d.is_dir():
+            raise FileExistsError(f"{d}: exists and is not a folder")
+        for p in sorted(d.iterdir()) if d.is_dir() else []:
+            if p.name.startswith("."):
+                continue
+            if not (_SET_FILE.fullmatch(p.name) and p.is_file()):
+                raise FileExistsError(f"{p}: not a file of a synthetic set; export into a new or empty folder")
+            found.append(p)
+    params = folder / "params.jsonl"
+    if params.exists():
+        found.append(params)
+    return found
+
+
 def export_synthetic_pairs(
     folder,
     count: int,
@@ -739,6 +788,7 @@ def export_synthetic_pairs(
     *,
     seed: int = 0,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> list:
     """Write ``count`` synthetic pairs as a fixed evaluation set in the generic
     ``source``/``target`` layout (readable with ``inik.data.find_pairs``).
@@ -746,31 +796,55 @@ def export_synthetic_pairs(
     Files: ``source/NNNNN.png`` (blurry, 8-bit), ``target/NNNNN.png`` (sharp,
     16-bit, so the target is not quantised), ``radius/NNNNN.png`` (blur radius
     map, 16-bit, value = radius / max_radius) and ``params.jsonl`` (one JSON
-    object per pair, in order). Item ``i`` is ``sample([seed, i])``, as in
-    :class:`SyntheticDefocusDataset`. Returns the pairs' names.
+    object per pair, in order), written last: a folder without it holds an
+    unfinished set. Item ``i`` is ``sample([seed, i])``, as in
+    :class:`SyntheticDefocusDataset`, so the same arguments give the same set.
+    Returns the pairs' names.
+
+    A folder that already holds a set is refused (FileExistsError) unless
+    ``overwrite``, which replaces the whole set - files of a larger earlier set
+    included, which would otherwise be scored with the new one. Any other file
+    in source/, target/ or radius/ is refused either way, before anything is
+    written.
     """
     import json
 
-    from .io import write_image
+    from .io import write_atomically, write_image
 
+    count = operator.index(count)
+    if count < 1:
+        raise ValueError(f"count must be >= 1; got {count}")
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder}: exists and is not a folder")
     synth = DefocusSynthesizer(photos, config)
     c = synth.config
-    for sub in ("source", "target", "radius"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
+    old = _existing_set_files(folder) if folder.is_dir() else []
+    if old and not overwrite:
+        raise FileExistsError(f"{folder} already holds a synthetic set ({old[0]}); pass overwrite=True "
+                              f"(--overwrite) to replace it")
+    names = [f"{i:05d}" for i in range(count)]
     params_path = folder / "params.jsonl"
-    if params_path.exists() and not overwrite:
-        raise FileExistsError(f"{params_path}: file exists (pass overwrite=True to replace the set)")
-    names, lines = [], []
-    for i in range(int(count)):
+    params_path.unlink(missing_ok=True)  # the set is unfinished until it is written again
+    for sub in _SET_FOLDERS:
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    lines = []
+    items = range(count)
+    if progress:
+        from tqdm import tqdm
+        items = tqdm(items, desc="synth", unit="pair")
+    for i in items:
         s = synth.sample([seed, i])
-        name = f"{i:05d}"
-        write_image(folder / "source" / f"{name}.png", s.blurry, bit_depth=8, overwrite=overwrite)
-        write_image(folder / "target" / f"{name}.png", s.sharp, bit_depth=16, overwrite=overwrite)
+        name = names[i]
+        write_image(folder / "source" / f"{name}.png", s.blurry, bit_depth=8, overwrite=True)
+        write_image(folder / "target" / f"{name}.png", s.sharp, bit_depth=16, overwrite=True)
         scale = c.max_radius if c.max_radius > 0 else 1.0
-        write_image(folder / "radius" / f"{name}.png", s.radius / scale, bit_depth=16, overwrite=overwrite)
+        write_image(folder / "radius" / f"{name}.png", s.radius / scale, bit_depth=16, overwrite=True)
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in s.params.items()}
         lines.append(json.dumps({"name": name, "seed": [seed, i], **record}))
-        names.append(name)
-    params_path.write_text("\n".join(lines) + "\n")
+    keep = {f"{n}.png" for n in names}
+    for p in old:
+        if p.name not in keep and p != params_path:
+            p.unlink(missing_ok=True)
+    write_atomically(params_path, ("\n".join(lines) + "\n").encode())
     return names

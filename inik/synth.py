@@ -1,0 +1,88 @@
+"""``inik synth``: write a fixed synthetic evaluation set (blurry/sharp pairs with
+their blur-radius maps) that ``inik eval`` scores, from sharp photos or
+procedural scenes. The same arguments give the same set on any machine, which
+is how the model card's held-out figures are reproduced.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text}")
+    return value
+
+
+def _radius(text: str) -> float:
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 64.0):
+        raise argparse.ArgumentTypeError(f"expected a radius in [0, 64] px, got {text}")
+    return value
+
+
+def configure_parser(p) -> None:
+    from .data.synthetic import PHOTO_PARTS
+    p.add_argument("out", help="folder to write: source/, target/, radius/ and params.jsonl")
+    p.add_argument("--count", type=_positive_int, required=True, help="number of pairs")
+    p.add_argument("--photos", help="folder of sharp photos, searched recursively (default: procedural "
+                                     "scenes only)")
+    p.add_argument("--photo-split", choices=PHOTO_PARTS, default="held-out",
+                   help="which photos of --photos to use: the 10%% that `inik train` holds out (default; an "
+                        "evaluation set that shares no photo with training), the 90%% it trains on, or all")
+    p.add_argument("--size", type=_positive_int, default=256, help="side of each pair [px] (default 256)")
+    p.add_argument("--max-blur", type=_radius, default=12.0,
+                   help="largest blur radius [px] (default 12, as the default model was trained)")
+    p.add_argument("--photo-prob", type=_fraction, default=0.8,
+                   help="with --photos, the fraction of photo scenes; the rest are procedural (default 0.8)")
+    p.add_argument("--seed", type=int, default=0, help="pair i is drawn from the seed (SEED, i) (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace a set already in the folder")
+
+
+def run(args) -> int:
+    from .data.synthetic import SyntheticConfig, export_synthetic_pairs, select_photos
+    out = Path(args.out)
+    try:
+        photos = None
+        if args.photos is not None:
+            try:
+                photos = select_photos(args.photos, args.photo_split)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"--photos {exc}") from None
+            if not photos:
+                raise ValueError(f"--photos {args.photos}: no photos in the {args.photo_split!r} part "
+                                 f"(the held-out part needs at least two photos)")
+        if args.size < 8:
+            raise ValueError(f"--size must be >= 8; got {args.size}")
+        config = SyntheticConfig(size=args.size, max_radius=args.max_blur, photo_prob=args.photo_prob)
+        names = export_synthetic_pairs(out, args.count, photos=photos, config=config, seed=args.seed,
+                                       overwrite=args.overwrite, progress=True)
+    except (OSError, ValueError) as exc:
+        print(f"inik synth: {exc}", file=sys.stderr)
+        return 2
+    source = f"{len(photos)} photos ({args.photo_split})" if photos else "procedural scenes"
+    print(f"inik synth: wrote {len(names)} pairs of {args.size}x{args.size} from {source} to {out}")
+    return 0
