@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from inik.infer import DEFAULT_OVERLAP, load_model, restore
+from inik.infer import load_model, restore, tile_grid
 from inik.runtime import keep_freed_memory
 
 
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     print("max |tile - whole| at >= d px from a tile's inner edge: "
           + ", ".join(f"{k} px: " + ("-" if v is None else f"{v:.1e}") for k, v in worst.items()))
     tiled = restore(model, y, tile=t)
-    print(f"tiled (overlap {min(DEFAULT_OVERLAP, 3 * t // 4)}) vs whole: max |diff| "
+    print(f"tiled (overlap {tile_grid(t, None)[1]}) vs whole: max |diff| "
           f"{(tiled - full).abs().max().item():.1e}")
     return 0
 

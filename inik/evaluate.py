@@ -81,7 +81,8 @@ def configure_parser(p) -> None:
                         "reference has PSNR inf, written as the string \"inf\"")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--tile", type=int, default=None)
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile size in pixels, as for inik deblur (default: whole image up to ~2 megapixels)")
     p.add_argument("--half", action="store_true",
                    help="run the model as `inik deblur --half` does (bf16 autocast, fp16 on CUDA), to see what "
                         "it costs in quality; the paper's protocol is float32")

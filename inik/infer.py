@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .models import INIKNet
-from .models.iniknet import MIN_SIZE, MULTIPLE, pad_to_valid
+from .models.iniknet import MULTIPLE, pad_to_valid
 
 log = logging.getLogger("inik")
 
@@ -71,6 +71,54 @@ def _window(n: int, overlap: int, lo_edge: bool, hi_edge: bool) -> torch.Tensor:
     return w
 
 
+# Smallest tile: a tile's output depends on what the network sees around each
+# pixel (its coarsest level works at 1/16 resolution), so small tiles change the
+# result whatever the blending. The pixels a tile contributes lie at least 7/16
+# of the overlap inside it; at the default overlap, min(192, 3/4 of the tile),
+# that is 84 px for tiles of 256 px and up (error 1e-4 to 1e-3, DEFAULT_OVERLAP's
+# note) but 42 px for 128-px tiles (2e-2 measured on a 200x200 image, 5 levels
+# of 255) and less below.
+MIN_TILE = 256
+
+
+def check_tiling(tile, overlap, *, names: tuple[str, str] = ("tile", "overlap")) -> None:
+    """Validate ``tile`` (None: automatic, 0: whole image, else at least MIN_TILE
+    pixels, rounded down to a multiple of 16) and ``overlap`` (None: default, else
+    0 to 3/4 of the tile - of AUTO_TILE when ``tile`` is None), whatever the
+    image size; ValueError naming the argument (``names``: as the caller calls them)."""
+    tname, oname = names
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, numbers.Integral)
+                             or (tile != 0 and tile < MIN_TILE)):
+        raise ValueError(f"{tname} must be None (automatic), 0 (whole image) or at least {MIN_TILE} pixels "
+                         f"(smaller tiles change the result), got {tile!r}" if tname == "tile" else
+                         f"{tname} must be 0 (whole image) or at least {MIN_TILE} pixels (smaller tiles change "
+                         f"the result), got {tile}")
+    if overlap is None:
+        return
+    if isinstance(overlap, bool) or not isinstance(overlap, numbers.Integral):
+        raise ValueError(f"{oname} must be None (default) or a number of pixels, got {overlap!r}")
+    if tile == 0:
+        return  # the whole image: no overlap to speak of
+    size = AUTO_TILE if tile is None else int(tile) - int(tile) % MULTIPLE
+    if not 0 <= overlap <= 3 * size // 4:
+        of = f"the automatic {AUTO_TILE}-px tiles" if tile is None else f"{tname} {tile}"
+        raise ValueError(f"{oname} must be in [0, 3/4 of {tname}], got {overlap} for {of}")
+
+
+def tile_grid(tile: int, overlap: Optional[int]) -> tuple[int, int, int]:
+    """``(tile, overlap, step)`` as :func:`tiled` uses them: the tile rounded down to a
+    multiple of 16, the default overlap ``min(DEFAULT_OVERLAP, 3/4 of it)``, and the
+    step between tiles rounded down to a multiple of 16 (at least 16), the overlap
+    widened to match. The network's output is the same under shifts by multiples
+    of 16 only (its coarsest level works at 1/16 resolution): a tile at another
+    offset computes other values even far from its borders (shifting by one pixel
+    changes pixels 64 px inside by 7e-2)."""
+    tile -= tile % MULTIPLE
+    overlap = min(DEFAULT_OVERLAP, 3 * tile // 4) if overlap is None else overlap
+    step = max(MULTIPLE, (tile - overlap) // MULTIPLE * MULTIPLE)
+    return tile, tile - step, step
+
+
 def _starts(size: int, tile: int, step: int) -> list[int]:
     if size <= tile:
         return [0]
@@ -83,11 +131,13 @@ def restore(model: INIKNet, y: torch.Tensor, tile: Optional[int] = None, overlap
             autocast_dtype: Optional[torch.dtype] = None, progress=None) -> torch.Tensor:
     """Deblur (B, 3, H, W) float in [0, 1] on the model's device; returns it clipped to [0, 1].
 
-    ``tile``: run on T x T windows (stride T - overlap; T rounded down to a
-    multiple of 16) and blend them over the overlaps (see :func:`_window`), so
+    ``tile``: run on T x T windows (T at least MIN_TILE, rounded down to a
+    multiple of 16; the stride T - overlap rounded down to a multiple of 16, see
+    :func:`tile_grid`) and blend them over the overlaps (see :func:`_window`), so
     memory stays bounded for any photo size. ``overlap`` defaults to
     ``min(DEFAULT_OVERLAP, 3 * T // 4)``.
     """
+    check_tiling(tile, overlap)
     device = next(model.parameters()).device
 
     def run(x):
@@ -105,21 +155,15 @@ def tiled(run, y: torch.Tensor, tile: Optional[int] = None, overlap: Optional[in
     """``run(y)`` for a per-pixel network function ``run`` ((B, C, H, W) -> (B, C', H, W)),
     on the CPU: whole, or with ``tile`` on T x T windows blended over their overlaps as
     :func:`restore` describes (the image padded once, as the network pads it)."""
+    check_tiling(tile, overlap)
     h0, w0 = y.shape[-2:]
-    if tile is None or (h0 <= tile and w0 <= tile):
+    if not tile or (h0 <= tile and w0 <= tile):
         return run(y).cpu()
-    if tile < MIN_SIZE:
-        raise ValueError(f"tile must be at least {MIN_SIZE} pixels, got {tile}")
-    tile -= tile % MULTIPLE
-    max_overlap = 3 * tile // 4
-    overlap = min(DEFAULT_OVERLAP, max_overlap) if overlap is None else overlap
-    if not 0 <= overlap <= max_overlap:
-        raise ValueError(f"overlap must be in [0, 3/4 of the tile], got {overlap} for tile {tile}")
+    tile, overlap, step = tile_grid(tile, overlap)
     # Pad once, as model(y) would, so that tiles never pad: each tile then sees
     # exactly the neighbourhood (image or border padding) the whole-image run sees.
     y, _ = pad_to_valid(y)
     h, w = y.shape[-2:]
-    step = tile - overlap
     out = None
     weight = torch.zeros((1, 1, h, w))
     rows, cols = _starts(h, tile, step), _starts(w, tile, step)
@@ -158,16 +202,12 @@ def auto_tile(height: int, width: int, tile: Optional[int] = None,
     ``tile=0``: always the whole image. Any other ``tile`` is returned as given;
     its overlap defaults to ``min(DEFAULT_OVERLAP, 3 * tile // 4)`` (in :func:`restore`).
     """
-    if overlap is not None:
-        if isinstance(overlap, bool) or not isinstance(overlap, numbers.Integral):
-            raise ValueError(f"overlap must be None (default) or a number of pixels, got {overlap!r}")
-        overlap = int(overlap)
+    check_tiling(tile, overlap)
+    overlap = None if overlap is None else int(overlap)
     if tile is None:
         if height * width <= AUTO_MAX_PIXELS:
             return None, None
         return AUTO_TILE, DEFAULT_OVERLAP if overlap is None else overlap
-    if isinstance(tile, bool) or not isinstance(tile, numbers.Integral) or tile < 0:
-        raise ValueError(f"tile must be None (automatic), 0 (whole image) or a size in pixels, got {tile!r}")
     return (None, None) if tile == 0 else (int(tile), overlap)
 
 
@@ -379,7 +419,7 @@ def configure_parser(p) -> None:
     p.add_argument("--weights", help="INIKNet safetensors file (default: the bundled weights)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--tile", type=int, default=None,
-                   help="tile size in pixels (default: whole image up to ~2 megapixels, "
+                   help=f"tile size in pixels, at least {MIN_TILE} (default: whole image up to ~2 megapixels, "
                         f"{AUTO_TILE}-px tiles beyond; 0: always the whole image)")
     p.add_argument("--overlap", type=int, default=None,
                    help=f"tile overlap in pixels (default {DEFAULT_OVERLAP}, at most 3/4 of the tile)")
@@ -459,11 +499,10 @@ def _plan(inputs: list[str], output: str, fmt: Optional[str] = None) -> list[tup
     return plan
 
 
-def check_tile_option(tile: Optional[int]) -> None:
-    """``--tile`` of ``inik deblur`` and ``inik eval``: None, 0 (whole image) or at least
-    MIN_SIZE pixels; ValueError saying so."""
-    if tile is not None and tile != 0 and tile < MIN_SIZE:
-        raise ValueError(f"--tile must be 0 (whole image) or at least {MIN_SIZE} pixels, got {tile}")
+def check_tile_option(tile: Optional[int], overlap: Optional[int] = None) -> None:
+    """``--tile`` and ``--overlap`` of ``inik deblur``, ``explain`` and ``eval``
+    (:func:`check_tiling`); ValueError naming the option."""
+    check_tiling(tile, overlap, names=("--tile", "--overlap"))
 
 
 #: help text of --device in deblur, explain and eval
@@ -498,15 +537,7 @@ def run(args) -> int:
 
     from .data.io import read_image, write_image
     try:
-        check_tile_option(args.tile)
-    except ValueError as exc:
-        print(f"inik deblur: {exc}", file=sys.stderr)
-        return 2
-    if args.overlap is not None and (args.overlap < 0 or (args.tile and args.overlap > 3 * args.tile // 4)):
-        print(f"inik deblur: --overlap must be in [0, 3/4 of --tile], got {args.overlap}"
-              + (f" for --tile {args.tile}" if args.tile else ""), file=sys.stderr)
-        return 2
-    try:
+        check_tile_option(args.tile, args.overlap)
         args.device = str(check_device(args.device))
         if not 1 <= args.quality <= 95:
             raise ValueError(f"--quality must be in 1..95 (JPEG quality), got {args.quality}")

@@ -78,10 +78,10 @@ def test_bench_ifm_cpu_backends(tmp_path):
 
 
 def test_tile_error_reports_every_distance():
-    text = _run("tile_error.py", "--size", "64", "--tile", "32")
-    assert "32-px tiles at offsets [0, 16, 32]" in text
-    assert "16 px: " in text and "96 px: -" in text  # no pixel of a 32-px tile is 96 px inside
-    assert "tiled (overlap 24) vs whole: max |diff|" in text
+    text = _run("tile_error.py", "--size", "320", "--tile", "256")
+    assert "256-px tiles at offsets [0, 16, 32, 64]" in text
+    assert "16 px: " in text and "96 px: " in text and " -" not in text.split("inner edge: ")[1].splitlines()[0]
+    assert "tiled (overlap 192) vs whole: max |diff|" in text
 
 
 def test_sweep_triton_launches_every_job_under_the_interpreter():
