@@ -272,6 +272,10 @@ def deblur(image, model: Optional[INIKNet] = None, *, tile: Optional[int] = None
     """
     if device is None:
         device = next(model.parameters()).device if model is not None else "cpu"
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r}: not a torch device ({exc})") from None
     model = _on_device(model, device) if model is not None else _default_model(device)
     autocast = half_dtype(device) if half else None
 
@@ -280,19 +284,22 @@ def deblur(image, model: Optional[INIKNet] = None, *, tile: Optional[int] = None
         return restore(model, y, tile=t, overlap=o, autocast_dtype=autocast, progress=progress)
 
     if isinstance(image, torch.Tensor):
+        if image.dim() not in (3, 4) or image.shape[-3] != 3 or min(image.shape) < 1:
+            raise ValueError(f"image tensor must be (3, H, W) or (B, 3, H, W) with B, H, W >= 1, got "
+                             f"{tuple(image.shape)}")
         if image.dim() == 3:
             return deblur(image[None], model, tile=tile, overlap=overlap, device=device, half=half,
                           progress=progress)[0]
-        if image.dim() != 4 or image.shape[1] != 3:
-            raise ValueError(f"image tensor must be (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
         if not image.is_floating_point():
             raise TypeError(f"image tensor must be floating point in [0, 1], got {image.dtype} "
                             f"(for 8-bit data: image.float() / 255)")
-        f = image.float()
-        if not torch.isfinite(f).all():
+        if not torch.isfinite(image).all():
             raise ValueError("image contains NaN or Inf values")
+        if image.abs().max() > 1e30:  # beyond float32: not [0, 1] data of any kind
+            raise ValueError(f"image values reach {image.abs().max().item():.3g}: expected floats in [0, 1]")
+        f = image.float()
         _warn_out_of_range(f)
-        return run(f).to(image.dtype)
+        return run(f).to(image.device, image.dtype)  # tiles are blended on the CPU
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover
@@ -327,6 +334,8 @@ def _pil_for_deblur(image):
     are refused: their value range is not defined by the mode (read the file with
     :func:`inik.data.read_image` instead)."""
     mode = image.mode
+    if mode in ("L", "RGB") and "transparency" in image.info:  # a colour key (PNG tRNS): alpha 0 there
+        return image.convert(mode + "A")
     if mode in _PIL_MODES:
         return image
     if mode in ("P", "PA"):
@@ -363,16 +372,20 @@ def _deblur_array(image: np.ndarray, run) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4) or min(image.shape[:2]) < 1:
         raise ValueError(f"image must be (H, W) or (H, W, C) with C in 1..4 and H, W >= 1, "
                          f"got shape {image.shape}")
+    if image.dtype.byteorder not in ("=", "|"):  # big-endian data (e.g. read raw from a file)
+        image = image.astype(image.dtype.newbyteorder("="))
     dtype = image.dtype
     if dtype == np.uint8 or dtype == np.uint16:
         scale = float(np.iinfo(dtype).max)
         f = image.astype(np.float32) / scale
     elif np.issubdtype(dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise ValueError("image contains NaN or Inf values")
+        if image.size and np.abs(image).max() > 1e30:  # beyond float32: not [0, 1] data of any kind
+            raise ValueError(f"image values reach {np.abs(image).max():.3g}: expected floats in [0, 1]")
         scale, f = None, image.astype(np.float32)
     else:
         raise TypeError(f"image dtype must be uint8, uint16 or floating, got {dtype}")
-    if not np.isfinite(f).all():
-        raise ValueError("image contains NaN or Inf values")
     if scale is None:
         _warn_out_of_range(f)
     c = f.shape[2]
@@ -381,10 +394,8 @@ def _deblur_array(image: np.ndarray, run) -> np.ndarray:
     x = run(y)[0].numpy().transpose(1, 2, 0)
     if c < 3:
         x = x.mean(2, keepdims=True)
-    out = np.concatenate([x, f[:, :, c - 1:]], 2) if c in (2, 4) else x
-    if scale is not None:
-        return np.round(np.clip(out, 0, 1) * scale).astype(dtype)
-    return out.astype(dtype)
+    x = np.round(np.clip(x, 0, 1) * scale).astype(dtype) if scale is not None else x.astype(dtype)
+    return np.concatenate([x, image[:, :, c - 1:]], 2) if c in (2, 4) else x  # alpha as it came
 
 
 # ------------------------------------------------------------------ command line
@@ -443,9 +454,9 @@ def configure_parser(p) -> None:
 OUTPUT_FORMATS = ("png", "jpg", "tif")
 
 
-def _output_path(src: Path, root: Optional[Path], out: Path, single: bool, fmt: Optional[str] = None) -> Path:
+def _output_path(src: Path, root: Optional[Path], out: Path, to_file: bool, fmt: Optional[str] = None) -> Path:
     from .data.io import WRITE_EXTENSIONS as WRITABLE
-    if single and out.suffix and not out.is_dir():
+    if to_file:
         return out
     rel = src.relative_to(root) if root is not None else Path(src.name)
     if fmt is not None:
@@ -468,9 +479,11 @@ def _plan(inputs: list[str], output: str, fmt: Optional[str] = None) -> list[tup
             unique.append((src, root))
     out = Path(output)
     single = len(unique) == 1
-    if not single and out.suffix.lower() in WRITABLE and not out.is_dir():
+    # "out.png/" names a folder (Path drops the trailing separator)
+    folder = out.is_dir() or str(output).endswith(("/", os.sep))
+    if not single and out.suffix.lower() in WRITABLE and not folder:
         raise ValueError(f"-o {output}: {len(unique)} inputs need an output folder, not an image file")
-    to_file = single and out.suffix and not out.is_dir()  # as _output_path decides
+    to_file = bool(single and out.suffix and not folder)
     if to_file and out.suffix.lower() not in WRITABLE:
         raise ValueError(f"-o {output}: cannot write {out.suffix!r} images; name a .png, .tif, .tiff, .jpg "
                          f"or .jpeg file, or an output folder")
@@ -481,7 +494,7 @@ def _plan(inputs: list[str], output: str, fmt: Optional[str] = None) -> list[tup
                              f"a .{fmt} file")
     plan, writer = [], {}
     for src, root in unique:
-        dst = _output_path(src, root, out, single, fmt)
+        dst = _output_path(src, root, out, to_file, fmt)
         key = dst.resolve()
         if key in writer:
             raise ValueError(f"{writer[key]} and {src} would both be written to {dst}; deblur them into "

@@ -603,3 +603,34 @@ def test_tiff_photometric_interpretations(tmp_path):
     tifffile.imwrite(tmp_path / "lab.tif", np.zeros((3, 3, 3), np.uint8), photometric="cielab")
     with pytest.raises(ImageReadError, match="unsupported TIFF photometric interpretation CIELAB"):
         read_image(tmp_path / "lab.tif")
+
+
+def test_png_colour_key_becomes_alpha(tmp_path):
+    """A PNG tRNS colour key (RGB or grey, 8 or 16 bits) marks the pixels of that colour
+    transparent: they are read with alpha 0, the others opaque (it used to be dropped,
+    and deblur wrote them opaque); a 1-bit PNG is grey, as 2-, 4- and 8-bit ones are."""
+    png = pytest.importorskip("png")
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(1, 256, (6, 5, 3), dtype=np.uint8)
+    rgb[0, 0] = rgb[3, 2] = 0
+    Image.fromarray(rgb).save(tmp_path / "rgb8.png", transparency=(0, 0, 0))
+    grey = rgb[:, :, 1].copy()
+    Image.fromarray(grey).save(tmp_path / "grey8.png", transparency=0)
+    rgb16 = rgb.astype(np.uint16) * 257
+    with open(tmp_path / "rgb16.png", "wb") as f:
+        png.Writer(5, 6, greyscale=False, bitdepth=16, transparent=(0, 0, 0)).write(f, rgb16.reshape(6, -1).tolist())
+    with open(tmp_path / "grey16.png", "wb") as f:
+        png.Writer(5, 6, greyscale=True, bitdepth=16, transparent=0).write(f, rgb16[:, :, 1].tolist())
+    key = np.zeros((6, 5), bool)
+    key[0, 0] = key[3, 2] = True
+    for name, colour, bits in (("rgb8", rgb, 8), ("grey8", grey[:, :, None], 8),
+                               ("rgb16", rgb16, 16), ("grey16", rgb16[:, :, 1:2], 16)):
+        img, info = read_image(tmp_path / f"{name}.png", mode=None)
+        assert info.has_alpha and info.bit_depth == bits and img.shape == (6, 5, colour.shape[2] + 1), name
+        top = 255 if bits == 8 else 65535
+        np.testing.assert_array_equal(np.round(img[:, :, :-1] * top), colour, err_msg=name)
+        np.testing.assert_array_equal(img[:, :, -1], np.where(key, 0.0, 1.0), err_msg=name)
+    Image.fromarray(grey > 100).save(tmp_path / "bw.png")
+    img, info = read_image(tmp_path / "bw.png", mode=None)
+    assert info.mode == "L" and img.shape == (6, 5, 1)
+    np.testing.assert_array_equal(img[:, :, 0], (grey > 100).astype(np.float32))

@@ -1,6 +1,7 @@
 """inik.deblur and `inik deblur`: kinds of input, bit depth, alpha, tiling, batch errors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -543,3 +544,31 @@ def test_device_auto_picks_cuda_when_available(monkeypatch):
     parser = build_parser()
     for argv in (["deblur", "x.png", "-o", "y"], ["explain", "x.png", "-o", "y"], ["eval", "--data", "d", "--out", "r"]):
         assert parser.parse_args(argv).device == "auto", argv
+
+
+def test_array_and_tensor_edge_cases(small_model, tmp_path):
+    """Alpha comes back exactly as it came (float64 too); big-endian arrays are read;
+    bad values and shapes are refused by what they are, in the caller's terms."""
+    rng = np.random.default_rng(11)
+    rgba = rng.random((20, 18, 4))
+    out = inik.deblur(rgba, small_model)
+    assert out.dtype == np.float64 and np.array_equal(out[:, :, 3], rgba[:, :, 3])
+    u16 = (rgba * 65535).astype(np.uint16)
+    big = u16.astype(">u2")
+    np.testing.assert_array_equal(inik.deblur(big, small_model), inik.deblur(u16, small_model))
+    with pytest.raises(ValueError, match="image values reach 1e\\+300: expected floats in \\[0, 1\\]"):
+        inik.deblur(np.full((5, 5, 3), 1e300), small_model)
+    with pytest.raises(ValueError, match="image values reach"):
+        inik.deblur(torch.full((3, 5, 5), 1e300, dtype=torch.float64), small_model)
+    for shape in ((3, 5, 0), (0, 3, 5, 5), (1, 5, 5)):
+        with pytest.raises(ValueError, match=re.escape(f"(B, 3, H, W) with B, H, W >= 1, got {shape}")):
+            inik.deblur(torch.rand(shape), small_model)
+    with pytest.raises(ValueError, match="device='gpu': not a torch device"):
+        inik.deblur(rgba, small_model, device="gpu")
+    # a trailing separator names a folder, even with an image suffix
+    write_image(tmp_path / "p.png", rgba[:, :, :3].astype(np.float32))
+    weights = tmp_path / "w.safetensors"
+    small_model.save(weights)
+    assert main(["deblur", str(tmp_path / "p.png"), "-o", str(tmp_path / "results.png") + "/",
+                 "--weights", str(weights)]) == 0
+    assert (tmp_path / "results.png" / "p.png").is_file()

@@ -423,8 +423,11 @@ def _decode(path) -> tuple[np.ndarray, int, str, int, bytes | None, bytes | None
         orientation = _orientation_of(im)
         icc, exif = im.info.get("icc_profile"), im.info.get("exif")
         mode = im.mode
+        keyed = fmt == "PNG" and "transparency" in im.info and mode not in ("P", "PA")  # a tRNS colour key
         try:
-            if mode in ("I;16", "I;16B", "I;16L"):
+            if keyed and _png_bit_depth(path) == 16:  # pypng turns the key into an alpha channel
+                arr, depth = _read_png16_pypng(path), 16
+            elif mode in ("I;16", "I;16B", "I;16L"):
                 arr, depth = np.asarray(im).astype(np.uint16)[:, :, None], 16
             elif mode == "I":  # 32-bit integer grey: accepted when it holds 16-bit codes
                 arr = np.asarray(im)
@@ -438,7 +441,11 @@ def _decode(path) -> tuple[np.ndarray, int, str, int, bytes | None, bytes | None
             elif fmt == "HEIF" and _heif_bits(im) > 8 and (high := _read_heif_high(path, im)) is not None:
                 arr, depth = high, 16
             else:
-                if mode not in ("L", "LA", "RGB", "RGBA"):
+                if mode == "1":  # bilevel: grey
+                    im = im.convert("L")
+                elif keyed and mode in ("L", "RGB"):  # pixels of the key colour get alpha 0
+                    im = im.convert(mode + "A")
+                elif mode not in ("L", "LA", "RGB", "RGBA"):
                     has_alpha = "A" in mode or "transparency" in im.info
                     im = im.convert("RGBA" if has_alpha else "RGB")
                 arr, depth = np.asarray(im), 8
