@@ -22,26 +22,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
-    import argparse
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text}")
-    return value
+def _bounded(lo: float, hi: float, what: str):
+    """An argparse type: a finite number in [lo, hi], described as ``what`` in errors."""
+    def parse(text: str) -> float:
+        import argparse
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and lo <= value <= hi):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+    return parse
 
 
-def _radius(text: str) -> float:
-    import argparse
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 64.0):
-        raise argparse.ArgumentTypeError(f"expected a radius in [0, 64] px, got {text}")
-    return value
+_fraction = _bounded(0.0, 1.0, "a fraction in [0, 1]")
+_radius = _bounded(0.0, 64.0, "a radius in [0, 64] px")
 
 
 def configure_parser(p) -> None:

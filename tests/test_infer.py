@@ -136,17 +136,23 @@ def test_tile_grid_keeps_tiles_on_the_networks_16_px_grid():
                 assert all(s % 16 == 0 for s in _starts(size, t, step))
 
 
+def _default_model_and_photo_like(size: int, blocks: int, seed: int):
+    """The bundled model and a photo-like (1, 3, size, size) image: smooth regions,
+    edges and noise (upsampled random blocks plus fine texture)."""
+    model, trained = load_model()
+    assert trained, "the bundled default weights are missing"
+    g = torch.Generator().manual_seed(seed)
+    y = torch.nn.functional.interpolate(torch.rand(1, 3, blocks, blocks, generator=g), size=(size, size),
+                                        mode="bicubic", align_corners=False)
+    return model, (y + 0.05 * torch.rand(1, 3, size, size, generator=g)).clamp(0, 1)
+
+
 def test_tiled_equals_untiled_for_any_overlap_default_model():
     """With an overlap that does not leave a step of a multiple of 16 (190 -> step 66),
     the tiles used to sit off the network's grid, far from the whole-image output:
     6.5e-2 here (17 levels of 255). Now within one level, as for the default
     overlap (measured 2.4e-3 for both on this image)."""
-    model, trained = load_model()
-    assert trained, "the bundled default weights are missing"
-    g = torch.Generator().manual_seed(1)
-    y = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 12, generator=g), size=(336, 336),
-                                        mode="bicubic", align_corners=False)
-    y = (y + 0.05 * torch.rand(1, 3, 336, 336, generator=g)).clamp(0, 1)
+    model, y = _default_model_and_photo_like(336, blocks=12, seed=1)
     full = restore(model, y)
     for overlap in (190, 185):
         assert (restore(model, y, tile=256, overlap=overlap) - full).abs().max() < 1 / 255, overlap
@@ -155,13 +161,7 @@ def test_tiled_equals_untiled_for_any_overlap_default_model():
 def test_tiled_equals_untiled_default_model():
     """The issue's case: the bundled model on a 512x512 photo-like image with 256-px
     tiles and the default overlap (192) reproduces the whole-image result."""
-    model, trained = load_model()
-    assert trained, "the bundled default weights are missing"
-    g = torch.Generator().manual_seed(0)
-    # Smooth regions, edges and noise: upsampled random blocks plus fine texture.
-    y = torch.nn.functional.interpolate(torch.rand(1, 3, 16, 16, generator=g), size=(512, 512),
-                                        mode="bicubic", align_corners=False)
-    y = (y + 0.05 * torch.rand(1, 3, 512, 512, generator=g)).clamp(0, 1)
+    model, y = _default_model_and_photo_like(512, blocks=16, seed=0)
     full = restore(model, y)
     tiled = restore(model, y, tile=256)
     assert (tiled - full).abs().max() < 1e-3
