@@ -216,6 +216,9 @@ def test_photo_scenes_with_objects(tmp_path):
         # objects are the nearest layers
         inv = s.params["inverse_depth"]
         assert inv == sorted(inv)
+        # every photo used is recorded, with how its crop was turned and flipped
+        assert len(s.params["object_photos"]) == n and all(p.startswith(str(folder)) for p in s.params["object_photos"])
+        assert s.params["photo_turn"] in range(4) and isinstance(s.params["photo_flip"], bool)
     assert counts == {1, 2}
     again = syn.sample(5)
     torch.testing.assert_close(again.blurry, s.blurry, atol=0, rtol=0)
@@ -336,3 +339,32 @@ def test_synth_command_writes_the_set_export_writes(tmp_path, capsys):
             main(args + bad)
         assert exc.value.code == 2
         assert bad[0] in capsys.readouterr().err
+
+
+def test_unusual_photos_and_tiny_canvases(tmp_path):
+    """Float TIFF photos are clipped to [0, 1] at full precision (they wrapped around
+    through uint8: 1.2 came out as 0.196), transparent pixels are composited over
+    mid grey with a warning (their stored colour became scene content), and
+    procedural scenes work on canvases under 16 px (they raised)."""
+    import tifffile
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    value = np.array([1.2, -0.05, 0.5012345], np.float32)
+    tifffile.imwrite(folder / "f.tif", np.broadcast_to(value, (64, 64, 3)).copy())
+    cfg = SyntheticConfig(size=16, max_radius=0.0, noise_prob=0.0, quantize_bits=None, photo_scale=(1.0, 1.0))
+    s = DefocusSynthesizer(folder, cfg).sample(0)
+    np.testing.assert_allclose(s.sharp.mean((1, 2)).numpy(), [1.0, 0.0, 0.5012345], atol=1e-4)
+    rgba = np.zeros((64, 64, 4), np.float32)
+    rgba[..., :3], rgba[..., 3] = 0.2, 1.0
+    rgba[:, 32:, 3] = 0.0  # right half transparent (its stored colour is black)
+    rgba[:, 32:, :3] = 0.0
+    (folder / "f.tif").unlink()
+    write_image(folder / "cut.png", rgba)
+    syn = DefocusSynthesizer(folder, cfg)
+    with pytest.warns(UserWarning, match="cut.png: a photo with transparent pixels"):
+        pixels = syn._cache.get(folder / "cut.png")  # what every crop of the photo is cut from
+    assert pixels.shape == (64, 64, 3)
+    assert (pixels[:, :32] == 51).all() and (pixels[:, 32:] == 128).all()  # 0.2 opaque; mid grey, not black
+    for size, radius in ((8, 0.0), (8, 2.0), (10, 1.0)):
+        small = DefocusSynthesizer(None, SyntheticConfig(size=size, max_radius=radius)).sample(1)
+        assert small.blurry.shape == (3, size, size) and torch.isfinite(small.blurry).all()

@@ -441,7 +441,7 @@ def _texture(rng: np.random.Generator, h: int, w: int, top: int, left: int, nois
 def _noise_fields(rng: np.random.Generator, P: int) -> list[np.ndarray]:
     """Zero-mean noise textures at a few scales, (P, P) each, roughly in [-1, 1]."""
     out = []
-    for cells in (P, P // 4, P // 16):
+    for cells in (P, max(1, P // 4), max(1, P // 16)):  # canvases under 16 px: one coarse cell
         coarse = torch.from_numpy(rng.standard_normal((1, 1, cells, cells)).astype(np.float32))
         out.append(F.interpolate(coarse, size=(P, P), mode="bicubic", align_corners=False)[0, 0].numpy() * 0.5)
     return out
@@ -488,9 +488,18 @@ class _PhotoCache:
         if path in self.items:
             self.items.move_to_end(path)
             return self.items[path]
-        img, info = read_image(path)
-        # uint16 holds 8- and 16-bit codes exactly at half the size of float32
-        arr = np.round(img * 65535).astype(np.uint16) if info.bit_depth == 16 else np.round(img * 255).astype(np.uint8)
+        img, info = read_image(path, mode=None)
+        if info.has_alpha:
+            img, alpha = img[:, :, :-1], img[:, :, -1:]
+            if alpha.size and alpha.min() < 1:
+                warnings.warn(f"{path}: a photo with transparent pixels; they are composited over mid grey "
+                              f"(what a transparent pixel stores is not scene content)", stacklevel=2)
+                img = img * alpha + 0.5 * (1 - alpha)
+        if img.shape[2] == 1:
+            img = np.repeat(img, 3, axis=2)
+        img = np.clip(img, 0, 1)  # float TIFFs may hold values outside [0, 1]
+        # uint16 holds 8- and 16-bit codes exactly at half the size of float32 (float photos: 16 bits)
+        arr = np.round(img * 255).astype(np.uint8) if info.bit_depth == 8 else np.round(img * 65535).astype(np.uint16)
         self.items[path] = arr
         self.bytes += arr.nbytes
         while self.bytes > self.max_bytes and len(self.items) > 1:
@@ -502,7 +511,13 @@ class _PhotoCache:
 def split_photos(photos, held_out: float = 0.1, seed: int = 0) -> tuple[list[Path], list[Path]]:
     """Split photos into (training, held-out) lists by a seeded permutation, so
     that a held-out synthetic set shares no source photo with training. At least
-    one photo is held out when there are two or more."""
+    one photo is held out when there are two or more.
+
+    The permutation is over the sorted list: the same files give the same split
+    wherever the folder lies, but adding or removing a photo reshuffles it (one
+    more photo among 100 moves 4 of the 10 held-out ones into training). Keep the
+    folder as it was when the model was trained (the default model: the 310
+    photos of ``../shared/data/sharp``, 2026-11-25) before scoring a held-out set."""
     photos = sorted(Path(p) for p in photos)
     order = np.random.default_rng(seed).permutation(len(photos))
     n = int(round(held_out * len(photos)))
@@ -592,7 +607,8 @@ class DefocusSynthesizer:
         t = torch.rot90(t, k, dims=(1, 2))
         if flip:
             t = t.flip(-1)
-        return t.contiguous(), {"photo": str(self.photos[i]), "photo_scale": P / region, "photo_box": (top, left, region)}
+        return t.contiguous(), {"photo": str(self.photos[i]), "photo_scale": P / region, "photo_box": (top, left, region),
+                                "photo_turn": k, "photo_flip": flip}
 
     def _camera(self, rng: np.random.Generator, present: np.ndarray, L: int, params: dict):
         """Inverse depths, focus and lens for L layers; radii [px] per layer.
@@ -664,6 +680,8 @@ class DefocusSynthesizer:
                 alphas = torch.cat([alphas, torch.stack(masks)[:, None]])
                 L += n_objects
             params["objects"] = n_objects
+            if n_objects:
+                params["object_photos"] = sources
         else:
             colors, alphas = _dead_leaves(rng, P, L, c.dead_leaves_shapes)
             params["content"] = "dead_leaves"
