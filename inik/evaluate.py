@@ -1,6 +1,6 @@
 """``inik eval``: per-image and mean PSNR / SSIM / MAE / LPIPS with the paper's protocol.
 
-Protocol (ARCHITECTURE.md section 5): images scaled to [0, 1] (read as 8-bit by
+Protocol (docs/ARCHITECTURE.md section 5): images scaled to [0, 1] (read as 8-bit by
 default, as the authors' cv2 reading does - a 16-bit file keeps its high byte -
 or at their native bit depth with ``--bits native``), the output clipped to
 [0, 1], full images, no border crop, scikit-image's PSNR and SSIM, LPIPS
@@ -10,6 +10,7 @@ or at their native bit depth with ``--bits native``), the output clipped to
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 import time
@@ -112,6 +113,11 @@ def _check_out(out: Path, overwrite: bool) -> Path:
         raise ValueError(f"--out {out}: name a .json report (the per-image CSV is written beside it)")
     if out.is_dir():
         raise ValueError(f"--out {out}: is a folder; name a .json report")
+    for parent in out.parents:  # the nearest existing folder above the report (the rest is created)
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is not a folder")
+            break
     csv_path = out.with_suffix(".csv")
     for path in (out, csv_path):
         if path.exists() and not overwrite:
@@ -119,19 +125,25 @@ def _check_out(out: Path, overwrite: bool) -> Path:
     return csv_path
 
 
-def _check_images(pairs, bits: str) -> None:
-    """What would fail half-way through, checked before any image is scored."""
+def _check_images(pairs, bits: str, lpips: bool = False) -> None:
+    """What would fail half-way through, checked before any image is scored
+    (``lpips``: whether LPIPS will be computed)."""
     from .data.io import is_float_image, read_image_info
+    from .losses import LPIPS_MIN_SIZE
     for pair in pairs:
         for path in (pair.blurry, pair.sharp):
             width, height = read_image_info(path)
             if min(width, height) < 7:
                 raise ValueError(f"{path}: {width}x{height} is too small for SSIM's 7x7 window")
+            if lpips and min(width, height) < LPIPS_MIN_SIZE:
+                raise ValueError(f"{path}: {width}x{height} is too small for LPIPS (AlexNet needs at least "
+                                 f"{LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE} px); --lpips off scores it without LPIPS")
             if bits == "8" and is_float_image(path):  # float TIFFs have no 8-bit reading
                 raise ValueError(f"{path}: a floating-point image cannot be read as 8-bit; use --bits native")
 
 
 def run(args) -> int:
+    from .data.io import write_atomically
     from .data.pairs import find_pairs, resolve_layout
     from .infer import check_device, check_tile_option
     from .losses import MissingWeightsError
@@ -144,14 +156,10 @@ def run(args) -> int:
         pairs = find_pairs(args.data, layout=layout, split=args.split)
         if not pairs:
             raise ValueError(f"no image pairs in {args.data}")
-        _check_images(pairs, args.bits)
-        model, trained = (None, False) if args.identity else load_model(args.weights, device=args.device)
     except (OSError, ValueError) as exc:
         print(f"inik eval: {exc}", file=sys.stderr)
         return 2
-    if not trained and not args.identity:
-        print("inik eval: WARNING: evaluating an UNTRAINED model (no weights given or bundled)", file=sys.stderr)
-    lpips = None
+    lpips = None  # decided before the images are checked: LPIPS needs larger images than the other metrics
     if args.lpips != "off":
         try:
             lpips = LPIPSMetric(args.device)
@@ -160,6 +168,14 @@ def run(args) -> int:
                 print(f"inik eval: {exc}", file=sys.stderr)
                 return 2
             print(f"inik eval: LPIPS skipped: {exc}", file=sys.stderr)
+    try:
+        _check_images(pairs, args.bits, lpips=lpips is not None)
+        model, trained = (None, False) if args.identity else load_model(args.weights, device=args.device)
+    except (OSError, ValueError) as exc:
+        print(f"inik eval: {exc}", file=sys.stderr)
+        return 2
+    if not trained and not args.identity:
+        print("inik eval: WARNING: evaluating an UNTRAINED model (no weights given or bundled)", file=sys.stderr)
     report = evaluate_folder(model, pairs, bits=args.bits, device=args.device, tile=args.tile,
                              lpips=lpips, progress=True, half=args.half)
     report.update(data=str(args.data), layout=layout, split=args.split if layout == "dpdd" else None,
@@ -167,11 +183,16 @@ def run(args) -> int:
                   trained=trained, device=str(args.device), bits=args.bits, tile=args.tile,
                   lpips=lpips is not None, half=args.half and not args.identity)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_finite_json(report), indent=2, allow_nan=False))
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(report["images"][0]))
-        w.writeheader()
-        w.writerows(report["images"])
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=list(report["images"][0]))
+    w.writeheader()
+    w.writerows(report["images"])
+    try:  # each file whole or not at all
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(out, json.dumps(_finite_json(report), indent=2, allow_nan=False).encode())
+        write_atomically(csv_path, table.getvalue().encode())
+    except OSError as exc:
+        print(f"inik eval: cannot write the report {out}: {exc}", file=sys.stderr)
+        return 2
     print("inik eval: " + ", ".join(f"{k} {v:.4f}" for k, v in report["mean"].items()) + f" over {len(pairs)} images")
     return 0

@@ -1,4 +1,4 @@
-"""``inik train``: INIKNet training with the paper's protocol (ARCHITECTURE.md section 4).
+"""``inik train``: INIKNet training with the paper's protocol (docs/ARCHITECTURE.md section 4).
 
 One config system: :class:`TrainConfig` (defaults = the paper's schedule), read
 from a JSON or TOML file with ``--config`` and overridden by command-line flags.
@@ -8,9 +8,10 @@ Determinism: the n-th training sample of the whole run is a pure function of
 an interrupted run stopped, and each DDP rank draws its own samples.
 Checkpoints: ``OUT/last.safetensors`` (weights + model config, loadable by
 ``inik.INIKNet.load``) and ``OUT/last.state.pt`` (optimiser, scheduler, RNG,
-iteration), both written atomically; ``OUT/log.csv`` logs every ``log_every``
-iterations (``lr``: the rate that iteration used). Ctrl-C stops a single-process
-run after the step it is in and saves a checkpoint there (a second Ctrl-C aborts).
+fp16 loss scale, iteration), both written atomically; ``OUT/log.csv`` logs every
+``log_every`` iterations (``lr``: the rate that iteration used). Ctrl-C stops a
+single-process run after the step it is in and saves a checkpoint there (a second
+Ctrl-C aborts); in the last step it lets the run finish as usual.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ import torch.nn.functional as F
 from .models import INIKNet, INIKNetConfig
 
 DATASETS = ("synthetic", "folder", "dpdd", "lfdof")
+LOSS_WEIGHTS = ("mse_weight", "freq_weight", "lpips_weight", "vgg_weight")
+MAX_LOSS_WEIGHT = 1000.0
+# Seeds run from 0 (numpy's generators take no negative seed) to 2**32 - 1: the paired
+# datasets' permutation seed, seed * 1_000_003 + epoch, must stay below torch's 2**64.
+MAX_SEED = 2**32
 log = logging.getLogger("inik")
 
 
@@ -58,7 +64,7 @@ class TrainConfig:
     vgg_weight: float = 0.0           # the authors' extra VGG-19 feature term (off, as in the paper)
     pretrained_backbones: bool = True  # False: random LPIPS/VGG backbones (wiring tests only)
     model: dict = field(default_factory=dict)  # INIKNetConfig fields
-    init: Optional[str] = None        # INIKNet weights to start from (fine-tuning); ignored on --resume
+    init: Optional[str] = None        # INIKNet weights to start from (fine-tuning); kept (not reloaded) on --resume
     amp: str = "auto"                 # auto (bf16 on CUDA, off on CPU) | off | bf16 | fp16
     channels_last: bool = True
     seed: int = 0
@@ -83,12 +89,22 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise ValueError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        for name in _FLOAT_FIELDS:  # NaN and inf pass the comparisons below unnoticed (NaN) or fail later (inf)
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         for name in ("lr", "max_blur"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("mse_weight", "freq_weight", "lpips_weight", "vgg_weight", "workers"):
+        for name in (*LOSS_WEIGHTS, "workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name, most in (("lr", 1.0), ("max_blur", 64.0), *((w, MAX_LOSS_WEIGHT) for w in LOSS_WEIGHTS)):
+            if getattr(self, name) > most:
+                raise ValueError(f"{name} must be <= {most:g}, got {getattr(self, name)}")
+        if not any(getattr(self, name) > 0 for name in LOSS_WEIGHTS):
+            raise ValueError(f"at least one loss weight ({', '.join(LOSS_WEIGHTS)}) must be > 0; all are 0")
+        if not 0 <= self.seed < MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         if not 0 < self.lr_gamma <= 1:
             raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
         if not 0 <= self.photo_prob <= 1:
@@ -97,6 +113,8 @@ class TrainConfig:
             raise ValueError(f"val_images must be >= 1, got {self.val_images}")
         INIKNetConfig(**self.model)  # validates the model fields early
 
+
+_FLOAT_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if str(f.type) == "float")
 
 # The type each TrainConfig field takes from a config file (ints are accepted for floats).
 _FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "Optional[str]": (str, type(None)),
@@ -112,7 +130,10 @@ def _check_types(values: dict, where: str) -> dict:
             raise ValueError(f"{where}: key {key!r} must be {str(types[key]).replace('Optional[str]', 'a string or null')}"
                              f", got {value!r}")
         if float in allowed and not isinstance(value, bool):
-            values[key] = float(value)
+            try:
+                values[key] = float(value)
+            except OverflowError:  # an integer too large for a float
+                raise ValueError(f"{where}: key {key!r} must be a finite number, got {value!r}") from None
     return values
 
 
@@ -147,8 +168,9 @@ def load_config(path: Optional[str], overrides: dict) -> TrainConfig:
 
 
 # What may change when a run is resumed: how long it runs, how often it logs and saves,
-# where its data lives, how many loader workers, and --init (ignored on resume).
-RESUMABLE = ("iters", "log_every", "val_every", "ckpt_every", "workers", "data", "val_data", "init", "out")
+# where its data lives and how many loader workers. --init is not among them: a resumed
+# run starts from its checkpoint, and its config keeps the weights it was started from.
+RESUMABLE = ("iters", "log_every", "val_every", "ckpt_every", "workers", "data", "val_data", "out")
 
 
 def resumed_config(saved: dict, requested: dict, where: str) -> TrainConfig:
@@ -233,7 +255,19 @@ def build_source(cfg: TrainConfig, seed: int):
     from .data import pairs
     layout = {"folder": "auto", "dpdd": "dpdd", "lfdof": "lfdof"}[cfg.dataset]
     found = pairs.find_pairs(cfg.data, layout=layout, split="train")
+    check_crop(found, cfg.crop)
     return pairs.PairedImageDataset(found, crop=cfg.crop, augment=True, seed=seed)
+
+
+def check_crop(found, crop: int) -> None:
+    """Every training image holds a ``crop`` window: checked from the files' headers
+    before training starts (else the run would stop when the first small one is drawn,
+    maybe hours in); ValueError naming the first that does not."""
+    from .data.io import read_image_info
+    for pair in found:  # find_pairs checked that each pair's two images have one size
+        width, height = read_image_info(pair.blurry)
+        if crop > min(width, height):
+            raise ValueError(f"{pair.blurry}: crop {crop} is larger than the image ({width}x{height})")
 
 
 def validation_pairs(cfg: TrainConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -256,21 +290,38 @@ def _atomic_torch_save(obj, path: Path) -> None:
     write_atomically(path, buf.getbuffer())
 
 
+_STATE_KEYS = ("iteration", "model", "optimizer", "scheduler", "torch_rng", "config")
+
+
 def read_state(out: Path) -> dict:
-    """``OUT/last.state.pt``: what ``--resume`` continues from; FileNotFoundError if absent."""
+    """``OUT/last.state.pt``: what ``--resume`` continues from; FileNotFoundError if
+    absent, ValueError naming the file if it cannot be read (truncated, not a checkpoint)."""
     state_path = out / "last.state.pt"
     if not state_path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint in {out} (expected {state_path})")
-    return torch.load(state_path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated zip, foreign pickle, ...: whatever torch.load raises
+        raise ValueError(f"--resume: cannot read checkpoint {state_path}: {type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no details'}") from None
+    missing = [k for k in _STATE_KEYS if k not in state] if isinstance(state, dict) else list(_STATE_KEYS)
+    if missing or not isinstance(state["config"], dict):
+        raise ValueError(f"--resume: cannot read checkpoint {state_path}: not an inik training checkpoint "
+                         f"(missing {', '.join(missing) or 'a valid config'})")
+    return state
 
 
-def save_checkpoint(out: Path, model: INIKNet, opt, sched, it: int, cfg: TrainConfig) -> None:
-    """``last.state.pt`` (everything ``--resume`` needs, weights included) then
-    ``last.safetensors`` (the weights for users), each replaced atomically: a crash
-    at any point leaves a loadable, self-consistent previous checkpoint."""
-    _atomic_torch_save({"iteration": it, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
-                        "config": dataclasses.asdict(cfg)}, out / "last.state.pt")
+def save_checkpoint(out: Path, model: INIKNet, opt, sched, it: int, cfg: TrainConfig, scaler=None) -> None:
+    """``last.state.pt`` (everything ``--resume`` needs, weights included; with
+    ``--amp fp16`` the GradScaler's loss scale too) then ``last.safetensors`` (the
+    weights for users), each replaced atomically: a crash at any point leaves a
+    loadable, self-consistent previous checkpoint."""
+    state = {"iteration": it, "model": model.state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+             "config": dataclasses.asdict(cfg)}
+    if scaler is not None and scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
+    _atomic_torch_save(state, out / "last.state.pt")
     model.save(out / "last.safetensors")
 
 
@@ -314,12 +365,11 @@ def init_weights(model: INIKNet, path: str) -> None:
     The file's architecture must match the model's; options that only change
     how the weights are used (``zero_mean_atoms``) may differ.
     """
-    from safetensors.torch import load_file
     stored = INIKNet.read_config(path)  # clear errors for a missing or foreign file
     mine = dataclasses.replace(model.config, zero_mean_atoms=stored.zero_mean_atoms)
     if stored != mine:
         raise ValueError(f"--init {path}: its architecture {stored} does not match the model's {model.config}")
-    model.load_state_dict(load_file(os.fspath(path)))
+    model.load_weights(path)  # a ValueError naming the file for missing, renamed or misshapen tensors
 
 
 def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
@@ -354,6 +404,8 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
     model = INIKNet(INIKNetConfig(**cfg.model)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    amp = _autocast_dtype(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     start = 0
     if cfg.init and not resume:
         init_weights(model, cfg.init)
@@ -361,6 +413,8 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if state.get("scaler") and scaler.is_enabled():  # fp16's loss scale (checkpoints before it had none)
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         start = state["iteration"]
     if cfg.channels_last:
@@ -370,8 +424,6 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     loss_fn = INIKLoss(mse_weight=cfg.mse_weight, freq_weight=cfg.freq_weight, lpips_weight=cfg.lpips_weight,
                        vgg_weight=cfg.vgg_weight, pretrained_backbones=cfg.pretrained_backbones).to(device)
-    amp = _autocast_dtype(cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
 
     stream = SampleStream(build_source(cfg, cfg.seed), cfg.seed)
     loader = torch.utils.data.DataLoader(
@@ -428,14 +480,17 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
                     if bar is not None:
                         bar.set_postfix(loss=row["loss"], psnr=row["psnr"])
                 if it % cfg.ckpt_every == 0 or it == cfg.iters:
-                    save_checkpoint(out, model, opt, sched, it, cfg)
+                    save_checkpoint(out, model, opt, sched, it, cfg, scaler)
             if stop.requested:
-                save_checkpoint(out, model, opt, sched, it, cfg)
+                if it < cfg.iters:  # at the last step the run's final checkpoint is saved already
+                    save_checkpoint(out, model, opt, sched, it, cfg, scaler)
                 break
     if bar is not None:
         bar.close()
-    if stop.requested:
+    if stop.requested and it < cfg.iters:
         raise TrainingInterrupted(out, it)
+    if stop.requested:
+        print(f"inik train: Ctrl-C came during the last step; the run is complete (iteration {it})", file=sys.stderr)
     if world > 1:
         dist.barrier()
     return model
@@ -519,6 +574,23 @@ def configure_parser(p) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
+def _without_worker_traceback(exc: BaseException) -> str:
+    """The message of ``exc``; for an error a data-loader worker raised (which
+    DataLoader re-raises with the worker's whole traceback as its message), the
+    worker's own message only."""
+    text = str(exc)
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return text
+    tail = []
+    for line in reversed(text.rstrip().splitlines()):  # the lines after the traceback's last frame
+        if line.startswith(" "):
+            break
+        tail.insert(0, line)
+    last = "\n".join(tail)
+    name, sep, message = last.partition(": ")  # "inik.data.io.ImageReadError: <message>"
+    return message if sep and " " not in name else last
+
+
 def run(args) -> int:
     from .data.io import ImageReadError
     from .infer import check_device
@@ -545,7 +617,7 @@ def run(args) -> int:
         return 130
     except (MissingWeightsError, ImageReadError, OSError, ValueError) as exc:
         # bad data, a bad --init or --out, settings the data cannot serve (a crop larger than the images)
-        print(f"inik train: {exc}", file=sys.stderr)
+        print(f"inik train: {_without_worker_traceback(exc)}", file=sys.stderr)
         return 2
     out = Path(cfg.out)
     print(f"inik train: weights in {out / 'last.safetensors'}, log in {out / 'log.csv'}")

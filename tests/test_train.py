@@ -416,3 +416,249 @@ def test_ctrl_c_saves_a_checkpoint_after_the_step(tmp_path, monkeypatch):
     seconds = [float(r["seconds"]) for r in rows]
     assert seconds == sorted(seconds)  # the clock runs on across the resume
     assert float(rows[0]["lr"]) == cfg.lr  # the rate the first step used
+
+
+def test_fp16_resume_keeps_the_loss_scale(tmp_path):
+    """--amp fp16: the GradScaler's loss scale is saved with the checkpoint, so a cut and
+    resumed run equals the uninterrupted one; a checkpoint without it still resumes."""
+    data = _pairs_folder(tmp_path / "data", n=3)
+    full = train(_cfg(tmp_path, data, iters=5, amp="fp16", lr=1e-3, out=str(tmp_path / "full")), progress=False)
+    train(_cfg(tmp_path, data, iters=3, amp="fp16", lr=1e-3, out=str(tmp_path / "cut")), progress=False)
+    state = torch.load(tmp_path / "cut" / "last.state.pt", weights_only=False)
+    assert state["scaler"]["scale"] < 2.0**16  # the first steps overflowed and lowered it
+    resumed = train(_cfg(tmp_path, data, iters=5, amp="fp16", lr=1e-3, out=str(tmp_path / "cut")), resume=True,
+                    progress=False)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    scale = lambda d: torch.load(tmp_path / d / "last.state.pt", weights_only=False)["scaler"]  # noqa: E731
+    assert scale("cut") == scale("full")
+    del state["scaler"]  # a checkpoint from before the scale was saved
+    torch.save(state, tmp_path / "cut" / "last.state.pt")
+    train(_cfg(tmp_path, data, iters=4, amp="fp16", lr=1e-3, out=str(tmp_path / "cut")), resume=True, progress=False)
+
+
+def test_float_settings_must_be_finite_and_sensible(tmp_path, capsys):
+    """NaN, inf and absurd magnitudes are refused by name before anything runs (a NaN
+    compares false with every bound; inf overflowed in the synthetic generator and a
+    huge lr in Adam); config.json stays strict JSON."""
+    data = _pairs_folder(tmp_path / "data")
+    big_int = tmp_path / "big.json"
+    with open(_config_file(tmp_path, data, iters=1)) as f:  # an integer too large for a float
+        big_int.write_text(f.read()[:-1] + ', "lr": 1' + "0" * 400 + "}")
+    cases = [(["--lr", "inf"], "lr must be a finite number, got inf"),
+             (["--freq-weight", "nan"], "freq_weight must be a finite number, got nan"),
+             (["--lr", "1e300"], "lr must be <= 1, got 1e+300"),
+             (["--max-blur", "inf"], "max_blur must be a finite number, got inf"),
+             (["--max-blur", "1e300"], "max_blur must be <= 64"),
+             (["--vgg-weight", "1e9"], "vgg_weight must be <= 1000"),
+             (["--config", _config_file(tmp_path, data, mse_weight=float("nan"))], "mse_weight must be a finite"),
+             (["--config", str(big_int)], "key 'lr' must be a finite number")]
+    for flags, message in cases:
+        rc = main(["train", "--config", _config_file(tmp_path, data, iters=1), "--out", str(tmp_path / "r"),
+                   "--no-progress"] + flags)
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and "Traceback" not in err, (flags, err)
+        assert not (tmp_path / "r").exists(), flags
+    with pytest.raises(ValueError, match="photo_prob must be a finite number, got nan"):
+        TrainConfig(photo_prob=float("nan"))
+    assert main(["train", "--config", _config_file(tmp_path, data, iters=1), "--out", str(tmp_path / "ok"),
+                 "--no-progress"]) == 0
+    json.loads((tmp_path / "ok" / "config.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+
+
+def test_eval_refuses_images_too_small_for_lpips_first(tmp_path, monkeypatch, capsys):
+    """LPIPS's AlexNet needs 31x31 px: with LPIPS on, a smaller image is refused by name
+    before any image is scored (it crashed after scoring the others); --lpips off scores it."""
+    import inik.metrics
+    from inik.losses import LPIPS_MIN_SIZE
+    real = inik.metrics.LPIPSMetric
+    monkeypatch.setattr(inik.metrics, "LPIPSMetric", lambda device: real(device, pretrained_backbone=False))
+    data = _pairs_folder(tmp_path / "data", n=1, size=LPIPS_MIN_SIZE + 1)
+    small = _pairs_folder(tmp_path / "small", n=1, size=24)
+    for name in ("source", "target"):
+        os.replace(small / name / "img0.png", data / name / "img1.png")  # scored after img0
+    capsys.readouterr()
+    report = tmp_path / "r.json"
+    assert main(["eval", "--data", str(data), "--identity", "--lpips", "on", "--out", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert str(data / "source" / "img1.png") in err and "--lpips off" in err and "Traceback" not in err, err
+    assert not report.exists()
+    assert main(["eval", "--data", str(data), "--identity", "--lpips", "off", "--out", str(report)]) == 0
+
+
+def test_all_loss_weights_zero_is_refused(tmp_path, capsys):
+    with pytest.raises(ValueError, match="at least one loss weight .* must be > 0"):
+        TrainConfig(mse_weight=0, freq_weight=0, lpips_weight=0)
+    TrainConfig(mse_weight=0, freq_weight=0, lpips_weight=0, vgg_weight=0.5)  # any one term is a loss
+    data = _pairs_folder(tmp_path / "data")
+    rc = main(["train", "--config", _config_file(tmp_path, data, iters=1, mse_weight=0, freq_weight=0),
+               "--out", str(tmp_path / "r"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "at least one loss weight" in err and "Traceback" not in err, err
+
+
+def test_seed_is_checked(tmp_path, capsys):
+    """Seeds run from 0 to 2**32 - 1 (numpy takes no negative seed; the paired datasets'
+    permutation seed must fit torch's 64 bits)."""
+    for seed in (-1, 2**32, 10**20):
+        with pytest.raises(ValueError, match=f"seed must be in \\[0, 2\\*\\*32\\), got {seed}"):
+            TrainConfig(seed=seed)
+    assert TrainConfig(seed=2**32 - 1).seed == 2**32 - 1
+    data = _pairs_folder(tmp_path / "data")
+    for seed in ("-1", "99999999999999999999"):
+        rc = main(["train", "--config", _config_file(tmp_path, data, iters=1), "--seed", seed,
+                   "--out", str(tmp_path / "r"), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "seed must be in" in err and "Traceback" not in err, err
+    out = tmp_path / "big"  # the largest seed trains on paired data
+    assert main(["train", "--config", _config_file(tmp_path, data, iters=1), "--seed", str(2**32 - 1),
+                 "--out", str(out), "--no-progress"]) == 0
+
+
+def test_resume_names_an_unreadable_checkpoint(tmp_path, capsys):
+    data = _pairs_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["train", "--config", _config_file(tmp_path, data, iters=1), "--out", str(out), "--no-progress"]) == 0
+    state = out / "last.state.pt"
+    whole = state.read_bytes()
+    for content in (whole[: len(whole) // 2], b"garbage\n", _atomic_bytes({"iteration": 1})):
+        state.write_bytes(content)
+        capsys.readouterr()
+        assert main(["train", "--out", str(out), "--resume", "--iters", "2", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot read checkpoint {state}" in err and "Traceback" not in err, err
+
+
+def _atomic_bytes(obj):
+    import io
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def test_weights_with_missing_or_renamed_tensors_are_refused_by_name(tmp_path, capsys):
+    """A file with valid INIKNet metadata whose tensors are not the model's (another
+    version, edited): a ValueError naming the file and the keys, rc 2 for --init and eval."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    model = inik.INIKNet(**SMALL)
+    model.save(tmp_path / "ok.safetensors")
+    with safe_open(str(tmp_path / "ok.safetensors"), "pt") as f:
+        meta = f.metadata()
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    first = next(iter(tensors))
+    save_file({k: v for k, v in tensors.items() if k != first}, str(tmp_path / "missing.safetensors"), metadata=meta)
+    renamed = {("old." + k if k == first else k): v for k, v in tensors.items()}
+    save_file(renamed, str(tmp_path / "renamed.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match=f"missing.safetensors.*missing tensors {first}"):
+        inik.INIKNet.load(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match=f"renamed.safetensors.*missing tensors {first}; unexpected tensors old"):
+        inik.INIKNet.load(tmp_path / "renamed.safetensors")
+    data = _pairs_folder(tmp_path / "data", n=1, size=32)
+    capsys.readouterr()
+    for command in (["train", "--config", _config_file(tmp_path, data, iters=1), "--out", str(tmp_path / "r"),
+                     "--no-progress", "--init"],
+                    ["eval", "--data", str(data), "--lpips", "off", "--out", str(tmp_path / "e.json"), "--weights"]):
+        assert main(command + [str(tmp_path / "missing.safetensors")]) == 2
+        err = capsys.readouterr().err
+        assert "missing.safetensors" in err and first in err and "Traceback" not in err, err
+
+
+def test_train_checks_image_sizes_first_and_hides_worker_tracebacks(tmp_path, capsys):
+    """An image smaller than the crop is found before training starts (not when it is
+    drawn, maybe hours in); an error in a data-loader worker is reported by its message,
+    without the worker's traceback."""
+    data = _pairs_folder(tmp_path / "data", n=2, size=48)
+    small = _pairs_folder(tmp_path / "small", n=1, size=40)
+    for name in ("source", "target"):
+        os.replace(small / name / "img0.png", data / name / "small.png")
+    out = tmp_path / "r"
+    rc = main(["train", "--config", _config_file(tmp_path, data, iters=3), "--crop", "48", "--out", str(out),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{data / 'source' / 'small.png'}: crop 48 is larger than the image (40x40)" in err, err
+    assert not (out / "log.csv").exists() and not (out / "last.state.pt").exists()
+    broken = data / "source" / "img1.png"  # its header is intact: only decoding it fails, in the worker
+    broken.write_bytes(broken.read_bytes()[:200])
+    rc = main(["train", "--config", _config_file(tmp_path, data, iters=3, workers=1), "--out", str(tmp_path / "w"),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(broken) in err and "Traceback" not in err and "worker" not in err, err
+
+
+def test_ctrl_c_during_the_last_step_completes_the_run(tmp_path, monkeypatch, capsys):
+    """SIGINT in the last step: the run reached its iterations and saved its final
+    checkpoint, so it ends normally (rc 0), saying so."""
+    import signal
+
+    import inik.train as tr
+    data = _pairs_folder(tmp_path / "data")
+    real_step, calls = tr.train_step, []
+
+    def step_with_ctrl_c(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args)
+
+    monkeypatch.setattr(tr, "train_step", step_with_ctrl_c)
+    out = tmp_path / "run"
+    rc = main(["train", "--config", _config_file(tmp_path, data, iters=2), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "the run is complete" in err and "--resume" not in err, err
+    assert torch.load(out / "last.state.pt", weights_only=False)["iteration"] == 2
+    assert [int(r["iter"]) for r in _log(out)] == [1, 2]
+
+
+def test_resume_refuses_another_init(tmp_path, capsys):
+    """--init is where a new run starts; a resumed run starts from its checkpoint, so a
+    different --init is refused by name instead of being recorded as the run's."""
+    data = _pairs_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["train", "--config", _config_file(tmp_path, data, iters=1), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    rc = main(["train", "--out", str(out), "--resume", "--iters", "2",
+               "--init", str(tmp_path / "nonexistent.safetensors"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "init = " in err and "differs from the run's None" in err, err
+    assert json.loads((out / "config.json").read_text())["init"] is None
+    assert torch.load(out / "last.state.pt", weights_only=False)["config"]["init"] is None
+    with pytest.raises(ValueError, match="saved with other settings \\(init\\)"):
+        train(load_config(_config_file(tmp_path, data, iters=2, init="x.safetensors", out=str(out)), {}), resume=True,
+              progress=False)
+
+
+def test_eval_checks_the_reports_folder_first_and_writes_it_atomically(tmp_path, monkeypatch, capsys):
+    data = _pairs_folder(tmp_path / "data", n=1, size=32)
+    (tmp_path / "afile").write_text("")
+    base = ["eval", "--data", str(data), "--identity", "--lpips", "off", "--out"]
+    assert main(base + [str(tmp_path / "afile" / "sub" / "rep.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'afile'} is not a folder" in err and "Traceback" not in err, err
+    report = tmp_path / "new" / "rep.json"  # a folder that does not exist yet is created
+    assert main(base + [str(report)]) == 0
+    before = {p.name: p.read_bytes() for p in report.parent.iterdir()}
+    assert sorted(before) == ["rep.csv", "rep.json"]
+    real_fdopen = os.fdopen
+
+    class DiskFull:  # the report's write stops part-way
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(b"partial")
+            raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: DiskFull(real_fdopen(fd, *a, **k)))
+    capsys.readouterr()
+    assert main(base + [str(report), "--overwrite"]) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert "cannot write the report" in err and "disk full" in err and "Traceback" not in err, err
+    assert {p.name: p.read_bytes() for p in report.parent.iterdir()} == before  # no partial or temporary file

@@ -1,6 +1,6 @@
 """INIKNet: implicit neural inverse kernels for single-image defocus deblurring.
 
-Quan, Yao, Ji, ICCV 2023; every architectural fact is in ARCHITECTURE.md section 3.
+Quan, Yao, Ji, ICCV 2023; every architectural fact is in docs/ARCHITECTURE.md section 3.
 """
 
 from __future__ import annotations
@@ -304,7 +304,35 @@ class INIKNet(nn.Module):
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
              ifm_backend: str = "auto") -> "INIKNet":
         """Rebuild a model from a file written by :meth:`save`."""
-        from safetensors.torch import load_file
         model = cls(cls.read_config(path), ifm_backend=ifm_backend)
-        model.load_state_dict(load_file(os.fspath(path), device=str(map_location)))
+        model.load_weights(path, map_location)
         return model.to(map_location)
+
+    def load_weights(self, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> None:
+        """Load the tensors of an INIKNet safetensors file into this model; a
+        ValueError naming the file when they are not this model's tensors (some
+        missing, renamed or of another shape) or cannot be read."""
+        from safetensors.torch import load_file
+        shown = os.fspath(path)
+        try:
+            tensors = load_file(shown, device=str(map_location))
+        except Exception as exc:
+            raise ValueError(f"INIKNet.load: {shown!r} is not a readable safetensors file ({exc})") from None
+        expected = self.state_dict()
+        missing = [k for k in expected if k not in tensors]
+        unexpected = [k for k in tensors if k not in expected]
+
+        def first(keys):
+            return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+        if missing or unexpected:
+            problems = ([f"missing tensors {first(missing)}"] if missing else []) + \
+                       ([f"unexpected tensors {first(unexpected)}"] if unexpected else [])
+            raise ValueError(f"INIKNet.load: {shown!r} does not hold this model's weights: {'; '.join(problems)} "
+                             f"(a file from another version of inik, or edited?)")
+        shapes = [f"{k} {tuple(tensors[k].shape)} (expected {tuple(v.shape)})"
+                  for k, v in expected.items() if tensors[k].shape != v.shape]
+        if shapes:
+            raise ValueError(f"INIKNet.load: {shown!r} does not hold this model's weights: tensors of another "
+                             f"shape: {first(shapes)}")
+        self.load_state_dict(tensors)
