@@ -11,7 +11,7 @@ call (GPU: ``torch.cuda.max_memory_allocated``; CPU: growth of the sampled
 resident set, see :class:`RssPeak`); on a GPU also the achieved bandwidth over
 the compulsory traffic (every input read once, every output written once) and
 the fraction of the roofline, max(bytes / peak bandwidth, flops / peak flops),
-reached (ARCHITECTURE.md section 2). Times use ``triton.testing.do_bench`` on a
+reached (docs/ARCHITECTURE.md section 2). Times use ``triton.testing.do_bench`` on a
 GPU and the median of up to ``--reps`` runs on a CPU (one run for calls slower
 than ``--min-ms``), so CPU numbers are rough, more so on a shared machine; on
 a CPU no measurement starts after ``--budget-s`` (75 s), which keeps a default

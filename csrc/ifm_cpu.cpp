@@ -1,7 +1,7 @@
 // CPU kernels of the IFM and the registration of the native ops
 //   inik::ifm_native_forward(image, mu, omega, atoms, support) -> out
 //   inik::ifm_native_backward(grad, image, mu, omega, atoms, support, needs) -> 4 grads
-// (ARCHITECTURE.md section 2). The CUDA kernels register for the same schemas in ifm_cuda.cu.
+// (docs/ARCHITECTURE.md section 2). The CUDA kernels register for the same schemas in ifm_cuda.cu.
 //
 // Layout of the work: a tile is kTile = 16 neighbouring pixels of one row, and
 // every per-pixel quantity is a 16-lane vector (GCC/Clang vector extensions), so

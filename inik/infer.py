@@ -101,7 +101,8 @@ def check_tiling(tile, overlap, *, names: tuple[str, str] = ("tile", "overlap"))
         return  # the whole image: no overlap to speak of
     size = AUTO_TILE if tile is None else int(tile) - int(tile) % MULTIPLE
     if not 0 <= overlap <= 3 * size // 4:
-        of = f"the automatic {AUTO_TILE}-px tiles" if tile is None else f"{tname} {tile}"
+        of = (f"the automatic {AUTO_TILE}-px tiles" if tile is None else
+              f"{tname} {tile}" + (f" (used as {size})" if size != tile else ""))
         raise ValueError(f"{oname} must be in [0, 3/4 of {tname}], got {overlap} for {of}")
 
 
@@ -267,8 +268,10 @@ def deblur(image, model: Optional[INIKNet] = None, *, tile: Optional[int] = None
     ``model``: default: the bundled default weights. ``tile``: None picks
     automatically (whole image up to about 2 megapixels, 1024-px tiles beyond,
     see :func:`auto_tile`); 0 forces the whole image; T runs T x T tiles
-    blended over ``overlap`` pixels (see :func:`restore`). ``half``: bf16
-    autocast (fp16 on CUDA). ``progress``: a tqdm-like bar advanced per tile.
+    blended over ``overlap`` pixels (see :func:`restore`). ``device``: where the
+    network runs (default: the model's device, or the CPU for the default model;
+    a tensor comes back on its own device). ``half``: bf16 autocast (fp16 on
+    CUDA). ``progress``: a tqdm-like bar advanced per tile.
     """
     if device is None:
         device = next(model.parameters()).device if model is not None else "cpu"
@@ -430,10 +433,12 @@ def configure_parser(p) -> None:
     p.add_argument("--weights", help="INIKNet safetensors file (default: the bundled weights)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--tile", type=int, default=None,
-                   help=f"tile size in pixels, at least {MIN_TILE} (default: whole image up to ~2 megapixels, "
+                   help=f"tile size in pixels, at least {MIN_TILE}, rounded down to a multiple of 16 (default: "
+                        f"whole image up to ~2 megapixels, "
                         f"{AUTO_TILE}-px tiles beyond; 0: always the whole image)")
     p.add_argument("--overlap", type=int, default=None,
-                   help=f"tile overlap in pixels (default {DEFAULT_OVERLAP}, at most 3/4 of the tile)")
+                   help=f"tile overlap in pixels (default {DEFAULT_OVERLAP}, at most 3/4 of the tile; widened so "
+                        f"that tiles start every multiple of 16 px)")
     p.add_argument("--half", action="store_true",
                    help="bf16 autocast (fp16 on CUDA); on a CPU only where it has native bf16 (AVX-512 BF16: "
                         "about 1.6x faster than fp32 on the 2-core development CPU, 2026-11-26), else it warns: "

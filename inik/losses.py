@@ -1,4 +1,4 @@
-"""The training loss of INIKNet (paper, Sec. 4.3; ARCHITECTURE.md section 4).
+"""The training loss of INIKNet (paper, Sec. 4.3; docs/ARCHITECTURE.md section 4).
 
 Summed over the three output levels (coarse to fine), each compared with the
 ground truth bilinearly downsampled to that level's size:

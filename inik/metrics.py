@@ -1,4 +1,4 @@
-"""Image quality metrics with the paper's protocol (ARCHITECTURE.md section 5).
+"""Image quality metrics with the paper's protocol (docs/ARCHITECTURE.md section 5).
 
 * Images in [0, 1]: 8-bit or 16-bit files divided by 255 or 65535
   (``inik.data.read_image``); the restored output is clipped to [0, 1]; full

@@ -3,7 +3,7 @@
     x[b,c,i,j] = <k[b,i,j], patch_{K x K}(image[b,c]) at (i,j)>,
     k[b,i,j]   = sum_{r,n} mu[b,r,i,j] * omega[b,n,i,j] * atoms[r,n]   (support-masked)
 
-(ARCHITECTURE.md section 2). Nothing of size (R*N, H, W) ever reaches global memory.
+(docs/ARCHITECTURE.md section 2). Nothing of size (R*N, H, W) ever reaches global memory.
 
 Data layout the kernels share (:class:`_Plan`; index tables cached by :func:`_tables`):
 

@@ -1,7 +1,7 @@
 // Runs the CUDA kernels of csrc/ifm_cuda_kernels.cuh on the CPU - one std::thread per
 // CUDA thread of a block, blocks one after another, __syncthreads() a std::barrier -
 // and checks every result against sums taken straight from the IFM's definition
-// (ARCHITECTURE.md section 2) in double precision. Lets a machine without a GPU test
+// (docs/ARCHITECTURE.md section 2) in double precision. Lets a machine without a GPU test
 // the kernels' indexing, masking, striding and reductions, not only compile them.
 // Built and run by tests/test_cuda_compile.py; exits 0 when every check passes.
 #include <algorithm>

@@ -98,7 +98,7 @@ def test_bad_inputs(small_model):
     for image in (torch.rand(1, 3, 4, 4), torch.rand(1, 3, 200, 200)):
         with pytest.raises(ValueError, match="tile must be None \\(automatic\\), 0 \\(whole image\\) or at least 256"):
             restore(small_model, image, tile=8)
-        with pytest.raises(ValueError, match="overlap must be in \\[0, 3/4 of tile\\], got 193 for tile 270"):
+        with pytest.raises(ValueError, match="overlap must be in \\[0, 3/4 of tile\\], got 193 for tile 270 \\(used as 256\\)"):
             restore(small_model, image, tile=270, overlap=193)  # 3/4 of 256, 270 rounded down
         with pytest.raises(ValueError, match="overlap must be in .* got -5 for the automatic 1024-px tiles"):
             inik.deblur(image[0], small_model, overlap=-5)
@@ -373,7 +373,7 @@ def test_cli_checks_output_device_and_inputs_up_front(tmp_path, weights, capsys)
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--overlap", "769"],
          "--overlap must be in [0, 3/4 of --tile], got 769 for the automatic 1024-px tiles"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--tile", "270", "--overlap", "193"],
-         "--overlap must be in [0, 3/4 of --tile], got 193 for --tile 270"),
+         "--overlap must be in [0, 3/4 of --tile], got 193 for --tile 270 (used as 256)"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--device", "nonsense"],
          "--device nonsense: not a torch device"),
     ]

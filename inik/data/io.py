@@ -86,7 +86,8 @@ class ImageInfo:
     Attributes:
         path: the file read.
         format: ``"PNG"``, ``"JPEG"``, ``"TIFF"``, ... (Pillow's format name).
-        bit_depth: bits per sample in the file: 8, 16, or 32 (float TIFF).
+        bit_depth: bits per sample as read: 8, 16, or 32 (float TIFF); 10- and
+            12-bit HEIF files are read at 16.
         mode: channel layout of the file: ``"L"``, ``"LA"``, ``"RGB"`` or ``"RGBA"``.
         has_alpha: whether the file has an alpha channel.
         orientation: EXIF orientation tag (1-8) that was applied; 1 = none.

@@ -7,7 +7,7 @@ Image formation (all in linear light, per sample):
    1/m; 0 = infinity). Two sources:
 
    * ``photo``: a sharp photograph (randomly downscaled by 0.5-1x first, so
-     that its own softness and noise do not become the target; ARCHITECTURE.md
+     that its own softness and noise do not become the target; docs/ARCHITECTURE.md
      section 7) split into layers by a smooth random depth map. Layer ``l``'s
      alpha covers every pixel at layer ``l`` *or nearer* (cumulative masks), so
      content hidden behind a near layer is approximated by the near layer's

@@ -1,4 +1,4 @@
-"""Scale-recurrent sub-networks: ConvLSTM cells over the pyramid levels (ARCHITECTURE.md section 3)."""
+"""Scale-recurrent sub-networks: ConvLSTM cells over the pyramid levels (docs/ARCHITECTURE.md section 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The shared U-Net feature extractor and its building blocks (ARCHITECTURE.md section 3)."""
+"""The shared U-Net feature extractor and its building blocks (docs/ARCHITECTURE.md section 3)."""
 
 from __future__ import annotations
 

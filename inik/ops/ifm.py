@@ -3,7 +3,7 @@
     x[b,c,i,j] = sum_{r,n} mu[b,r,i,j] * omega[b,n,i,j]
                  * sum_{u,v} atoms[r,n,u,v] * image[b,c,i+u-K//2,j+v-K//2]
 
-(cross-correlation, zeros outside the image; ARCHITECTURE.md section 2).
+(cross-correlation, zeros outside the image; docs/ARCHITECTURE.md section 2).
 
 The op is registered as ``torch.ops.inik.ifm`` (with ``torch.ops.inik.ifm_backward``
 for its gradient) through :mod:`torch.library`, so ``torch.compile(fullgraph=True)``
