@@ -35,10 +35,13 @@ def to_8bit(image: np.ndarray, bit_depth: int) -> np.ndarray:
 
 
 def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Optional[int] = None,
-                    lpips=None, progress: bool = False, half: bool = False) -> dict:
+                    lpips=None, progress: bool = False, half: bool = False, crop_multiple: int = 1) -> dict:
     """Metrics of ``model`` on ``pairs`` (from :func:`inik.data.pairs.find_pairs`);
     ``model=None`` scores the blurry inputs themselves (the baseline to beat).
     ``half``: run the model under ``--half``'s autocast (:func:`inik.infer.half_dtype`).
+    ``crop_multiple``: crop both images top-left to multiples of it before anything
+    runs (1: whole images; the authors' test script uses 32, so DPDD's 1680x1120
+    pairs are scored at 1664x1120).
 
     Returns ``{"mean": {...}, "images": [{"name", "psnr", "ssim", "mae", ["lpips"], "seconds"}]}``.
     """
@@ -56,7 +59,7 @@ def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Option
         for path in (pair.blurry, pair.sharp):
             img, info = read_image(path)
             images.append(to_8bit(img, info.bit_depth) if bits == "8" else img)
-        blurry, sharp = images
+        blurry, sharp = (_crop_to_multiple(im, crop_multiple) for im in images)
         y = torch.from_numpy(np.ascontiguousarray(blurry.transpose(2, 0, 1)))[None]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -91,6 +94,10 @@ def configure_parser(p) -> None:
                    help="read images as 8-bit like the paper (default) or at their native bit depth")
     p.add_argument("--lpips", choices=["auto", "on", "off"], default="auto",
                    help="LPIPS: auto = when the AlexNet weights are available")
+    p.add_argument("--crop-multiple", type=int, default=1, metavar="M",
+                   help="crop both images top-left to multiples of M before scoring (default 1: whole images, "
+                        "as ARCHITECTURE.md section 5 states; the authors' test script crops to 32, so "
+                        "--crop-multiple 32 reproduces how the paper's DPDD figures were computed)")
     p.add_argument("--identity", action="store_true",
                    help="score the blurry inputs themselves instead of a model's output")
 
@@ -125,7 +132,12 @@ def _check_out(out: Path, overwrite: bool) -> Path:
     return csv_path
 
 
-def _check_images(pairs, bits: str, lpips: bool = False) -> None:
+def _crop_to_multiple(image: np.ndarray, m: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    return image[: h - h % m, : w - w % m]
+
+
+def _check_images(pairs, bits: str, lpips: bool = False, crop_multiple: int = 1) -> None:
     """What would fail half-way through, checked before any image is scored
     (``lpips``: whether LPIPS will be computed)."""
     from .data.io import is_float_image, read_image_info
@@ -133,6 +145,7 @@ def _check_images(pairs, bits: str, lpips: bool = False) -> None:
     for pair in pairs:
         for path in (pair.blurry, pair.sharp):
             width, height = read_image_info(path)
+            width, height = width - width % crop_multiple, height - height % crop_multiple
             if min(width, height) < 7:
                 raise ValueError(f"{path}: {width}x{height} is too small for SSIM's 7x7 window")
             if lpips and min(width, height) < LPIPS_MIN_SIZE:
@@ -169,7 +182,9 @@ def run(args) -> int:
                 return 2
             print(f"inik eval: LPIPS skipped: {exc}", file=sys.stderr)
     try:
-        _check_images(pairs, args.bits, lpips=lpips is not None)
+        if args.crop_multiple < 1:
+            raise ValueError(f"--crop-multiple must be >= 1, got {args.crop_multiple}")
+        _check_images(pairs, args.bits, lpips=lpips is not None, crop_multiple=args.crop_multiple)
         model, trained = (None, False) if args.identity else load_model(args.weights, device=args.device)
     except (OSError, ValueError) as exc:
         print(f"inik eval: {exc}", file=sys.stderr)
@@ -177,11 +192,11 @@ def run(args) -> int:
     if not trained and not args.identity:
         print("inik eval: WARNING: evaluating an UNTRAINED model (no weights given or bundled)", file=sys.stderr)
     report = evaluate_folder(model, pairs, bits=args.bits, device=args.device, tile=args.tile,
-                             lpips=lpips, progress=True, half=args.half)
+                             lpips=lpips, progress=True, half=args.half, crop_multiple=args.crop_multiple)
     report.update(data=str(args.data), layout=layout, split=args.split if layout == "dpdd" else None,
                   weights="identity" if args.identity else str(args.weights or "default"),
                   trained=trained, device=str(args.device), bits=args.bits, tile=args.tile,
-                  lpips=lpips is not None, half=args.half and not args.identity)
+                  lpips=lpips is not None, half=args.half and not args.identity, crop_multiple=args.crop_multiple)
     out = Path(args.out)
     table = io.StringIO(newline="")
     w = csv.DictWriter(table, fieldnames=list(report["images"][0]))

@@ -108,7 +108,8 @@ def build_lpips(net: str = "alex", pretrained_backbone: bool = True) -> nn.Modul
 class VGG19Features(nn.Module):
     """VGG-19 features after the 2nd, 4th and 7th convolutions (before ReLU).
 
-    Input ``(B, 3, H, W)`` in [0, 1] (ImageNet-normalised inside); output a list
+    Input ``(B, 3, H, W)`` in [0, 1], fed as it is (not ImageNet-normalised), as
+    the authors' training script feeds it; output a list
     of three tensors with 64, 128 and 256 channels at full, 1/2 and 1/4 size.
     ``pretrained=False`` (random weights) is for tests only."""
 
@@ -131,11 +132,8 @@ class VGG19Features(nn.Module):
                 m.inplace = False  # an in-place ReLU would overwrite the tapped conv outputs
         for p in self.features.parameters():
             p.requires_grad_(False)
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = (x - self.mean) / self.std
         out = []
         for i, layer in enumerate(self.features):
             x = layer(x)

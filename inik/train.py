@@ -112,6 +112,8 @@ class TrainConfig:
         if self.val_images < 1:
             raise ValueError(f"val_images must be >= 1, got {self.val_images}")
         INIKNetConfig(**self.model)  # validates the model fields early
+        if "revision" not in self.model:  # recorded, so that a resume builds the same network
+            self.model = {**self.model, "revision": INIKNetConfig().revision}
 
 
 _FLOAT_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if str(f.type) == "float")
@@ -173,13 +175,22 @@ def load_config(path: Optional[str], overrides: dict) -> TrainConfig:
 RESUMABLE = ("iters", "log_every", "val_every", "ckpt_every", "workers", "data", "val_data", "out")
 
 
+def _with_revision(model: Optional[dict]) -> dict:
+    """The model fields a run was saved with; a run saved before the network's revision
+    existed trained revision 1."""
+    return {"revision": 1, **(model or {})}
+
+
 def resumed_config(saved: dict, requested: dict, where: str) -> TrainConfig:
     """The config of a resumed run: the one it was saved with, updated by ``requested``
     (the fields set by --config and flags) where :data:`RESUMABLE` allows; a request
     to change anything else is a ValueError naming it."""
-    values = dict(saved)
+    values = {**saved, "model": _with_revision(saved.get("model"))}
+    # a request that does not name a revision asks for the run's
+    if isinstance(requested.get("model"), dict) and "revision" not in requested["model"]:
+        requested = {**requested, "model": {**requested["model"], "revision": values["model"]["revision"]}}
     for key, value in requested.items():
-        if value is None or value == saved.get(key):
+        if value is None or value == values.get(key):
             continue
         if key not in RESUMABLE:
             raise ValueError(f"--resume: {key} = {value!r} differs from the run's {saved.get(key)!r} ({where}); a "
@@ -368,7 +379,10 @@ def init_weights(model: INIKNet, path: str) -> None:
     stored = INIKNet.read_config(path)  # clear errors for a missing or foreign file
     mine = dataclasses.replace(model.config, zero_mean_atoms=stored.zero_mean_atoms)
     if stored != mine:
-        raise ValueError(f"--init {path}: its architecture {stored} does not match the model's {model.config}")
+        hint = (f" (set \"model\": {{\"revision\": {stored.revision}}} to fine-tune it as the network it was "
+                f"trained as)" if dataclasses.replace(mine, revision=stored.revision) == stored else "")
+        raise ValueError(f"--init {path}: its architecture {stored} does not match the model's "
+                         f"{model.config}{hint}")
     model.load_weights(path)  # a ValueError naming the file for missing, renamed or misshapen tensors
 
 
@@ -387,7 +401,7 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
     state = None
     if resume:
         state = read_state(out)
-        saved = state["config"]
+        saved = {**state["config"], "model": _with_revision(state["config"].get("model"))}
         changed = [k for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE and saved.get(k) != v]
         if changed:
             raise ValueError(f"--resume: the run in {out} was saved with other settings ({', '.join(changed)}): "

@@ -189,3 +189,16 @@ def test_evaluate_with_lpips_random_backbone():
     assert metric(target, target) == pytest.approx(0.0, abs=1e-7)
     net_value = metric.net(torch.from_numpy(output.transpose(2, 0, 1)).float()[None], torch.from_numpy(target.transpose(2, 0, 1)).float()[None], normalize=True)
     assert r["lpips"] == pytest.approx(net_value.item(), rel=1e-5)
+
+
+def test_vgg_features_take_the_image_as_it_is():
+    """The authors feed [0, 1] images to VGG-19 without ImageNet normalisation."""
+    feats = VGG19Features(pretrained=False)
+    x = torch.rand(1, 3, 16, 16)
+    want, h = [], x
+    for i, layer in enumerate(feats.features):
+        h = layer(h)
+        if i in (2, 7, 14):
+            want.append(h)
+    for a, b in zip(feats(x), want):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)

@@ -1,6 +1,7 @@
 """INIKNet: shapes at any size, parameter counts, ablations, interpretation, save/load, learning."""
 
 import copy
+import math
 import os
 
 import numpy as np
@@ -252,7 +253,8 @@ def test_load_errors(tmp_path):
         with pytest.raises(ValueError, match=match):
             inik.INIKNet.load(bad)
     save_file(state, bad, metadata={"format": "inik.INIKNet", "config": json.dumps(good)})
-    assert inik.INIKNet.load(bad).config == inik.INIKNet(width=8).config  # missing options: defaults
+    # missing options take their defaults, except the revision: such a file predates it (revision 1)
+    assert inik.INIKNet.load(bad).config == inik.INIKNet(width=8, revision=1).config
 
 
 def test_ifm_backend_is_a_runtime_choice():
@@ -324,3 +326,45 @@ def test_reflect_conv_keeps_channels_last_and_equals_torch(shape, stride):
         assert got.is_contiguous(memory_format=fmt)
     x = torch.randn(1, 2, 4, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     assert torch.autograd.gradcheck(reflect_pad1, (x.requires_grad_(),))
+
+
+def test_revision_2_is_the_authors_network():
+    """Revision 2 (default): a ReLU after the first convolution of every U-Net stage,
+    as the authors' BasicConv; the polar grid's centre exactly 0 with angle 0 at every
+    size; mixing="conv" with zeros as scale 0's responses. Revision 1 (weights trained
+    before 2026-12-02, the bundled ones) keeps the old network, with the same state dict."""
+    from inik.models.unet import Stage
+    torch.manual_seed(0)
+    new, old = inik.INIKNet(width=8), inik.INIKNet(width=8, revision=1)
+    assert new.config.revision == 2 and old.config.revision == 1
+    old.load_state_dict(new.state_dict())  # one layout
+    stages = [m for m in new.unet.modules() if isinstance(m, Stage)]
+    assert len(stages) == 5 and all(s.relu for s in stages)
+    assert not any(s.relu for s in old.unet.modules() if isinstance(s, Stage))
+    x = torch.randn(1, 3, 16, 16)
+    for s_new, s_old in zip(stages, [m for m in old.unet.modules() if isinstance(m, Stage)]):
+        xin = torch.randn(1, s_new[0].in_channels, 16, 16)
+        torch.testing.assert_close(s_new(xin), s_new[2](s_new[1](F.relu(s_new[0](xin)))), atol=0, rtol=0)
+        torch.testing.assert_close(s_old(xin), s_old[2](s_old[1](s_old[0](xin))), atol=0, rtol=0)
+    assert not torch.allclose(new.unet(x), old.unet(x))
+    for k in range(3, 17, 2):
+        centre = polar_grid(k).view(k, k, 3)[k // 2, k // 2]
+        assert centre.tolist() == [0.0, 1.0, 0.5], k  # |p| = 0, cos 0 = 1, sin 0 = 0
+        if k in (3, 5, 9):  # sizes whose linspace centre was exact: the old grid agrees
+            torch.testing.assert_close(polar_grid(k), polar_grid(k, exact=False), atol=2e-7, rtol=0)
+    legacy = polar_grid(7, exact=False).view(7, 7, 3)[3, 3]
+    assert legacy[0] < 1e-7 and abs(legacy[1].item() - (math.cos(-3 * math.pi / 4) + 1) / 2) < 1e-6
+    torch.testing.assert_close(new.dictionary.grid7, polar_grid(7))
+    torch.testing.assert_close(old.dictionary.grid7, polar_grid(7, exact=False))
+    y, mu, omega = torch.rand(1, 3, 8, 8), torch.rand(1, 8, 8, 8), torch.rand(1, 10, 8, 8)
+    conv_new, conv_old = inik.INIKNet(width=8, mixing="conv"), inik.INIKNet(width=8, mixing="conv", revision=1)
+    r_new, r_old = conv_new._weighted_responses(y, mu, omega), conv_old._weighted_responses(y, mu, omega)
+    n0 = 3 * 10  # scale 0's channels (R, C, N order)
+    assert r_new[:, :n0].abs().max() == 0 and r_old[:, :n0].abs().max() > 0
+    with pytest.raises(ValueError, match="revision must be 1"):
+        inik.INIKNet(revision=3)
+
+
+def test_the_bundled_weights_are_revision_1():
+    from inik.infer import DEFAULT_WEIGHTS
+    assert inik.INIKNet.read_config(DEFAULT_WEIGHTS).revision == 1

@@ -282,7 +282,7 @@ def test_resume_keeps_the_runs_settings(tmp_path, capsys):
     # no --config at all: the saved settings, not TrainConfig's defaults
     assert main(["train", "--out", out, "--resume", "--iters", "3", "--no-progress"]) == 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["seed"] == 5 and saved["freq_weight"] == 0.5 and saved["iters"] == 3 and saved["model"] == SMALL
+    assert saved["seed"] == 5 and saved["freq_weight"] == 0.5 and saved["iters"] == 3 and saved["model"] == {**SMALL, "revision": 2}
     assert torch.load(tmp_path / "run" / "last.state.pt", weights_only=False)["iteration"] == 3
     capsys.readouterr()
     for flags, message in ((["--lr", "0.1", "--iters", "4"], "lr = 0.1 differs from the run's 0.0002"),
@@ -662,3 +662,55 @@ def test_eval_checks_the_reports_folder_first_and_writes_it_atomically(tmp_path,
     err = capsys.readouterr().err
     assert "cannot write the report" in err and "disk full" in err and "Traceback" not in err, err
     assert {p.name: p.read_bytes() for p in report.parent.iterdir()} == before  # no partial or temporary file
+
+
+def test_runs_record_their_network_revision(tmp_path, capsys):
+    """A new run records the revision it trains (2); a run saved before revisions existed
+    trained revision 1 and resumes as such, with or without the revision in the request;
+    --init of a revision-1 file into a revision-2 run says how to fine-tune it."""
+    data = _pairs_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    cfg = _config_file(tmp_path, data, iters=1)
+    assert main(["train", "--config", cfg, "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text())["model"] == {**SMALL, "revision": 2}
+    assert inik.INIKNet.load(out / "last.safetensors").config.revision == 2
+    # the same run as an older inik saved it: no revision in its config
+    state = torch.load(out / "last.state.pt", weights_only=False)
+    state["config"]["model"] = dict(SMALL)
+    torch.save(state, out / "last.state.pt")
+    assert main(["train", "--config", cfg, "--out", str(out), "--resume", "--iters", "2", "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text())["model"] == {**SMALL, "revision": 1}
+    assert inik.INIKNet.load(out / "last.safetensors").config.revision == 1
+    capsys.readouterr()
+    assert main(["train", "--config", _config_file(tmp_path, data, iters=3, model={**SMALL, "revision": 2}),
+                 "--out", str(out), "--resume", "--no-progress"]) == 2
+    assert "model = " in capsys.readouterr().err
+    old = tmp_path / "old.safetensors"
+    inik.INIKNet(**SMALL, revision=1).save(old)
+    assert main(["train", "--config", _config_file(tmp_path, data, iters=1, init=str(old)), "--out",
+                 str(tmp_path / "ft"), "--no-progress"]) == 2
+    assert 'set "model": {"revision": 1} to fine-tune it' in capsys.readouterr().err
+    assert main(["train", "--config", _config_file(tmp_path, data, iters=1, init=str(old),
+                                                   model={**SMALL, "revision": 1}),
+                 "--out", str(tmp_path / "ft"), "--no-progress"]) == 0
+
+
+def test_eval_crop_multiple_scores_the_authors_crop(tmp_path, capsys):
+    """--crop-multiple 32 crops both images top-left to multiples of 32 before scoring,
+    as the authors' test script does; the report records it; bad values are refused."""
+    from inik.data.io import read_image
+    from inik.metrics import evaluate
+    data = _pairs_folder(tmp_path / "data", n=1, size=56)
+    base = ["eval", "--data", str(data), "--identity", "--lpips", "off"]
+    assert main(base + ["--crop-multiple", "32", "--out", str(tmp_path / "c.json")]) == 0
+    report = json.loads((tmp_path / "c.json").read_text())
+    blurry, sharp = (read_image(data / sub / "img0.png")[0][:32, :32] for sub in ("source", "target"))
+    want = evaluate(torch.from_numpy(blurry.transpose(2, 0, 1)).clamp(0, 1), sharp)
+    assert report["crop_multiple"] == 32 and abs(report["mean"]["psnr"] - want["psnr"]) < 1e-9
+    assert main(base + ["--out", str(tmp_path / "w.json")]) == 0
+    assert json.loads((tmp_path / "w.json").read_text())["mean"]["psnr"] != report["mean"]["psnr"]
+    capsys.readouterr()
+    assert main(base + ["--crop-multiple", "0", "--out", str(tmp_path / "z.json")]) == 2
+    assert "--crop-multiple must be >= 1" in capsys.readouterr().err
+    assert main(base + ["--crop-multiple", "64", "--out", str(tmp_path / "z.json")]) == 2  # nothing left
+    assert "too small for SSIM" in capsys.readouterr().err

@@ -17,10 +17,19 @@ from torch import nn
 KINDS = ("ms-inr", "per-scale-inr", "upsampled")
 
 
-def polar_grid(k: int, device=None, dtype=None) -> torch.Tensor:
+def polar_grid(k: int, device=None, dtype=None, exact: bool = True) -> torch.Tensor:
     """(k*k, 3) polar features of a k x k grid on [-1, 1]^2 (corners included), row-major:
-    (|p| / sqrt(2), (cos(angle p) + 1) / 2, (sin(angle p) + 1) / 2) with p = x + i y."""
-    t = torch.linspace(-1.0, 1.0, k, device=device, dtype=dtype)
+    (|p| / sqrt(2), (cos(angle p) + 1) / 2, (sin(angle p) + 1) / 2) with p = x + i y.
+
+    ``exact``: coordinates (2i - (k-1)) / (k-1), so the centre is exactly 0 and its
+    angle 0, as the authors' grid has it; False: float32 ``linspace(-1, 1, k)``, whose
+    centre is -3e-8 for k = 7, 11, 13, 15, giving the centre tap the angle -3pi/4
+    (INIKNet revision 1)."""
+    if exact:
+        i = torch.arange(k, device=device, dtype=torch.float64)
+        t = ((2 * i - (k - 1)) / (k - 1)).to(dtype or torch.get_default_dtype())
+    else:
+        t = torch.linspace(-1.0, 1.0, k, device=device, dtype=dtype)
     y, x = torch.meshgrid(t, t, indexing="ij")
     angle = torch.atan2(y, x)
     return torch.stack([torch.sqrt(x * x + y * y) / math.sqrt(2.0),
@@ -57,8 +66,9 @@ class Dictionary(nn.Module):
 
     def __init__(self, scales: int = 8, atoms: int = 10, kind: str = "ms-inr",
                  hidden: int = 64, w_range: tuple[float, float] = (2.0, 12.0),
-                 zero_mean: bool = False):
+                 zero_mean: bool = False, exact_grid: bool = True):
         super().__init__()
+        self.exact_grid = exact_grid
         if kind not in KINDS:
             raise ValueError(f"Dictionary: kind must be one of {KINDS}, got {kind!r}")
         if scales < 2 or atoms < 1:
@@ -74,7 +84,7 @@ class Dictionary(nn.Module):
         else:
             self.base = nn.Parameter(torch.randn(atoms, 1, 3, 3) / 3)
         for k in self.sizes:
-            self.register_buffer(f"grid{k}", polar_grid(k), persistent=False)
+            self.register_buffer(f"grid{k}", polar_grid(k, exact=exact_grid), persistent=False)
         self.register_load_state_dict_post_hook(Dictionary._regrid_after_load)
 
     def _regrid(self, device, dtype=None) -> None:
@@ -83,7 +93,7 @@ class Dictionary(nn.Module):
         moves the centre tap's angle: atan2 of linspace's rounding at 0)."""
         for k in self.sizes:
             old = self._buffers[f"grid{k}"]
-            self._buffers[f"grid{k}"] = polar_grid(k, device="cpu").to(device, dtype or old.dtype)
+            self._buffers[f"grid{k}"] = polar_grid(k, device="cpu", exact=self.exact_grid).to(device, dtype or old.dtype)
 
     def _apply(self, fn, recurse=True):
         # Also after ``to_empty``, whose uninitialised buffers would otherwise stand in for

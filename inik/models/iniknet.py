@@ -47,6 +47,14 @@ class INIKNetConfig:
         for any blur kernel that preserves brightness; zero-mean atoms make that
         exact, so flat regions keep their brightness and colour whatever mu and
         omega are.
+    revision: 2 (default) is the authors' network; 1 is what inik built before
+        2026-12-02, for weights trained then (the bundled default weights among
+        them; a weights file without this field is revision 1): no ReLU after the
+        first convolution of each U-Net stage (the authors' BasicConv has one),
+        the atoms' polar grid from a float32 linspace whose centre is off zero by
+        rounding for sizes 7, 11, 13 and 15 (so the centre tap's angle feature
+        was -3pi/4's, not 0's, there), and with ``mixing="conv"`` y, not zeros,
+        as scale 0's responses.
     """
 
     width: int = 32
@@ -56,6 +64,7 @@ class INIKNetConfig:
     recurrence: str = "duplex"
     mixing: str = "sum"
     zero_mean_atoms: bool = False
+    revision: int = 2
 
     def __post_init__(self):
         if self.dictionary not in KINDS:
@@ -64,6 +73,9 @@ class INIKNetConfig:
             raise ValueError(f"INIKNet: recurrence must be one of {RECURRENCES}, got {self.recurrence!r}")
         if self.mixing not in MIXINGS:
             raise ValueError(f"INIKNet: mixing must be one of {MIXINGS}, got {self.mixing!r}")
+        if isinstance(self.revision, bool) or self.revision not in (1, 2):
+            raise ValueError(f"INIKNet: revision must be 1 (inik before 2026-12-02) or 2 (the authors' network), "
+                             f"got {self.revision!r}")
         if not isinstance(self.zero_mean_atoms, bool):
             raise ValueError(f"INIKNet: zero_mean_atoms must be a bool, got {self.zero_mean_atoms!r}")
         for name in ("width", "scales", "atoms"):
@@ -127,13 +139,14 @@ class INIKNet(nn.Module):
         self.config = config
         self.ifm_backend = ifm_backend
         c = config
-        self.unet = UNet(in_ch=6 if c.recurrence == "unidirectional" else 3, width=c.width)
+        self.unet = UNet(in_ch=6 if c.recurrence == "unidirectional" else 3, width=c.width, stage_relu=c.revision >= 2)
         branch = DuplexRecurrence if c.recurrence == "duplex" else UnidirectionalRecurrence
         self.mu_branch = branch(c.width)
         self.omega_branch = branch(c.width)
         self.mu_head = nn.Conv2d(c.width, c.scales, 1)
         self.omega_head = nn.Conv2d(c.width, c.atoms, 1)
-        self.dictionary = Dictionary(c.scales, c.atoms, c.dictionary, zero_mean=c.zero_mean_atoms)
+        self.dictionary = Dictionary(c.scales, c.atoms, c.dictionary, zero_mean=c.zero_mean_atoms,
+                                     exact_grid=c.revision >= 2)
         if c.mixing == "conv":
             self.mix = nn.Conv2d(c.scales * c.atoms * 3, 3, 1)
 
@@ -168,11 +181,13 @@ class INIKNet(nn.Module):
 
     def _weighted_responses(self, y, mu, omega):
         """(B, R*3*N, H, W): every scale's per-channel atom responses times mu * omega
-        (scale 0's delta atom responds with y itself) - the authors' unfused form."""
+        - the authors' unfused form, whose scale 0 responds with zeros (the residual y
+        is the delta atom; revision 1 gave y itself there)."""
         b, c, h, w = y.shape
         n = omega.shape[1]
         y_bc = y.reshape(b * c, 1, h, w)
-        resp = [y.unsqueeze(2).expand(b, c, n, h, w)]
+        scale0 = y if self.config.revision < 2 else torch.zeros_like(y)
+        resp = [scale0.unsqueeze(2).expand(b, c, n, h, w)]
         for s in range(1, self.config.scales):
             a = self.dictionary.scale_atoms(s).to(y.dtype).unsqueeze(1)
             resp.append(F.conv2d(y_bc, a, padding=s).view(b, c, n, h, w))
@@ -292,8 +307,10 @@ class INIKNet(nn.Module):
             raise ValueError(f"INIKNet.load: {path!r} has a malformed config ({exc})") from exc
         if not isinstance(stored, dict):
             raise ValueError(f"INIKNet.load: {path!r} has a malformed config (not a JSON object)")
-        # Options missing from the file take their defaults (files from before they existed);
-        # options this version does not know would change the network unseen, so they stop the load.
+        # Options missing from the file take their defaults (files from before they existed),
+        # except the revision: a file without one was written by revision 1's inik.
+        # Options this version does not know would change the network unseen, so they stop the load.
+        stored.setdefault("revision", 1)
         unknown = sorted(set(stored) - {f.name for f in fields(INIKNetConfig)})
         if unknown:
             raise ValueError(f"INIKNet.load: {path!r} sets options this version of inik does not know: "

@@ -188,24 +188,41 @@ class ResBlock(nn.Module):
         return x + out
 
 
-def stage(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    """A convolution followed by two ResBlocks."""
-    return nn.Sequential(conv3x3(cin, cout, stride), ResBlock(cout), ResBlock(cout))
+class Stage(nn.Sequential):
+    """A convolution, a ReLU (as the authors' BasicConv; not with ``relu=False``,
+    INIKNet revision 1) and two ResBlocks. The ReLU holds no parameters, so both
+    variants share one state-dict layout (0: conv, 1 and 2: ResBlocks)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, relu: bool = True):
+        super().__init__(conv3x3(cin, cout, stride), ResBlock(cout), ResBlock(cout))
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self[0](x)
+        if self.relu:
+            x = F.relu(x, inplace=True)  # on the convolution's fresh output
+        return self[2](self[1](x))
+
+
+def stage(cin: int, cout: int, stride: int = 1, relu: bool = True) -> Stage:
+    """A convolution (+ ReLU) followed by two ResBlocks."""
+    return Stage(cin, cout, stride, relu)
 
 
 class UNet(nn.Module):
     """(B, in_ch, H, W) -> (B, width, H, W) features; H and W must be multiples of 4."""
 
-    def __init__(self, in_ch: int = 3, width: int = 32):
+    def __init__(self, in_ch: int = 3, width: int = 32, stage_relu: bool = True):
         super().__init__()
         w1, w2, w3 = width, 2 * width, 4 * width
-        self.enc1 = stage(in_ch, w1)
-        self.enc2 = stage(w1, w2, stride=2)
-        self.enc3 = stage(w2, w3, stride=2)
+        r = stage_relu
+        self.enc1 = stage(in_ch, w1, relu=r)
+        self.enc2 = stage(w1, w2, stride=2, relu=r)
+        self.enc3 = stage(w2, w3, stride=2, relu=r)
         self.up2 = nn.ConvTranspose2d(w3, w2, 4, stride=2, padding=1, bias=False)
-        self.dec2 = stage(2 * w2, w2)
+        self.dec2 = stage(2 * w2, w2, relu=r)
         self.up1 = nn.ConvTranspose2d(w2, w1, 4, stride=2, padding=1, bias=False)
-        self.dec1 = stage(2 * w1, w1)
+        self.dec1 = stage(2 * w1, w1, relu=r)
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
