@@ -32,6 +32,28 @@ def _pairs_folder(root, n=2, size=48, seed=0):
     return root
 
 
+def _fill_the_disk(monkeypatch):
+    """Every file written through os.fdopen (io.write_atomically) gets a few bytes,
+    then OSError("disk full"); monkeypatch.undo() ends it."""
+    real_fdopen = os.fdopen
+
+    class DiskFull:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(b"partial")
+            raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: DiskFull(real_fdopen(fd, *a, **k)))
+
+
 def _log(out):
     with open(out / "log.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -102,23 +124,7 @@ def test_failed_save_keeps_the_last_checkpoint(tmp_path, monkeypatch):
         for p in model.parameters():
             p.add_(1.0)
 
-    real_fdopen = os.fdopen
-
-    class DiskFull:  # the weights file's write stops part-way
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, data):
-            self.f.write(b"partial")
-            raise OSError("disk full")
-
-    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: DiskFull(real_fdopen(fd, *a, **k)))
+    _fill_the_disk(monkeypatch)  # the weights file's write stops part-way
     opt = torch.optim.Adam(model.parameters())
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(out, model, opt, torch.optim.lr_scheduler.StepLR(opt, 1), 3, cfg)
@@ -639,23 +645,7 @@ def test_eval_checks_the_reports_folder_first_and_writes_it_atomically(tmp_path,
     assert main(base + [str(report)]) == 0
     before = {p.name: p.read_bytes() for p in report.parent.iterdir()}
     assert sorted(before) == ["rep.csv", "rep.json"]
-    real_fdopen = os.fdopen
-
-    class DiskFull:  # the report's write stops part-way
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, data):
-            self.f.write(b"partial")
-            raise OSError("disk full")
-
-    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: DiskFull(real_fdopen(fd, *a, **k)))
+    _fill_the_disk(monkeypatch)  # the report's write stops part-way
     capsys.readouterr()
     assert main(base + [str(report), "--overwrite"]) == 2
     monkeypatch.undo()
