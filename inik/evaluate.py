@@ -47,6 +47,8 @@ def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Option
     """
     from .data.io import read_image
     from .metrics import evaluate
+    if isinstance(crop_multiple, bool) or not isinstance(crop_multiple, int) or crop_multiple < 1:
+        raise ValueError(f"crop_multiple must be an integer >= 1, got {crop_multiple!r}")
     device = torch.device(device)
     autocast = half_dtype(device) if half and model is not None else None
     rows = []

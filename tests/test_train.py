@@ -704,3 +704,6 @@ def test_eval_crop_multiple_scores_the_authors_crop(tmp_path, capsys):
     assert "--crop-multiple must be >= 1" in capsys.readouterr().err
     assert main(base + ["--crop-multiple", "64", "--out", str(tmp_path / "z.json")]) == 2  # nothing left
     assert "too small for SSIM" in capsys.readouterr().err
+    from inik.evaluate import evaluate_folder
+    with pytest.raises(ValueError, match="crop_multiple must be an integer >= 1, got 0"):
+        evaluate_folder(None, [], crop_multiple=0)
