@@ -34,6 +34,7 @@ def collect() -> dict:
 
     import inik
     from .infer import DEFAULT_WEIGHTS, _cpu_has_bf16
+    from .models import INIKNet
     from .ops import _ext, resolve_backend, winograd
 
     cuda = torch.cuda.is_available()
@@ -55,7 +56,8 @@ def collect() -> dict:
                 "ifm_backend": _ask(resolve_backend, "cpu")},
         "cuda": ({"device": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
                   "ifm_backend": _ask(resolve_backend, "cuda")} if cuda else None),
-        "default_weights": ({"path": str(DEFAULT_WEIGHTS), "bytes": DEFAULT_WEIGHTS.stat().st_size}
+        "default_weights": ({"path": str(DEFAULT_WEIGHTS), "bytes": DEFAULT_WEIGHTS.stat().st_size,
+                             "revision": _ask(lambda: INIKNet.read_config(DEFAULT_WEIGHTS).revision)}
                             if DEFAULT_WEIGHTS.is_file() else None),
         "environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("INIK_", "TRITON_INTERPRET"))},
     }
@@ -75,7 +77,8 @@ def _text(f: dict) -> str:
              f", IFM backend {f['cpu']['ifm_backend']}",
              (f"cuda: {f['cuda']['count']} x {f['cuda']['device']}, IFM backend {f['cuda']['ifm_backend']}"
               if f["cuda"] else "cuda: not available"),
-             (f"default weights: {f['default_weights']['path']} ({f['default_weights']['bytes'] / 1e6:.1f} MB)"
+             (f"default weights: {f['default_weights']['path']} ({f['default_weights']['bytes'] / 1e6:.1f} MB, "
+              f"network revision {f['default_weights']['revision']})"
               if f["default_weights"] else "default weights: MISSING (inik deblur would run an untrained model)")]
     if f["environment"]:
         lines.append("environment: " + " ".join(f"{k}={v}" for k, v in f["environment"].items()))

@@ -516,6 +516,8 @@ def test_cli_info_version_and_python_m(capsys):
     assert facts["inik"] == inik.__version__ and facts["versions"]["torch"].split("+")[0] in torch.__version__
     assert facts["extension"]["built"] == _ext.is_built() and facts["cpu"]["ifm_backend"] == resolve_backend("cpu")
     assert (facts["default_weights"] is not None) == inik.infer.DEFAULT_WEIGHTS.is_file()
+    if facts["default_weights"] is not None:
+        assert facts["default_weights"]["revision"] == inik.INIKNet.read_config(inik.infer.DEFAULT_WEIGHTS).revision
     assert main(["info"]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"inik {inik.__version__}") and f"IFM backend {resolve_backend('cpu')}" in text
