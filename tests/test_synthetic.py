@@ -350,7 +350,7 @@ def test_unusual_photos_and_tiny_canvases(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     value = np.array([1.2, -0.05, 0.5012345], np.float32)
-    tifffile.imwrite(folder / "f.tif", np.broadcast_to(value, (64, 64, 3)).copy())
+    tifffile.imwrite(folder / "f.tif", np.broadcast_to(value, (64, 64, 3)).copy(), photometric="rgb")
     cfg = SyntheticConfig(size=16, max_radius=0.0, noise_prob=0.0, quantize_bits=None, photo_scale=(1.0, 1.0))
     s = DefocusSynthesizer(folder, cfg).sample(0)
     np.testing.assert_allclose(s.sharp.mean((1, 2)).numpy(), [1.0, 0.0, 0.5012345], atol=1e-4)
@@ -368,3 +368,12 @@ def test_unusual_photos_and_tiny_canvases(tmp_path):
     for size, radius in ((8, 0.0), (8, 2.0), (10, 1.0)):
         small = DefocusSynthesizer(None, SyntheticConfig(size=size, max_radius=radius)).sample(1)
         assert small.blurry.shape == (3, size, size) and torch.isfinite(small.blurry).all()
+
+
+def test_generator_settings_are_checked():
+    for bad, match in ((dict(photo_scale=(0.5, 1.5)), "photo_scale must be a range within"),
+                       (dict(photo_scale=(0.0, 1.0)), "photo_scale"), (dict(noise_prob=1.2), "noise_prob must be"),
+                       (dict(object_prob=-0.1), "object_prob"), (dict(max_objects=-1), "max_objects"),
+                       (dict(max_radius=float("inf")), "max_radius >= 0")):
+        with pytest.raises(ValueError, match=match):
+            DefocusSynthesizer(None, SyntheticConfig(**{**SMALL, **bad}))

@@ -567,8 +567,16 @@ class DefocusSynthesizer:
         c = self.config
         if c.size < 8:
             raise ValueError(f"size must be >= 8; got {c.size}")
-        if c.max_radius < 0 or c.num_layers < 1:
+        if not (math.isfinite(c.max_radius) and c.max_radius >= 0) or c.num_layers < 1:
             raise ValueError(f"need max_radius >= 0 and num_layers >= 1; got {c.max_radius}, {c.num_layers}")
+        for name in ("in_focus_prob", "polygon_prob", "noise_prob", "photo_prob", "object_prob"):
+            if not 0.0 <= getattr(c, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1]; got {getattr(c, name)}")
+        lo, hi = c.photo_scale
+        if not 0.0 < lo <= hi <= 1.0:  # photos are only ever downscaled: their own softness is not the target
+            raise ValueError(f"photo_scale must be a range within (0, 1]; got {c.photo_scale}")
+        if c.max_objects < 0:
+            raise ValueError(f"max_objects must be >= 0; got {c.max_objects}")
         self.photos: list[Path] = []
         self.photo_sizes: list[tuple[int, int]] = []
         if photos is not None:
