@@ -266,19 +266,8 @@ def build_source(cfg: TrainConfig, seed: int):
     from .data import pairs
     layout = {"folder": "auto", "dpdd": "dpdd", "lfdof": "lfdof"}[cfg.dataset]
     found = pairs.find_pairs(cfg.data, layout=layout, split="train")
-    check_crop(found, cfg.crop)
+    # (every image is checked against the crop here, from the sizes pairing read)
     return pairs.PairedImageDataset(found, crop=cfg.crop, augment=True, seed=seed)
-
-
-def check_crop(found, crop: int) -> None:
-    """Every training image holds a ``crop`` window: checked from the files' headers
-    before training starts (else the run would stop when the first small one is drawn,
-    maybe hours in); ValueError naming the first that does not."""
-    from .data.io import read_image_info
-    for pair in found:  # find_pairs checked that each pair's two images have one size
-        width, height = read_image_info(pair.blurry)
-        if crop > min(width, height):
-            raise ValueError(f"{pair.blurry}: crop {crop} is larger than the image ({width}x{height})")
 
 
 def validation_pairs(cfg: TrainConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:

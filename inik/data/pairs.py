@@ -39,7 +39,7 @@ file(s).
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,11 +68,14 @@ class PairingError(ValueError):
 @dataclass(frozen=True)
 class ImagePair:
     """One (blurry, sharp) pair. ``name``: the blurry file's path relative to its
-    folder, without suffix (unique within a dataset; use it for output names)."""
+    folder, without suffix (unique within a dataset; use it for output names).
+    ``size``: (width, height) of both images when pairing read them
+    (``check_sizes``), else None."""
 
     blurry: Path
     sharp: Path
     name: str
+    size: tuple[int, int] | None = field(default=None, compare=False)
 
 
 #: layout -> (blurry folder, sharp folder, many_to_one); "{split}" is filled in.
@@ -152,6 +155,7 @@ def pair_folders(blurry_dir, sharp_dir, *, many_to_one: bool = False, check_size
             if sizes[p.blurry] != sizes[p.sharp]:
                 (wb, hb), (ws, hs) = sizes[p.blurry], sizes[p.sharp]
                 raise PairingError(f"size mismatch: {p.blurry} is {wb}x{hb} but its partner {p.sharp} is {ws}x{hs}")
+        pairs = [replace(p, size=sizes[p.blurry]) for p in pairs]
     return pairs
 
 
@@ -259,7 +263,8 @@ class PairedImageDataset(torch.utils.data.Dataset):
 
     Args:
         pairs: from :func:`find_pairs` / :func:`pair_folders`.
-        crop: square crop size in pixels (paper: 256) or None for full images.
+        crop: square crop size in pixels (paper: 256) or None for full images; a
+            pair smaller than it is refused here when pairing read its size.
         augment: random crop position, flips and quarter turns (training); when
             False a given ``crop`` is taken from the centre.
         seed: the randomness of item ``i`` in epoch ``e`` comes from
@@ -275,6 +280,9 @@ class PairedImageDataset(torch.utils.data.Dataset):
         self.pairs = list(pairs)
         if crop is not None and (not isinstance(crop, numbers.Integral) or isinstance(crop, bool) or crop < 1):
             raise ValueError(f"crop must be a positive integer size or None; got {crop!r}")
+        for pair in self.pairs if crop is not None else ():  # sizes pairing read: no run stops hours in
+            if pair.size is not None and crop > min(pair.size):
+                raise ValueError(f"{pair.blurry}: crop {crop} is larger than the image ({pair.size[0]}x{pair.size[1]})")
         self.crop, self.augment, self.seed, self.cache = crop, augment, seed, cache
         self.epoch = 0
         self._cache: dict[Path, torch.Tensor] = {}
