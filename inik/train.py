@@ -35,6 +35,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .models import INIKNet, INIKNetConfig
+from .models.iniknet import UNRECORDED_REVISION
 
 DATASETS = ("synthetic", "folder", "dpdd", "lfdof")
 LOSS_WEIGHTS = ("mse_weight", "freq_weight", "lpips_weight", "vgg_weight")
@@ -111,9 +112,9 @@ class TrainConfig:
             raise ValueError(f"photo_prob must be in [0, 1], got {self.photo_prob}")
         if self.val_images < 1:
             raise ValueError(f"val_images must be >= 1, got {self.val_images}")
-        INIKNetConfig(**self.model)  # validates the model fields early
+        network = INIKNetConfig(**self.model)  # validates the model fields early
         if "revision" not in self.model:  # recorded, so that a resume builds the same network
-            self.model = {**self.model, "revision": INIKNetConfig().revision}
+            self.model = {**self.model, "revision": network.revision}
 
 
 _FLOAT_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if str(f.type) == "float")
@@ -178,7 +179,7 @@ RESUMABLE = ("iters", "log_every", "val_every", "ckpt_every", "workers", "data",
 def _with_revision(model: Optional[dict]) -> dict:
     """The model fields a run was saved with; a run saved before the network's revision
     existed trained revision 1."""
-    return {"revision": 1, **(model or {})}
+    return {"revision": UNRECORDED_REVISION, **(model or {})}
 
 
 def resumed_config(saved: dict, requested: dict, where: str) -> TrainConfig:

@@ -28,6 +28,8 @@ MIN_SIZE = 32
 RECURRENCES = ("duplex", "unidirectional")
 MIXINGS = ("sum", "conv")
 FORMAT = "inik.INIKNet"
+#: The revision of weights and runs saved before the field existed (see INIKNetConfig.revision).
+UNRECORDED_REVISION = 1
 
 
 @dataclass(frozen=True)
@@ -310,7 +312,7 @@ class INIKNet(nn.Module):
         # Options missing from the file take their defaults (files from before they existed),
         # except the revision: a file without one was written by revision 1's inik.
         # Options this version does not know would change the network unseen, so they stop the load.
-        stored.setdefault("revision", 1)
+        stored.setdefault("revision", UNRECORDED_REVISION)
         unknown = sorted(set(stored) - {f.name for f in fields(INIKNetConfig)})
         if unknown:
             raise ValueError(f"INIKNet.load: {path!r} sets options this version of inik does not know: "
