@@ -244,15 +244,14 @@ def _heif_bits(im) -> int:
         return 8
 
 
-def _read_heif_high(path, im) -> np.ndarray | None:
-    """A 10- or 12-bit HEIF (some cameras' .HIF, HDR phone photos) as uint16 (H, W, C)
+def _read_heif_high(path, im, bits: int) -> np.ndarray | None:
+    """A ``bits``-bit HEIF (10 or 12: some cameras' .HIF, HDR phone photos) as uint16 (H, W, C)
     on the full 16-bit scale (code v of b bits -> round(v * 65535 / (2^b - 1)), so
     white stays white), decoded by pillow-heif without its conversion to 8 bits;
     None, to read it at 8 bits instead, when that decode does not give the image
     Pillow's opener describes (size, channels)."""
     from pillow_heif import open_heif
 
-    bits = _heif_bits(im)
     heif = open_heif(path, convert_hdr_to_8bit=False)
     arr = np.asarray(heif)
     if arr.dtype != np.uint16 or not 8 < bits <= 16:
@@ -425,8 +424,10 @@ def _decode(path) -> tuple[np.ndarray, int, str, int, bytes | None, bytes | None
         icc, exif = im.info.get("icc_profile"), im.info.get("exif")
         mode = im.mode
         keyed = fmt == "PNG" and "transparency" in im.info and mode not in ("P", "PA")  # a tRNS colour key
+        heif_bits = _heif_bits(im) if fmt == "HEIF" else 8
         try:
-            if keyed and _png_bit_depth(path) == 16:  # pypng turns the key into an alpha channel
+            png16 = fmt == "PNG" and _png_bit_depth(path) == 16
+            if keyed and png16:  # pypng turns the key into an alpha channel
                 arr, depth = _read_png16_pypng(path), 16
             elif mode in ("I;16", "I;16B", "I;16L"):
                 arr, depth = np.asarray(im).astype(np.uint16)[:, :, None], 16
@@ -437,9 +438,9 @@ def _decode(path) -> tuple[np.ndarray, int, str, int, bytes | None, bytes | None
                 arr, depth = arr.astype(np.uint16)[:, :, None], 16
             elif mode == "F":
                 arr, depth = np.asarray(im).astype(np.float32)[:, :, None], 32
-            elif fmt == "PNG" and _png_bit_depth(path) == 16:
+            elif png16:
                 arr, depth = _read_png16(path, mode), 16
-            elif fmt == "HEIF" and _heif_bits(im) > 8 and (high := _read_heif_high(path, im)) is not None:
+            elif heif_bits > 8 and (high := _read_heif_high(path, im, heif_bits)) is not None:
                 arr, depth = high, 16
             else:
                 if mode == "1":  # bilevel: grey
