@@ -136,9 +136,9 @@ def restore(model: INIKNet, y: torch.Tensor, tile: Optional[int] = None, overlap
     multiple of 16; the stride T - overlap rounded down to a multiple of 16, see
     :func:`tile_grid`) and blend them over the overlaps (see :func:`_window`), so
     memory stays bounded for any photo size. ``overlap`` defaults to
-    ``min(DEFAULT_OVERLAP, 3 * T // 4)``.
+    ``min(DEFAULT_OVERLAP, 3 * T // 4)``; both are checked (:func:`check_tiling`) by
+    :func:`tiled` before anything runs.
     """
-    check_tiling(tile, overlap)
     device = next(model.parameters()).device
 
     def run(x):
