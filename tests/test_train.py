@@ -679,10 +679,40 @@ def test_runs_record_their_network_revision(tmp_path, capsys):
     inik.INIKNet(**SMALL, revision=1).save(old)
     assert main(["train", "--config", _config_file(tmp_path, data, iters=1, init=str(old)), "--out",
                  str(tmp_path / "ft"), "--no-progress"]) == 2
-    assert 'set "model": {"revision": 1} to fine-tune it' in capsys.readouterr().err
+    assert '"init_other_revision": true to warm-start revision 2' in capsys.readouterr().err
     assert main(["train", "--config", _config_file(tmp_path, data, iters=1, init=str(old),
                                                    model={**SMALL, "revision": 1}),
                  "--out", str(tmp_path / "ft"), "--no-progress"]) == 0
+
+
+def test_init_other_revision_warm_starts_from_the_same_tensors(tmp_path, capsys):
+    """init_other_revision (--init-other-revision) loads a revision-1 file into a
+    revision-2 run tensor for tensor (they share a layout) and trains revision 2;
+    it does not relax any other architecture check; a run saved before the field
+    existed resumes (its missing field is the default, False)."""
+    data = _pairs_folder(tmp_path / "data")
+    torch.manual_seed(3)
+    old = tmp_path / "old.safetensors"
+    start = inik.INIKNet(**SMALL, revision=1)
+    start.save(old)
+    out = tmp_path / "warm"
+    assert main(["train", "--config", _config_file(tmp_path, data, iters=1, lr=1e-12, init=str(old)),
+                 "--init-other-revision", "--out", str(out), "--no-progress"]) == 0
+    tuned = inik.INIKNet.load(out / "last.safetensors")
+    assert tuned.config.revision == 2 and json.loads((out / "config.json").read_text())["init_other_revision"]
+    for (name, a), b in zip(start.state_dict().items(), tuned.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=0, msg=name)
+    inik.INIKNet(**dict(SMALL, atoms=SMALL["atoms"] + 1), revision=1).save(tmp_path / "wide.safetensors")
+    with pytest.raises(ValueError, match="wide.safetensors.*does not match"):
+        train(_cfg(tmp_path, data, iters=1, init=str(tmp_path / "wide.safetensors"), init_other_revision=True,
+                   out=str(tmp_path / "w")), progress=False)
+    # the run as an inik without the field saved it
+    state = torch.load(out / "last.state.pt", weights_only=False)
+    del state["config"]["init_other_revision"]
+    state["config"]["init"] = None
+    torch.save(state, out / "last.state.pt")
+    assert main(["train", "--config", _config_file(tmp_path, data, iters=1), "--out", str(out), "--resume",
+                 "--iters", "2", "--no-progress"]) == 0, capsys.readouterr().err
 
 
 def test_eval_crop_multiple_scores_the_authors_crop(tmp_path, capsys):
