@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -86,6 +87,8 @@ def atom_sheets(atoms: list[torch.Tensor], cell: int = 60) -> tuple[np.ndarray, 
 
 
 STALE_PATTERN = "mu_scale*.png"  # explain's per-scale files: a model with fewer scales leaves some behind
+# ... exactly as explain names them: mu_scale_notes.png or mu_scale3_old.png are the user's
+_STALE_NAME = re.compile(r"mu_scale(0|[1-9][0-9]*)\.png")
 
 
 def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = False,
@@ -148,7 +151,8 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
         write_image(out / name, arr, overwrite=overwrite)
     write_atomically(out / "explain.json", json.dumps(summary, indent=2).encode())
     if overwrite:
-        for stale in sorted(set(out.glob(STALE_PATTERN)) - {out / n for n in images}):
+        stale_maps = {p for p in out.glob(STALE_PATTERN) if _STALE_NAME.fullmatch(p.name)}
+        for stale in sorted(stale_maps - {out / n for n in images}):
             stale.unlink()
             log.warning("removed %s: a map from an earlier run with more scales", stale)
     return summary

@@ -277,6 +277,20 @@ def test_explain_writes_maps(tmp_path, weights, capsys):
     assert "--device" in capsys.readouterr().err
 
 
+def test_explain_overwrite_removes_only_its_own_stale_maps(tmp_path, weights):
+    """--overwrite removes the per-scale maps an earlier run with more scales left
+    (mu_scale8.png, ...), never the user's files that merely start like them."""
+    write_image(tmp_path / "p.png", np.random.default_rng(4).random((16, 20, 3)).astype(np.float32))
+    out = tmp_path / "maps"
+    out.mkdir()
+    mine = ["mu_scale_notes.png", "mu_scale3_old.png", "mu_scale08.png", "mu_scale.png"]
+    for name in mine + ["mu_scale8.png", "mu_scale12.png"]:
+        (out / name).write_bytes(b"not a map")
+    assert main(["explain", str(tmp_path / "p.png"), "-o", str(out), "--weights", str(weights), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.glob("mu_scale*.png")) == sorted(mine + [f"mu_scale{r}.png" for r in range(8)])
+    assert all((out / name).read_bytes() == b"not a map" for name in mine)
+
+
 def test_explain_in_tiles_matches_the_whole_image(tmp_path, weights, capsys):
     """--tile bounds explain's memory on large photos; the blended maps equal the
     whole-image maps (to one 8-bit code here) and the summary to 1e-3."""
