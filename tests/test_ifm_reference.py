@@ -235,3 +235,44 @@ def test_raw_ops_load_their_backend_and_reject_unusable_ones():
         torch.ops.inik.ifm(x, mu, om, at, [3, 3], "bogus")
     with pytest.raises(ValueError, match="backend 'cuda' cannot run on cpu"):
         torch.ops.inik.ifm_backward(x, x, mu, om, at, [3, 3], "cuda", [True] * 4)
+
+
+@pytest.mark.parametrize("backend", PURE + ["cpp"])
+def test_raw_ops_check_their_inputs(backend):
+    """torch.ops.inik.ifm / ifm_backward called directly refuse inconsistent inputs as
+    inik.ops.ifm does, naming the argument, for every backend and in their fakes (so
+    tracing fails where running would): the pure backends silently used the first
+    scales of a short support, broadcast a one-scale mu or mixed dtypes."""
+    from inik.ops.ifm import backend_unavailable
+
+    if backend_unavailable(backend, torch.device("cpu")):
+        pytest.skip(f"{backend} is not built here")
+    y, mu, om, at = make_inputs()  # R=3, N=2, K=5
+    g = torch.randn_like(y)
+    for args, match in (((y, mu, om, at, [5, 3]), r"support must give one size per scale \(R=3\)"),
+                        ((y, mu, om, at, [5, 3, 2]), r"support sizes must be odd and in \[1, K=5\]"),
+                        ((y, mu[:, :1], om, at, [5, 3, 1]), "mu has 1 scales but atoms has R=3"),
+                        ((y, mu.float(), om, at, [5, 3, 1]), "all inputs must share one dtype")):
+        with pytest.raises(ValueError, match=match):
+            torch.ops.inik.ifm(*args, backend)
+        with pytest.raises(ValueError, match=match):
+            torch.ops.inik.ifm_backward(g, *args, backend, [True] * 4)
+        meta = [x.to("meta") if isinstance(x, torch.Tensor) else x for x in args]
+        with pytest.raises(ValueError, match=match):  # the fake kernel
+            torch.ops.inik.ifm(*meta, backend)
+    with pytest.raises(ValueError, match=r"grad must match image \(shape \(2, 3, 5, 7\)"):
+        torch.ops.inik.ifm_backward(g[..., :3], y, mu, om, at, [5, 3, 1], backend, [True] * 4)
+    with pytest.raises(ValueError, match="grad must match image"):
+        torch.ops.inik.ifm_backward(g.float(), y, mu, om, at, [5, 3, 1], backend, [True] * 4)
+    with pytest.raises(ValueError, match="needs must give four booleans"):
+        torch.ops.inik.ifm_backward(g, y, mu, om, at, [5, 3, 1], backend, [True])
+
+
+@pytest.mark.parametrize("backend", PURE)
+def test_double_backward_is_a_clear_error(backend):
+    """First-order gradients only (as documented): differentiating the gradients (a
+    gradient penalty) is an error saying so, not torch's advice to register a formula."""
+    inputs = make_inputs(grad=True)
+    grads = torch.autograd.grad(ifm(*inputs, backend=backend).sum(), inputs, create_graph=True)
+    with pytest.raises(RuntimeError, match="inik.ops.ifm has no second derivative"):
+        sum(g.square().sum() for g in grads).backward()

@@ -101,6 +101,26 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda g, cc: lstm_pointwise(g, cc, fused=True), (gates, c))
 
 
+def test_double_backward_matches_pytorch():
+    """A gradient penalty differentiates the cell's gradients again: through gates and c
+    even when the upstream gradients are constants (h.sum()). The fused path's second
+    derivatives equal PyTorch's (they were silently dropped: the first-order gradient
+    came back as a constant)."""
+    gates, c = make(3, torch.float64, b=1, h=3, w=2, seed=7)
+    results = []
+    for fused in (True, False):
+        g, cc = gates.clone().requires_grad_(), c.clone().requires_grad_()
+        h, c_new = lstm_pointwise(g, cc, fused=fused)
+        dg, dc = torch.autograd.grad(h.sum() + 2 * c_new.sum(), (g, cc), create_graph=True)
+        assert dg.requires_grad and dc.requires_grad
+        (h.sum() + dg.square().sum() + dc.square().sum()).backward()
+        results.append((g.grad, cc.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    g, cc = gates.clone().requires_grad_(), c.clone().requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda a, b: lstm_pointwise(a, b, fused=True), (g, cc))
+
+
 def test_gradient_arrives_in_any_layout():
     """Upstream gradients need not be channels_last: the backward lays them out."""
     gates, c = make(8, torch.float32, seed=6)

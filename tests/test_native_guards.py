@@ -84,6 +84,12 @@ def test_a_meta_tensor_among_cpu_tensors_raises(which):
     (dict(residual=torch.randn(1, 5, 6, 7)), "residual must be"),
     (dict(padding_mode="bogus"), "padding_mode"),
     (dict(tile=5), "tile must be 0"),
+    (dict(weight=torch.randn(5, 4, 3, 3).int()), "weight must be a floating-point"),
+    (dict(residual=torch.randn(1, 5, 6, 6)), "residual must be a channels_last-contiguous"),
+    (dict(residual=torch.randn(1, 5, 6, 6, dtype=torch.float64).contiguous(memory_format=CL)),
+     "residual must be a channels_last-contiguous"),
+    (dict(x=torch.randn(1, 4, 1, 6).contiguous(memory_format=CL), padding_mode="reflect"),
+     "reflect padding needs H and W of at least 2"),
 ])
 def test_winograd_fake_refuses_what_the_kernel_refuses(bad, match):
     args = _wino("meta", **{k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in bad.items()})
@@ -101,14 +107,41 @@ def test_lstm_and_ifm_fakes_refuse_what_the_kernels_refuse():
                        ((gates[:, :7], c), r"gates must be \(B, 4h, H, W\)")):
         with pytest.raises(RuntimeError, match=match):
             ops.lstm_cell_forward(*bad)
-    with pytest.raises(RuntimeError, match="grad_h must match"):
-        ops.lstm_cell_backward(gates, c, c[:, :1], None)
+    for grad_h in (c[:, :1], c.contiguous(), c.new_zeros(1, 2, 1, 1).expand(c.shape)):  # shape, layouts
+        with pytest.raises(RuntimeError, match="grad_h must be a channels_last-contiguous tensor like c"):
+            ops.lstm_cell_backward(gates, c, grad_h, None)
+        with pytest.raises(RuntimeError, match="grad_h must be a channels_last-contiguous tensor like c"):
+            ops.lstm_cell_backward(*_lstm(), torch.empty_strided(grad_h.shape, grad_h.stride()), None)
     image, mu, omega, atoms = _ifm("meta")
     for support, match in (([99, 1], r"odd and in \[1, K=3\]"), ([3], "one size per scale")):
         with pytest.raises(RuntimeError, match=match):
             ops.ifm_native_forward(image, mu, omega, atoms, support)
     with pytest.raises(RuntimeError, match="share one floating-point dtype"):
         ops.ifm_native_forward(image, mu.double(), omega, atoms, [3, 1])
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda y, mu, om, at: (y, mu[:, :, :4], om, at),
+     r"mu must be \(B, R, H, W\) = \(1, 2, 5, 6\), got \[1, 2, 4, 6\]"),
+    (lambda y, mu, om, at: (y, mu.expand(2, -1, -1, -1), om, at), r"mu must be \(B, R, H, W\)"),
+    (lambda y, mu, om, at: (y, mu[:, :1], om, at), r"mu must be \(B, R, H, W\)"),
+    (lambda y, mu, om, at: (y, mu, om[:, :3], at), r"omega must be \(B, N, H, W\) = \(1, 4, 5, 6\)"),
+    (lambda y, mu, om, at: (y, mu, om, at[..., :2]), r"atoms must be \(R, N, K, K\) with K odd"),
+    (lambda y, mu, om, at: (y, mu, om, at.new_zeros(2, 4, 4, 4)), r"atoms must be \(R, N, K, K\) with K odd"),
+])
+def test_ifm_fakes_check_shapes_as_the_kernels_do(bad, match):
+    """Inconsistent shapes fail in the fake kernels (tracing, meta tensors) with the
+    kernels' own message; the fakes returned a result of the image's shape."""
+    for device in ("cpu", "meta"):
+        args = bad(*_ifm(device))
+        with pytest.raises(RuntimeError, match="ifm_native_forward: " + match):
+            ops.ifm_native_forward(*args, [3, 1])
+        with pytest.raises(RuntimeError, match="ifm_native_backward: " + match):
+            ops.ifm_native_backward(torch.randn(1, 3, 5, 6, device=device), *args, [3, 1], [True] * 4)
+    with pytest.raises(RuntimeError):  # the schema's bool[4], in the kernel and the fake
+        ops.ifm_native_backward(torch.randn(1, 3, 5, 6), *_ifm(), [3, 1], [True] * 3)
+    with pytest.raises(RuntimeError, match="needs must give 4 booleans"):
+        ops.ifm_native_backward(torch.randn(1, 3, 5, 6, device="meta"), *_ifm("meta"), [3, 1], [True] * 3)
 
 
 @pytest.mark.parametrize("b", [0, 1])

@@ -271,6 +271,17 @@ def test_bad_input_names_the_argument():
         winograd.conv3x3(x, w.requires_grad_())
 
 
+def test_wrapper_names_a_tensor_of_the_wrong_rank():
+    """conv3x3 lays x and residual out channels_last: a 3-D one was refused by that
+    layout change ("required rank 4 tensor to use channels_last format")."""
+    x, w, _, res = make(1, 16, 8, 6, 6)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"conv3x3: x must be 4-D \(B, C, H, W\), got shape \(16, 6, 6\)"):
+            winograd.conv3x3(x[0], w)
+        with pytest.raises(ValueError, match=r"conv3x3: residual must be 4-D \(B, C, H, W\), got shape \(8, 6, 6\)"):
+            winograd.conv3x3(x, w, residual=res[0])
+
+
 def test_automatic_tile_size(monkeypatch):
     """tile=0 takes F(6x6, 3x3) from 128x128 pixels up where it needs fewer multiplies,
     F(4x4, 3x3) below; INIK_WINOGRAD_TILE overrides the choice and is checked."""

@@ -86,8 +86,17 @@ def _check_ifm_fake(op, image, mu, omega, atoms, support, grad=None) -> None:
     dtypes = {t.dtype for t in (image, mu, omega, atoms) + (() if grad is None else (grad,))}
     torch._check(len(dtypes) == 1 and next(iter(dtypes)).is_floating_point,
                  lambda: f"{op}: inputs must share one floating-point dtype, got {sorted(map(str, dtypes))}")
+    # the shapes the kernels check (csrc/ifm_host.h), so tracing fails where running would
+    b, _, h, w = image.shape
+    r, n, k, k2 = atoms.shape
+    torch._check(k == k2 and k % 2 == 1,
+                 lambda: f"{op}: atoms must be (R, N, K, K) with K odd, got {list(atoms.shape)}")
+    torch._check(r >= 1 and n >= 1, lambda: f"{op}: atoms must have R >= 1 and N >= 1, got {list(atoms.shape)}")
+    torch._check(tuple(mu.shape) == (b, r, h, w),
+                 lambda: f"{op}: mu must be (B, R, H, W) = {(b, r, h, w)}, got {list(mu.shape)}")
+    torch._check(tuple(omega.shape) == (b, n, h, w),
+                 lambda: f"{op}: omega must be (B, N, H, W) = {(b, n, h, w)}, got {list(omega.shape)}")
     torch._check(len(support) == atoms.shape[0], lambda: f"{op}: support must give one size per scale")
-    k = atoms.shape[-1]
     torch._check(all(s % 2 == 1 and 1 <= s <= k for s in support),
                  lambda: f"{op}: support sizes must be odd and in [1, K={k}], got {list(support)}")
 
@@ -102,6 +111,7 @@ if _C is not None:
     def _(grad, image, mu, omega, atoms, support, needs):
         _check_ifm_fake("ifm_native_backward", image, mu, omega, atoms, support, grad=grad)
         torch._check(grad.shape == image.shape, lambda: "ifm_native_backward: grad must match image")
+        torch._check(len(needs) == 4, lambda: f"ifm_native_backward: needs must give 4 booleans, got {list(needs)}")
         return tuple(x.new_empty(x.shape) if nd else x.new_empty(0)
                      for x, nd in zip((image, mu, omega, atoms), needs))
 

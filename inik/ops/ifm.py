@@ -149,10 +149,31 @@ def _runnable(backend: str, device: torch.device) -> Backend:
     return _BACKENDS[backend]
 
 
+def _check_op(image, mu, omega, atoms, support, grad=None, needs=None) -> None:
+    """What :func:`validate` checks, for the raw ops (called directly, they would
+    otherwise hand a backend inconsistent inputs: a wrong-length ``support`` or
+    mismatched mu silently gave a wrong result with the pure PyTorch backends), also
+    from their fake kernels (SymInt sizes under torch.compile)."""
+    validate(image, mu, omega, atoms)
+    r, k = atoms.shape[0], atoms.shape[-1]
+    _check(len(support) == r, f"support must give one size per scale (R={r}), got {list(support)}")
+    for s in support:
+        _check(s % 2 == 1 and 1 <= s <= k, f"support sizes must be odd and in [1, K={k}], got {list(support)}")
+    if grad is not None:
+        _check(isinstance(grad, Tensor) and grad.shape == image.shape and grad.dtype == image.dtype
+               and grad.device == image.device,
+               f"grad must match image (shape {tuple(image.shape)}, {image.dtype} on {image.device}), got "
+               + (f"shape {tuple(grad.shape)}, {grad.dtype} on {grad.device}" if isinstance(grad, Tensor)
+                  else type(grad).__name__))
+    if needs is not None:
+        _check(len(needs) == 4, f"needs must give four booleans (image, mu, omega, atoms), got {list(needs)}")
+
+
 @torch.library.custom_op("inik::ifm", mutates_args=())
 def _ifm_op(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor,
             support: Sequence[int], backend: str) -> Tensor:
     kernels = _runnable(backend, image.device)
+    _check_op(image, mu, omega, atoms, support)
     if image.numel() == 0:  # an empty batch, channel or image: nothing for a kernel to do
         return torch.empty_like(image)
     return _like(kernels.forward(image, mu, omega, atoms, list(support)), image)
@@ -160,6 +181,7 @@ def _ifm_op(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor,
 
 @_ifm_op.register_fake
 def _(image, mu, omega, atoms, support, backend):
+    _check_op(image, mu, omega, atoms, support)
     return torch.empty_like(image)
 
 
@@ -169,6 +191,7 @@ def _ifm_backward_op(grad: Tensor, image: Tensor, mu: Tensor, omega: Tensor, ato
                      needs: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients for (image, mu, omega, atoms); an unneeded one is an empty tensor."""
     kernels = _runnable(backend, image.device)
+    _check_op(image, mu, omega, atoms, support, grad, needs)
     inputs = (image, mu, omega, atoms)
     if image.numel() == 0:  # an empty output: every gradient is zero
         return tuple(torch.zeros_like(x) if nd else x.new_empty(0) for x, nd in zip(inputs, needs))
@@ -179,6 +202,7 @@ def _ifm_backward_op(grad: Tensor, image: Tensor, mu: Tensor, omega: Tensor, ato
 
 @_ifm_backward_op.register_fake
 def _(grad, image, mu, omega, atoms, support, backend, needs):
+    _check_op(image, mu, omega, atoms, support, grad, needs)
     return tuple(torch.empty_like(x) if nd else x.new_empty(0)
                  for x, nd in zip((image, mu, omega, atoms), needs))
 
@@ -199,6 +223,15 @@ def _backward(ctx, grad):
 
 
 _ifm_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("inik.ops.ifm has no second derivative: its gradients (taken with "
+                       "create_graph=True) cannot be differentiated again")
+
+
+# Without it, differentiating the gradients fails with torch's advice to register a formula.
+_ifm_backward_op.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
 
 
 # ---------------------------------------------------------------- public API

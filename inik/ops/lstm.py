@@ -11,7 +11,9 @@ On CPU tensors in channels_last layout (the fast path of ``inik deblur`` and
 ``lstm_cell_backward`` of ``inik._C``: one pass over memory instead of ten
 PyTorch ops on strided channel slices (5-6x faster at 640x640, see
 ``csrc/lstm_cpu.cpp``), and a backward that recomputes the activations, so
-autograd keeps two tensors per cell instead of seven. Everywhere else (CUDA,
+autograd keeps two tensors per cell instead of seven (a backward with
+``create_graph=True``, whose gradients get differentiated again, runs PyTorch
+ops from the same two tensors). Everywhere else (CUDA,
 NCHW, float16, inside ``torch.compile``, which fuses the ops itself, or without
 the extension) it runs the PyTorch ops.
 
@@ -55,6 +57,22 @@ def _channels_last(t: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
     return t.to(like.dtype).contiguous(memory_format=torch.channels_last)
 
 
+def _backward_torch(gates: Tensor, c: Tensor, grad_h: Optional[Tensor],
+                    grad_c: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """The cell's backward in PyTorch ops (itself differentiable): for a backward with
+    ``create_graph=True``, whose gradients are differentiated again."""
+    i, f, o, g = gates.chunk(4, 1)
+    si, sf, so, tg = torch.sigmoid(i), torch.sigmoid(f), torch.sigmoid(o), torch.tanh(g)
+    d_c = torch.zeros_like(c) if grad_c is None else grad_c.expand_as(c)
+    d_o = torch.zeros_like(o)
+    if grad_h is not None:
+        tc = torch.tanh(sf * c + si * tg)
+        d_c = d_c + grad_h * so * (1 - tc * tc)
+        d_o = grad_h * tc * so * (1 - so)
+    d_gates = torch.cat([d_c * tg * si * (1 - si), d_c * c * sf * (1 - sf), d_o, d_c * si * (1 - tg * tg)], 1)
+    return d_gates, d_c * sf
+
+
 class _FusedCell(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates, c):
@@ -63,13 +81,19 @@ class _FusedCell(torch.autograd.Function):
         return h, c_new
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_h, grad_c):
         gates, c = ctx.saved_tensors
         if grad_h is None and grad_c is None:
             return None, None
-        d_gates, d_c = torch.ops.inik.lstm_cell_backward(
-            gates, c, _channels_last(grad_h, c), _channels_last(grad_c, c))
+        if torch.is_grad_enabled():
+            # create_graph=True: the gradients may be differentiated again (a gradient
+            # penalty), through gates and c as well as through grad_h and grad_c; the
+            # native backward has no derivative (once_differentiable would silently
+            # treat its result as constant in gates and c when grad_h/grad_c are)
+            d_gates, d_c = _backward_torch(gates, c, grad_h, grad_c)
+        else:
+            d_gates, d_c = torch.ops.inik.lstm_cell_backward(
+                gates, c, _channels_last(grad_h, c), _channels_last(grad_c, c))
         return (d_gates if ctx.needs_input_grad[0] else None,
                 d_c if ctx.needs_input_grad[1] else None)
 
@@ -116,8 +140,9 @@ if _ext.is_built():
         torch._check(gates.is_contiguous(memory_format=cl) and c.is_contiguous(memory_format=cl),
                      lambda: f"{op}: gates and c must be channels_last-contiguous")
         for name, g in grads.items():
-            torch._check(g is None or (g.shape == c.shape and g.dtype == c.dtype),
-                         lambda: f"{op}: {name} must match c's shape and dtype")
+            torch._check(g is None or (g.shape == c.shape and g.dtype == c.dtype and g.is_contiguous(memory_format=cl)),
+                         lambda: f"{op}: {name} must be a channels_last-contiguous tensor like c "
+                                 f"(c's shape and dtype)")
 
     @torch.library.register_fake("inik::lstm_cell_forward")
     def _(gates, c):

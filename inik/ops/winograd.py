@@ -66,12 +66,18 @@ if _ext.is_built():
         torch._check(x.dtype in _DTYPES, lambda: f"{op}: x must be float32 or bfloat16, got {x.dtype}")
         torch._check(x.is_contiguous(memory_format=torch.channels_last),
                      lambda: f"{op}: x must be channels_last-contiguous")
+        torch._check(weight.is_floating_point(),
+                     lambda: f"{op}: weight must be a floating-point CPU tensor, got {weight.dtype}")
         out_shape = (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
         torch._check(bias is None or tuple(bias.shape) == (weight.shape[0],),
                      lambda: f"{op}: bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
-        torch._check(residual is None or tuple(residual.shape) == out_shape,
-                     lambda: f"{op}: residual must be {out_shape}, got {tuple(residual.shape)}")
+        torch._check(residual is None or (tuple(residual.shape) == out_shape and residual.dtype == x.dtype
+                                          and residual.is_contiguous(memory_format=torch.channels_last)),
+                     lambda: f"{op}: residual must be a channels_last-contiguous tensor of shape {out_shape} "
+                             f"and dtype {x.dtype}, got {tuple(residual.shape)}, {residual.dtype}")
         torch._check(padding_mode in _MODES, lambda: f"{op}: padding_mode must be one of {_MODES}")
+        torch._check(padding_mode != "reflect" or (x.shape[2] >= 2 and x.shape[3] >= 2),
+                     lambda: f"{op}: reflect padding needs H and W of at least 2, got {tuple(x.shape)}")
         torch._check(tile in (0,) + TILES, lambda: f"{op}: tile must be 0 or one of {TILES}, got {tile}")
         return x.new_empty(out_shape).contiguous(memory_format=torch.channels_last)
 
@@ -158,6 +164,9 @@ def conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: 
         raise RuntimeError(f"inik.ops.winograd.conv3x3 needs the C++ extension: {_ext.build_hint()}")
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
         raise TypeError("conv3x3: x and weight must be tensors")
+    for name, t in (("x", x), ("residual", residual)):
+        if isinstance(t, Tensor) and t.dim() != 4:  # (laid out channels_last below)
+            raise ValueError(f"conv3x3: {name} must be 4-D (B, C, H, W), got shape {tuple(t.shape)}")
     if tile not in (0,) + TILES:
         raise ValueError(f"conv3x3: tile must be 0 (automatic) or one of {TILES}, got {tile!r}")
     if padding_mode not in _MODES:
