@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -737,3 +738,18 @@ def test_eval_crop_multiple_scores_the_authors_crop(tmp_path, capsys):
     from inik.evaluate import evaluate_folder
     with pytest.raises(ValueError, match="crop_multiple must be an integer >= 1, got 0"):
         evaluate_folder(None, [], crop_multiple=0)
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_are_valid(path):
+    """Every config in configs/ passes TrainConfig's checks (keys, types, values) and
+    names a network that builds; a stage that starts from weights names the run whose
+    output it reads (the model card's chain: runs/<earlier stage>/last.safetensors)."""
+    cfg = load_config(str(path), {"data": "DATA"})  # the data folder comes with --data
+    inik.models.iniknet.INIKNetConfig(**cfg.model)
+    if cfg.init is not None:
+        assert cfg.init.startswith("runs/") and cfg.init.endswith("/last.safetensors"), cfg.init
+    assert len(CONFIGS) >= 5
