@@ -44,9 +44,10 @@ def load_model(weights: Optional[str | os.PathLike] = None, device: str | torch.
 # property of the network (its coarsest level works at 1/16 resolution, where
 # one pixel is 16 px of the photo), not of the tile size. Measured with the
 # default weights on a 512x512 image, max difference from the whole-image
-# output at a distance d from a tile's inner edge: 9e-3 at 48 px, 5e-3 at 64,
-# 7e-4 at 80, 1.4e-4 at 96 (benchmarks/tile_error.py). A 192-px overlap keeps
-# every used pixel >= 84 px from the edge of the tile it comes from.
+# output at a distance d from a tile's inner edge: 1.2e-2 at 48 px, 8.5e-3 at
+# 64, 3.5e-3 at 80 and 96 (benchmarks/tile_error.py, 2026-12-02; the revision-1
+# weights before them: 7e-4 at 80, 1.2e-3 at 96). A 192-px overlap keeps every
+# used pixel >= 84 px from the edge of the tile it comes from.
 DEFAULT_OVERLAP = 192
 
 
