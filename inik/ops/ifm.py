@@ -154,11 +154,7 @@ def _check_op(image, mu, omega, atoms, support, grad=None, needs=None) -> None:
     otherwise hand a backend inconsistent inputs: a wrong-length ``support`` or
     mismatched mu silently gave a wrong result with the pure PyTorch backends), also
     from their fake kernels (SymInt sizes under torch.compile)."""
-    validate(image, mu, omega, atoms)
-    r, k = atoms.shape[0], atoms.shape[-1]
-    _check(len(support) == r, f"support must give one size per scale (R={r}), got {list(support)}")
-    for s in support:
-        _check(s % 2 == 1 and 1 <= s <= k, f"support sizes must be odd and in [1, K={k}], got {list(support)}")
+    validate(image, mu, omega, atoms, support)
     if grad is not None:
         _check(isinstance(grad, Tensor) and grad.shape == image.shape and grad.dtype == image.dtype
                and grad.device == image.device,
