@@ -50,8 +50,8 @@ class INIKNetConfig:
         exact, so flat regions keep their brightness and colour whatever mu and
         omega are.
     revision: 2 (default) is the authors' network; 1 is what inik built before
-        2026-12-02, for weights trained then (the bundled default weights among
-        them; a weights file without this field is revision 1): no ReLU after the
+        2026-12-02, for weights trained then (the bundled default weights until
+        that day; a weights file without this field is revision 1): no ReLU after the
         first convolution of each U-Net stage (the authors' BasicConv has one),
         the atoms' polar grid from a float32 linspace whose centre is off zero by
         rounding for sizes 7, 11, 13 and 15 (so the centre tap's angle feature
