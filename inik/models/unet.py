@@ -209,11 +209,6 @@ class Stage(nn.Sequential):
         return self[0].relu
 
 
-def stage(cin: int, cout: int, stride: int = 1, relu: bool = True) -> Stage:
-    """A convolution (+ ReLU) followed by two ResBlocks."""
-    return Stage(cin, cout, stride, relu)
-
-
 class UNet(nn.Module):
     """(B, in_ch, H, W) -> (B, width, H, W) features; H and W must be multiples of 4."""
 
@@ -221,13 +216,13 @@ class UNet(nn.Module):
         super().__init__()
         w1, w2, w3 = width, 2 * width, 4 * width
         r = stage_relu
-        self.enc1 = stage(in_ch, w1, relu=r)
-        self.enc2 = stage(w1, w2, stride=2, relu=r)
-        self.enc3 = stage(w2, w3, stride=2, relu=r)
+        self.enc1 = Stage(in_ch, w1, relu=r)
+        self.enc2 = Stage(w1, w2, stride=2, relu=r)
+        self.enc3 = Stage(w2, w3, stride=2, relu=r)
         self.up2 = nn.ConvTranspose2d(w3, w2, 4, stride=2, padding=1, bias=False)
-        self.dec2 = stage(2 * w2, w2, relu=r)
+        self.dec2 = Stage(2 * w2, w2, relu=r)
         self.up1 = nn.ConvTranspose2d(w2, w1, 4, stride=2, padding=1, bias=False)
-        self.dec1 = stage(2 * w1, w1, relu=r)
+        self.dec1 = Stage(2 * w1, w1, relu=r)
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
