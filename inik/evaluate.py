@@ -167,6 +167,8 @@ def run(args) -> int:
         csv_path = _check_out(Path(args.out), args.overwrite)
         args.device = str(check_device(args.device))
         check_tile_option(args.tile)
+        if args.crop_multiple < 1:
+            raise ValueError(f"--crop-multiple must be >= 1, got {args.crop_multiple}")
         layout = resolve_layout(args.data, args.layout, split=args.split)
         pairs = find_pairs(args.data, layout=layout, split=args.split)
         if not pairs:
@@ -184,8 +186,6 @@ def run(args) -> int:
                 return 2
             print(f"inik eval: LPIPS skipped: {exc}", file=sys.stderr)
     try:
-        if args.crop_multiple < 1:
-            raise ValueError(f"--crop-multiple must be >= 1, got {args.crop_multiple}")
         _check_images(pairs, args.bits, lpips=lpips is not None, crop_multiple=args.crop_multiple)
         model, trained = (None, False) if args.identity else load_model(args.weights, device=args.device)
     except (OSError, ValueError) as exc:
