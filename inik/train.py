@@ -368,7 +368,8 @@ def init_weights(model: INIKNet, path: str, other_revision: bool = False) -> Non
     """Load the weights of an INIKNet file into ``model`` (``--init``: fine-tuning).
 
     The file's architecture must match the model's; options that only change
-    how the weights are used (``zero_mean_atoms``) may differ, and with
+    how the weights are used (``zero_mean_atoms``, ``cascade``) may differ (a
+    warning says so: the start then computes another function), and with
     ``other_revision`` the network revision too: the revisions share their
     tensors' layout, but not their function, so such a start is a warm start
     that first loses quality (stage 3's revision-1 weights read as revision 2:
@@ -376,7 +377,8 @@ def init_weights(model: INIKNet, path: str, other_revision: bool = False) -> Non
     (docs/MODEL_CARD.md, stage 4).
     """
     stored = INIKNet.read_config(path)  # clear errors for a missing or foreign file
-    mine = dataclasses.replace(model.config, zero_mean_atoms=stored.zero_mean_atoms)
+    usage = ("zero_mean_atoms", "cascade")
+    mine = dataclasses.replace(model.config, **{k: getattr(stored, k) for k in usage})
     if other_revision:
         mine = dataclasses.replace(mine, revision=stored.revision)
     if stored != mine:
@@ -385,7 +387,13 @@ def init_weights(model: INIKNet, path: str, other_revision: bool = False) -> Non
                 f"from it)" if dataclasses.replace(mine, revision=stored.revision) == stored else "")
         raise ValueError(f"--init {path}: its architecture {stored} does not match the model's "
                          f"{model.config}{hint}")
-    model.load_weights(path)  # a ValueError naming the file for missing, renamed or misshapen tensors
+    for k in usage:
+        if getattr(stored, k) != getattr(model.config, k):
+            log.warning("--init %s was trained with %s=%s; this run uses %s=%s (a warm start: same tensors, "
+                        "another function)", path, k, getattr(stored, k), k, getattr(model.config, k))
+    # a ValueError naming the file for missing, renamed or misshapen tensors; the cascade's gates
+    # are new to a file without it (they start at 0: the file's function)
+    model.load_weights(path, optional=("cascade_gate",))
 
 
 def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,

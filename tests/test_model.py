@@ -55,6 +55,7 @@ def test_parameter_counts():
     dict(dictionary="per-scale-inr"), dict(dictionary="upsampled"),
     dict(recurrence="unidirectional"), dict(mixing="conv"),
     dict(width=8, scales=4, atoms=3), dict(zero_mean_atoms=True),
+    dict(cascade=True), dict(cascade=True, recurrence="unidirectional"),
 ])
 def test_variants_forward_backward(kwargs):
     m = inik.INIKNet(**kwargs)
@@ -369,3 +370,72 @@ def test_revision_2_is_the_authors_network():
 def test_the_bundled_weights_are_revision_2():
     from inik.infer import DEFAULT_WEIGHTS
     assert inik.INIKNet.read_config(DEFAULT_WEIGHTS).revision == 2  # the authors' network (docs/MODEL_CARD.md)
+
+
+# ------------------------------------------------------------------ cascade
+
+
+def _cascade_model(recurrence="duplex", gate=(0.7, -0.4)):
+    torch.manual_seed(1)
+    m = inik.INIKNet(width=8, scales=4, atoms=3, recurrence=recurrence, cascade=True).eval()
+    with torch.no_grad():
+        m.cascade_gate.copy_(torch.tensor(gate))
+    return m
+
+
+@pytest.mark.parametrize("recurrence", ["duplex", "unidirectional"])
+def test_cascade_feeds_each_level_the_coarser_correction(recurrence):
+    """Level l's IFM input is y_l + gate * up(x_{l-1} - y_{l-1}): checked by recomputing the
+    finer levels from the coarser outputs with the network's own IFM and heads."""
+    m = _cascade_model(recurrence)
+    y = torch.rand(1, 3, 64, 48)
+    seen = []
+    restore = m._restore
+    m._restore = lambda z, *a: (seen.append(z), restore(z, *a))[1]
+    with torch.no_grad():
+        levels = m.forward_levels(y)
+    pyr = [F.interpolate(y, scale_factor=s, mode="bilinear", align_corners=False) for s in (0.25, 0.5)] + [y]
+    torch.testing.assert_close(seen[0], pyr[0])
+    for l in (1, 2):
+        up = F.interpolate(levels[l - 1] - pyr[l - 1], size=pyr[l].shape[-2:], mode="bilinear", align_corners=False)
+        torch.testing.assert_close(seen[l], pyr[l] + m.cascade_gate[l - 1] * up)
+    with torch.no_grad():  # inference runs every level's IFM and returns the finest
+        torch.testing.assert_close(m(y), levels[-1])
+
+
+def test_cascade_with_closed_gates_is_the_network_without_it():
+    """Gates start at 0: weights of the plain network are a warm start with their own output."""
+    torch.manual_seed(2)
+    plain = inik.INIKNet(width=8, scales=4, atoms=3).eval()
+    casc = inik.INIKNet(width=8, scales=4, atoms=3, cascade=True).eval()
+    assert torch.equal(casc.cascade_gate, torch.zeros(2))
+    casc.load_state_dict({**plain.state_dict(), "cascade_gate": torch.zeros(2)})
+    y = torch.rand(2, 3, 37, 53)
+    with torch.no_grad():
+        torch.testing.assert_close(casc(y), plain(y), rtol=0, atol=0)
+        casc.cascade_gate.fill_(1.0)
+        assert (casc(y) - plain(y)).abs().max() > 1e-4  # the gate is wired
+
+
+def test_cascade_is_saved_and_loaded(tmp_path):
+    m = _cascade_model()
+    m.save(tmp_path / "c.safetensors")
+    assert inik.INIKNet.read_config(tmp_path / "c.safetensors").cascade is True
+    back = inik.INIKNet.load(tmp_path / "c.safetensors").eval()
+    y = torch.rand(1, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(back(y), m(y), rtol=0, atol=0)
+    plain = inik.INIKNet(width=8, scales=4, atoms=3)
+    with pytest.raises(ValueError, match="unexpected tensors cascade_gate"):
+        plain.load_weights(tmp_path / "c.safetensors")
+    with pytest.raises(ValueError, match="cascade must be a bool"):
+        inik.INIKNet(cascade=1)
+
+
+def test_cascade_interpret_has_every_level(tmp_path):
+    m = _cascade_model()
+    y = torch.rand(1, 3, 50, 70)
+    it = m.interpret(y)
+    assert [o.shape[-2:] for o in it.outputs] == [(13, 18), (25, 35), (50, 70)]
+    with torch.no_grad():
+        torch.testing.assert_close(it.outputs[-1], m(y))

@@ -115,6 +115,33 @@ def test_init_fine_tunes_from_weights(tmp_path):
               progress=False)
 
 
+def test_init_warm_starts_the_cascade_from_weights_without_it(tmp_path, caplog):
+    """A file without the cascade starts a cascade run: the gates are new (0, so the start
+    computes the file's function), the other tensors are the file's, and a warning says
+    that the function differs; the reverse drops the gates."""
+    from inik.train import init_weights
+    torch.manual_seed(3)
+    start = inik.INIKNet(**SMALL)
+    start.save(tmp_path / "plain.safetensors")
+    casc = inik.INIKNet(**dict(SMALL, cascade=True))
+    with torch.no_grad():
+        casc.cascade_gate.fill_(0.5)
+    with caplog.at_level("WARNING", logger="inik"):
+        init_weights(casc, str(tmp_path / "plain.safetensors"))
+    assert "cascade=False; this run uses cascade=True" in caplog.text
+    assert torch.equal(casc.cascade_gate, torch.full((2,), 0.5))  # not in the file: kept
+    y = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        casc.cascade_gate.zero_()
+        torch.testing.assert_close(casc.eval()(y), start.eval()(y), rtol=0, atol=0)
+        casc.cascade_gate.fill_(0.5)
+    casc.save(tmp_path / "casc.safetensors")
+    plain = inik.INIKNet(**SMALL)
+    init_weights(plain, str(tmp_path / "casc.safetensors"))
+    for name, t in plain.state_dict().items():
+        assert torch.equal(t, casc.state_dict()[name]), name
+
+
 def test_failed_save_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     data = _pairs_folder(tmp_path / "data")
     cfg = _cfg(tmp_path, data, iters=2, ckpt_every=2)

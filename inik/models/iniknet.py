@@ -57,6 +57,15 @@ class INIKNetConfig:
         rounding for sizes 7, 11, 13 and 15 (so the centre tap's angle feature
         was -3pi/4's, not 0's, there), and with ``mixing="conv"`` y, not zeros,
         as scale 0's responses.
+    cascade: coarse to fine restoration (not in the paper; off by default). Each
+        finer level's IFM works on its pyramid image plus the coarser level's
+        correction, upsampled: z = y_l + up(x_{l-1} - y_{l-1}). The 1/4 level's
+        atoms reach 4x as far at full resolution (a 15x15 atom spans 60 px), so
+        blur wider than the finest atoms is undone coarse and refined fine; where
+        the coarse levels leave their input unchanged, z is y_l exactly. A learned
+        gate per level scales the correction; it starts at 0, so that weights of
+        the network without the cascade are a warm start that computes what they
+        computed. Inference then runs the IFM at every level.
     """
 
     width: int = 32
@@ -67,6 +76,7 @@ class INIKNetConfig:
     mixing: str = "sum"
     zero_mean_atoms: bool = False
     revision: int = 2
+    cascade: bool = False
 
     def __post_init__(self):
         if self.dictionary not in KINDS:
@@ -78,8 +88,9 @@ class INIKNetConfig:
         if isinstance(self.revision, bool) or self.revision not in (1, 2):
             raise ValueError(f"INIKNet: revision must be 1 (inik before 2026-12-02) or 2 (the authors' network), "
                              f"got {self.revision!r}")
-        if not isinstance(self.zero_mean_atoms, bool):
-            raise ValueError(f"INIKNet: zero_mean_atoms must be a bool, got {self.zero_mean_atoms!r}")
+        for name in ("zero_mean_atoms", "cascade"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"INIKNet: {name} must be a bool, got {getattr(self, name)!r}")
         for name in ("width", "scales", "atoms"):
             value, least = getattr(self, name), 2 if name == "scales" else 1
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
@@ -151,6 +162,8 @@ class INIKNet(nn.Module):
                                      exact_grid=c.revision >= 2)
         if c.mixing == "conv":
             self.mix = nn.Conv2d(c.scales * c.atoms * 3, 3, 1)
+        if c.cascade:
+            self.cascade_gate = nn.Parameter(torch.zeros(LEVELS - 1))
 
     # ------------------------------------------------------------ core
 
@@ -201,23 +214,34 @@ class INIKNet(nn.Module):
         pyramid = [F.interpolate(y, scale_factor=0.5 ** (LEVELS - 1 - l), mode="bilinear",
                                  align_corners=False) if l < LEVELS - 1 else y for l in range(LEVELS)]
         atoms = self.dictionary()
+        cascade = self.config.cascade
         results = []
         if self.config.recurrence == "duplex":
             feats = [self.unet(p) for p in pyramid]
             mu_feats, omega_feats = self.mu_branch(feats), self.omega_branch(feats)
-            for l in (range(LEVELS) if all_levels else [LEVELS - 1]):
-                results.append(self._restore(pyramid[l], mu_feats[l], omega_feats[l], atoms))
-            return results
+            # without the cascade only the returned levels need their IFM
+            for l in (range(LEVELS) if all_levels or cascade else [LEVELS - 1]):
+                z = self._cascaded(pyramid, l, results[-1][0]) if cascade and l else pyramid[l]
+                results.append(self._restore(z, mu_feats[l], omega_feats[l], atoms))
+            return results if all_levels else results[-1:]
         mu_state = omega_state = None
         prev = pyramid[0]
-        for p in pyramid:
+        for l, p in enumerate(pyramid):
+            z = self._cascaded(pyramid, l, results[-1][0]) if cascade and l else p
             prev = F.interpolate(prev, size=p.shape[-2:], mode="bilinear", align_corners=False)
             feat = self.unet(torch.cat([p, prev], 1))
             mu_feat, mu_state = self.mu_branch.step(feat, mu_state)
             omega_feat, omega_state = self.omega_branch.step(feat, omega_state)
-            results.append(self._restore(p, mu_feat, omega_feat, atoms))
+            results.append(self._restore(z, mu_feat, omega_feat, atoms))
             prev = results[-1][0]
         return results if all_levels else results[-1:]
+
+    def _cascaded(self, pyramid, l: int, coarser: torch.Tensor) -> torch.Tensor:
+        """Level l's IFM input with the cascade: its pyramid image plus the coarser
+        level's correction (output minus input), upsampled x2, times the level's gate."""
+        correction = (coarser - pyramid[l - 1]) * self.cascade_gate[l - 1].to(coarser.dtype)
+        return pyramid[l] + F.interpolate(correction, size=pyramid[l].shape[-2:], mode="bilinear",
+                                          align_corners=False)
 
     def _prepare(self, y):
         self._check_input(y)
@@ -230,7 +254,8 @@ class INIKNet(nn.Module):
         """(B, 3, H, W) float in [0, 1] -> restored (B, 3, H, W), same dtype.
 
         Any H, W >= 1: the input is padded (reflect) to a valid size and the
-        output cropped back. Only the finest level's IFM runs (duplex recurrence).
+        output cropped back. Only the finest level's IFM runs (duplex recurrence,
+        without ``cascade``).
         ``levels=True`` returns :meth:`forward_levels` instead (so that wrappers
         such as DistributedDataParallel, which only see ``forward``, can train).
         """
@@ -327,10 +352,12 @@ class INIKNet(nn.Module):
         model.load_weights(path, map_location)
         return model.to(map_location)
 
-    def load_weights(self, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> None:
+    def load_weights(self, path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                     optional: tuple[str, ...] = ()) -> None:
         """Load the tensors of an INIKNet safetensors file into this model; a
         ValueError naming the file when they are not this model's tensors (some
-        missing, renamed or of another shape) or cannot be read."""
+        missing, renamed or of another shape) or cannot be read. Tensors named in
+        ``optional`` may be missing (they keep their values) or extra (ignored)."""
         from safetensors.torch import load_file
         shown = os.fspath(path)
         try:
@@ -338,7 +365,8 @@ class INIKNet(nn.Module):
         except Exception as exc:
             raise ValueError(f"INIKNet.load: {shown!r} is not a readable safetensors file ({exc})") from None
         expected = self.state_dict()
-        missing = [k for k in expected if k not in tensors]
+        tensors = {k: v for k, v in tensors.items() if k in expected or k not in optional}
+        missing = [k for k in expected if k not in tensors and k not in optional]
         unexpected = [k for k in tensors if k not in expected]
 
         def first(keys):
@@ -350,8 +378,8 @@ class INIKNet(nn.Module):
             raise ValueError(f"INIKNet.load: {shown!r} does not hold this model's weights: {'; '.join(problems)} "
                              f"(a file from another version of inik, or edited?)")
         shapes = [f"{k} {tuple(tensors[k].shape)} (expected {tuple(v.shape)})"
-                  for k, v in expected.items() if tensors[k].shape != v.shape]
+                  for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
         if shapes:
             raise ValueError(f"INIKNet.load: {shown!r} does not hold this model's weights: tensors of another "
                              f"shape: {first(shapes)}")
-        self.load_state_dict(tensors)
+        self.load_state_dict(tensors, strict=not optional)
