@@ -34,8 +34,36 @@ def to_8bit(image: np.ndarray, bit_depth: int) -> np.ndarray:
     return (codes / 255.0).astype(np.float32)
 
 
+def radius_maps(pairs) -> dict:
+    """``{pair.name: (radius map path, radius_scale)}`` for the pairs of a set written by
+    ``inik synth`` (its ``radius/`` maps and ``params.jsonl``); ValueError naming what is missing."""
+    import json
+    maps = {}
+    scales: dict = {}
+    for pair in pairs:
+        root = pair.sharp.parent.parent
+        if root not in scales:
+            params = root / "params.jsonl"
+            if not params.is_file():
+                raise ValueError(f"--radius-bins: {root} has no params.jsonl (a set written by inik synth has it, "
+                                 f"with its radius/ maps)")
+            try:
+                records = [json.loads(line) for line in params.read_text().splitlines() if line.strip()]
+                scales[root] = {str(r["name"]): float(r["radius_scale"]) for r in records}
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"--radius-bins: {params} gives no radius scale per pair ({type(exc).__name__}: "
+                                 f"{exc}); write the set again with this version of inik synth") from None
+        path = root / "radius" / pair.sharp.name
+        if not path.is_file() or pair.name not in scales[root]:
+            raise ValueError(f"--radius-bins: no radius map for pair {pair.name} (expected {path} and its line "
+                             f"in params.jsonl)")
+        maps[pair.name] = (path, scales[root][pair.name])
+    return maps
+
+
 def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Optional[int] = None,
-                    lpips=None, progress: bool = False, half: bool = False, crop_multiple: int = 1) -> dict:
+                    lpips=None, progress: bool = False, half: bool = False, crop_multiple: int = 1,
+                    radius_bins=None) -> dict:
     """Metrics of ``model`` on ``pairs`` (from :func:`inik.data.pairs.find_pairs`);
     ``model=None`` scores the blurry inputs themselves (the baseline to beat).
     ``half``: run the model under ``--half``'s autocast (:func:`inik.infer.half_dtype`).
@@ -43,12 +71,18 @@ def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Option
     runs (1: whole images; the authors' test script uses 32, so DPDD's 1680x1120
     pairs are scored at 1664x1120).
 
+    ``radius_bins``: bin edges [px]; the pairs must come from ``inik synth`` (their
+    radius maps are read) and the report gains ``"radius_bins"``
+    (:class:`inik.metrics.RadiusBins`).
+
     Returns ``{"mean": {...}, "images": [{"name", "psnr", "ssim", "mae", ["lpips"], "seconds"}]}``.
     """
     from .data.io import read_image
-    from .metrics import evaluate
+    from .metrics import RadiusBins, evaluate
     if isinstance(crop_multiple, bool) or not isinstance(crop_multiple, int) or crop_multiple < 1:
         raise ValueError(f"crop_multiple must be an integer >= 1, got {crop_multiple!r}")
+    bins = RadiusBins(radius_bins) if radius_bins is not None else None
+    maps = radius_maps(pairs) if bins is not None else {}
     device = torch.device(device)
     autocast = half_dtype(device) if half and model is not None else None
     rows = []
@@ -72,9 +106,16 @@ def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Option
         seconds = time.perf_counter() - t0
         scores = evaluate(x[0], sharp, lpips=lpips)
         rows.append({"name": pair.name, **scores, "seconds": seconds})
+        if bins is not None:
+            path, scale = maps[pair.name]
+            radius = _crop_to_multiple(read_image(path)[0], crop_multiple)[..., 0].astype(np.float64) * scale
+            bins.add(x[0], sharp, radius)
     keys = [k for k in ("psnr", "ssim", "mae", "lpips", "seconds") if rows and k in rows[0]]
     mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    return {"mean": mean, "images": rows}
+    report = {"mean": mean, "images": rows}
+    if bins is not None:
+        report["radius_bins"] = bins.result()
+    return report
 
 
 def configure_parser(p) -> None:
@@ -100,8 +141,22 @@ def configure_parser(p) -> None:
                    help="crop both images top-left to multiples of M before scoring (default 1: whole images, "
                         "as ARCHITECTURE.md section 5 states; the authors' test script crops to 32, so "
                         "--crop-multiple 32 reproduces how the paper's DPDD figures were computed)")
+    p.add_argument("--radius-bins", type=_edges, default=None, metavar="EDGES",
+                   help="also score PSNR/SSIM per blur-radius bin between these comma-separated edges in px, "
+                        "e.g. 0,2,4,8,16,32, from the radius maps of a set written by inik synth")
     p.add_argument("--identity", action="store_true",
                    help="score the blurry inputs themselves instead of a model's output")
+
+
+def _edges(text: str) -> list:
+    import argparse
+
+    from .metrics import RadiusBins
+    try:
+        return RadiusBins([float(t) for t in text.split(",")]).edges
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected at least two increasing finite numbers >= 0, separated by "
+                                         f"commas; got {text!r}") from None
 
 
 def _finite_json(value):
@@ -173,6 +228,8 @@ def run(args) -> int:
         pairs = find_pairs(args.data, layout=layout, split=args.split)
         if not pairs:
             raise ValueError(f"no image pairs in {args.data}")
+        if args.radius_bins is not None:
+            radius_maps(pairs)
     except (OSError, ValueError) as exc:
         print(f"inik eval: {exc}", file=sys.stderr)
         return 2
@@ -194,7 +251,8 @@ def run(args) -> int:
     if not trained and not args.identity:
         print("inik eval: WARNING: evaluating an UNTRAINED model (no weights given or bundled)", file=sys.stderr)
     report = evaluate_folder(model, pairs, bits=args.bits, device=args.device, tile=args.tile,
-                             lpips=lpips, progress=True, half=args.half, crop_multiple=args.crop_multiple)
+                             lpips=lpips, progress=True, half=args.half, crop_multiple=args.crop_multiple,
+                             radius_bins=args.radius_bins)
     report.update(data=str(args.data), layout=layout, split=args.split if layout == "dpdd" else None,
                   weights="identity" if args.identity else str(args.weights or "default"),
                   trained=trained, device=str(args.device), bits=args.bits, tile=args.tile,
@@ -212,4 +270,7 @@ def run(args) -> int:
         print(f"inik eval: cannot write the report {out}: {exc}", file=sys.stderr)
         return 2
     print("inik eval: " + ", ".join(f"{k} {v:.4f}" for k, v in report["mean"].items()) + f" over {len(pairs)} images")
+    for row in report.get("radius_bins", []):
+        scores = "no pixels" if row["psnr"] is None else f"psnr {row['psnr']:.4f}, ssim {row['ssim']:.4f}"
+        print(f"inik eval: radius {row['bin']} px: {scores} ({row['pixels']} px)")
     return 0

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["as_eval_array", "psnr", "ssim", "mae", "LPIPSMetric", "evaluate"]
+__all__ = ["as_eval_array", "psnr", "ssim", "mae", "LPIPSMetric", "evaluate", "RadiusBins"]
 
 
 def as_eval_array(image, clip: bool = True) -> np.ndarray:
@@ -99,6 +99,64 @@ def ssim(output, target, backend: str = "skimage") -> float:
     from skimage.metrics import structural_similarity
 
     return float(structural_similarity(y, x, channel_axis=-1, data_range=1.0))
+
+
+class RadiusBins:
+    """PSNR and SSIM per blur-radius bin, pooled over a set of images, so that a
+    change on wide blur is seen apart from the mean. Bins are [lo, hi) between
+    consecutive ``edges`` [px], the last one closed; pixels beyond it are not scored.
+    A bin's PSNR is that of the mean squared error over all its pixels (of every
+    image); its SSIM is the mean of scikit-image's SSIM map over its pixels (the
+    map's 3-px border left out, as :func:`ssim` leaves it out).
+    """
+
+    def __init__(self, edges):
+        edges = [float(e) for e in edges]
+        if len(edges) < 2 or edges[0] < 0 or any(b <= a for a, b in zip(edges, edges[1:])) \
+                or not all(np.isfinite(edges)):
+            raise ValueError(f"radius bin edges must be at least two increasing finite numbers >= 0; got {edges}")
+        self.edges = edges
+        self.pixels = np.zeros(len(edges) - 1, np.int64)
+        self.sse = np.zeros(len(edges) - 1)
+        self.ssim_pixels = np.zeros(len(edges) - 1, np.int64)
+        self.ssim_sum = np.zeros(len(edges) - 1)
+
+    def _bins(self, radius: np.ndarray) -> np.ndarray:
+        """Each pixel's bin index, -1 outside the edges."""
+        index = np.searchsorted(self.edges, radius, side="right") - 1
+        index[radius == self.edges[-1]] = len(self.edges) - 2  # the last bin is closed
+        index[(radius < self.edges[0]) | (radius > self.edges[-1]) | ~np.isfinite(radius)] = -1
+        return index
+
+    def add(self, output, target, radius) -> None:
+        """Score one image; ``radius``: (H, W) blur radius [px] of each pixel."""
+        from skimage.metrics import structural_similarity
+
+        x, y = _pair(output, target)
+        radius = np.asarray(radius, dtype=np.float64)
+        if radius.shape != x.shape[:2]:
+            raise ValueError(f"radius map shape {radius.shape} differs from the image's {x.shape[:2]}")
+        index = self._bins(radius)
+        n = len(self.edges) - 1
+        err = ((x - y) ** 2).mean(-1)
+        self.pixels += np.bincount(index[index >= 0], minlength=n)
+        self.sse += np.bincount(index[index >= 0], weights=err[index >= 0], minlength=n)
+        _, smap = structural_similarity(y, x, channel_axis=-1, data_range=1.0, full=True)
+        inner = (slice(3, -3), slice(3, -3))
+        smap, sidx = smap.mean(-1)[inner], index[inner]
+        self.ssim_pixels += np.bincount(sidx[sidx >= 0], minlength=n)
+        self.ssim_sum += np.bincount(sidx[sidx >= 0], weights=smap[sidx >= 0], minlength=n)
+
+    def result(self) -> list[dict]:
+        """One dict per bin: ``{"bin": "lo-hi", "lo", "hi", "pixels", "psnr", "ssim"}``
+        (psnr and ssim None for a bin without pixels)."""
+        rows = []
+        for i, (lo, hi) in enumerate(zip(self.edges, self.edges[1:])):
+            mse = self.sse[i] / self.pixels[i] if self.pixels[i] else None
+            rows.append({"bin": f"{lo:g}-{hi:g}", "lo": lo, "hi": hi, "pixels": int(self.pixels[i]),
+                         "psnr": None if mse is None else (float("inf") if mse == 0 else float(-10 * np.log10(mse))),
+                         "ssim": float(self.ssim_sum[i] / self.ssim_pixels[i]) if self.ssim_pixels[i] else None})
+        return rows
 
 
 class LPIPSMetric:

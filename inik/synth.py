@@ -39,6 +39,27 @@ def _bounded(lo: float, hi: float, what: str):
 _fraction = _bounded(0.0, 1.0, "a fraction in [0, 1]")
 _radius = _bounded(0.0, 64.0, "a radius in [0, 64] px")
 
+#: Named settings; a flag given on the command line overrides its preset value.
+#: "default": the model card's held-out set (radii up to 12 px, as the default weights were trained).
+#: "wide": the wide-blur benchmark: radii up to 32 px at 512x512, photo scenes only, in the depth
+#: layouts of real photos (a sharp subject before a blurred background, the reverse, a receding
+#: surface, small sharp regions), scored per blur radius with ``inik eval --radius-bins``.
+PRESETS = {
+    "default": dict(size=256, max_blur=12.0, photo_prob=0.8, layouts=("random",)),
+    "wide": dict(size=512, max_blur=32.0, photo_prob=1.0, layouts=("subject", "reverse", "slanted", "small-sharp")),
+}
+
+
+def _layouts(text: str) -> tuple:
+    import argparse
+
+    from .data.synthetic import LAYOUTS
+    names = tuple(t.strip() for t in text.split(","))
+    bad = [n for n in names if n not in LAYOUTS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(LAYOUTS)}; got {text!r}")
+    return names
+
 
 def configure_parser(p) -> None:
     from .data.synthetic import PHOTO_PARTS
@@ -49,11 +70,18 @@ def configure_parser(p) -> None:
     p.add_argument("--photo-split", choices=PHOTO_PARTS, default="held-out",
                    help="which photos of --photos to use: the 10%% that `inik train` holds out (default; an "
                         "evaluation set that shares no photo with training), the 90%% it trains on, or all")
-    p.add_argument("--size", type=_positive_int, default=256, help="side of each pair [px] (default 256)")
-    p.add_argument("--max-blur", type=_radius, default=12.0,
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                   help="named settings for --size, --max-blur, --photo-prob and --layouts: default (the model "
+                        "card's held-out set: 256 px, radii up to 12 px) or wide (the wide-blur benchmark: 512 px, "
+                        "radii up to 32 px, photo scenes in four depth layouts); flags given override it")
+    p.add_argument("--size", type=_positive_int, default=None, help="side of each pair [px] (default 256)")
+    p.add_argument("--max-blur", type=_radius, default=None,
                    help="largest blur radius [px] (default 12, as the default model was trained)")
-    p.add_argument("--photo-prob", type=_fraction, default=0.8,
+    p.add_argument("--photo-prob", type=_fraction, default=None,
                    help="with --photos, the fraction of photo scenes; the rest are procedural (default 0.8)")
+    p.add_argument("--layouts", type=_layouts, default=None,
+                   help="comma-separated depth layouts, one drawn per pair: random, subject, reverse, slanted, "
+                        "small-sharp (default random; see inik.data.SyntheticConfig.layouts)")
     p.add_argument("--seed", type=int, default=0, help="pair i is drawn from the seed (SEED, i) (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a set already in the folder")
 
@@ -61,6 +89,9 @@ def configure_parser(p) -> None:
 def run(args) -> int:
     from .data.synthetic import SyntheticConfig, export_synthetic_pairs, select_photos
     out = Path(args.out)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     try:
         photos = None
         if args.photos is not None:
@@ -73,7 +104,8 @@ def run(args) -> int:
                                  f"(the held-out part needs at least two photos)")
         if args.size < 8:
             raise ValueError(f"--size must be >= 8; got {args.size}")
-        config = SyntheticConfig(size=args.size, max_radius=args.max_blur, photo_prob=args.photo_prob)
+        config = SyntheticConfig(size=args.size, max_radius=args.max_blur, photo_prob=args.photo_prob,
+                                 layouts=args.layouts)
         names = export_synthetic_pairs(out, args.count, photos=photos, config=config, seed=args.seed,
                                        overwrite=args.overwrite, progress=True)
     except (OSError, ValueError) as exc:

@@ -202,3 +202,37 @@ def test_vgg_features_take_the_image_as_it_is():
             want.append(h)
     for a, b in zip(feats(x), want):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_radius_bins_pool_pixels_by_radius():
+    """Two images: each bin's PSNR is that of the MSE over its pixels of both images; the last
+    bin is closed; pixels beyond the edges are not scored; SSIM is the mean SSIM-map value of
+    the bin's pixels away from the 3-px border."""
+    from skimage.metrics import structural_similarity
+
+    from inik.metrics import RadiusBins
+    rng = np.random.default_rng(0)
+    bins = RadiusBins([0, 2, 8])
+    sse, count, smaps = np.zeros(2), np.zeros(2), [[], []]
+    for _ in range(2):
+        target = rng.uniform(0, 1, (20, 24, 3))
+        output = np.clip(target + rng.normal(0, 0.05, target.shape), 0, 1)
+        radius = rng.choice([0.0, 1.5, 2.0, 8.0, 9.0], size=(20, 24))
+        bins.add(output, target, radius)
+        smap = structural_similarity(target, output, channel_axis=-1, data_range=1.0, full=True)[1].mean(-1)
+        for b, mask in enumerate([radius < 2, (radius >= 2) & (radius <= 8)]):
+            sse[b] += ((output - target) ** 2).mean(-1)[mask].sum()
+            count[b] += mask.sum()
+            smaps[b].extend(smap[3:-3, 3:-3][mask[3:-3, 3:-3]])
+    rows = bins.result()
+    assert [r["bin"] for r in rows] == ["0-2", "2-8"]
+    for b, row in enumerate(rows):
+        assert row["pixels"] == count[b]
+        assert row["psnr"] == pytest.approx(-10 * np.log10(sse[b] / count[b]))
+        assert row["ssim"] == pytest.approx(np.mean(smaps[b]))
+    empty = RadiusBins([10, 20])
+    empty.add(target, target, np.zeros((20, 24)))
+    assert empty.result()[0]["pixels"] == 0 and empty.result()[0]["psnr"] is None
+    for bad in ([1], [2, 1], [-1, 3], [0, float("nan")]):
+        with pytest.raises(ValueError, match="radius bin edges"):
+            RadiusBins(bad)

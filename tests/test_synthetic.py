@@ -377,3 +377,92 @@ def test_generator_settings_are_checked():
                        (dict(max_radius=float("inf")), "max_radius >= 0")):
         with pytest.raises(ValueError, match=match):
             DefocusSynthesizer(None, SyntheticConfig(**{**SMALL, **bad}))
+
+
+# ------------------------------------------------------------------ depth layouts
+
+
+def _photo_folder(folder, n=4, size=(90, 80)):
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(n):
+        write_image(folder / f"p{i}.png", rng.uniform(0, 1, (*size, 3)).astype(np.float32))
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["subject", "reverse", "slanted", "small-sharp"])
+def test_layouts_draw_their_scenes(tmp_path, layout):
+    """subject and reverse have a foreground object, slanted none; every layout focuses
+    exactly on a visible layer (radius 0 in the map) and draws strong blur."""
+    photos = _photo_folder(tmp_path / "photos")
+    cfg = SyntheticConfig(size=48, max_radius=8.0, photo_prob=1.0, layouts=(layout,), noise_prob=0.0)
+    synth = DefocusSynthesizer(photos, cfg)
+    for seed in range(3):
+        s = synth.sample([seed])
+        p = s.params
+        assert p["layout"] == layout and s.radius.min() == 0
+        assert p["target_radius"] >= 8.0 * 0.4 ** cfg.radius_power - 1e-9
+        assert (p["objects"] >= 1) if layout in ("subject", "reverse") else True
+        assert p["objects"] == 0 if layout == "slanted" else True
+
+
+@pytest.mark.parametrize("layout, focused", [("subject", 3), ("reverse", 1), ("small-sharp", 2)])
+def test_layouts_choose_the_focused_layer(layout, focused):
+    """Of the visible layers (1, 2, 3 of 0..4; index = nearer), subject focuses on the nearest,
+    reverse on the farthest, small-sharp on the one that shows least."""
+    synth = DefocusSynthesizer(None, SyntheticConfig(max_radius=10.0, layouts=(layout,)))
+    present = np.array([False, True, True, True, False])
+    visible = np.array([0.0, 0.5, 0.1, 0.4, 0.0])
+    for seed in range(5):
+        radii, _ = synth._camera(np.random.default_rng(seed), present, 5, {}, layout, visible)
+        assert radii[focused] == 0 and (radii[present] > 0).sum() == 2, radii
+
+
+def test_layouts_leave_random_sets_unchanged_and_are_checked():
+    """A config with the one layout "random" draws exactly what it drew before layouts existed:
+    no extra random draw (the model card's sets stay byte for byte)."""
+    base = DefocusSynthesizer(None, SyntheticConfig(**SMALL)).sample([3, 1])
+    same = DefocusSynthesizer(None, SyntheticConfig(**SMALL, layouts=("random",))).sample([3, 1])
+    assert torch.equal(base.blurry, same.blurry) and "layout" not in base.params
+    for bad in ((), ("wide",), "subject"):
+        with pytest.raises(ValueError, match="layouts must be"):
+            DefocusSynthesizer(None, SyntheticConfig(**SMALL, layouts=bad))
+
+
+def test_synth_wide_preset_and_radius_bins(tmp_path, capsys):
+    """--preset wide writes 512-px pairs with radii up to 32 px in the four layouts (flags override
+    it); eval --radius-bins scores them per radius bin, pooled as RadiusBins defines."""
+    import json
+
+    from inik.cli import main
+    from inik.metrics import RadiusBins
+    out = tmp_path / "wide"
+    assert main(["synth", str(out), "--preset", "wide", "--count", "3", "--size", "64", "--seed", "1"]) == 0
+    records = [json.loads(x) for x in (out / "params.jsonl").read_text().splitlines()]
+    assert {r["radius_scale"] for r in records} == {32.0}
+    assert all(r["layout"] in ("subject", "reverse", "slanted", "small-sharp") for r in records)
+    assert read_image(out / "source" / "00000.png")[0].shape == (64, 64, 3)
+    capsys.readouterr()
+    report = tmp_path / "r.json"
+    assert main(["eval", "--data", str(out), "--identity", "--lpips", "off", "--radius-bins", "0,4,32",
+                 "--bits", "native", "--out", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "radius 0-4 px" in printed and "radius 4-32 px" in printed
+    rows = json.loads(report.read_text())["radius_bins"]
+    bins = RadiusBins([0, 4, 32])
+    for r in records:
+        blurry, sharp = (read_image(out / sub / f"{r['name']}.png")[0] for sub in ("source", "target"))
+        radius = read_image(out / "radius" / f"{r['name']}.png")[0][..., 0].astype(np.float64) * 32
+        bins.add(blurry, sharp, radius)
+    for got, want in zip(rows, bins.result()):
+        assert got["pixels"] == want["pixels"] and got["pixels"] > 0
+        assert got["psnr"] == pytest.approx(want["psnr"]) and got["ssim"] == pytest.approx(want["ssim"])
+    # a folder without radius maps, and bad edges, are refused by name
+    (out / "params.jsonl").rename(out / "kept.jsonl")
+    assert main(["eval", "--data", str(out), "--identity", "--lpips", "off", "--radius-bins", "0,4",
+                 "--out", str(tmp_path / "r2.json")]) == 2
+    assert "--radius-bins" in capsys.readouterr().err and not (tmp_path / "r2.json").exists()
+    for bad in ("4,2", "0", "a,b", "-1,2"):
+        with pytest.raises(SystemExit):
+            main(["eval", "--data", str(out), "--identity", "--radius-bins", bad, "--out", str(tmp_path / "r3.json")])
+        assert "--radius-bins" in capsys.readouterr().err

@@ -271,6 +271,13 @@ class SyntheticConfig:
     object_prob, max_objects: probability that a photo scene gets 1 to
         ``max_objects`` foreground objects (blobs or shapes cut from other
         photo crops) in front of its depth layers.
+    layouts: the depth layouts a sample is drawn from, one per sample
+        (uniformly): "random" (the scene and focus above), "subject" (a sharp
+        foreground object before a blurred background), "reverse" (focus on
+        the background, the objects blurred), "slanted" (one receding surface
+        spanning the depth range, focus within it), "small-sharp" (focus on
+        the smallest visible layer). Every layout but "random" draws the
+        crop's largest radius from the upper part of the range (strong blur).
     """
 
     size: int = 256
@@ -293,6 +300,7 @@ class SyntheticConfig:
     photo_prob: float = 1.0
     object_prob: float = 0.5
     max_objects: int = 2
+    layouts: tuple[str, ...] = ("random",)
 
     @property
     def pad(self) -> int:
@@ -338,13 +346,14 @@ def _smooth_field(rng: np.random.Generator, size: int) -> np.ndarray:
     return f / max(f.max(), 1e-6)
 
 
-def _photo_layers(rng: np.random.Generator, photo: torch.Tensor, num_layers: int):
+def _photo_layers(rng: np.random.Generator, photo: torch.Tensor, num_layers: int, whole: bool = False):
     """Cumulative soft masks of ``num_layers`` depth levels of a smooth random
     field (spanning a random part of the levels) over the photo: alphas (L, 1, P, P), layer 0 opaque, layer l covers
     every pixel at level >= l with a ~1 px antialiased edge."""
     P = photo.shape[-1]
     # a crop sees part of the scene's depth range: often a few levels, sometimes all
-    span = rng.uniform(0.15, 1.0)
+    # (``whole``: all of it, a surface receding through every level)
+    span = 1.0 if whole else rng.uniform(0.15, 1.0)
     u = (_smooth_field(rng, P) * span + rng.uniform(0.0, 1.0 - span)) * num_layers
     gy, gx = np.gradient(u)
     grad = np.sqrt(gx**2 + gy**2) + 1e-6
@@ -529,6 +538,7 @@ def split_photos(photos, held_out: float = 0.1, seed: int = 0) -> tuple[list[Pat
 
 
 PHOTO_PARTS = ("train", "held-out", "all")
+LAYOUTS = ("random", "subject", "reverse", "slanted", "small-sharp")
 
 
 def select_photos(folder, part: str = "train") -> list[Path]:
@@ -577,6 +587,8 @@ class DefocusSynthesizer:
             raise ValueError(f"photo_scale must be a range within (0, 1]; got {c.photo_scale}")
         if c.max_objects < 0:
             raise ValueError(f"max_objects must be >= 0; got {c.max_objects}")
+        if isinstance(c.layouts, str) or not c.layouts or not set(c.layouts) <= set(LAYOUTS):
+            raise ValueError(f"layouts must be a non-empty sequence of {LAYOUTS}; got {c.layouts!r}")
         self.photos: list[Path] = []
         self.photo_sizes: list[tuple[int, int]] = []
         if photos is not None:
@@ -618,23 +630,35 @@ class DefocusSynthesizer:
         return t.contiguous(), {"photo": str(self.photos[i]), "photo_scale": P / region, "photo_box": (top, left, region),
                                 "photo_turn": k, "photo_flip": flip}
 
-    def _camera(self, rng: np.random.Generator, present: np.ndarray, L: int, params: dict):
+    def _camera(self, rng: np.random.Generator, present: np.ndarray, L: int, params: dict,
+                layout: str = "random", visible: np.ndarray | None = None):
         """Inverse depths, focus and lens for L layers; radii [px] per layer.
-        ``present``: which layers are visible in the crop (for the radius target)."""
+        ``present``: which layers are visible in the crop (for the radius target);
+        ``visible``: the fraction of the crop each layer shows (for ``layout``)."""
         c = self.config
         dlo, dhi = c.inverse_depth
         mid = 0.5 * (dlo + dhi)
         far, near = rng.uniform(dlo, mid), rng.uniform(mid, dhi)
         inv_depth = np.sort(rng.uniform(far, near, L))
         inv_depth[0], inv_depth[-1] = far, near
-        if rng.uniform() < c.in_focus_prob:
-            choices = np.flatnonzero(present)
+        choices = np.flatnonzero(present)
+        if layout != "random" and len(choices):  # focus exactly on the layout's layer
+            if layout == "subject":
+                layer = choices[-1]  # the nearest visible layer
+            elif layout == "reverse":
+                layer = choices[0]
+            elif layout == "small-sharp":
+                layer = choices[int(np.argmin(visible[choices]))]
+            else:
+                layer = int(rng.choice(choices))
+            inv_focus = float(inv_depth[layer])
+        elif rng.uniform() < c.in_focus_prob:
             inv_focus = float(inv_depth[int(rng.choice(choices))])
         else:
             inv_focus = rng.uniform(far, near)
         focal = _log_uniform(rng, *c.focal_length_mm)
         inv_focus = max(inv_focus, 0.01)  # focus at 100 m at most (finite for the lens formula)
-        target = c.max_radius * rng.uniform() ** c.radius_power
+        target = c.max_radius * rng.uniform(0.0 if layout == "random" else 0.4, 1.0) ** c.radius_power
         delta = np.abs(inv_depth - inv_focus)
         spread = float(delta[present].max()) if present.any() else 0.0
         pitch = c.sensor_width_mm / c.frame_width_px
@@ -669,13 +693,21 @@ class DefocusSynthesizer:
         P, S, pad = c.canvas, c.size, (c.canvas - c.size) // 2
         L = c.num_layers
         params: dict = {}
+        # (a draw only when there is a choice: sets made before layouts existed stay the same)
+        layout = c.layouts[int(rng.integers(len(c.layouts)))] if len(c.layouts) > 1 else c.layouts[0]
+        if layout != "random":
+            params["layout"] = layout
         if self.photos and rng.uniform() < c.photo_prob:
             photo, where = self._photo_crop(rng)
             params.update(where)
-            alphas = _photo_layers(rng, photo, L)
+            alphas = _photo_layers(rng, photo, L, whole=layout == "slanted")
             colors = srgb_to_linear(photo)[None].expand(L, -1, -1, -1)
             params["content"] = "photo"
             n_objects = int(rng.integers(1, c.max_objects + 1)) if c.max_objects and rng.uniform() < c.object_prob else 0
+            if layout in ("subject", "reverse"):  # these need a foreground object
+                n_objects = max(n_objects, 1)
+            elif layout == "slanted":
+                n_objects = 0
             if n_objects:
                 # foreground objects cut from other crops: depth edges that follow content edges
                 crops, masks, sources = [], [], []
@@ -698,10 +730,13 @@ class DefocusSynthesizer:
         # a layer is visible where it is not covered by the layers in front of it
         cover = torch.zeros_like(inner[0])
         present = np.zeros(L, bool)
+        visible = np.zeros(L)
         for i in range(L - 1, -1, -1):
-            present[i] = bool(((inner[i] * (1 - cover)) > 0.05).any())
+            shown = inner[i] * (1 - cover)
+            present[i] = bool((shown > 0.05).any())
+            visible[i] = float(shown.mean())
             cover = inner[i] + cover * (1 - inner[i])
-        radii, farther = self._camera(rng, present, L, params)
+        radii, farther = self._camera(rng, present, L, params, layout, visible)
         blades = int(rng.integers(5, 10)) if rng.uniform() < c.polygon_prob else 0
         rotation = float(rng.uniform(0, 2 * np.pi))
         softness = float(rng.uniform(*c.edge_softness))
@@ -822,7 +857,7 @@ def export_synthetic_pairs(
     Files: ``source/NNNNN.png`` (blurry, 8-bit), ``target/NNNNN.png`` (sharp,
     16-bit, so the target is not quantised), ``radius/NNNNN.png`` (blur radius
     map, 16-bit, value = radius / max_radius) and ``params.jsonl`` (one JSON
-    object per pair, in order), written last: a folder without it holds an
+    object per pair, in order, with the map's ``radius_scale`` = max_radius), written last: a folder without it holds an
     unfinished set. Item ``i`` is ``sample([seed, i])``, as in
     :class:`SyntheticDefocusDataset`, so the same arguments give the same set.
     Returns the pairs' names.
@@ -867,7 +902,7 @@ def export_synthetic_pairs(
         scale = c.max_radius if c.max_radius > 0 else 1.0
         write_image(folder / "radius" / f"{name}.png", s.radius / scale, bit_depth=16, overwrite=True)
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in s.params.items()}
-        lines.append(json.dumps({"name": name, "seed": [seed, i], **record}))
+        lines.append(json.dumps({"name": name, "seed": [seed, i], "radius_scale": scale, **record}))
     keep = {f"{n}.png" for n in names}
     for p in old:
         if p.name not in keep and p != params_path:
