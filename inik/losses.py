@@ -45,7 +45,8 @@ LPIPS_MIN_SIZE = 31
 
 
 class MissingWeightsError(FileNotFoundError):
-    """Pretrained backbone weights are not in the torch hub cache."""
+    """Pretrained backbone weights are not in the torch hub cache, or the file there
+    is not such weights (a command then goes on without them where it can)."""
 
 
 _WEIGHTS = {
@@ -78,6 +79,23 @@ def _require_weights(arch: str) -> None:
         )
 
 
+def _backbone_state(arch: str) -> dict:
+    """The state dict in the hub file of ``arch``, read with ``weights_only=True``
+    (tensors and containers only: a file that holds anything else is refused, and
+    nothing in it runs); MissingWeightsError naming the file when it is not such a state dict."""
+    path, url = hub_weights_path(arch)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a refused pickle, a truncated or foreign file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MissingWeightsError(f"{path}: not torchvision's {arch} weights ({first}); replace it with the "
+                                  f"file from {url}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MissingWeightsError(f"{path}: not torchvision's {arch} weights (not a state dict); replace it "
+                                  f"with the file from {url}")
+    return state
+
+
 def build_lpips(net: str = "alex", pretrained_backbone: bool = True) -> nn.Module:
     """An ``lpips.LPIPS`` module, frozen and in eval mode, expecting inputs in [-1, 1].
 
@@ -98,7 +116,14 @@ def build_lpips(net: str = "alex", pretrained_backbone: bool = True) -> nn.Modul
     with warnings.catch_warnings():
         # lpips asks torchvision for weights with the deprecated `pretrained=` argument
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
-        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=not pretrained_backbone, verbose=False)
+        # a random backbone first: torchvision would read the hub file as a full pickle
+        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    if pretrained_backbone:
+        features = {k.split(".", 1)[1]: v for k, v in _backbone_state("alexnet").items() if k.startswith("features.")}
+        for part in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5):
+            for name, layer in part.named_children():  # lpips keeps torchvision's layer numbers as names
+                layer.load_state_dict({k.split(".", 1)[1]: v for k, v in features.items()
+                                       if k.split(".", 1)[0] == name})
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -121,9 +146,8 @@ class VGG19Features(nn.Module):
 
         if pretrained:
             _require_weights("vgg19")
-            path, _ = hub_weights_path("vgg19")
             vgg = tvm.vgg19()
-            vgg.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            vgg.load_state_dict(_backbone_state("vgg19"))
         else:
             vgg = tvm.vgg19()
         self.features = vgg.features[: self._TAPS[-1] + 1].eval()

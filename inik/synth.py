@@ -87,7 +87,7 @@ def configure_parser(p) -> None:
 
 
 def run(args) -> int:
-    from .data.synthetic import SyntheticConfig, export_synthetic_pairs, select_photos
+    from .data.synthetic import MAX_SIZE, SyntheticConfig, export_synthetic_pairs, select_photos
     out = Path(args.out)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
@@ -102,8 +102,8 @@ def run(args) -> int:
             if not photos:
                 raise ValueError(f"--photos {args.photos}: no photos in the {args.photo_split!r} part "
                                  f"(the held-out part needs at least two photos)")
-        if args.size < 8:
-            raise ValueError(f"--size must be >= 8; got {args.size}")
+        if not 8 <= args.size <= MAX_SIZE:
+            raise ValueError(f"--size must be from 8 to {MAX_SIZE}; got {args.size}")
         config = SyntheticConfig(size=args.size, max_radius=args.max_blur, photo_prob=args.photo_prob,
                                  layouts=args.layouts)
         names = export_synthetic_pairs(out, args.count, photos=photos, config=config, seed=args.seed,

@@ -7,8 +7,9 @@ Determinism: the n-th training sample of the whole run is a pure function of
 (seed, n) - see :class:`SampleStream` - so ``--resume`` continues exactly where
 an interrupted run stopped, and each DDP rank draws its own samples.
 Checkpoints: ``OUT/last.safetensors`` (weights + model config, loadable by
-``inik.INIKNet.load``) and ``OUT/last.state.pt`` (optimiser, scheduler, RNG,
-fp16 loss scale, iteration), both written atomically; ``OUT/log.csv`` logs every
+``inik.INIKNet.load``) and ``OUT/last.state.safetensors`` (optimiser, scheduler,
+RNG, fp16 loss scale, iteration; tensors and JSON, nothing that runs code when
+read: :mod:`inik.safestate`), both written atomically; ``OUT/log.csv`` logs every
 ``log_every`` iterations (``lr``: the rate that iteration used). Ctrl-C stops a
 single-process run after the step it is in and saves a checkpoint there (a second
 Ctrl-C aborts); in the last step it lets the run finish as usual.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -43,6 +43,9 @@ MAX_LOSS_WEIGHT = 1000.0
 # Seeds run from 0 (numpy's generators take no negative seed) to 2**32 - 1: the paired
 # datasets' permutation seed, seed * 1_000_003 + epoch, must stay below torch's 2**64.
 MAX_SEED = 2**32
+# Memory is batch * crop**2: bounded before anything is allocated (a config file is data).
+MAX_CROP = 4096
+MAX_BATCH = 1024
 log = logging.getLogger("inik")
 
 
@@ -84,8 +87,10 @@ class TrainConfig:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.dataset != "synthetic" and not self.data:
             raise ValueError(f"dataset {self.dataset!r} needs --data DIR")
-        if self.crop % 16 or self.crop < 32:
-            raise ValueError(f"crop must be a multiple of 16 and at least 32, got {self.crop}")
+        if self.crop % 16 or not 32 <= self.crop <= MAX_CROP:
+            raise ValueError(f"crop must be a multiple of 16 from 32 to {MAX_CROP}, got {self.crop}")
+        if self.batch > MAX_BATCH:
+            raise ValueError(f"batch must be at most {MAX_BATCH}, got {self.batch}")
         for name in ("iters", "batch", "lr_step", "log_every", "val_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -288,45 +293,65 @@ def validation_pairs(cfg: TrainConfig) -> list[tuple[torch.Tensor, torch.Tensor]
 
 # ------------------------------------------------------------------ checkpoints
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    from .data.io import write_atomically
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    write_atomically(path, buf.getbuffer())
-
-
+STATE_FILE = "last.state.safetensors"
+LEGACY_STATE_FILE = "last.state.pt"  # written by inik before the state file held no pickle
 _STATE_KEYS = ("iteration", "model", "optimizer", "scheduler", "torch_rng", "config")
 
 
+def state_path(out: Path) -> Path:
+    """The run's resume state: ``OUT/last.state.safetensors``, or an older run's
+    ``OUT/last.state.pt`` when only that exists."""
+    new, old = out / STATE_FILE, out / LEGACY_STATE_FILE
+    return old if old.is_file() and not new.is_file() else new
+
+
 def read_state(out: Path) -> dict:
-    """``OUT/last.state.pt``: what ``--resume`` continues from; FileNotFoundError if
-    absent, ValueError naming the file if it cannot be read (truncated, not a checkpoint)."""
-    state_path = out / "last.state.pt"
-    if not state_path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint in {out} (expected {state_path})")
+    """What ``--resume`` continues from; FileNotFoundError if absent, ValueError naming
+    the file if it cannot be read (truncated, not a checkpoint). Reading never runs
+    code: the state file is safetensors plus JSON (:mod:`inik.safestate`), and an
+    older run's pickle is read with ``torch.load(weights_only=True)``, which builds
+    tensors and plain containers only."""
+    from . import safestate
+    path = state_path(out)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in {out} (expected {out / STATE_FILE})")
     try:
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated zip, foreign pickle, ...: whatever torch.load raises
-        raise ValueError(f"--resume: cannot read checkpoint {state_path}: {type(exc).__name__}: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no details'}") from None
+        if path.name == LEGACY_STATE_FILE:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            state = safestate.load(path)
+    except Exception as exc:  # truncated zip, refused pickle, foreign file: whatever the readers raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
+        hint = (" (an older checkpoint holding objects other than tensors, numbers and strings is not read: "
+                "nothing in it was run)" if path.name == LEGACY_STATE_FILE else "")
+        raise ValueError(f"--resume: cannot read checkpoint {path}: {type(exc).__name__}: {first}{hint}") from None
     missing = [k for k in _STATE_KEYS if k not in state] if isinstance(state, dict) else list(_STATE_KEYS)
-    if missing or not isinstance(state["config"], dict):
-        raise ValueError(f"--resume: cannot read checkpoint {state_path}: not an inik training checkpoint "
-                         f"(missing {', '.join(missing) or 'a valid config'})")
+    if not missing:
+        it, rng = state["iteration"], state["torch_rng"]
+        missing = ([] if isinstance(state["config"], dict) else ["a valid config"]) + \
+                  ([] if isinstance(it, int) and not isinstance(it, bool) and it >= 0 else ["a valid iteration"]) + \
+                  ([] if isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 else ["a valid torch_rng"])
+    if missing:
+        raise ValueError(f"--resume: cannot read checkpoint {path}: not an inik training checkpoint "
+                         f"(missing {', '.join(missing)})")
     return state
 
 
 def save_checkpoint(out: Path, model: INIKNet, opt, sched, it: int, cfg: TrainConfig, scaler=None) -> None:
-    """``last.state.pt`` (everything ``--resume`` needs, weights included; with
-    ``--amp fp16`` the GradScaler's loss scale too) then ``last.safetensors`` (the
-    weights for users), each replaced atomically: a crash at any point leaves a
-    loadable, self-consistent previous checkpoint."""
+    """``last.state.safetensors`` (everything ``--resume`` needs, weights included;
+    with ``--amp fp16`` the GradScaler's loss scale too) then ``last.safetensors``
+    (the weights for users), each replaced atomically: a crash at any point leaves a
+    loadable, self-consistent previous checkpoint. An older run's ``last.state.pt``
+    is removed once its successor is written."""
+    from . import safestate
+    from .data.io import write_atomically
     state = {"iteration": it, "model": model.state_dict(), "optimizer": opt.state_dict(),
              "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
              "config": dataclasses.asdict(cfg)}
     if scaler is not None and scaler.is_enabled():
         state["scaler"] = scaler.state_dict()
-    _atomic_torch_save(state, out / "last.state.pt")
+    write_atomically(out / STATE_FILE, safestate.dumps(state))
+    (out / LEGACY_STATE_FILE).unlink(missing_ok=True)
     model.save(out / "last.safetensors")
 
 
@@ -419,7 +444,7 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
         if cfg.iters <= state["iteration"]:
             raise ValueError(f"--resume: the run in {out} is at iteration {state['iteration']} already; ask for more "
                              f"with --iters (got {cfg.iters})")
-    elif (out / "last.state.pt").exists() or (out / "last.safetensors").exists():
+    elif any((out / f).exists() for f in (STATE_FILE, LEGACY_STATE_FILE, "last.safetensors")):
         raise FileExistsError(f"--out {out} holds a run already: pass --resume to continue it, or choose another "
                               f"--out (nothing was changed)")
     out.mkdir(parents=True, exist_ok=True)
@@ -434,12 +459,17 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
     if cfg.init and not resume:
         init_weights(model, cfg.init, other_revision=cfg.init_other_revision)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if state.get("scaler") and scaler.is_enabled():  # fp16's loss scale (checkpoints before it had none)
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            if state.get("scaler") and scaler.is_enabled():  # fp16's loss scale (checkpoints before it had none)
+                scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["torch_rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"--resume: checkpoint {state_path(out)} does not match its own settings "
+                             f"(a damaged or edited file): {first}") from None
         start = state["iteration"]
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -631,7 +661,7 @@ def run(args) -> int:
             requested = {**(read_config_file(args.config) if args.config else {}),
                          **{k: v for k, v in overrides.items() if v is not None}}
             out = Path(requested.get("out") or TrainConfig.out)
-            cfg = resumed_config(read_state(out)["config"], requested, str(out / "last.state.pt"))
+            cfg = resumed_config(read_state(out)["config"], requested, str(state_path(out)))
         else:
             cfg = load_config(args.config, overrides)
     except (ValueError, OSError, TypeError) as exc:

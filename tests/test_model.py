@@ -99,8 +99,10 @@ def test_config_errors():
         inik.INIKNet(scales=1)
     with pytest.raises(ValueError, match="zero_mean_atoms must be a bool"):
         inik.INIKNet(zero_mean_atoms="yes")
-    for name, bad in (("width", True), ("atoms", True), ("width", 0), ("scales", 1), ("atoms", 2.0)):
-        with pytest.raises(ValueError, match=f"{name} must be an integer >= {2 if name == 'scales' else 1}"):
+    for name, bad in (("width", True), ("atoms", True), ("width", 0), ("scales", 1), ("atoms", 2.0),
+                      ("width", 257), ("scales", 33), ("atoms", 65), ("scales", 100_000)):
+        least = 2 if name == "scales" else 1
+        with pytest.raises(ValueError, match=f"{name} must be an integer from {least} to "):
             inik.INIKNet(**{name: bad})
     assert type(inik.INIKNet(width=np.int64(8)).config.width) is int
     for config in (8, {"width": 8}):  # the options are keywords (or an INIKNetConfig)

@@ -328,7 +328,7 @@ def test_synth_command_writes_the_set_export_writes(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     for extra, message in ((["--count", "1"], "already holds a synthetic set"),
                            (["--photos", str(tmp_path / "empty")], "--photos " + str(tmp_path / "empty")),
-                           (["--size", "4"], "--size must be >= 8")):
+                           (["--size", "4"], "--size must be from 8 to 4096"), (["--size", "100000"], "--size must be from 8 to 4096")):
         assert main(args + extra) == 2, extra
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err

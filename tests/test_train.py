@@ -14,7 +14,8 @@ import torch.multiprocessing as mp
 import inik
 from inik.cli import main
 from inik.data.io import write_image
-from inik.train import TrainConfig, TrainingInterrupted, load_config, save_checkpoint, train
+from inik import safestate
+from inik.train import TrainConfig, TrainingInterrupted, load_config, read_state, save_checkpoint, train
 
 SMALL = dict(width=8, scales=4, atoms=3)
 
@@ -317,7 +318,7 @@ def test_resume_keeps_the_runs_settings(tmp_path, capsys):
     assert main(["train", "--out", out, "--resume", "--iters", "3", "--no-progress"]) == 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["seed"] == 5 and saved["freq_weight"] == 0.5 and saved["iters"] == 3 and saved["model"] == {**SMALL, "revision": 2}
-    assert torch.load(tmp_path / "run" / "last.state.pt", weights_only=False)["iteration"] == 3
+    assert read_state(tmp_path / "run")["iteration"] == 3
     capsys.readouterr()
     for flags, message in ((["--lr", "0.1", "--iters", "4"], "lr = 0.1 differs from the run's 0.0002"),
                            (["--config", _config_file(tmp_path, data, iters=4, seed=6)], "seed = 6 differs"),
@@ -439,7 +440,7 @@ def test_ctrl_c_saves_a_checkpoint_after_the_step(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, data, iters=4, out=str(tmp_path / "cut"))
     with pytest.raises(TrainingInterrupted, match="interrupted after iteration 2"):
         train(cfg, progress=False)
-    assert torch.load(tmp_path / "cut" / "last.state.pt", weights_only=False)["iteration"] == 2
+    assert read_state(tmp_path / "cut")["iteration"] == 2
     assert signal.getsignal(signal.SIGINT) is not None and len(calls) == 2
     monkeypatch.setattr(tr, "train_step", real_step)
     resumed = train(cfg, resume=True, progress=False)
@@ -458,16 +459,16 @@ def test_fp16_resume_keeps_the_loss_scale(tmp_path):
     data = _pairs_folder(tmp_path / "data", n=3)
     full = train(_cfg(tmp_path, data, iters=5, amp="fp16", lr=1e-3, out=str(tmp_path / "full")), progress=False)
     train(_cfg(tmp_path, data, iters=3, amp="fp16", lr=1e-3, out=str(tmp_path / "cut")), progress=False)
-    state = torch.load(tmp_path / "cut" / "last.state.pt", weights_only=False)
+    state = read_state(tmp_path / "cut")
     assert state["scaler"]["scale"] < 2.0**16  # the first steps overflowed and lowered it
     resumed = train(_cfg(tmp_path, data, iters=5, amp="fp16", lr=1e-3, out=str(tmp_path / "cut")), resume=True,
                     progress=False)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-    scale = lambda d: torch.load(tmp_path / d / "last.state.pt", weights_only=False)["scaler"]  # noqa: E731
+    scale = lambda d: read_state(tmp_path / d)["scaler"]  # noqa: E731
     assert scale("cut") == scale("full")
     del state["scaler"]  # a checkpoint from before the scale was saved
-    torch.save(state, tmp_path / "cut" / "last.state.pt")
+    _write_state(state, tmp_path / "cut")
     train(_cfg(tmp_path, data, iters=4, amp="fp16", lr=1e-3, out=str(tmp_path / "cut")), resume=True, progress=False)
 
 
@@ -500,9 +501,9 @@ def test_float_settings_must_be_finite_and_sensible(tmp_path, capsys):
     json.loads((tmp_path / "ok" / "config.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
 
 
-def test_eval_refuses_images_too_small_for_lpips_first(tmp_path, monkeypatch, capsys):
-    """LPIPS's AlexNet needs 31x31 px: with LPIPS on, a smaller image is refused by name
-    before any image is scored (it crashed after scoring the others); --lpips off scores it."""
+def test_eval_reports_images_too_small_for_lpips_and_scores_the_others(tmp_path, monkeypatch, capsys):
+    """LPIPS's AlexNet needs 31x31 px: with LPIPS on, a smaller image fails by name and
+    the others are scored (it crashed after scoring them); --lpips off scores it."""
     import inik.metrics
     from inik.losses import LPIPS_MIN_SIZE
     real = inik.metrics.LPIPSMetric
@@ -513,11 +514,13 @@ def test_eval_refuses_images_too_small_for_lpips_first(tmp_path, monkeypatch, ca
         os.replace(small / name / "img0.png", data / name / "img1.png")  # scored after img0
     capsys.readouterr()
     report = tmp_path / "r.json"
-    assert main(["eval", "--data", str(data), "--identity", "--lpips", "on", "--out", str(report)]) == 2
+    assert main(["eval", "--data", str(data), "--identity", "--lpips", "on", "--out", str(report)]) == 1
     err = capsys.readouterr().err
     assert str(data / "source" / "img1.png") in err and "--lpips off" in err and "Traceback" not in err, err
-    assert not report.exists()
-    assert main(["eval", "--data", str(data), "--identity", "--lpips", "off", "--out", str(report)]) == 0
+    scored = json.loads(report.read_text())
+    assert [r["name"] for r in scored["images"]] == ["img0"] and [f["name"] for f in scored["failed"]] == ["img1"]
+    assert main(["eval", "--data", str(data), "--identity", "--lpips", "off", "--out", str(report),
+                 "--overwrite"]) == 0
 
 
 def test_all_loss_weights_zero_is_refused(tmp_path, capsys):
@@ -553,9 +556,9 @@ def test_resume_names_an_unreadable_checkpoint(tmp_path, capsys):
     data = _pairs_folder(tmp_path / "data")
     out = tmp_path / "run"
     assert main(["train", "--config", _config_file(tmp_path, data, iters=1), "--out", str(out), "--no-progress"]) == 0
-    state = out / "last.state.pt"
+    state = out / "last.state.safetensors"
     whole = state.read_bytes()
-    for content in (whole[: len(whole) // 2], b"garbage\n", _atomic_bytes({"iteration": 1})):
+    for content in (whole[: len(whole) // 2], b"garbage\n", safestate.dumps({"iteration": 1})):
         state.write_bytes(content)
         capsys.readouterr()
         assert main(["train", "--out", str(out), "--resume", "--iters", "2", "--no-progress"]) == 2
@@ -563,11 +566,8 @@ def test_resume_names_an_unreadable_checkpoint(tmp_path, capsys):
         assert f"cannot read checkpoint {state}" in err and "Traceback" not in err, err
 
 
-def _atomic_bytes(obj):
-    import io
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
+def _write_state(state, out):
+    (out / "last.state.safetensors").write_bytes(safestate.dumps(state))
 
 
 def test_weights_with_missing_or_renamed_tensors_are_refused_by_name(tmp_path, capsys):
@@ -611,7 +611,7 @@ def test_train_checks_image_sizes_first_and_hides_worker_tracebacks(tmp_path, ca
                "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and f"{data / 'source' / 'small.png'}: crop 48 is larger than the image (40x40)" in err, err
-    assert not (out / "log.csv").exists() and not (out / "last.state.pt").exists()
+    assert not (out / "log.csv").exists() and not (out / "last.state.safetensors").exists()
     broken = data / "source" / "img1.png"  # its header is intact: only decoding it fails, in the worker
     broken.write_bytes(broken.read_bytes()[:200])
     rc = main(["train", "--config", _config_file(tmp_path, data, iters=3, workers=1), "--out", str(tmp_path / "w"),
@@ -640,7 +640,7 @@ def test_ctrl_c_during_the_last_step_completes_the_run(tmp_path, monkeypatch, ca
     rc = main(["train", "--config", _config_file(tmp_path, data, iters=2), "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 0 and "the run is complete" in err and "--resume" not in err, err
-    assert torch.load(out / "last.state.pt", weights_only=False)["iteration"] == 2
+    assert read_state(out)["iteration"] == 2
     assert [int(r["iter"]) for r in _log(out)] == [1, 2]
 
 
@@ -656,7 +656,7 @@ def test_resume_refuses_another_init(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "init = " in err and "differs from the run's None" in err, err
     assert json.loads((out / "config.json").read_text())["init"] is None
-    assert torch.load(out / "last.state.pt", weights_only=False)["config"]["init"] is None
+    assert read_state(out)["config"]["init"] is None
     with pytest.raises(ValueError, match="saved with other settings \\(init\\)"):
         train(load_config(_config_file(tmp_path, data, iters=2, init="x.safetensors", out=str(out)), {}), resume=True,
               progress=False)
@@ -693,9 +693,9 @@ def test_runs_record_their_network_revision(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["model"] == {**SMALL, "revision": 2}
     assert inik.INIKNet.load(out / "last.safetensors").config.revision == 2
     # the same run as an older inik saved it: no revision in its config
-    state = torch.load(out / "last.state.pt", weights_only=False)
+    state = read_state(out)
     state["config"]["model"] = dict(SMALL)
-    torch.save(state, out / "last.state.pt")
+    _write_state(state, out)
     assert main(["train", "--config", cfg, "--out", str(out), "--resume", "--iters", "2", "--no-progress"]) == 0
     assert json.loads((out / "config.json").read_text())["model"] == {**SMALL, "revision": 1}
     assert inik.INIKNet.load(out / "last.safetensors").config.revision == 1
@@ -735,10 +735,10 @@ def test_init_other_revision_warm_starts_from_the_same_tensors(tmp_path, capsys)
         train(_cfg(tmp_path, data, iters=1, init=str(tmp_path / "wide.safetensors"), init_other_revision=True,
                    out=str(tmp_path / "w")), progress=False)
     # the run as an inik without the field saved it
-    state = torch.load(out / "last.state.pt", weights_only=False)
+    state = read_state(out)
     del state["config"]["init_other_revision"]
     state["config"]["init"] = None
-    torch.save(state, out / "last.state.pt")
+    _write_state(state, out)
     assert main(["train", "--config", _config_file(tmp_path, data, iters=1), "--out", str(out), "--resume",
                  "--iters", "2", "--no-progress"]) == 0, capsys.readouterr().err
 

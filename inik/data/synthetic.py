@@ -538,6 +538,8 @@ def split_photos(photos, held_out: float = 0.1, seed: int = 0) -> tuple[list[Pat
 
 
 PHOTO_PARTS = ("train", "held-out", "all")
+#: The largest crop side [px]: a 4096-px sample renders about 3 GB of layers and FFTs.
+MAX_SIZE = 4096
 LAYOUTS = ("random", "subject", "reverse", "slanted", "small-sharp")
 
 
@@ -575,8 +577,8 @@ class DefocusSynthesizer:
     def __init__(self, photos=None, config: SyntheticConfig | None = None, *, cache_bytes: int = 1 << 30):
         self.config = config or SyntheticConfig()
         c = self.config
-        if c.size < 8:
-            raise ValueError(f"size must be >= 8; got {c.size}")
+        if not 8 <= c.size <= MAX_SIZE:
+            raise ValueError(f"size must be from 8 to {MAX_SIZE}; got {c.size}")
         if not (math.isfinite(c.max_radius) and c.max_radius >= 0) or c.num_layers < 1:
             raise ValueError(f"need max_radius >= 0 and num_layers >= 1; got {c.max_radius}, {c.num_layers}")
         for name in ("in_focus_prob", "polygon_prob", "noise_prob", "photo_prob", "object_prob"):
@@ -885,6 +887,7 @@ def export_synthetic_pairs(
         raise FileExistsError(f"{folder} already holds a synthetic set ({old[0]}); pass overwrite=True "
                               f"(--overwrite) to replace it")
     names = [f"{i:05d}" for i in range(count)]
+    first = synth.sample([seed, 0])  # what fails for lack of memory fails before anything is written
     params_path = folder / "params.jsonl"
     params_path.unlink(missing_ok=True)  # the set is unfinished until it is written again
     for sub in _SET_FOLDERS:
@@ -895,7 +898,7 @@ def export_synthetic_pairs(
         from tqdm import tqdm
         items = tqdm(items, desc="synth", unit="pair")
     for i in items:
-        s = synth.sample([seed, i])
+        s = first if i == 0 else synth.sample([seed, i])
         name = names[i]
         write_image(folder / "source" / f"{name}.png", s.blurry, bit_depth=8, overwrite=True)
         write_image(folder / "target" / f"{name}.png", s.sharp, bit_depth=16, overwrite=True)

@@ -30,6 +30,10 @@ MIXINGS = ("sum", "conv")
 FORMAT = "inik.INIKNet"
 #: The revision of weights and runs saved before the field existed (see INIKNetConfig.revision).
 UNRECORDED_REVISION = 1
+#: The largest width, scales and atoms a config may ask for (the authors': 32, 8, 10). A
+#: configuration comes from files too; it is checked before anything is built, so that a
+#: file cannot ask for a network that takes all memory.
+LIMITS = {"width": 256, "scales": 32, "atoms": 64}
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,8 @@ class INIKNetConfig:
                 raise ValueError(f"INIKNet: {name} must be a bool, got {getattr(self, name)!r}")
         for name in ("width", "scales", "atoms"):
             value, least = getattr(self, name), 2 if name == "scales" else 1
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
-                raise ValueError(f"INIKNet: {name} must be an integer >= {least}, got {value!r}")
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not least <= value <= LIMITS[name]:
+                raise ValueError(f"INIKNet: {name} must be an integer from {least} to {LIMITS[name]}, got {value!r}")
             object.__setattr__(self, name, int(value))  # numpy integers as plain ints (saved as JSON)
 
 
@@ -382,4 +386,9 @@ class INIKNet(nn.Module):
         if shapes:
             raise ValueError(f"INIKNet.load: {shown!r} does not hold this model's weights: tensors of another "
                              f"shape: {first(shapes)}")
+        # NaN or Inf weights would turn every photo into NaN, written as black
+        bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ValueError(f"INIKNet.load: {shown!r} holds NaN or Inf weights ({first(bad)}): a damaged file, "
+                             f"or a run that diverged")
         self.load_state_dict(tensors, strict=not optional)
