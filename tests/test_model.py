@@ -441,3 +441,23 @@ def test_cascade_interpret_has_every_level(tmp_path):
     assert [o.shape[-2:] for o in it.outputs] == [(13, 18), (25, 35), (50, 70)]
     with torch.no_grad():
         torch.testing.assert_close(it.outputs[-1], m(y))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(12, 16), (9, 7), (8, 8), (16, 33)])
+def test_reflect_border_conv_in_bfloat16_is_right_and_repeatable(stride, size):
+    """The inference convolution that recomputes its border strips, under bf16 autocast,
+    equals the float32 reflect-padded convolution to bf16 precision, the same on every call.
+    (oneDNN's AMX bf16 kernels gave one-pixel-wide stride-2 strips from uninitialised memory:
+    errors of 10 to 1e38, and the default model's --half output up to 1.0 off.)"""
+    from inik.models.unet import conv3x3_reflect_borders
+    torch.manual_seed(0)
+    x = torch.rand(1, 4, *size).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 4, 3, 3)
+    ref = F.conv2d(F.pad(x.float(), (1, 1, 1, 1), mode="reflect"), w, stride=stride)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = [conv3x3_reflect_borders(x, w, stride).float() for _ in range(3)]
+    for out in outs:
+        assert out.shape == ref.shape
+        assert float((out - ref).abs().max()) <= 0.02 * float(ref.abs().max())
+        assert torch.equal(out, outs[0])

@@ -86,7 +86,13 @@ def conv3x3_reflect_borders(x: torch.Tensor, weight: torch.Tensor, stride: int) 
     ho, wo = out.shape[-2:]
 
     def strip(part: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
-        return F.conv2d(F.pad(part, (1, 1, 1, 1), mode="reflect")[..., rows, cols], weight, None, stride)
+        # In float32: oneDNN's AMX bfloat16 convolution (Intel Xeon, torch 2.14) returns wrong,
+        # run-to-run different values (uninitialised memory) for an output one pixel wide at
+        # stride 2 - the left and right strips here. The strips are a few pixels: no cost.
+        wide = torch.promote_types(out.dtype, torch.float32)  # float64 stays float64
+        with torch.autocast(x.device.type, enabled=False):
+            padded = F.pad(part.to(wide), (1, 1, 1, 1), mode="reflect")[..., rows, cols]
+            return F.conv2d(padded, weight.to(wide), None, stride).to(out.dtype)
 
     # Reflect-padding two rows (a, b) gives (b, a, b, a): its first three rows are the
     # top border's input, its last three the bottom's; the same for columns.
