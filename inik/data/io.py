@@ -24,6 +24,11 @@ Routes, chosen because each is exact for its format:
   (``ImageInfo.bit_depth`` 16, the codes rescaled so that white stays white),
   8-bit ones at 8.
 
+Every read either returns the file's true pixels or raises :class:`ImageReadError`
+naming the file: damaged or truncated data are never returned as a partial image,
+and a file whose header claims more than :func:`max_pixels` pixels is refused
+before anything is decoded.
+
 Writing is atomic: the file is written under a temporary name in the target
 directory and moved into place with :func:`os.replace`, so a crash never leaves
 a truncated image under the final name. An existing file is never replaced
@@ -32,17 +37,19 @@ unless ``overwrite=True``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import struct
+import threading
 import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 __all__ = [
     "ImageInfo",
@@ -51,6 +58,9 @@ __all__ = [
     "ImageReadError",
     "read_image",
     "read_image_info",
+    "max_pixels",
+    "MAX_PIXELS_ENV",
+    "DEFAULT_MAX_PIXELS",
     "is_float_image",
     "icc_colour_space",
     "icc_fits",
@@ -72,11 +82,66 @@ _EXIF_PREFIX = b"Exif\x00\x00"  # before the TIFF structure in a JPEG's APP1 seg
 _TIFF_ICC_TAG = 34675  # InterColorProfile
 _JPEG_MAX_EXIF = 65533 - len(_EXIF_PREFIX)  # one APP1 segment
 
+#: Environment variable that sets the largest image read, in pixels (width x height).
+MAX_PIXELS_ENV = "INIK_MAX_PIXELS"
+# 16384 x 16384: above any camera's photo (pixel-shift composites reach ~240 MP), 3 GiB as float32 RGB.
+DEFAULT_MAX_PIXELS = 2**28
+
 log = logging.getLogger(__name__)
 
 
 class ImageReadError(OSError):
     """An image file could not be read; the message names the file."""
+
+
+def max_pixels() -> int:
+    """The largest image read, in pixels: ``INIK_MAX_PIXELS``, or :data:`DEFAULT_MAX_PIXELS`
+    when it is unset or 0. ValueError naming the variable if it is not a whole number."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    try:
+        limit = int(value or 0)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise ValueError(f"{MAX_PIXELS_ENV} must be a whole number of pixels (0 or unset: {DEFAULT_MAX_PIXELS}), "
+                         f"got {value!r}")
+    return limit or DEFAULT_MAX_PIXELS
+
+
+def _check_pixels(path, width: int, height: int, what: str = "image") -> None:
+    """Refuse a file whose header claims more than :func:`max_pixels` pixels: its size
+    comes from the file, so it is checked before any pixel buffer is allocated."""
+    limit = max_pixels()
+    if width * height > limit:
+        raise _error(path, f"{what} of {width}x{height} pixels is larger than the limit of {limit} pixels "
+                           f"(set {MAX_PIXELS_ENV} to a larger number of pixels to read it)")
+
+
+_pillow_lock = threading.Lock()
+_pillow_readers = 0
+_pillow_saved = (False, None)
+
+
+@contextlib.contextmanager
+def strict_pillow():
+    """Pillow's process-wide settings as reading needs them, while any read is running (counted
+    across threads): truncated data raise (``ImageFile.LOAD_TRUNCATED_IMAGES``, which training
+    scripts often set, makes Pillow fill the missing part silently), and Pillow's own
+    decompression-bomb check is off, as it would refuse what ``INIK_MAX_PIXELS`` allows
+    (:func:`_check_pixels` runs instead)."""
+    global _pillow_readers, _pillow_saved
+    with _pillow_lock:
+        if _pillow_readers == 0:
+            _pillow_saved = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
+            ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = False, None
+        _pillow_readers += 1
+    try:
+        yield
+    finally:
+        with _pillow_lock:
+            _pillow_readers -= 1
+            if _pillow_readers == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = _pillow_saved
 
 
 @dataclass(frozen=True)
@@ -118,7 +183,7 @@ class ImageInfo:
 
 
 def _error(path, what: str) -> ImageReadError:
-    return ImageReadError(f"{path}: {what}")
+    return ImageReadError(f"{path}: {' '.join(str(what).split())}")  # one line: decoders' messages may hold newlines
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -141,6 +206,11 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _orientation_of(im: Image.Image) -> int:
+    """The EXIF orientation (1-8; 1 if none or malformed). Pillow decodes a PNG to look for
+    an eXIf chunk after the image data: that decode runs first, outside the ``except``, as a
+    decoder error caught there left a partial image behind that later reads as whole."""
+    if im.format == "PNG" and "exif" not in im.info:
+        im.load()
     try:
         value = int(im.getexif().get(_EXIF_ORIENTATION, 1))
     except Exception:  # a malformed EXIF block must not make the pixels unreadable
@@ -220,21 +290,48 @@ def _is_heif(path) -> bool:
     return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
 
 
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first 30 bytes of a WebP file (lossy, lossless or extended), else None."""
+    if len(head) < 30 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return None
+    kind = head[12:16]
+    if kind == b"VP8 ":
+        return int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF
+    if kind == b"VP8L":
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1
+    if kind == b"VP8X":
+        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    return None
+
+
 def _open(path) -> Image.Image:
-    """``Image.open``, with HEIC/HEIF photos read through pillow-heif (registered on
-    first need, by content: a phone photo renamed .jpg is read too)."""
+    """``Image.open`` of an image within :func:`max_pixels` (call it under :func:`strict_pillow`;
+    a WebP's size is checked from its header first, as Pillow allocates its canvas on opening),
+    with HEIC/HEIF photos read through pillow-heif (registered on first need, by content: a phone
+    photo renamed .jpg is read too)."""
+    with open(path, "rb") as f:
+        size = _webp_size(f.read(30))
+    if size is not None:
+        _check_pixels(path, *size)
     try:
-        return Image.open(path)
+        im = Image.open(path)
     except Exception:
         if not _is_heif(path):
             raise
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:
+            raise _error(path, "a HEIC/HEIF image: reading it needs the pillow-heif package "
+                               "(pip install pillow-heif, or pip install 'inik[heif]')") from None
+        register_heif_opener()
+        im = Image.open(path)
     try:
-        from pillow_heif import register_heif_opener
-    except ImportError:
-        raise _error(path, "a HEIC/HEIF image: reading it needs the pillow-heif package "
-                           "(pip install pillow-heif, or pip install 'inik[heif]')") from None
-    register_heif_opener()
-    return Image.open(path)
+        _check_pixels(path, *im.size)
+    except ImageReadError:
+        im.close()
+        raise
+    return im
 
 
 def _heif_bits(im) -> int:
@@ -336,6 +433,17 @@ def _is_tiff(path) -> bool:
         raise _error(path, f"cannot open ({e})") from e
 
 
+def _check_tiff_page(path, page) -> None:
+    """A TIFF page's size from its header, before tifffile allocates anything for it: within
+    :func:`max_pixels`, tiles too (each is decompressed whole), and a layout that can be read."""
+    _check_pixels(path, page.imagewidth, page.imagelength)
+    if page.is_tiled:
+        _check_pixels(path, page.tilewidth, page.tilelength * page.tiledepth, "TIFF tile")
+    if page.imagedepth > 1 or page.samplesperpixel > 5:
+        raise _error(path, f"unsupported TIFF layout (depth {page.imagedepth}, {page.samplesperpixel} samples "
+                           f"per pixel)")
+
+
 def _read_tiff(path) -> tuple[np.ndarray, int, int, bytes | None]:
     """First page of a TIFF as (H, W, C) native dtype, bit depth, orientation, ICC profile.
 
@@ -346,6 +454,7 @@ def _read_tiff(path) -> tuple[np.ndarray, int, int, bytes | None]:
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
+        _check_tiff_page(path, page)
         arr = page.asarray()
         photometric = int(page.photometric)
         separate_planes = int(page.planarconfig) == 2
@@ -404,6 +513,7 @@ _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 def _decode(path) -> tuple[np.ndarray, int, str, int, bytes | None, bytes | None]:
     """Native pixels (H, W, C) uint8/uint16/float, bit depth, format, orientation
     (the orientation already applied to the pixels), ICC profile, raw EXIF block."""
+    max_pixels()  # a malformed INIK_MAX_PIXELS raises here, not as the file's fault
     if _is_tiff(path):
         try:
             arr, depth, orientation, icc = _read_tiff(path)
@@ -412,6 +522,12 @@ def _decode(path) -> tuple[np.ndarray, int, str, int, bytes | None, bytes | None
         except Exception as e:
             raise _error(path, f"cannot decode TIFF ({type(e).__name__}: {e})") from e
         return _orient(arr, orientation), depth, "TIFF", orientation, icc, None
+    with strict_pillow():
+        return _decode_pillow(path)
+
+
+def _decode_pillow(path) -> tuple[np.ndarray, int, str, int, bytes | None, bytes | None]:
+    """:func:`_decode` of what Pillow opens (under :func:`strict_pillow`)."""
     try:
         im = _open(path)
     except ImageReadError:
@@ -420,12 +536,12 @@ def _decode(path) -> tuple[np.ndarray, int, str, int, bytes | None, bytes | None
         raise _error(path, f"cannot open as an image ({e})") from e
     with im:
         fmt = im.format or "?"
-        orientation = _orientation_of(im)
-        icc, exif = im.info.get("icc_profile"), im.info.get("exif")
         mode = im.mode
         keyed = fmt == "PNG" and "transparency" in im.info and mode not in ("P", "PA")  # a tRNS colour key
         heif_bits = _heif_bits(im) if fmt == "HEIF" else 8
         try:
+            orientation = _orientation_of(im)
+            icc, exif = im.info.get("icc_profile"), im.info.get("exif")
             png16 = fmt == "PNG" and _png_bit_depth(path) == 16
             if keyed and png16:  # pypng turns the key into an alpha channel
                 arr, depth = _read_png16_pypng(path), 16
@@ -531,21 +647,26 @@ def read_image(path, mode: str | None = "RGB") -> tuple[np.ndarray, ImageInfo]:
 
 def read_image_info(path) -> tuple[int, int]:
     """``(width, height)`` of an image after EXIF orientation, reading only its
-    header. Raises ImageReadError naming the file if it cannot be opened."""
+    header (a PNG is decoded: its EXIF block may follow the pixels). Raises ImageReadError
+    naming the file if it cannot be opened or is larger than :func:`max_pixels`."""
+    max_pixels()  # a malformed INIK_MAX_PIXELS raises here, not as the file's fault
     if _is_tiff(path):
         import tifffile
 
         try:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
+                _check_tiff_page(path, page)
                 h, w = page.imagelength, page.imagewidth
                 tag = page.tags.get(_EXIF_ORIENTATION)
                 orientation = int(tag.value) if tag is not None else 1
+        except ImageReadError:
+            raise
         except Exception as e:
             raise _error(path, f"cannot open as a TIFF ({e})") from e
     else:
         try:
-            with _open(path) as im:
+            with strict_pillow(), _open(path) as im:
                 (w, h), orientation = im.size, _orientation_of(im)
         except ImageReadError:
             raise
