@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("inik.train", "train INIKNet (paper protocol; synthetic, folder, DPDD or LFDOF data)"),
     "eval": ("inik.evaluate", "PSNR / SSIM / MAE / LPIPS of a model on a paired folder"),
     "synth": ("inik.synth", "write a fixed synthetic evaluation set (blurry/sharp pairs) from photos or scenes"),
+    "plot": ("inik.plot", "draw a training run's loss and PSNR curves (RUN/log.csv) to a PNG"),
     "info": ("inik.info", "versions, compiled kernels, devices and weights of this installation"),
 }
 
@@ -46,13 +47,26 @@ def _note_missing_extension() -> None:
               f"{_ext.build_hint()}", file=sys.stderr)
 
 
+#: exit status after Ctrl-C (128 + SIGINT, as shells report it)
+INTERRUPTED = 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .runtime import keep_freed_memory
-    keep_freed_memory()  # 1.5x faster CPU forwards (see its docstring); INIK_MALLOC=system opts out
-    if args.command != "info":  # which says so itself
-        _note_missing_extension()
-    return int(importlib.import_module(args._module).run(args) or 0)
+    """Run one command; its exit status (0 done, 1 some items failed, 2 bad usage or
+    nothing could be done, 130 interrupted - Ctrl-C prints one line, no traceback)."""
+    name = "inik"
+    try:
+        args = build_parser().parse_args(argv)
+        name = f"inik {args.command}"
+        from .runtime import keep_freed_memory
+        keep_freed_memory()  # 1.5x faster CPU forwards (see its docstring); INIK_MALLOC=system opts out
+        if args.command != "info":  # which says so itself
+            _note_missing_extension()
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except KeyboardInterrupt as exc:  # a command may say what it finished: KeyboardInterrupt("interrupted after ...")
+        newline = "\n" if sys.stderr.isatty() else ""  # off the line of ^C or a progress bar
+        print(f"{newline}{name}: {str(exc) or 'interrupted'}", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def radius_maps(pairs) -> dict:
 
 def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Optional[int] = None,
                     lpips=None, progress: bool = False, half: bool = False, crop_multiple: int = 1,
-                    radius_bins=None) -> dict:
+                    radius_bins=None, keep_going: bool = False) -> dict:
     """Metrics of ``model`` on ``pairs`` (from :func:`inik.data.pairs.find_pairs`);
     ``model=None`` scores the blurry inputs themselves (the baseline to beat).
     ``half``: run the model under ``--half``'s autocast (:func:`inik.infer.half_dtype`).
@@ -75,9 +75,16 @@ def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Option
     radius maps are read) and the report gains ``"radius_bins"``
     (:class:`inik.metrics.RadiusBins`).
 
-    Returns ``{"mean": {...}, "images": [{"name", "psnr", "ssim", "mae", ["lpips"], "seconds"}]}``.
+    A pair that cannot be scored (unreadable, too small, sizes that differ, NaN or Inf
+    values, a model that fails on it: :data:`inik.infer.ITEM_ERRORS`) raises, naming
+    its file; with ``keep_going`` it is listed in ``"failed"`` instead and the rest are scored.
+
+    Returns ``{"mean": {...}, "scored": n, "images": [{"name", "psnr", "ssim", "mae", ["lpips"],
+    "seconds"}], "failed": [{"name", "blurry", "sharp", "error"}]}``; the mean is over the
+    ``scored`` pairs (``{}`` when none was).
     """
     from .data.io import read_image
+    from .infer import ITEM_ERRORS, item_error
     from .metrics import RadiusBins, evaluate
     if isinstance(crop_multiple, bool) or not isinstance(crop_multiple, int) or crop_multiple < 1:
         raise ValueError(f"crop_multiple must be an integer >= 1, got {crop_multiple!r}")
@@ -85,67 +92,84 @@ def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Option
     maps = radius_maps(pairs) if bins is not None else {}
     device = torch.device(device)
     autocast = half_dtype(device) if half and model is not None else None
-    rows = []
+    rows, failed = [], []
     it = pairs
     if progress:
         from tqdm import tqdm
         it = tqdm(pairs, desc="eval", unit="img")
     for pair in it:
-        images = []
-        for path in (pair.blurry, pair.sharp):
-            img, info = read_image(path)
-            images.append(to_8bit(img, info.bit_depth) if bits == "8" else img)
-        blurry, sharp = (_crop_to_multiple(im, crop_multiple) for im in images)
-        y = torch.from_numpy(np.ascontiguousarray(blurry.transpose(2, 0, 1)))[None]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        x = y.clamp(0, 1) if model is None else restore(model, y, tile=tile, autocast_dtype=autocast)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        scores = evaluate(x[0], sharp, lpips=lpips)
-        rows.append({"name": pair.name, **scores, "seconds": seconds})
-        if bins is not None:
-            path, scale = maps[pair.name]
-            radius = _crop_to_multiple(read_image(path)[0], crop_multiple)[..., 0].astype(np.float64) * scale
-            bins.add(x[0], sharp, radius)
+        try:
+            _check_images([pair], bits, lpips=lpips is not None, crop_multiple=crop_multiple)
+            images = []
+            for path in (pair.blurry, pair.sharp):
+                img, info = read_image(path)
+                if not np.isfinite(img).all():
+                    raise ValueError(f"{path}: holds NaN or Inf values")
+                images.append(to_8bit(img, info.bit_depth) if bits == "8" else img)
+            if images[0].shape != images[1].shape:
+                (hb, wb), (hs, ws) = images[0].shape[:2], images[1].shape[:2]
+                raise ValueError(f"size mismatch: {pair.blurry} is {wb}x{hb} but its partner {pair.sharp} "
+                                 f"is {ws}x{hs}")
+            blurry, sharp = (_crop_to_multiple(im, crop_multiple) for im in images)
+            y = torch.from_numpy(np.ascontiguousarray(blurry.transpose(2, 0, 1)))[None]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            x = y.clamp(0, 1) if model is None else restore(model, y, tile=tile, autocast_dtype=autocast)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - t0
+            row = {"name": pair.name, **evaluate(x[0], sharp, lpips=lpips), "seconds": seconds}
+            if bins is not None:
+                path, scale = maps[pair.name]
+                radius = _crop_to_multiple(read_image(path)[0], crop_multiple)[..., 0].astype(np.float64) * scale
+                bins.add(x[0], sharp, radius)  # checks the map's size before it adds anything
+        except ITEM_ERRORS as exc:
+            if not keep_going:
+                raise
+            failed.append({"name": pair.name, "blurry": str(pair.blurry), "sharp": str(pair.sharp),
+                           "error": item_error(exc, pair.blurry, pair.sharp)})
+            continue
+        except KeyboardInterrupt:  # cli.main prints it
+            raise KeyboardInterrupt(f"interrupted after {len(rows) + len(failed)} of {len(pairs)} pairs") from None
+        rows.append(row)
     keys = [k for k in ("psnr", "ssim", "mae", "lpips", "seconds") if rows and k in rows[0]]
     mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    report = {"mean": mean, "images": rows}
+    report = {"mean": mean, "scored": len(rows), "images": rows, "failed": failed}
     if bins is not None:
         report["radius_bins"] = bins.result()
     return report
 
 
 def configure_parser(p) -> None:
-    p.add_argument("--data", required=True, help="folder with source/ and target/ (or a DPDD/RealDOF/RTF/LFDOF root)")
+    p.add_argument("--data", required=True,
+                   help="folder with source/ and target/ (or a DPDD/RealDOF/RTF/LFDOF root) (required)")
     p.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
     p.add_argument("--split", default="test", help="DPDD split (default test)")
     p.add_argument("--weights", help="INIKNet safetensors file (default: the bundled weights)")
     p.add_argument("--out", required=True,
                    help="report .json path (the per-image CSV is written beside it); an image equal to its "
-                        "reference has PSNR inf, written as the string \"inf\"")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+                        "reference has PSNR inf, written as the string \"inf\" (required)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report (default: off)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--tile", type=int, default=None,
                    help="tile size in pixels, as for inik deblur (default: whole image up to ~2 megapixels)")
     p.add_argument("--half", action="store_true",
                    help="run the model as `inik deblur --half` does (bf16 autocast, fp16 on CUDA), to see what "
-                        "it costs in quality; the paper's protocol is float32")
+                        "it costs in quality; the paper's protocol is float32 (default: off)")
     p.add_argument("--bits", choices=["8", "native"], default="8",
-                   help="read images as 8-bit like the paper (default) or at their native bit depth")
+                   help="read images as 8-bit like the paper, or at their native bit depth (default: 8)")
     p.add_argument("--lpips", choices=["auto", "on", "off"], default="auto",
-                   help="LPIPS: auto = when the AlexNet weights are available")
+                   help="LPIPS: auto = when the AlexNet weights are available (default: auto)")
     p.add_argument("--crop-multiple", type=int, default=1, metavar="M",
                    help="crop both images top-left to multiples of M before scoring (default 1: whole images, "
                         "as ARCHITECTURE.md section 5 states; the authors' test script crops to 32, so "
                         "--crop-multiple 32 reproduces how the paper's DPDD figures were computed)")
     p.add_argument("--radius-bins", type=_edges, default=None, metavar="EDGES",
                    help="also score PSNR/SSIM per blur-radius bin between these comma-separated edges in px, "
-                        "e.g. 0,2,4,8,16,32, from the radius maps of a set written by inik synth")
+                        "e.g. 0,2,4,8,16,32, from the radius maps of a set written by inik synth (default: none)")
     p.add_argument("--identity", action="store_true",
-                   help="score the blurry inputs themselves instead of a model's output")
+                   help="score the blurry inputs themselves instead of a model's output (default: off)")
 
 
 def _edges(text: str) -> list:
@@ -195,8 +219,8 @@ def _crop_to_multiple(image: np.ndarray, m: int) -> np.ndarray:
 
 
 def _check_images(pairs, bits: str, lpips: bool = False, crop_multiple: int = 1) -> None:
-    """What would fail half-way through, checked before any image is scored
-    (``lpips``: whether LPIPS will be computed)."""
+    """What makes a pair unscorable before it is read whole: sizes too small for SSIM
+    (or LPIPS, ``lpips``: whether it will be computed) and float images read as 8-bit."""
     from .data.io import is_float_image, read_image_info
     from .losses import LPIPS_MIN_SIZE
     for pair in pairs:
@@ -213,6 +237,8 @@ def _check_images(pairs, bits: str, lpips: bool = False, crop_multiple: int = 1)
 
 
 def run(args) -> int:
+    """Exit status: 0 all pairs scored; 1 some failed (each named on stderr and in the
+    report's "failed"); 2 bad flags or data, or no pair could be scored (no report)."""
     from .data.io import write_atomically
     from .data.pairs import find_pairs, resolve_layout
     from .infer import check_device, check_tile_option
@@ -225,7 +251,8 @@ def run(args) -> int:
         if args.crop_multiple < 1:
             raise ValueError(f"--crop-multiple must be >= 1, got {args.crop_multiple}")
         layout = resolve_layout(args.data, args.layout, split=args.split)
-        pairs = find_pairs(args.data, layout=layout, split=args.split)
+        # sizes (and whether each file opens) are checked pair by pair: a bad pair fails alone
+        pairs = find_pairs(args.data, layout=layout, split=args.split, check_sizes=False)
         if not pairs:
             raise ValueError(f"no image pairs in {args.data}")
         if args.radius_bins is not None:
@@ -233,7 +260,7 @@ def run(args) -> int:
     except (OSError, ValueError) as exc:
         print(f"inik eval: {exc}", file=sys.stderr)
         return 2
-    lpips = None  # decided before the images are checked: LPIPS needs larger images than the other metrics
+    lpips = None  # decided before the images are scored: LPIPS needs larger images than the other metrics
     if args.lpips != "off":
         try:
             lpips = LPIPSMetric(args.device)
@@ -243,25 +270,34 @@ def run(args) -> int:
                 return 2
             print(f"inik eval: LPIPS skipped: {exc}", file=sys.stderr)
     try:
-        _check_images(pairs, args.bits, lpips=lpips is not None, crop_multiple=args.crop_multiple)
         model, trained = (None, False) if args.identity else load_model(args.weights, device=args.device)
     except (OSError, ValueError) as exc:
         print(f"inik eval: {exc}", file=sys.stderr)
         return 2
     if not trained and not args.identity:
         print("inik eval: WARNING: evaluating an UNTRAINED model (no weights given or bundled)", file=sys.stderr)
-    report = evaluate_folder(model, pairs, bits=args.bits, device=args.device, tile=args.tile,
-                             lpips=lpips, progress=True, half=args.half, crop_multiple=args.crop_multiple,
-                             radius_bins=args.radius_bins)
+    try:
+        report = evaluate_folder(model, pairs, bits=args.bits, device=args.device, tile=args.tile,
+                                 lpips=lpips, progress=True, half=args.half, crop_multiple=args.crop_multiple,
+                                 radius_bins=args.radius_bins, keep_going=True)
+    except KeyboardInterrupt as exc:
+        raise KeyboardInterrupt(f"{exc or 'interrupted'}; no report written") from None
+    for failure in report["failed"]:
+        print(f"inik eval: {failure['error']}", file=sys.stderr)
+    if not report["images"]:
+        print(f"inik eval: none of the {len(pairs)} pairs could be scored; no report written", file=sys.stderr)
+        return 2
     report.update(data=str(args.data), layout=layout, split=args.split if layout == "dpdd" else None,
                   weights="identity" if args.identity else str(args.weights or "default"),
                   trained=trained, device=str(args.device), bits=args.bits, tile=args.tile,
                   lpips=lpips is not None, half=args.half and not args.identity, crop_multiple=args.crop_multiple)
     out = Path(args.out)
     table = io.StringIO(newline="")
-    w = csv.DictWriter(table, fieldnames=list(report["images"][0]))
+    fields = list(report["images"][0]) + (["error"] if report["failed"] else [])
+    w = csv.DictWriter(table, fieldnames=fields)
     w.writeheader()
     w.writerows(report["images"])
+    w.writerows({"name": f["name"], "error": f["error"]} for f in report["failed"])
     try:  # each file whole or not at all
         out.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(out, json.dumps(_finite_json(report), indent=2, allow_nan=False).encode())
@@ -269,8 +305,10 @@ def run(args) -> int:
     except OSError as exc:
         print(f"inik eval: cannot write the report {out}: {exc}", file=sys.stderr)
         return 2
-    print("inik eval: " + ", ".join(f"{k} {v:.4f}" for k, v in report["mean"].items()) + f" over {len(pairs)} images")
+    failed = f" ({len(report['failed'])} failed, listed in {out})" if report["failed"] else ""
+    print("inik eval: " + ", ".join(f"{k} {v:.4f}" for k, v in report["mean"].items())
+          + f" over {report['scored']} of {len(pairs)} pairs{failed}")
     for row in report.get("radius_bins", []):
         scores = "no pixels" if row["psnr"] is None else f"psnr {row['psnr']:.4f}, ssim {row['ssim']:.4f}"
         print(f"inik eval: radius {row['bin']} px: {scores} ({row['pixels']} px)")
-    return 0
+    return 1 if report["failed"] else 0

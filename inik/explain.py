@@ -11,6 +11,9 @@ Writes into the output folder:
   scale (3x3 ... 15x15), one column per atom; Fourier = centred |FFT| on a
   common grid;
 * ``explain.json``: the numbers behind the pictures.
+
+Several images (or a folder): each one's files go into a folder of its own in the
+output folder; one that cannot be explained is named on stderr, the others are done.
 """
 
 from __future__ import annotations
@@ -147,9 +150,16 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
         "atom_sizes": [int(a.shape[-1]) for a in atoms],
     }
     out.mkdir(parents=True, exist_ok=True)
-    for name, arr in images.items():
-        write_image(out / name, arr, overwrite=overwrite)
-    write_atomically(out / "explain.json", json.dumps(summary, indent=2).encode())
+    written = []
+    try:
+        for name, arr in images.items():
+            write_image(out / name, arr, overwrite=overwrite)
+            written.append(out / name)
+        write_atomically(out / "explain.json", json.dumps(summary, indent=2).encode())
+    except BaseException:  # a failed write (disk full, Ctrl-C) leaves no partial set of maps
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     if overwrite:
         stale_maps = {p for p in out.glob(STALE_PATTERN) if _STALE_NAME.fullmatch(p.name)}
         for stale in sorted(stale_maps - {out / n for n in images}):
@@ -160,31 +170,66 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
 
 def configure_parser(p) -> None:
     from .infer import DEVICE_HELP
-    p.add_argument("input", metavar="INPUT", help="an image file")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders or globs; one image file: its maps go into DIR, else each "
+                        "image's into DIR/<its name without suffix>")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (required)")
     p.add_argument("--weights", help="INIKNet safetensors file (default: the bundled weights)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--overwrite", action="store_true", help="replace existing files in DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files in DIR (default: off)")
     p.add_argument("--tile", type=int, default=None,
                    help="tile size in pixels, as for inik deblur (default: whole image up to ~2 megapixels, "
                         "tiles beyond; 0: always the whole image)")
 
 
+def _plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
+    """(image, its output folder) for every input: DIR itself for a single image file, else
+    DIR/<its path under the folder given, without suffix>; ValueError when two would share one."""
+    from .infer import _expand
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: is a file, not a folder (the output folder)")
+    files = list({src.resolve(): (src, root) for src, root in _expand(inputs)}.values())
+    if len(files) == 1 and files[0][1] is None:
+        return [(files[0][0], out)]
+    plan, owner = [], {}
+    for src, root in files:
+        dst = out / (src.relative_to(root) if root is not None else Path(src.name)).with_suffix("")
+        if dst in owner:
+            raise ValueError(f"{owner[dst]} and {src} would both be explained into {dst}; explain them into "
+                             f"different folders")
+        owner[dst] = src
+        plan.append((src, dst))
+    return plan
+
+
 def run(args) -> int:
+    """Exit status: 0 every image explained; 1 some images failed (each named on stderr, the
+    others explained); 2 bad flags or outputs (nothing written)."""
     from .data.io import read_image
-    from .infer import DEFAULT_WEIGHTS, UNTRAINED_NOTE, check_device, check_tile_option, load_model
+    from .infer import (DEFAULT_WEIGHTS, ITEM_ERRORS, UNTRAINED_NOTE, check_device, check_tile_option, item_error,
+                        load_model)
     try:
         args.device = str(check_device(args.device))
         check_tile_option(args.tile)
-        image, _ = read_image(args.input)
+        plan = _plan(args.inputs, args.output)
         model, trained = load_model(args.weights, device=args.device)
-        if not trained:
-            print("inik explain: WARNING: " + UNTRAINED_NOTE.format(path=DEFAULT_WEIGHTS), file=sys.stderr)
-        summary = explain(model, image, args.output, overwrite=args.overwrite, tile=args.tile)
     except (OSError, ValueError) as exc:
         print(f"inik explain: {exc}", file=sys.stderr)
-        return 1
-    d = summary["defocus_size"]
-    print(f"inik explain: wrote {args.output} (defocus size {d['min']:.2f}..{d['max']:.2f} px, "
-          f"mean {d['mean']:.2f})")
-    return 0
+        return 2
+    if not trained:
+        print("inik explain: WARNING: " + UNTRAINED_NOTE.format(path=DEFAULT_WEIGHTS), file=sys.stderr)
+    failures = 0
+    for done, (src, dst) in enumerate(plan):
+        try:
+            image, _ = read_image(src)
+            summary = explain(model, image, dst, overwrite=args.overwrite, tile=args.tile)
+        except ITEM_ERRORS as exc:  # one bad image must not stop the others
+            failures += 1
+            print(f"inik explain: {item_error(exc, src)}", file=sys.stderr)
+            continue
+        except KeyboardInterrupt:  # cli.main prints it
+            raise KeyboardInterrupt(f"interrupted after {done} of {len(plan)} images") from None
+        d = summary["defocus_size"]
+        print(f"inik explain: wrote {dst} (defocus size {d['min']:.2f}..{d['max']:.2f} px, mean {d['mean']:.2f})")
+    return 1 if failures else 0

@@ -309,6 +309,7 @@ def deblur(image, model: Optional[INIKNet] = None, *, tile: Optional[int] = None
     except ImportError:  # pragma: no cover
         Image = None
     if Image is not None and isinstance(image, Image.Image):
+        _load_strictly(image)
         image = _pil_for_deblur(image)
         out = deblur(np.asarray(image), model, tile=tile, overlap=overlap, device=device, half=half,
                      progress=progress)
@@ -330,6 +331,19 @@ def _warn_out_of_range(f) -> None:
 
 # PIL modes deblurred as they are; the others are converted to one of these first
 _PIL_MODES = ("L", "LA", "RGB", "RGBA")
+
+
+def _load_strictly(image) -> None:
+    """Decode a lazily opened PIL image now, as :func:`inik.data.read_image` decodes files:
+    damaged or cut data raise an error naming the file (Pillow's own names none, and with
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` it fills a cut image with black)."""
+    from .data.io import ImageReadError, strict_pillow
+    try:
+        with strict_pillow():
+            image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        name = getattr(image, "filename", "") or "the PIL image"
+        raise ImageReadError(f"{name}: cannot decode the image ({' '.join(str(exc).split())})") from None
 
 
 def _pil_for_deblur(image):
@@ -430,7 +444,7 @@ def _expand(inputs: list[str]) -> list[tuple[Path, Optional[Path]]]:
 def configure_parser(p) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file (one input) or folder (created if needed)")
+                   help="output file (one input) or folder (created if needed) (required)")
     p.add_argument("--weights", help="INIKNet safetensors file (default: the bundled weights)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--tile", type=int, default=None,
@@ -441,19 +455,19 @@ def configure_parser(p) -> None:
                    help=f"tile overlap in pixels (default {DEFAULT_OVERLAP}, at most 3/4 of the tile; widened so "
                         f"that tiles start every multiple of 16 px)")
     p.add_argument("--half", action="store_true",
-                   help="bf16 autocast (fp16 on CUDA); on a CPU only where it has native bf16 (AVX-512 BF16: "
-                        "about 1.6x faster than fp32 on the 2-core development CPU, 2026-11-26), else it warns: "
-                        "emulated bf16 is slower than fp32")
+                   help="bf16 autocast (fp16 on CUDA); on a CPU only where it has native bf16 (AVX-512 BF16), "
+                        "else it warns: emulated bf16 is slower than fp32; speed: see benchmarks/RESULTS.md "
+                        "(default: off, float32)")
     p.add_argument("--compile", action="store_true",
-                   help="run the network under torch.compile: a one-off compilation per image size "
-                        "(about 3 minutes on a 2-core CPU), then forwards 1-2%% faster on an AVX-512 CPU (measured "
-                        "2026-11-26), more on a GPU; pays off only for many tiles or images of one size")
+                   help="run the network under torch.compile: a one-off compilation per image size, then "
+                        "faster forwards; pays off only for many tiles or images of one size, see "
+                        "benchmarks/RESULTS.md (default: off)")
     p.add_argument("--format", choices=OUTPUT_FORMATS, default=None,
                    help="format of the outputs written into a folder (default: each input's own when it "
                         "can be written - PNG, TIFF, JPEG - else PNG); a single output file's suffix decides")
     p.add_argument("--quality", type=int, default=95, metavar="Q",
                    help="JPEG quality of JPEG outputs, 1-95 (default 95)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (default: off)")
 
 
 #: values of --format
@@ -546,6 +560,19 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
+#: what one bad item of a batch (an unreadable or odd image, a failed write, a model that cannot run on
+#: it, too little memory) raises; deblur, explain and eval report it and go on with the rest
+ITEM_ERRORS = (OSError, ValueError, RuntimeError, MemoryError)
+
+
+def item_error(exc: BaseException, *paths) -> str:
+    """``exc`` as one line naming the file: the first line of its message (torch's run over
+    several), after the first of ``paths`` unless it names one of them already."""
+    lines = str(exc).strip().splitlines()
+    msg = lines[0] if lines else type(exc).__name__
+    return msg if any(str(p) in msg for p in paths) else f"{paths[0]}: {msg}"
+
+
 def _output_depth(dst: Path, info) -> int:
     """16-bit output for 16-bit and floating-point sources (except JPEG, 8 bits only)."""
     return 8 if dst.suffix.lower() in (".jpg", ".jpeg") or info.bit_depth == 8 else 16
@@ -576,7 +603,7 @@ def run(args) -> int:
         model = torch.compile(model, dynamic=False)
     failures = 0
     tiles = tqdm(desc="tiles", unit="tile", leave=False, disable=None, position=1)
-    for src, dst in tqdm(plan, desc="deblur", unit="img", disable=None, position=0):
+    for done, (src, dst) in enumerate(tqdm(plan, desc="deblur", unit="img", disable=None, position=0)):
         try:
             if dst.resolve() == src.resolve() and not args.overwrite:
                 raise FileExistsError(f"{dst}: output would replace the input (pass --overwrite)")
@@ -594,10 +621,11 @@ def run(args) -> int:
                         icc_profile=info.icc_profile, exif=info.exif)
             tqdm.write(f"{src} -> {dst} ({info.width}x{info.height}, {depth}-bit, "
                        f"{time.perf_counter() - t0:.1f} s)")
-        except Exception as exc:  # one bad file must not stop the batch
+        except ITEM_ERRORS as exc:  # one bad file must not stop the batch
             failures += 1
-            msg = str(exc)
-            print(f"inik deblur: {msg if str(src) in msg else f'{src}: {msg}'}", file=sys.stderr)
+            print(f"inik deblur: {item_error(exc, src)}", file=sys.stderr)
+        except KeyboardInterrupt:  # cli.main prints it; an output is whole or absent (write_image is atomic)
+            raise KeyboardInterrupt(f"interrupted after {done} of {len(plan)} images") from None
     tiles.close()
     if not trained:
         print("inik deblur: the output above came from an UNTRAINED model", file=sys.stderr)

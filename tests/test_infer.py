@@ -274,9 +274,9 @@ def test_explain_writes_maps(tmp_path, weights, capsys):
     assert sorted(p.name for p in out.glob("mu_scale*.png")) == [f"mu_scale{r}.png" for r in range(3)]
     assert json.loads(notes.read_text())["atom_sizes"] == [3, 5]
     # an output path that is a file, and a device that is not there: clean errors
-    assert main(["explain", str(tmp_path / "p.png"), "-o", str(tmp_path / "p.png"), "--weights", str(weights)]) == 1
+    assert main(["explain", str(tmp_path / "p.png"), "-o", str(tmp_path / "p.png"), "--weights", str(weights)]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
-    assert main(["explain", str(tmp_path / "p.png"), "-o", str(out), "--device", "nonsense"]) == 1
+    assert main(["explain", str(tmp_path / "p.png"), "-o", str(out), "--device", "nonsense"]) == 2
     assert "--device" in capsys.readouterr().err
 
 
@@ -309,7 +309,7 @@ def test_explain_in_tiles_matches_the_whole_image(tmp_path, weights, capsys):
     assert mu1.shape == mu0.shape == (8, 280, 264, 1) and np.abs(mu1 - mu0).max() <= 1 / 255 + 1e-6
     for key in ("min", "max", "mean"):
         assert abs(s1["defocus_size"][key] - s0["defocus_size"][key]) < 1e-3
-    assert main(["explain", str(tmp_path / "p.png"), "-o", str(tmp_path / "t"), "--tile", "8"]) == 1
+    assert main(["explain", str(tmp_path / "p.png"), "-o", str(tmp_path / "t"), "--tile", "8"]) == 2
     assert "--tile" in capsys.readouterr().err
 
 
