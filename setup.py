@@ -178,6 +178,11 @@ setup(
         "lpips",
         'triton; platform_system == "Linux" and platform_machine == "x86_64"',
     ],
-    extras_require={"heif": ["pillow-heif"], "test": ["pytest", "pillow-heif"]},
+    extras_require={
+        "heif": ["pillow-heif"],
+        "tensorboard": ["tensorboard"],  # inik train's TensorBoard logs
+        "plot": ["matplotlib"],  # inik plot
+        "test": ["pytest", "pillow-heif", "tensorboard", "matplotlib"],
+    },
     entry_points={"console_scripts": ["inik=inik.cli:main"]},
 )

@@ -86,7 +86,7 @@ def _text(f: dict) -> str:
 
 
 def configure_parser(p) -> None:
-    p.add_argument("--json", action="store_true", help="print the facts as JSON")
+    p.add_argument("--json", action="store_true", help="print the facts as JSON (default: off, text)")
 
 
 def run(args) -> int:

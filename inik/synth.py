@@ -64,16 +64,18 @@ def _layouts(text: str) -> tuple:
 def configure_parser(p) -> None:
     from .data.synthetic import PHOTO_PARTS
     p.add_argument("out", help="folder to write: source/, target/, radius/ and params.jsonl")
-    p.add_argument("--count", type=_positive_int, required=True, help="number of pairs")
+    p.add_argument("--count", type=_positive_int, required=True, help="number of pairs (required)")
     p.add_argument("--photos", help="folder of sharp photos, searched recursively (default: procedural "
                                      "scenes only)")
     p.add_argument("--photo-split", choices=PHOTO_PARTS, default="held-out",
-                   help="which photos of --photos to use: the 10%% that `inik train` holds out (default; an "
-                        "evaluation set that shares no photo with training), the 90%% it trains on, or all")
+                   help="which photos of --photos to use: held-out = the 10%% that `inik train` holds out (an "
+                        "evaluation set that shares no photo with training), train = the 90%% it trains on, or all "
+                        "(default: held-out)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="named settings for --size, --max-blur, --photo-prob and --layouts: default (the model "
                         "card's held-out set: 256 px, radii up to 12 px) or wide (the wide-blur benchmark: 512 px, "
-                        "radii up to 32 px, photo scenes in four depth layouts); flags given override it")
+                        "radii up to 32 px, photo scenes in four depth layouts); flags given override it "
+                        "(default: default)")
     p.add_argument("--size", type=_positive_int, default=None, help="side of each pair [px] (default 256)")
     p.add_argument("--max-blur", type=_radius, default=None,
                    help="largest blur radius [px] (default 12, as the default model was trained)")
@@ -83,7 +85,7 @@ def configure_parser(p) -> None:
                    help="comma-separated depth layouts, one drawn per pair: random, subject, reverse, slanted, "
                         "small-sharp (default random; see inik.data.SyntheticConfig.layouts)")
     p.add_argument("--seed", type=int, default=0, help="pair i is drawn from the seed (SEED, i) (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace a set already in the folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a set already in the folder (default: off)")
 
 
 def run(args) -> int:

@@ -9,14 +9,30 @@ an interrupted run stopped, and each DDP rank draws its own samples.
 Checkpoints: ``OUT/last.safetensors`` (weights + model config, loadable by
 ``inik.INIKNet.load``) and ``OUT/last.state.safetensors`` (optimiser, scheduler,
 RNG, fp16 loss scale, iteration; tensors and JSON, nothing that runs code when
-read: :mod:`inik.safestate`), both written atomically; ``OUT/log.csv`` logs every
-``log_every`` iterations (``lr``: the rate that iteration used). Ctrl-C stops a
+read: :mod:`inik.safestate`), both written atomically. Ctrl-C stops a
 single-process run after the step it is in and saves a checkpoint there (a second
 Ctrl-C aborts); in the last step it lets the run finish as usual.
+
+Logs (rank 0 only): ``OUT/log.csv`` gets a row every ``log_every`` iterations, at
+each validation and at the end: ``loss`` and ``psnr`` (training PSNR) are the
+means over the iterations since the previous row (since the resume point after
+``--resume``, so a resumed run logs what the uninterrupted one did when it resumes
+at a multiple of ``log_every``), ``lr`` the rate the row's iteration used,
+``val_psnr`` the validation PSNR at validation rows. With the ``tensorboard``
+package (``pip install 'inik[tensorboard]'``), the same rows go to TensorBoard
+event files in ``OUT`` itself (TensorBoard names a run by its folder, so
+``tensorboard --logdir runs`` lists each training run by its name; and OUT keeps
+holding files only), by iteration: ``loss/total`` and ``loss/<term>`` (each
+term's unweighted value summed over the three levels, see :class:`inik.losses.INIKLoss`),
+``psnr/train``, ``lr``; at validations ``psnr/val``, ``ssim/val`` and images
+``val/<i>`` (blurry | output | sharp, at most 128 px high). A resumed run adds an
+event file whose first event drops what the earlier ones logged past the resume point.
+``inik plot OUT`` draws log.csv's curves to a PNG.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -506,11 +522,16 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
     if progress and rank == 0:
         from tqdm import tqdm
         bar = tqdm(total=cfg.iters, initial=start, desc="train", dynamic_ncols=True)
+    board = tensorboard_writer(out, start) if rank == 0 else None
+    terms: dict[str, torch.Tensor] = {}  # the loss terms of the last step
+    loss_fn.register_forward_hook(lambda module, inputs, result: terms.update(result[1]))
+    sums: dict[str, torch.Tensor] = {}  # since the last log row (device tensors: no sync per step)
+    steps = 0
     t0 = time.perf_counter() - spent
     model.train()
     it = start
     stop = _StopOnInterrupt(enabled=world == 1)
-    with stop:
+    with stop, board if board is not None else contextlib.nullcontext():
         for blurry, sharp in loader:
             blurry, sharp = blurry.to(device, non_blocking=True), sharp.to(device, non_blocking=True)
             if cfg.channels_last:
@@ -522,15 +543,26 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
             if rank == 0:
                 if bar is not None:
                     bar.update()
+                mse = F.mse_loss(outputs[-1].detach().clamp(0, 1).float(), sharp.float())
+                step = {"loss/total": loss.detach().float(), "psnr/train": -10 * torch.log10(mse.clamp_min(1e-12)),
+                        **{f"loss/{name}": value.float() for name, value in terms.items()}}
+                for tag, value in step.items():
+                    sums[tag] = sums[tag] + value if tag in sums else value
+                steps += 1
                 do_val = bool(val) and (it % cfg.val_every == 0 or it == cfg.iters)
                 if do_val or it % cfg.log_every == 0 or it == cfg.iters:
-                    row = {"iter": it, "loss": f"{loss.item():.6g}",
-                           "psnr": f"{psnr(outputs[-1].detach(), sharp):.4f}", "lr": f"{lr:.6g}",
-                           "seconds": f"{time.perf_counter() - t0:.1f}",
-                           "val_psnr": f"{validate(model, val, device):.4f}" if do_val else ""}
+                    means = {tag: (total / steps).item() for tag, total in sums.items()}
+                    sums, steps = {}, 0
+                    val_psnr = _validate_and_show(model, val, device, board, it) if do_val else None
+                    row = {"iter": it, "loss": f"{means['loss/total']:.6g}", "psnr": f"{means['psnr/train']:.4f}",
+                           "lr": f"{lr:.6g}", "seconds": f"{time.perf_counter() - t0:.1f}",
+                           "val_psnr": f"{val_psnr:.4f}" if do_val else ""}
                     model.train()
                     with open(log_path, "a", newline="") as f:
                         csv.DictWriter(f, fieldnames=fields).writerow(row)
+                    if board is not None:
+                        for tag, value in {**means, "lr": lr}.items():
+                            board.add_scalar(tag, value, it)
                     if bar is not None:
                         bar.set_postfix(loss=row["loss"], psnr=row["psnr"])
                 if it % cfg.ckpt_every == 0 or it == cfg.iters:
@@ -592,43 +624,119 @@ class _StopOnInterrupt:
 
 
 @torch.no_grad()
+def validation_outputs(model: INIKNet, pairs, device) -> list[torch.Tensor]:
+    """The model's (3, H, W) output, on the CPU, for each (blurry, sharp) pair."""
+    model.eval()
+    return [model(b[None].to(device))[0].float().cpu() for b, _ in pairs]
+
+
 def validate(model: INIKNet, pairs, device) -> float:
     """Mean PSNR of the model's output over (blurry, sharp) pairs."""
-    model.eval()
-    scores = [psnr(model(b[None].to(device)), s[None].to(device)) for b, s in pairs]
-    return float(np.mean(scores))
+    return float(np.mean([psnr(o, s) for o, (_, s) in zip(validation_outputs(model, pairs, device), pairs)]))
+
+
+#: validation images shown in TensorBoard, and their height at most [px]
+SHOWN_IMAGES, SHOWN_HEIGHT = 3, 128
+
+
+def _validate_and_show(model: INIKNet, pairs, device, board, it: int) -> float:
+    """Mean validation PSNR; to TensorBoard (``board``, unless None) also that, the mean
+    SSIM and the first few pairs as blurry | output | sharp strips."""
+    outputs = validation_outputs(model, pairs, device)
+    val_psnr = float(np.mean([psnr(o, s) for o, (_, s) in zip(outputs, pairs)]))
+    if board is not None:
+        from .metrics import ssim
+        board.add_scalar("psnr/val", val_psnr, it)
+        board.add_scalar("ssim/val", float(np.mean([ssim(o, s, backend="torch") for o, (_, s) in zip(outputs, pairs)])),
+                         it)
+        for i, (o, (b, s)) in enumerate(zip(outputs[:SHOWN_IMAGES], pairs)):
+            strip = torch.cat([b.float(), o.clamp(0, 1), s.float()], dim=-1)[None]
+            if strip.shape[-2] > SHOWN_HEIGHT:
+                strip = F.interpolate(strip, scale_factor=SHOWN_HEIGHT / strip.shape[-2], mode="bilinear",
+                                      antialias=True).clamp(0, 1)
+            board.add_image(f"val/{i}", strip[0], it)
+        board.flush()
+    return val_psnr
+
+
+def tensorboard_writer(out: Path, start: int):
+    """A SummaryWriter into ``OUT`` (event files beside log.csv), or None (and a line
+    saying how to get one) without the tensorboard package. Its first event drops what
+    earlier event files logged past ``start``, the iteration this run starts from."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("no TensorBoard logs (log.csv only): pip install 'inik[tensorboard]' to get them in %s",
+                    out)
+        return None
+    return SummaryWriter(str(out), purge_step=start + 1, flush_secs=10)
 
 
 # ------------------------------------------------------------------ command line
 
+def _default(name: str) -> str:
+    """"(default: X, ...)" for the flag of TrainConfig field ``name``: the flag itself
+    defaults to None, so that a --config file may set the field instead."""
+    value = TrainConfig.__dataclass_fields__[name].default
+    if isinstance(value, bool) or value is None:
+        value = {True: "on", False: "off", None: "none"}[value]
+    elif isinstance(value, float):
+        value = f"{value:g}"
+    return f"(default: {value}, or as --config sets it)"
+
+
 def configure_parser(p) -> None:
-    p.add_argument("--config", help="JSON or TOML file with TrainConfig fields")
-    p.add_argument("--dataset", choices=DATASETS)
-    p.add_argument("--data", help="dataset root (synthetic: optional folder of sharp photos)")
-    p.add_argument("--val-data", dest="val_data", help="validation folder with source/ and target/")
-    p.add_argument("--iters", type=int)
-    p.add_argument("--crop", type=int)
-    p.add_argument("--batch", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--lr-step", dest="lr_step", type=int)
-    p.add_argument("--lpips-weight", dest="lpips_weight", type=float)
-    p.add_argument("--freq-weight", dest="freq_weight", type=float)
-    p.add_argument("--vgg-weight", dest="vgg_weight", type=float)
-    p.add_argument("--max-blur", dest="max_blur", type=float)
-    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"])
-    p.add_argument("--workers", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--log-every", dest="log_every", type=int)
-    p.add_argument("--val-every", dest="val_every", type=int)
-    p.add_argument("--ckpt-every", dest="ckpt_every", type=int)
-    p.add_argument("--init", help="INIKNet weights to start from (fine-tuning)")
+    p.add_argument("--config", help="JSON or TOML file of TrainConfig fields; flags given override it (default: "
+                                    "none: TrainConfig's defaults, the paper's schedule)")
+    p.add_argument("--dataset", choices=DATASETS,
+                   help=f"training data: synthetic (pairs generated on the fly), folder (source/ and target/), "
+                        f"dpdd or lfdof (the datasets' roots) {_default('dataset')}")
+    p.add_argument("--data", help=f"dataset root; for synthetic, an optional folder of sharp photos "
+                                  f"{_default('data')}")
+    p.add_argument("--val-data", dest="val_data",
+                   help=f"validation folder with source/ and target/; none: held-out synthetic pairs "
+                        f"{_default('val_data')}")
+    p.add_argument("--iters", type=int, help=f"training iterations in all {_default('iters')}")
+    p.add_argument("--crop", type=int, help=f"side of the square training crops [px], a multiple of 16 "
+                                            f"{_default('crop')}")
+    p.add_argument("--batch", type=int, help=f"crops per iteration (per process under DDP) {_default('batch')}")
+    p.add_argument("--lr", type=float, help=f"Adam's learning rate at the start {_default('lr')}")
+    p.add_argument("--lr-step", dest="lr_step", type=int,
+                   help=f"scale the learning rate by lr_gamma every this many iterations {_default('lr_step')}")
+    p.add_argument("--lpips-weight", dest="lpips_weight", type=float,
+                   help=f"weight of the LPIPS (AlexNet) loss term; 0 needs no AlexNet weights "
+                        f"{_default('lpips_weight')}")
+    p.add_argument("--freq-weight", dest="freq_weight", type=float,
+                   help=f"weight of the frequency (FFT) loss term {_default('freq_weight')}")
+    p.add_argument("--vgg-weight", dest="vgg_weight", type=float,
+                   help=f"weight of the VGG-19 feature loss term {_default('vgg_weight')}")
+    p.add_argument("--max-blur", dest="max_blur", type=float,
+                   help=f"synthetic data: largest blur (circle-of-confusion) radius [px] {_default('max_blur')}")
+    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"],
+                   help=f"mixed precision: auto = bf16 on CUDA, off on a CPU {_default('amp')}")
+    p.add_argument("--workers", type=int, help=f"data-loader worker processes {_default('workers')}")
+    p.add_argument("--seed", type=int, help=f"seed of the initial weights, data order and augmentation "
+                                            f"{_default('seed')}")
+    p.add_argument("--log-every", dest="log_every", type=int, metavar="N",
+                   help=f"a row of OUT/log.csv (and TensorBoard scalars) every N iterations; loss and PSNR "
+                        f"are the means over them {_default('log_every')}")
+    p.add_argument("--val-every", dest="val_every", type=int, metavar="N",
+                   help=f"validate (PSNR; with TensorBoard also SSIM and images) every N iterations and at the "
+                        f"end {_default('val_every')}")
+    p.add_argument("--ckpt-every", dest="ckpt_every", type=int, metavar="N",
+                   help=f"save the checkpoint OUT/last.* every N iterations and at the end {_default('ckpt_every')}")
+    p.add_argument("--init", help=f"INIKNet weights to start from (fine-tuning); none: random weights "
+                                  f"{_default('init')}")
     p.add_argument("--init-other-revision", dest="init_other_revision", action="store_true", default=None,
-                   help="--init may hold weights of another network revision (a warm start: same tensors, "
-                        "another function)")
-    p.add_argument("--out", help="output folder")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.*")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+                   help=f"--init may hold weights of another network revision (a warm start: same tensors, "
+                        f"another function) {_default('init_other_revision')}")
+    p.add_argument("--out", help=f"output folder: checkpoints, log.csv, TensorBoard event files "
+                                 f"{_default('out')}")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT from its last checkpoint (default: off: start a new run)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (default: show one)")
 
 
 def _without_worker_traceback(exc: BaseException) -> str:
@@ -677,5 +785,7 @@ def run(args) -> int:
         print(f"inik train: {_without_worker_traceback(exc)}", file=sys.stderr)
         return 2
     out = Path(cfg.out)
-    print(f"inik train: weights in {out / 'last.safetensors'}, log in {out / 'log.csv'}")
+    board = f"; TensorBoard: tensorboard --logdir {out}" if any(out.glob("events.out.tfevents.*")) else ""
+    print(f"inik train: weights in {out / 'last.safetensors'}, log in {out / 'log.csv'} (curves: inik plot {out})"
+          f"{board}")
     return 0
