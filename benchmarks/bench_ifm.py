@@ -18,9 +18,9 @@ a CPU no measurement starts after ``--budget-s`` (75 s), which keeps a default
 run near two minutes and says what it skipped.
 Absolute numbers only mean something next to the device line printed above them.
 
-Backends: unfused, reference, reference-compiled (the reference functions under
-``torch.compile``), cpp, cuda, triton - whichever ``inik.ops.available_backends``
-reports for the device. The Triton interpreter (CPU) is skipped: it is a
+Backends: every one registered in ``inik.ops.ifm`` (unfused, cpp, cuda, triton,
+reference, ...) plus reference-compiled (the reference functions under
+``torch.compile``) - whichever ``inik.ops.available_backends`` reports for the device. The Triton interpreter (CPU) is skipped: it is a
 correctness tool, thousands of times slower than the kernels.
 """
 
@@ -44,9 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import inik  # noqa: E402
 from inik.ops import available_backends, backend_unavailable, ifm  # noqa: E402
 from inik.ops import reference as ref  # noqa: E402
+from inik.ops.ifm import backend_names  # noqa: E402
 
-# The baseline first, then the fast backends, so a time budget cuts the slow ones.
-ALL_BACKENDS = ("unfused", "cpp", "cuda", "triton", "reference", "reference-compiled")
+# Every registered backend: the baseline first, then the fast ones, the reference
+# (and its compiled form) last, so a time budget cuts the slow ones.
+ALL_BACKENDS = ("unfused", *(n for n in backend_names() if n not in ("unfused", "reference")),
+                "reference", "reference-compiled")
 MODES = ("forward", "backward", "forward+backward")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -4,8 +4,8 @@
   or template error fails the suite even where the CUDA kernels are not built;
 * run on the CPU by tests/ifm_cuda_emulation.cpp (one std::thread per CUDA thread,
   __syncthreads a barrier) against sums from the IFM's definition, so their
-  indexing and reductions are tested too. On a GPU, tests/test_ifm_cpp.py runs
-  them for real against the C++ kernels.
+  indexing and reductions are tested too. On a GPU, tests/test_ifm_conformance.py
+  runs them for real against the reference.
 """
 
 import os

@@ -1,10 +1,11 @@
-"""The Triton IFM backend against the reference: forward, all four gradients, gradcheck, compile.
+"""What is specific to the Triton IFM backend: where it can run, its host code
+(in-place reads of row-contiguous views, band buffers, 64-bit offsets, forced
+launch configurations, the dense forward) and its kernels compiled for
+sm_80/sm_90 without a GPU. Forward, gradients, dtypes, strides, gradcheck,
+opcheck and torch.compile are checked by tests/test_ifm_conformance.py.
 
 Without a GPU the kernels run under the Triton interpreter on CPU tensors
-(tests/conftest.py sets TRITON_INTERPRET=1): fp32, fp64 and fp16, tiny shapes.
-On a GPU the same tests run on CUDA tensors, plus bf16, larger half-precision
-shapes and a 64-bit offset test. Every kernel is also compiled for sm_80/sm_90
-without a GPU.
+(tests/conftest.py sets TRITON_INTERPRET=1), on tiny shapes.
 """
 
 import pytest
@@ -13,9 +14,8 @@ import torch
 triton = pytest.importorskip("triton")
 
 from inik.ops import available_backends, backend_unavailable, ifm  # noqa: E402
-from inik.ops.reference import ifm_oracle  # noqa: E402
 
-from ifm_checks import check_compile_keeps_one_opaque_call, check_half_precision, check_partial_needs, close, run_grads  # noqa: E402
+from ifm_checks import close, run_grads  # noqa: E402
 
 ifm_triton = pytest.importorskip("inik.kernels.ifm_triton")
 
@@ -23,17 +23,6 @@ DEVICE = torch.device("cpu" if ifm_triton._INTERPRET or not torch.cuda.is_availa
 pytestmark = pytest.mark.skipif(backend_unavailable("triton", DEVICE) is not None,
                                 reason=f"triton backend cannot run on {DEVICE}: "
                                        f"{backend_unavailable('triton', DEVICE)}")
-
-# (B, C, H, W, R, N, K, support): odd sizes, H != W, K > H and K > W, B = 2,
-# N above 16 (two atom blocks), several column chunks, with and without support.
-CASES = {
-    "support": (2, 3, 5, 7, 3, 4, 5, [5, 3, 1]),
-    "k_gt_image": (1, 1, 3, 4, 2, 3, 7, None),
-    "wide_n": (2, 2, 6, 5, 2, 17, 3, [1, 3]),
-    "many_chunks": (1, 2, 4, 9, 3, 2, 7, [7, 3, 5]),
-    "channel_blocks": (1, 6, 3, 5, 2, 2, 3, None),  # 6 channels: blocks of 4 + 2
-    "default_dictionary": (1, 3, 5, 6, 7, 10, 15, [3, 5, 7, 9, 11, 13, 15]),
-}
 
 
 def _inputs(case, dtype=torch.float32, device=DEVICE):
@@ -52,8 +41,6 @@ def _assert_matches_reference(xs, support):
         close(g, rg, torch.float32, f"d{name}")
 
 
-
-
 def test_backend_registered_and_available():
     assert "triton" in available_backends(DEVICE)
     be = ifm_triton.triton_backend()
@@ -63,66 +50,16 @@ def test_backend_registered_and_available():
     assert be.unavailable(torch.device("meta")) is not None
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_forward_and_gradients_match_reference(case):
-    xs, support = _inputs(case)
-    _assert_matches_reference(xs, support)
-
-
-def test_forward_matches_naive_oracle():
-    xs, support = _inputs(CASES["support"], torch.float64)
-    out = ifm(*xs, support=support, backend="triton")
-    want = ifm_oracle(*[x.cpu() for x in xs], support)
-    close(out.cpu(), want, torch.float64, "output")
-
-
-@pytest.mark.parametrize("needs", [(True, False, False, False), (False, True, False, False),
-                                   (False, False, True, True), (False, True, True, False)])
-def test_partial_needs(needs):
-    xs, support = _inputs(CASES["support"])
-    check_partial_needs("triton", xs, support, needs)
-
-
-def test_non_contiguous_and_channels_last_inputs():
-    b, c, h, w, r, n, k = 2, 3, 5, 6, 2, 3, 5
-    image = torch.randn(b, h, w, c, device=DEVICE).permute(0, 3, 1, 2)  # channels_last strides
-    mu = torch.randn(b, 2 * r, h, w, device=DEVICE)[:, ::2]
-    omega = torch.randn(b, n, w, h, device=DEVICE).transpose(2, 3)
-    atoms = torch.randn(r, n, k + 2, k + 2, device=DEVICE)[:, :, 1:-1, 1:-1]
-    xs = [image, mu, omega, atoms]
-    assert not any(x.is_contiguous() for x in xs)
-    grad_out = torch.randn(b, c, h, w, device=DEVICE)
-    out, grads = run_grads("triton", xs, [5, 3], grad_out)
-    ref_out, ref_grads = run_grads("reference", [x.contiguous() for x in xs], [5, 3], grad_out)
-    assert out.stride() == torch.empty_like(image).stride()
-    close(out, ref_out, torch.float32, "output")
-    for g, rg in zip(grads, ref_grads):
-        close(g, rg, torch.float32, "grad")
-
-
-def test_crops_slices_and_expanded_inputs_read_in_place():
+def test_row_contiguous_views_are_read_in_place():
     """Row-contiguous views of mu and omega (a channel slice, a batch expanded with
-    stride 0) go to the kernels without a copy (the image, a crop here, is read
-    through the zero-padded copy every call makes); gradients flow back to the bases."""
-    b, c, h, w, r, n, k = 2, 3, 5, 6, 3, 2, 5
-    bases = [torch.randn(b, c, h + 3, w + 4, device=DEVICE), torch.randn(b, r + 1, h, w, device=DEVICE),
-             torch.randn(1, n, h, w, device=DEVICE), torch.randn(r, n, k, k, device=DEVICE)]
-    grad_out = torch.randn(b, c, h, w, device=DEVICE)
-
-    def views(image, mu, omega, atoms):
-        return image[:, :, 1:1 + h, 2:2 + w], mu[:, 1:], omega.expand(b, n, h, w), atoms
-
-    xs = views(*bases)
-    assert all(x.stride(-1) == 1 for x in xs) and not any(x.is_contiguous() for x in xs[:3])
-    assert all(v is x for v, x in zip(ifm_triton._rows(*xs[:3]), xs[:3]))
-    results = {}
-    for backend in ("triton", "reference"):
-        leaves = [x.clone().requires_grad_() for x in bases]
-        out = ifm(*views(*leaves), support=[5, 1, 3], backend=backend)
-        out.backward(grad_out)
-        results[backend] = [out.detach()] + [x.grad for x in leaves]
-    for name, got, want in zip(("output", "image", "mu", "omega", "atoms"), results["triton"], results["reference"]):
-        close(got, want, torch.float32, name)
+    stride 0) go to the kernels without a copy; other layouts are copied first (the
+    conformance suite checks the results and gradients of both)."""
+    b, h, w, r, n = 2, 5, 6, 3, 2
+    views = (torch.randn(b, r + 1, h, w)[:, 1:], torch.randn(1, n, h, w).expand(b, n, h, w))
+    assert not any(x.is_contiguous() for x in views)
+    assert all(v is x for v, x in zip(ifm_triton._rows(*views), views))
+    transposed = torch.randn(b, n, w, h).transpose(2, 3)
+    assert ifm_triton._rows(transposed)[0].is_contiguous()
 
 
 def test_gradients_in_several_bands(monkeypatch):
@@ -138,7 +75,7 @@ def test_64bit_offset_path(monkeypatch):
     """The int64 offset variant (chosen when a buffer passes 2**31 elements, which
     the interpreter cannot reach) computes the same numbers."""
     monkeypatch.setattr(ifm_triton, "_off64", lambda *counts: True)
-    xs, support = _inputs(CASES["support"])
+    xs, support = _inputs((2, 3, 5, 7, 3, 4, 5, [5, 3, 1]))
     _assert_matches_reference(xs, support)
 
 
@@ -157,53 +94,13 @@ def test_forced_launch_configurations(monkeypatch, dense):
     _assert_matches_reference(xs, support)
 
 
-def test_backward_is_deterministic():
-    xs, support = _inputs(CASES["wide_n"])
-    grad_out = torch.randn_like(xs[0])
-    _, first = run_grads("triton", xs, support, grad_out)
-    _, second = run_grads("triton", xs, support, grad_out)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("k,support,fast,dense", [(3, None, False, False), (5, [5, 3], True, False),
-                                                  (5, [1, 5], True, False), (5, [1, 3, 5], True, True)])
-def test_gradcheck_float64(monkeypatch, k, support, fast, dense):
-    if dense:
-        monkeypatch.setattr(ifm_triton, "_FORCED", {"_fwd_kernel": dict(TH=4, TW=4, CH=16, DENSE=True)})
-    case = (1, 1 if not fast else 2, 3 if not fast else 4, 4 if not fast else 5, len(support or [0, 0]), 2, k,
-            support)
-    xs, support = _inputs(case, torch.float64)
+def test_gradcheck_dense_forward(monkeypatch):
+    """The forward's dense variant (one dot over all scales per chunk) also
+    synthesises the kernels the image gradient reads: its gradients, in float64."""
+    monkeypatch.setattr(ifm_triton, "_FORCED", {"_fwd_kernel": dict(TH=4, TW=4, CH=16, DENSE=True)})
+    xs, support = _inputs((1, 2, 4, 5, 3, 2, 5, [1, 3, 5]), torch.float64)
     xs = [x.requires_grad_() for x in xs]
-    assert torch.autograd.gradcheck(lambda *a: ifm(*a, support=support, backend="triton"), xs,
-                                    fast_mode=fast)
-
-
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1, 1, 3), (1, 2, 1, 6, 2, 2, 5), (3, 1, 2, 1, 1, 3, 1)],
-                         ids=["1x1_image", "one_row", "k1_one_col"])
-def test_gradcheck_degenerate_shapes(shape):
-    xs, _ = _inputs((*shape, None), torch.float64)
-    xs = [x.requires_grad_() for x in xs]
-    assert torch.autograd.gradcheck(lambda *a: ifm(*a, backend="triton"), xs)
-
-
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(requires_grad):
-    xs, support = _inputs((1, 2, 3, 4, 2, 3, 3, [3, 1]))
-    xs = [x.requires_grad_(requires_grad) for x in xs]
-    torch.library.opcheck(torch.ops.inik.ifm.default, (*xs, support, "triton"))
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_matches_fp32_reference(dtype):
-    """Tensor-core dots in the input dtype, fp32 accumulation, results cast back.
-    The interpreter runs fp16 (numpy has it) but not bf16."""
-    if DEVICE.type != "cuda" and dtype == torch.bfloat16:
-        pytest.skip("bf16 needs a GPU: the Triton interpreter computes it wrongly")
-    case = ((2, 3, 19, 23, 7, 10, 15, [3, 5, 7, 9, 11, 13, 15]) if DEVICE.type == "cuda"
-            else (2, 3, 5, 7, 3, 4, 5, [5, 3, 1]))
-    xs, support = _inputs(case, dtype)
-    check_half_precision("triton", xs, support, dtype)
+    assert torch.autograd.gradcheck(lambda *a: ifm(*a, support=support, backend="triton"), xs, fast_mode=True)
 
 
 def test_large_image_64bit_offsets():
@@ -221,11 +118,6 @@ def test_large_image_64bit_offsets():
     atoms[0, 0, 1, 1] = 2.0
     out = ifm(image, mu, omega, atoms, backend="triton")
     assert out[-1, -1, -1, -1].item() == 2.0 and out.sum().item() == 2.0
-
-
-def test_torch_compile_fullgraph_keeps_one_opaque_call():
-    xs, support = _inputs((1, 2, 4, 5, 2, 3, 3, [3, 1]))
-    check_compile_keeps_one_opaque_call(xs, support, "triton")
 
 
 # ---------------------------------------------------------------- GPU compile check (no GPU needed)

@@ -381,7 +381,8 @@ def _cascade_model(recurrence="duplex", gate=(0.7, -0.4)):
     torch.manual_seed(1)
     m = inik.INIKNet(width=8, scales=4, atoms=3, recurrence=recurrence, cascade=True).eval()
     with torch.no_grad():
-        m.cascade_gate.copy_(torch.tensor(gate))
+        m.cascade_gate.copy_(torch.tensor(gate) / inik.models.iniknet.CASCADE_GATE_SCALE)
+    assert torch.allclose(m.cascade_gates(), torch.tensor(gate))
     return m
 
 
@@ -400,7 +401,7 @@ def test_cascade_feeds_each_level_the_coarser_correction(recurrence):
     torch.testing.assert_close(seen[0], pyr[0])
     for l in (1, 2):
         up = F.interpolate(levels[l - 1] - pyr[l - 1], size=pyr[l].shape[-2:], mode="bilinear", align_corners=False)
-        torch.testing.assert_close(seen[l], pyr[l] + m.cascade_gate[l - 1] * up)
+        torch.testing.assert_close(seen[l], pyr[l] + m.cascade_gates()[l - 1] * up)
     with torch.no_grad():  # inference runs every level's IFM and returns the finest
         torch.testing.assert_close(m(y), levels[-1])
 

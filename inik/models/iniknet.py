@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import BACKEND_NAMES, ifm
+from ..ops import ifm
+from ..ops.ifm import backend_names
 from .dictionary import KINDS, Dictionary
 from .recurrent import DuplexRecurrence, UnidirectionalRecurrence
 from .unet import UNet
@@ -34,6 +35,8 @@ UNRECORDED_REVISION = 1
 #: configuration comes from files too; it is checked before anything is built, so that a
 #: file cannot ask for a network that takes all memory.
 LIMITS = {"width": 256, "scales": 32, "atoms": 64}
+#: INIKNetConfig.cascade's gates are this times the parameter ``cascade_gate``.
+CASCADE_GATE_SCALE = 25.0
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,10 @@ class INIKNetConfig:
         the coarse levels leave their input unchanged, z is y_l exactly. A learned
         gate per level scales the correction; it starts at 0, so that weights of
         the network without the cascade are a warm start that computes what they
-        computed. Inference then runs the IFM at every level.
+        computed. (The parameter ``cascade_gate`` holds the gates divided by
+        :data:`CASCADE_GATE_SCALE`: Adam moves every parameter by about the
+        learning rate per step, which would take thousands of steps to open a gate
+        to 1.) Inference then runs the IFM at every level.
     """
 
     width: int = 32
@@ -151,8 +157,9 @@ class INIKNet(nn.Module):
                             f"e.g. INIKNet(width=8)), got {type(config).__name__}")
         elif kwargs:
             raise TypeError("INIKNet: pass either config or keyword arguments, not both")
-        if not isinstance(ifm_backend, str) or ifm_backend not in ("auto",) + BACKEND_NAMES:
-            raise ValueError(f"INIKNet: ifm_backend must be 'auto' or one of {BACKEND_NAMES}, got {ifm_backend!r}")
+        names = backend_names()  # read now: a backend registered after import counts
+        if not isinstance(ifm_backend, str) or ifm_backend not in ("auto",) + names:
+            raise ValueError(f"INIKNet: ifm_backend must be 'auto' or one of {names}, got {ifm_backend!r}")
         self.config = config
         self.ifm_backend = ifm_backend
         c = config
@@ -240,10 +247,14 @@ class INIKNet(nn.Module):
             prev = results[-1][0]
         return results if all_levels else results[-1:]
 
+    def cascade_gates(self) -> torch.Tensor:
+        """The cascade's gates, level 1/2 then full resolution (see INIKNetConfig.cascade)."""
+        return self.cascade_gate * CASCADE_GATE_SCALE
+
     def _cascaded(self, pyramid, l: int, coarser: torch.Tensor) -> torch.Tensor:
         """Level l's IFM input with the cascade: its pyramid image plus the coarser
         level's correction (output minus input), upsampled x2, times the level's gate."""
-        correction = (coarser - pyramid[l - 1]) * self.cascade_gate[l - 1].to(coarser.dtype)
+        correction = (coarser - pyramid[l - 1]) * self.cascade_gates()[l - 1].to(coarser.dtype)
         return pyramid[l] + F.interpolate(correction, size=pyramid[l].shape[-2:], mode="bilinear",
                                           align_corners=False)
 

@@ -1,10 +1,13 @@
 """The IFM operator and its backends (``torch.ops.inik.ifm``)."""
 
+from . import ifm as _ifm
 from .ifm import (
-    BACKEND_NAMES,
     ENV_BACKEND,
     Backend,
+    Registration,
+    auto_order,
     available_backends,
+    backend_names,
     backend_unavailable,
     ifm,
     register_backend,
@@ -13,6 +16,12 @@ from .ifm import (
 )
 
 __all__ = [
-    "BACKEND_NAMES", "ENV_BACKEND", "Backend", "available_backends", "backend_unavailable",
-    "ifm", "register_backend", "resolve_backend", "validate",
+    "BACKEND_NAMES", "ENV_BACKEND", "Backend", "Registration", "auto_order", "available_backends",
+    "backend_names", "backend_unavailable", "ifm", "register_backend", "resolve_backend", "validate",
 ]
+
+
+def __getattr__(name: str):
+    if name == "BACKEND_NAMES":  # read at each use: backends registered later count
+        return _ifm.BACKEND_NAMES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,8 +7,10 @@
 
 The op is registered as ``torch.ops.inik.ifm`` (with ``torch.ops.inik.ifm_backward``
 for its gradient) through :mod:`torch.library`, so ``torch.compile(fullgraph=True)``
-keeps it as one opaque call. Backends plug in with :func:`register_backend`;
-``backend="auto"`` picks the fastest one available for the tensors' device, the
+keeps it as one opaque call. Each backend is declared once, with
+:func:`register_backend` (its name, its code, its priority for ``backend="auto"``
+per device type; docs/adding_a_backend.md); ``backend="auto"`` picks the
+highest-priority one available for the tensors' device, the
 environment variable ``INIK_IFM_BACKEND`` forces one, and :func:`resolve_backend`
 says which one a call would use (also logged at DEBUG level on ``inik.ops``).
 """
@@ -20,7 +22,7 @@ import logging
 import numbers
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -51,55 +53,108 @@ class Backend:
     unavailable: Callable[[torch.device], Optional[str]]
 
 
-_BACKENDS: dict[str, Backend] = {}
-# Backends whose code lives in optional modules, loaded on first use:
-# name -> "module:attribute" of a function returning a Backend (or raising ImportError).
-_LAZY: dict[str, str] = {
-    "cpp": "inik.ops._ext:cpp_backend",
-    "cuda": "inik.ops._ext:cuda_backend",
-    "triton": "inik.kernels.ifm_triton:triton_backend",
-}
-_LOAD_ERRORS: dict[str, str] = {}
-BACKEND_NAMES = ("reference", "unfused", "cpp", "cuda", "triton")
-# Priority of "auto", fastest first.
-_AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}
+@dataclass(frozen=True)
+class Registration:
+    """One entry of the backend registry: everything the package knows about a
+    backend before running it, so that adding one is a module plus one
+    :func:`register_backend` call.
+
+    ``source`` is the :class:`Backend`, or ``"module:function"`` naming a function
+    that returns it, imported on first use (an ImportError there, e.g. an optional
+    part not installed, makes the backend unavailable with that message).
+    ``auto`` maps device types (``"cpu"``, ``"cuda"``, ``"*"`` for any other) to the
+    backend's priority for ``backend="auto"``: the highest available one runs;
+    a backend without a priority for a device type runs there only when named.
+    """
+
+    name: str
+    source: Union[Backend, str]
+    auto: Mapping[str, int]
 
 
-def register_backend(backend: Backend) -> None:
-    _BACKENDS[backend.name] = backend
+_REGISTRY: dict[str, Registration] = {}
+_LOADED: dict[str, Union[Backend, str]] = {}  # name -> its Backend, or why it could not be imported
+BACKEND_NAMES: tuple[str, ...] = ()  # kept equal to backend_names()
 
 
-def _get(name: str) -> Optional[Backend]:
-    if name not in _BACKENDS and name in _LAZY and name not in _LOAD_ERRORS:
-        module, attr = _LAZY[name].split(":")
+def register_backend(backend: Union[Backend, str], *, name: Optional[str] = None,
+                     auto: Optional[Mapping[str, int]] = None) -> None:
+    """Add a backend, or replace the one of the same name.
+
+    ``backend`` is a :class:`Backend`, or ``"module:function"`` (then ``name`` is
+    required) for code imported only when the backend is first used. ``auto``:
+    its priority per device type for ``backend="auto"`` (see :class:`Registration`
+    and the package's registrations below); None keeps the priority of a backend
+    it replaces, else the backend is never picked by "auto".
+    """
+    if isinstance(backend, Backend):
+        name = backend.name if name is None else name
+    elif not (isinstance(backend, str) and backend.count(":") == 1 and isinstance(name, str)):
+        raise TypeError(f"register_backend: backend must be a Backend, or 'module:function' with name=..., "
+                        f"got {backend!r} (name={name!r})")
+    if not isinstance(name, str) or not name or name == "auto":
+        raise ValueError(f"register_backend: name must be a non-empty string other than 'auto', got {name!r}")
+    if auto is None:
+        auto = _REGISTRY[name].auto if name in _REGISTRY else {}
+    if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in auto.items()):
+        raise TypeError(f"register_backend: auto must map device types to integer priorities, got {auto!r}")
+    global BACKEND_NAMES
+    _REGISTRY[name] = Registration(name, backend, dict(auto))
+    _LOADED.pop(name, None)
+    BACKEND_NAMES = tuple(_REGISTRY)
+
+
+def backend_names() -> tuple[str, ...]:
+    """Every registered backend, in registration order, as of now (``BACKEND_NAMES``
+    imported elsewhere keeps the names of its import time)."""
+    return tuple(_REGISTRY)
+
+
+def auto_order(device: torch.device | str) -> list[str]:
+    """The backends ``backend="auto"`` tries on ``device``, in order: highest priority
+    first, ties in registration order."""
+    kind = torch.device(device).type
+    ranked = []
+    for i, reg in enumerate(_REGISTRY.values()):
+        priority = reg.auto.get(kind, reg.auto.get("*"))
+        if priority is not None:
+            ranked.append((-priority, i, reg.name))
+    return [name for _, _, name in sorted(ranked)]
+
+
+def _load(name: str) -> Union[Backend, str]:
+    """The registered backend's code (imported on first use), or why it cannot be loaded."""
+    source = _REGISTRY[name].source
+    if isinstance(source, Backend):
+        return source
+    if name not in _LOADED:
+        module, attr = source.split(":")
         try:
-            register_backend(getattr(importlib.import_module(module), attr)())
+            _LOADED[name] = getattr(importlib.import_module(module), attr)()
         except ImportError as exc:  # optional component not built / not installed
-            _LOAD_ERRORS[name] = f"{type(exc).__name__}: {exc}"
+            _LOADED[name] = f"{type(exc).__name__}: {exc}"
             log.debug("IFM backend %r not loadable: %s", name, exc)
-    return _BACKENDS.get(name)
+    return _LOADED[name]
 
 
 def backend_unavailable(name: str, device: torch.device | str) -> Optional[str]:
     """None if backend ``name`` can run on ``device``, else why not."""
-    if name not in BACKEND_NAMES:
-        return f"unknown backend {name!r}; expected one of {BACKEND_NAMES}"
-    be = _get(name)
-    if be is None:
-        return _LOAD_ERRORS.get(name, "not registered")
-    return be.unavailable(torch.device(device))
+    if not isinstance(name, str) or name not in _REGISTRY:
+        return f"unknown backend {name!r}; expected one of {backend_names()}"
+    be = _load(name)
+    return be if isinstance(be, str) else be.unavailable(torch.device(device))
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Backends that can run on ``device``."""
-    return [n for n in BACKEND_NAMES if backend_unavailable(n, device) is None]
+    return [n for n in backend_names() if backend_unavailable(n, device) is None]
 
 
 @torch.compiler.assume_constant_result
 def resolve_backend(device: torch.device | str, backend: str = "auto") -> str:
     """The backend a call on ``device`` uses: ``backend`` if given (or the
     ``INIK_IFM_BACKEND`` environment variable when ``backend == "auto"``),
-    else the first available in priority order."""
+    else the first available in :func:`auto_order`."""
     device = torch.device(device)
     source = f"backend={backend!r}"
     if isinstance(backend, str) and backend == "auto":
@@ -107,28 +162,31 @@ def resolve_backend(device: torch.device | str, backend: str = "auto") -> str:
         if env:
             backend, source = env, f"{ENV_BACKEND}={env!r}"
     if backend != "auto":
-        if not isinstance(backend, str) or backend not in BACKEND_NAMES:
-            raise ValueError(f"inik.ops.ifm: {source}: unknown backend; expected 'auto' or one of {BACKEND_NAMES}")
+        if not isinstance(backend, str) or backend not in _REGISTRY:
+            raise ValueError(f"inik.ops.ifm: {source}: unknown backend; expected 'auto' or one of {backend_names()}")
         why = backend_unavailable(backend, device)
         if why is not None:
             raise RuntimeError(f"inik.ops.ifm: {source} cannot run on {device}: {why}")
         return backend
-    order = _AUTO_ORDER.get(device.type, ("reference",))
-    for name in order:
+    for name in auto_order(device):
         why = backend_unavailable(name, device)
         if why is None:
             log.debug("IFM on %s: backend %r", device, name)
             return name
         log.debug("IFM on %s: skipping %r (%s)", device, name, why)
-    raise RuntimeError(f"inik.ops.ifm: no backend can run on {device}")  # pragma: no cover
+    raise RuntimeError(f"inik.ops.ifm: no backend can run on {device}")
 
 
 def _always(device: torch.device) -> Optional[str]:
     return None
 
 
-register_backend(Backend("reference", _ref.ifm_reference, _ref.ifm_reference_backward, _always))
+# The package's backends, in the order BACKEND_NAMES lists them.
+register_backend(Backend("reference", _ref.ifm_reference, _ref.ifm_reference_backward, _always), auto={"*": 0})
 register_backend(Backend("unfused", _ref.ifm_unfused, _ref.ifm_unfused_backward, _always))
+register_backend("inik.ops._ext:cpp_backend", name="cpp", auto={"cpu": 20})
+register_backend("inik.ops._ext:cuda_backend", name="cuda", auto={"cuda": 20})
+register_backend("inik.kernels.ifm_triton:triton_backend", name="triton", auto={"cuda": 30})
 
 
 # ---------------------------------------------------------------- registration
@@ -146,7 +204,7 @@ def _runnable(backend: str, device: torch.device) -> Backend:
     why = backend_unavailable(backend, device)
     if why is not None:
         raise ValueError(f"inik IFM op: backend {backend!r} cannot run on {device}: {why}")
-    return _BACKENDS[backend]
+    return _load(backend)
 
 
 def _check_op(image, mu, omega, atoms, support, grad=None, needs=None) -> None:
@@ -291,7 +349,8 @@ def ifm(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor, *,
         support: optional R odd sizes; atom r is used only inside its centred
             ``support[r] x support[r]`` window, as if zero outside (its gradient
             is zero there). Lets backends skip the zeros of small scales.
-        backend: "auto", "reference", "unfused", "cpp", "cuda" or "triton".
+        backend: "auto" or a registered backend (:func:`backend_names`): the
+            package's are "reference", "unfused", "cpp", "cuda" and "triton".
 
     Returns:
         (B, C, H, W) tensor of the inputs' dtype. Differentiable in all four inputs
