@@ -14,7 +14,7 @@ so the build sees the installed torch. Environment variables:
   kernels, even without a visible GPU. By default they are built only when torch
   has CUDA and a GPU is visible; ``INIK_BUILD_CUDA=0`` never builds them;
 * ``INIK_CPU_NATIVE=1``: compile the CPU kernels with ``-march=native`` (faster
-  on this machine, not portable). By default one binary carries x86-64-v4/v3/
+  on the building CPU, not portable). By default one binary carries x86-64-v4/v3/
   baseline copies of the hot loops, picked at load time;
 * ``MAX_JOBS``: parallel compile jobs (torch's variable);
 * ``INIK_REQUIRE_EXTENSION=1``: a failed build of the extension fails the

@@ -1,4 +1,4 @@
-"""Time every IFM backend this machine can run: forward, backward, forward+backward.
+"""Time every IFM backend that can run here: forward, backward, forward+backward.
 
     python benchmarks/bench_ifm.py                     # 640x640, B=1, C=3, fp32, default dictionary
     python benchmarks/bench_ifm.py --dtype bfloat16 --size 1024 --out ifm.csv

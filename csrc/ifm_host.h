@@ -14,7 +14,7 @@
 namespace inik {
 
 // Error messages are assembled here with std::to_string, never through an
-// ostream: on the GPU machine's image (GCC 13 headers, torch 2.11, 2026-11-26)
+// ostream: with GCC 13 headers and torch 2.11
 // c10::str's ostringstream, instantiated inside this library, crashed with
 // SIGSEGV in basic_ostream::_M_insert<long> (cuda-gdb backtrace) when a failed
 // check formatted an integer, killing Python instead of raising. TORCH_CHECK

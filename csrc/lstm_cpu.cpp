@@ -11,7 +11,7 @@
 //
 // Why: in a channels_last network the four gates are channel slices of one
 // tensor, so PyTorch's elementwise ops on them run on strided views - scalar
-// loops, 11x slower than on contiguous data in bfloat16 - and each of the
+// loops, several times slower than on contiguous data in bfloat16 - and each of the
 // cell's ten ops reads and writes full-size tensors. One pass here reads the
 // gates and c once and writes h and c_new once. The backward recomputes the
 // activations from (gates, c), so training saves two tensors per cell instead

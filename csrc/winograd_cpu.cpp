@@ -454,7 +454,7 @@ std::string conv3x3_winograd_isa() { return kIsaNames[pick_isa()]; }
 // columns Co..Cop are zero. float32 (a*a, Ci, Cop), or for the bfloat16 GEMM (dot)
 // bfloat16 (a*a, Ci/2 rounded up, Cop, 2): input channels 2k and 2k+1 side by side,
 // a zero for the odd Ci's last. (A plain loop: ATen's small batched matmuls and copies
-// took about 100 ms per 640x640 forward, over its ~120 calls.)
+// cost more than the transform itself over a forward's ~120 calls.)
 template <int m>
 at::Tensor transform_weight(const at::Tensor& weight, int64_t Cop, bool dot) {
   constexpr int a = Tile<m>::a;
@@ -506,9 +506,8 @@ int64_t gemm_cost(int m, int64_t H, int64_t W) {
 
 // tile = 0: INIK_WINOGRAD_TILE (4 or 6, for tests and timings) if set, else F(6x6, 3x3)
 // for images of at least 128x128 pixels where it needs fewer multiplies, F(4x4, 3x3)
-// otherwise. Measured on the model's shapes (2-core AVX-512 CPU, bench_conv.py): from
-// 160x160 up F(6x6) is 1.0-1.4x faster in bfloat16 and 0.9-1.1x in float32 (a 640x640
-// bf16 forward 1.08x faster in all), but 0.7-0.95x at 80x80 and 40x40, where its larger
+// otherwise: on the model's shapes (bench_conv.py; figures in benchmarks/HISTORY.md)
+// F(6x6) is faster from about 160x160 up and slower at 80x80 and below, where its larger
 // transformed weights (64 positions, not 36) and partial tiles cost more than its fewer
 // multiplies save.
 int pick_tile(int64_t tile, int64_t H, int64_t W) {

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         name = f"inik {args.command}"
         from .runtime import keep_freed_memory
-        keep_freed_memory()  # 1.5x faster CPU forwards (see its docstring); INIK_MALLOC=system opts out
+        keep_freed_memory()  # faster CPU forwards (see its docstring); INIK_MALLOC=system opts out
         if args.command != "info":  # which says so itself
             _note_missing_extension()
         return int(importlib.import_module(args._module).run(args) or 0)

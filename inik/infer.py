@@ -36,18 +36,17 @@ def load_model(weights: Optional[str | os.PathLike] = None, device: str | torch.
         model, trained = INIKNet(), False
     else:
         model, trained = INIKNet.load(path, map_location=device), True
-    # channels_last: same numbers (tests/test_fast_path.py), 2-3x faster convolutions on CPU
+    # channels_last: same numbers (tests/test_fast_path.py), faster convolutions on CPU
     return model.eval().to(device, memory_format=torch.channels_last), trained
 
 
 # Default tile overlap in pixels. How far a tile's border disturbs its output is a
 # property of the network (its coarsest level works at 1/16 resolution, where
-# one pixel is 16 px of the photo), not of the tile size. Measured with the
-# default weights on a 512x512 image, max difference from the whole-image
-# output at a distance d from a tile's inner edge: 1.2e-2 at 48 px, 8.5e-3 at
-# 64, 3.5e-3 at 80 and 96 (benchmarks/tile_error.py, 2026-12-02; the revision-1
-# weights before them: 7e-4 at 80, 1.2e-3 at 96). A 192-px overlap keeps every
-# used pixel >= 84 px from the edge of the tile it comes from.
+# one pixel is 16 px of the photo), not of the tile size: with the default
+# weights it falls below one level of 255 from about 80 px inside a tile's
+# inner edge (benchmarks/tile_error.py; figures in benchmarks/RESULTS.md). A
+# 192-px overlap keeps every used pixel >= 84 px from the edge of the tile it
+# comes from.
 DEFAULT_OVERLAP = 192
 
 
@@ -76,9 +75,9 @@ def _window(n: int, overlap: int, lo_edge: bool, hi_edge: bool) -> torch.Tensor:
 # pixel (its coarsest level works at 1/16 resolution), so small tiles change the
 # result whatever the blending. The pixels a tile contributes lie at least 7/16
 # of the overlap inside it; at the default overlap, min(192, 3/4 of the tile),
-# that is 84 px for tiles of 256 px and up (error 1e-4 to 1e-3, DEFAULT_OVERLAP's
-# note) but 42 px for 128-px tiles (2e-2 measured on a 200x200 image, 5 levels
-# of 255) and less below.
+# that is 84 px for tiles of 256 px and up (under one level of 255, DEFAULT_OVERLAP's
+# note) but 42 px for 128-px tiles (several levels of 255, benchmarks/HISTORY.md)
+# and less below.
 MIN_TILE = 256
 
 
@@ -552,7 +551,7 @@ def check_device(device: str) -> torch.device:
     except RuntimeError as exc:
         raise ValueError(f"--device {device}: not a torch device ({exc})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        raise ValueError(f"--device {device}: CUDA is not available (use --device cpu)")
     try:
         torch.empty(1, device=dev)
     except (RuntimeError, AssertionError) as exc:

@@ -24,12 +24,11 @@ def keep_freed_memory() -> bool:
     A forward pass frees and re-allocates dozens of activation buffers of tens
     to hundreds of megabytes. glibc serves every allocation above its mmap
     threshold (at most 32 MB) with a fresh ``mmap`` and unmaps it on free, so
-    the kernel zero-fills every page again on first touch: measured on the
-    2-core development CPU, a 640x640 INIKNet forward took 2.7 million page
-    faults and 4.5 s of system time out of 8.8 s. With mmap disabled for
-    malloc and the heap never trimmed, the same forward takes 6.0 s with no
-    page faults, for a peak resident set about 20% larger (freed memory stays
-    with the process until it exits).
+    the kernel zero-fills every page again on first touch: a large share of a
+    CPU forward's time goes to page faults. With mmap disabled for malloc and
+    the heap never trimmed, those page faults go, for a larger peak resident
+    set (freed memory stays with the process until it exits). Figures:
+    ``benchmarks/RESULTS.md``.
 
     Process-wide and irreversible. A no-op (returning False) off Linux/glibc or
     when the environment sets ``INIK_MALLOC=system``; True once applied.

@@ -414,7 +414,7 @@ def init_weights(model: INIKNet, path: str, other_revision: bool = False) -> Non
     ``other_revision`` the network revision too: the revisions share their
     tensors' layout, but not their function, so such a start is a warm start
     that first loses quality (stage 3's revision-1 weights read as revision 2:
-    27.6 -> 22.6 dB on the model card's held-out set) and regains it in training
+    docs/MODEL_CARD.md gives the drop) and regains it in training
     (docs/MODEL_CARD.md, stage 4).
     """
     stored = INIKNet.read_config(path)  # clear errors for a missing or foreign file

@@ -414,10 +414,10 @@ def _cfg(th, tw, ch, warps, stages, maxnreg=None):
 
 
 # Hopper and Ampere: the fastest configurations of benchmarks/sweep_triton.py on an
-# H200 (2026-11-26, 640x640 fp32, IEEE and TF32 dots; benchmarks/RESULTS.md).
+# H200 (640x640 fp32, IEEE and TF32 dots; figures in benchmarks/HISTORY.md).
 # Chunks of 32 taps beat 16 (fewer, larger dots); tiles of fewer than 128 pixels
-# made the old masked gathers up to 6x slower; register caps (maxnreg) gained at
-# most 3%. The autotuner keys on the dictionary shape, channel count and variant.
+# made the old masked gathers several times slower; register caps (maxnreg) gained
+# next to nothing. The autotuner keys on the dictionary shape, channel count and variant.
 _GPU_CONFIGS = [
     _cfg(8, 16, 32, 4, 2), _cfg(16, 16, 32, 8, 2), _cfg(4, 32, 32, 8, 2), _cfg(8, 16, 32, 8, 2),
     _cfg(8, 8, 32, 4, 2),
@@ -435,7 +435,7 @@ _FIXED_GPU_F64 = {"TH": 4, "TW": 8, "CH": 16}
 # The atom-gradient GEMM (fixed: its grid and partials are sized before the launch):
 # blocks of BK pixels, CHN columns per program.
 _ATOMS_GPU = {"BK": 64, "CHN": 64, "num_warps": 8}  # tensor-core dots (TF32, fp16, bf16)
-_ATOMS_GPU_IEEE = {"BK": 64, "CHN": 64, "num_warps": 4}  # IEEE fp32: 1.76 ms against 2.42 with 8 warps
+_ATOMS_GPU_IEEE = {"BK": 64, "CHN": 64, "num_warps": 4}  # IEEE fp32: 4 warps beat 8 (HISTORY.md)
 _ATOMS_FIXED = {"BK": 16, "CHN": 16, "num_warps": 4}
 
 

@@ -526,7 +526,7 @@ def split_photos(photos, held_out: float = 0.1, seed: int = 0) -> tuple[list[Pat
     wherever the folder lies, but adding or removing a photo reshuffles it (one
     more photo among 100 moves 4 of the 10 held-out ones into training). Keep the
     folder as it was when the model was trained (the default model: the 310
-    photos of ``../shared/data/sharp``, 2026-11-25) before scoring a held-out set."""
+    photos of ``../shared/data/sharp``, docs/MODEL_CARD.md) before scoring a held-out set."""
     photos = sorted(Path(p) for p in photos)
     order = np.random.default_rng(seed).permutation(len(photos))
     n = int(round(held_out * len(photos)))

@@ -78,8 +78,8 @@ def conv3x3_reflect_borders(x: torch.Tensor, weight: torch.Tensor, stride: int) 
     the padded copy of x: a zero-padded convolution, then the output rows and
     columns that read the padding recomputed from reflect-padded three-pixel strips.
 
-    For inference on the CPU (a whole 640x640 forward 8% faster in bfloat16 when
-    the copies went); not differentiable (its in-place border writes).
+    For inference on the CPU (no padded copy of every activation); not
+    differentiable (its in-place border writes).
     """
     h, w = x.shape[-2:]
     out = F.conv2d(x, weight, None, stride, 1)
@@ -145,9 +145,9 @@ class ReflectConv2d(nn.Conv2d):
     numbers as ``nn.Conv2d(..., padding=1, padding_mode="reflect")``), padded by
     :func:`reflect_pad1` so that channels_last stays channels_last. In CPU
     inference on channels_last input: Winograd's F(4x4, 3x3) or F(6x6, 3x3) where
-    :func:`inik.ops.winograd.eligible` allows it (2.4x faster in float32, rounding
-    differences of about 3e-6), else :func:`conv3x3_reflect_borders`. ``relu``: a
-    ReLU on the output, fused into the Winograd convolution where it runs."""
+    :func:`inik.ops.winograd.eligible` allows it (faster, rounding differences of
+    about 3e-6; see :mod:`inik.ops.winograd`), else :func:`conv3x3_reflect_borders`.
+    ``relu``: a ReLU on the output, fused into the Winograd convolution where it runs."""
 
     def __init__(self, cin: int, cout: int, stride: int = 1, relu: bool = False):
         super().__init__(cin, cout, 3, stride=stride, padding=0, bias=False)
@@ -162,7 +162,7 @@ class ReflectConv2d(nn.Conv2d):
             return winograd.conv3x3(x, self.weight, padding_mode="reflect", relu=self.relu)
         if winograd.trainable(x, self.weight, self.stride[0]):
             out = _WinogradReflectConv.apply(x, self.weight)
-        # (also under torch.compile: a compiled bf16 640x640 forward 3.58 -> 2.55 s on 2 cores)
+        # (also under torch.compile, whose graph would otherwise go back to padded copies)
         elif (x.device.type == "cpu" and min(x.shape[-2:]) >= 2 and not torch.is_grad_enabled()
                 and is_channels_last(x)):
             out = conv3x3_reflect_borders(x, self.weight, self.stride[0])
@@ -195,8 +195,7 @@ class ResBlock(nn.Module):
         out = self.conv2(self.act(self.conv1(x)))
         if out.dtype == x.dtype and out.shape == x.shape:
             # into the convolution's output (its backward does not need it): no fresh
-            # full-size buffer, whose first touch page-faulted on CPUs (up to 60 ms per
-            # 64-channel 640x640 add in a profile, 4 ms when the buffer is reused)
+            # full-size buffer, whose first touch page-faults on CPUs
             return out.add_(x)
         return x + out
 

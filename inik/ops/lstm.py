@@ -9,8 +9,8 @@
 On CPU tensors in channels_last layout (the fast path of ``inik deblur`` and
 ``inik train``) it runs the native ops ``torch.ops.inik.lstm_cell_forward`` /
 ``lstm_cell_backward`` of ``inik._C``: one pass over memory instead of ten
-PyTorch ops on strided channel slices (5-6x faster at 640x640, see
-``csrc/lstm_cpu.cpp``), and a backward that recomputes the activations, so
+PyTorch ops on strided channel slices (see ``csrc/lstm_cpu.cpp``; timings in
+``benchmarks/RESULTS.md``), and a backward that recomputes the activations, so
 autograd keeps two tensors per cell instead of seven (a backward with
 ``create_graph=True``, whose gradients get differentiated again, runs PyTorch
 ops from the same two tensors). Everywhere else (CUDA,

@@ -6,35 +6,31 @@ then ReLU if asked, with the native op ``torch.ops.inik.conv3x3_winograd``
 block of outputs instead of 144, or 64 for every 6x6 block instead of 324,
 padding applied by index (no padded copy), the residual add and ReLU fused into
 the output transform. The op takes F(6x6, 3x3) for images of at least 128x128
-pixels, where it was measured up to 1.4x faster than F(4x4, 3x3) per layer in
-bfloat16 (a whole 640x640 bf16 forward 1.08x), and F(4x4, 3x3) below
-(:func:`tile_for` says which; ``tile`` or ``INIK_WINOGRAD_TILE=4|6`` choose). A 64 -> 64
-channel convolution of a 640x640 float32 image takes about 51 ms here against oneDNN's
-135-143 ms (2-core AVX-512 CPU, ``benchmarks/RESULTS.md``). bfloat16 input is
-computed in float32 and rounded once, except on CPUs with AVX512-BF16, where by
-default (``bf16_gemm=True``) the GEMM takes the transformed input and weights
-rounded to bfloat16 and sums their products in float32 (``vdpbf16ps``, twice the
-float32 FMA rate): the convolutions of a bf16 640x640 forward 1.4x faster, at a
-relative RMS error of about 0.6% per convolution on the model's activations
-(oneDNN's bf16 convolution: 0.2%; on random data 2.5% for F(4x4), 5% for F(6x6)),
-and the default model's output unchanged in quality (``benchmarks/RESULTS.md``,
-"Session 8"). Training keeps the float32 GEMM. The kernel
+pixels, where it needs fewer multiplies, and F(4x4, 3x3) below, where F(6x6)'s
+larger transformed weights and partial tiles cost more than they save
+(:func:`tile_for` says which; ``tile`` or ``INIK_WINOGRAD_TILE=4|6`` choose).
+
+bfloat16 input is computed in float32 and rounded once, except on CPUs with
+AVX512-BF16, where by default (``bf16_gemm=True``) the GEMM takes the transformed
+input and weights rounded to bfloat16 and sums their products in float32
+(``vdpbf16ps``, twice the float32 FMA rate): faster, at a larger rounding error
+per convolution than oneDNN's bf16 convolution, without a measurable change in
+the default model's output quality. Training keeps the float32 GEMM. The kernel
 is picked at run time for the CPU's instruction set (:func:`isa`: 16-lane
-AVX-512 with or without AVX512-BF16, 8-lane AVX2, or a generic build); with oneDNN and PyTorch held to AVX2
-on the same machine (an AVX2 laptop's instruction set) the AVX2 kernel was 2x
-faster than oneDNN and the fp32 forward 1.7-1.8x faster.
+AVX-512 with or without AVX512-BF16, 8-lane AVX2, or a generic build).
 
 Numerics: Winograd's transforms round more than a direct convolution - about
 3e-6 of the output's scale in float32, 5-15x oneDNN's error, for F(4x4, 3x3),
 about twice that for F(6x6, 3x3) - and it can be
 switched off: :func:`enabled` reads ``INIK_WINOGRAD`` (``1``: on, ``0``: off,
-unset: on for CPUs with AVX2 or AVX-512, where it was measured faster, off
-elsewhere, e.g. on ARM). The model calls :func:`eligible` per convolution: CPU
-inference (no autograd; the op has no backward), channels_last input, float32
-or bfloat16 (autocast's dtype when autocast is on), stride 1, at least 16 input
-channels. In CPU training (:func:`trainable`: float32, or bf16 under autocast)
-the model's reflect convolutions run their forward and input gradient through
-it (``inik.models.unet``; a training step 1.4x faster in float32, 1.09x in bf16).
+unset or ``auto``: on for CPUs with AVX2 or AVX-512, where it is faster than
+oneDNN, off elsewhere, e.g. on ARM). The model calls :func:`eligible` per
+convolution: CPU inference (no autograd; the op has no backward), channels_last
+input, float32 or bfloat16 (autocast's dtype when autocast is on), stride 1, at
+least 16 input channels. In CPU training (:func:`trainable`: float32, or bf16
+under autocast) the model's reflect convolutions run their forward and input
+gradient through it (``inik.models.unet``). Speed and accuracy figures, with
+their machines and commands: ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
