@@ -309,6 +309,7 @@ def run(args) -> int:
     print("inik eval: " + ", ".join(f"{k} {v:.4f}" for k, v in report["mean"].items())
           + f" over {report['scored']} of {len(pairs)} pairs{failed}")
     for row in report.get("radius_bins", []):
-        scores = "no pixels" if row["psnr"] is None else f"psnr {row['psnr']:.4f}, ssim {row['ssim']:.4f}"
+        show = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731 (SSIM has none in a bin of border pixels)
+        scores = "no pixels" if row["psnr"] is None else f"psnr {show(row['psnr'])}, ssim {show(row['ssim'])}"
         print(f"inik eval: radius {row['bin']} px: {scores} ({row['pixels']} px)")
     return 1 if report["failed"] else 0

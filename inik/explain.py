@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -149,17 +150,25 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
         "omega_range": [[float(o.min()), float(o.max())] for o in omega],
         "atom_sizes": [int(a.shape[-1]) for a in atoms],
     }
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    # Every map is written under a temporary name first and renamed into place once all are
+    # written: a failed write (disk full, Ctrl-C) leaves the folder as it was, old maps included.
+    staged = {}
     try:
         for name, arr in images.items():
-            write_image(out / name, arr, overwrite=overwrite)
-            written.append(out / name)
-        write_atomically(out / "explain.json", json.dumps(summary, indent=2).encode())
-    except BaseException:  # a failed write (disk full, Ctrl-C) leaves no partial set of maps
-        for path in written:
-            path.unlink(missing_ok=True)
+            staged[out / name] = out / f".inik-part-{name}"
+            write_image(staged[out / name], arr, overwrite=True)
+        staged[out / "explain.json"] = out / ".inik-part-explain.json"
+        write_atomically(staged[out / "explain.json"], json.dumps(summary, indent=2).encode())
+    except BaseException:
+        for part in staged.values():
+            part.unlink(missing_ok=True)
+        if made and not any(out.iterdir()):
+            out.rmdir()
         raise
+    for final, part in staged.items():
+        os.replace(part, final)
     if overwrite:
         stale_maps = {p for p in out.glob(STALE_PATTERN) if _STALE_NAME.fullmatch(p.name)}
         for stale in sorted(stale_maps - {out / n for n in images}):

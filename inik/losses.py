@@ -90,10 +90,23 @@ def _backbone_state(arch: str) -> dict:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MissingWeightsError(f"{path}: not torchvision's {arch} weights ({first}); replace it with the "
                                   f"file from {url}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()) \
+            or not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
         raise MissingWeightsError(f"{path}: not torchvision's {arch} weights (not a state dict); replace it "
                                   f"with the file from {url}")
     return state
+
+
+def _load_backbone(module: nn.Module, state: dict, arch: str) -> None:
+    """``module.load_state_dict(state)``; MissingWeightsError naming the hub file when the
+    file's tensors are not ``arch``'s (other names or shapes)."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        path, url = hub_weights_path(arch)
+        first = str(exc).strip().splitlines()[0]
+        raise MissingWeightsError(f"{path}: not torchvision's {arch} weights ({first}); replace it with the "
+                                  f"file from {url}") from None
 
 
 def build_lpips(net: str = "alex", pretrained_backbone: bool = True) -> nn.Module:
@@ -122,8 +135,8 @@ def build_lpips(net: str = "alex", pretrained_backbone: bool = True) -> nn.Modul
         features = {k.split(".", 1)[1]: v for k, v in _backbone_state("alexnet").items() if k.startswith("features.")}
         for part in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5):
             for name, layer in part.named_children():  # lpips keeps torchvision's layer numbers as names
-                layer.load_state_dict({k.split(".", 1)[1]: v for k, v in features.items()
-                                       if k.split(".", 1)[0] == name})
+                _load_backbone(layer, {k.split(".", 1)[1]: v for k, v in features.items()
+                                       if k.split(".", 1)[0] == name}, "alexnet")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -147,7 +160,7 @@ class VGG19Features(nn.Module):
         if pretrained:
             _require_weights("vgg19")
             vgg = tvm.vgg19()
-            vgg.load_state_dict(_backbone_state("vgg19"))
+            _load_backbone(vgg, _backbone_state("vgg19"), "vgg19")
         else:
             vgg = tvm.vgg19()
         self.features = vgg.features[: self._TAPS[-1] + 1].eval()

@@ -139,13 +139,18 @@ class RadiusBins:
         index = self._bins(radius)
         n = len(self.edges) - 1
         err = ((x - y) ** 2).mean(-1)
-        self.pixels += np.bincount(index[index >= 0], minlength=n)
-        self.sse += np.bincount(index[index >= 0], weights=err[index >= 0], minlength=n)
         _, smap = structural_similarity(y, x, channel_axis=-1, data_range=1.0, full=True)
         inner = (slice(3, -3), slice(3, -3))
         smap, sidx = smap.mean(-1)[inner], index[inner]
-        self.ssim_pixels += np.bincount(sidx[sidx >= 0], minlength=n)
-        self.ssim_sum += np.bincount(sidx[sidx >= 0], weights=smap[sidx >= 0], minlength=n)
+        sums = (np.bincount(index[index >= 0], minlength=n),
+                np.bincount(index[index >= 0], weights=err[index >= 0], minlength=n),
+                np.bincount(sidx[sidx >= 0], minlength=n),
+                np.bincount(sidx[sidx >= 0], weights=smap[sidx >= 0], minlength=n))
+        # added together once all are computed: an image that fails counts nowhere
+        self.pixels += sums[0]
+        self.sse += sums[1]
+        self.ssim_pixels += sums[2]
+        self.ssim_sum += sums[3]
 
     def result(self) -> list[dict]:
         """One dict per bin: ``{"bin": "lo-hi", "lo", "hi", "pixels", "psnr", "ssim"}``

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import pickle
 import json
 import logging
 import math
@@ -339,7 +340,7 @@ def read_state(out: Path) -> dict:
     except Exception as exc:  # truncated zip, refused pickle, foreign file: whatever the readers raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
         hint = (" (an older checkpoint holding objects other than tensors, numbers and strings is not read: "
-                "nothing in it was run)" if path.name == LEGACY_STATE_FILE else "")
+                "nothing in it was run)" if isinstance(exc, pickle.UnpicklingError) else "")
         raise ValueError(f"--resume: cannot read checkpoint {path}: {type(exc).__name__}: {first}{hint}") from None
     missing = [k for k in _STATE_KEYS if k not in state] if isinstance(state, dict) else list(_STATE_KEYS)
     if not missing:

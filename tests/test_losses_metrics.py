@@ -236,3 +236,20 @@ def test_radius_bins_pool_pixels_by_radius():
     for bad in ([1], [2, 1], [-1, 3], [0, float("nan")]):
         with pytest.raises(ValueError, match="radius bin edges"):
             RadiusBins(bad)
+
+
+def test_radius_bins_count_a_failed_image_nowhere(monkeypatch):
+    """An image whose SSIM fails (e.g. out of memory) adds nothing to any bin."""
+    import skimage.metrics
+
+    from inik.metrics import RadiusBins
+    bins = RadiusBins([0, 4])
+    image = np.random.default_rng(1).uniform(0, 1, (16, 16, 3))
+
+    def fail(*args, **kw):
+        raise MemoryError
+
+    monkeypatch.setattr(skimage.metrics, "structural_similarity", fail)
+    with pytest.raises(MemoryError):
+        bins.add(image, image, np.zeros((16, 16)))
+    assert bins.result()[0]["pixels"] == 0 and bins.result()[0]["psnr"] is None

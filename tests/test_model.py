@@ -421,8 +421,17 @@ def test_cascade_with_closed_gates_is_the_network_without_it():
 
 
 def test_cascade_is_saved_and_loaded(tmp_path):
+    """Saved in the file's config when on; left out when off, so that a version of inik
+    from before the option reads the file."""
+    import json
+
+    from safetensors import safe_open
+    stored = lambda p: json.loads(safe_open(str(p), "pt").metadata()["config"])  # noqa: E731
+    inik.INIKNet(width=8, scales=4, atoms=3).save(tmp_path / "plain.safetensors")
+    assert "cascade" not in stored(tmp_path / "plain.safetensors")
     m = _cascade_model()
     m.save(tmp_path / "c.safetensors")
+    assert stored(tmp_path / "c.safetensors")["cascade"] is True
     assert inik.INIKNet.read_config(tmp_path / "c.safetensors").cascade is True
     back = inik.INIKNet.load(tmp_path / "c.safetensors").eval()
     y = torch.rand(1, 3, 40, 40)

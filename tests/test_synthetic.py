@@ -466,3 +466,25 @@ def test_synth_wide_preset_and_radius_bins(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["eval", "--data", str(out), "--identity", "--radius-bins", bad, "--out", str(tmp_path / "r3.json")])
         assert "--radius-bins" in capsys.readouterr().err
+
+
+def test_eval_radius_bins_with_a_bin_only_in_the_ssim_border(tmp_path, capsys):
+    """A bin whose pixels all lie in SSIM's 3-px border has a PSNR and no SSIM: printed as
+    n/a (it was a traceback after the report was written)."""
+    import json
+
+    from inik.cli import main
+    rng = np.random.default_rng(0)
+    for sub in ("source", "target", "radius"):
+        (tmp_path / "set" / sub).mkdir(parents=True)
+    image = rng.uniform(0, 1, (16, 16, 3)).astype(np.float32)
+    write_image(tmp_path / "set" / "source" / "00000.png", image, bit_depth=8)
+    write_image(tmp_path / "set" / "target" / "00000.png", image, bit_depth=16)
+    radius = np.zeros((16, 16, 1), np.float32)
+    radius[0] = 1.0  # 8 px (scale 8) in the first row only
+    write_image(tmp_path / "set" / "radius" / "00000.png", radius, bit_depth=16)
+    (tmp_path / "set" / "params.jsonl").write_text(json.dumps({"name": "00000", "radius_scale": 8.0}) + "\n")
+    assert main(["eval", "--data", str(tmp_path / "set"), "--identity", "--lpips", "off", "--bits", "native",
+                 "--radius-bins", "0,4,8", "--out", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "radius 4-8 px: psnr" in out and "ssim n/a" in out

@@ -324,7 +324,10 @@ class INIKNet(nn.Module):
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"INIKNet.save: the folder of {shown!r} does not exist")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        meta = {"format": FORMAT, "config": json.dumps(asdict(self.config)), "inik_version": __version__}
+        config = asdict(self.config)
+        if not config["cascade"]:  # an option off is left out, so that versions before it read the file
+            del config["cascade"]
+        meta = {"format": FORMAT, "config": json.dumps(config), "inik_version": __version__}
         # written by write_atomically, with the usual permissions (safetensors' own save_file
         # leaves 0600: a weights file the owner's group could not read)
         write_atomically(target, save(state, metadata=meta))
@@ -357,7 +360,10 @@ class INIKNet(nn.Module):
         if unknown:
             raise ValueError(f"INIKNet.load: {path!r} sets options this version of inik does not know: "
                              f"{unknown} (written by version {meta.get('inik_version', '?')})")
-        return INIKNetConfig(**stored)
+        try:
+            return INIKNetConfig(**stored)
+        except ValueError as exc:  # sizes out of bounds, unknown kinds: the file's, named
+            raise ValueError(f"INIKNet.load: {path!r} holds a configuration this version refuses: {exc}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", *,

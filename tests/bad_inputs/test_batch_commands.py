@@ -188,7 +188,23 @@ def test_explain_leaves_no_partial_set_of_maps(tmp_path, weights, monkeypatch, c
     assert main(["explain", str(src), "-o", str(out), "--weights", str(weights)]) == 1
     errors = _errors(capsys.readouterr().err)
     assert len(errors) == 1 and str(src / "b.png") in errors[0] and "No space left" in errors[0], errors
-    assert list((out / "b").iterdir()) == [] and len(list((out / "a").iterdir())) == 8
+    assert not (out / "b").exists() and len(list((out / "a").iterdir())) == 8
+    # with --overwrite, a failed write leaves the earlier maps as they were (new ones go in
+    # only when all are written)
+    before = {p.name: p.read_bytes() for p in (out / "a").iterdir()}
+    calls.clear()
+    monkeypatch.setattr(io, "write_atomically", lambda path, data: (calls.append(path), disk_full(path, data))[1])
+
+    def disk_full(path, data):
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device")
+        return real(path, data)
+
+    torch.manual_seed(5)
+    other = tmp_path / "other.safetensors"
+    inik.INIKNet(width=4, scales=3, atoms=2).save(other)
+    assert main(["explain", str(src / "a.png"), "-o", str(out / "a"), "--weights", str(other), "--overwrite"]) == 1
+    assert {p.name: p.read_bytes() for p in (out / "a").iterdir()} == before
 
 
 def _interrupt(*args, **kw):

@@ -161,6 +161,10 @@ def test_backbone_files_in_the_hub_cache_are_read_without_code(tmp_path, monkeyp
     with pytest.raises(MissingWeightsError, match=f"{path}: not torchvision's {arch} weights"):
         build()
     assert not marker.exists()
+    for foreign in ({"x": torch.zeros(1)}, {k: v * float("nan") for k, v in getattr(tvm, arch)().state_dict().items()}):
+        torch.save(foreign, path)  # other tensors, or NaN: refused by name, not a load_state_dict traceback
+        with pytest.raises(MissingWeightsError, match=f"{path}: not torchvision's {arch} weights"):
+            build()
     torch.manual_seed(0)
     net = getattr(tvm, arch)()
     torch.save(net.state_dict(), path)
