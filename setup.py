@@ -182,7 +182,7 @@ setup(
         "heif": ["pillow-heif"],
         "tensorboard": ["tensorboard"],  # inik train's TensorBoard logs
         "plot": ["matplotlib"],  # inik plot
-        "test": ["pytest", "pillow-heif", "tensorboard", "matplotlib"],
+        "test": ["pytest", "pillow-heif", "tensorboard", "matplotlib", "ruff"],
     },
     entry_points={"console_scripts": ["inik=inik.cli:main"]},
 )

@@ -99,9 +99,10 @@ def main(argv=None) -> int:
         for (ci, co, h, w), n in sorted(shapes.items(), key=lambda kv: -kv[0][0] * kv[0][1] * kv[0][2] * kv[0][3]):
             x = torch.randn(1, ci, h, w, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
             weight = (torch.randn(co, ci, 3, 3, generator=gen) / (3 * ci ** 0.5)).to(dtype)
-            runs = {"direct": lambda: conv3x3_reflect_borders(x, weight, 1)}
+            runs = {"direct": lambda x=x, weight=weight: conv3x3_reflect_borders(x, weight, 1)}
             for tile in winograd.TILES:
-                runs[tile] = lambda tile=tile: winograd.conv3x3(x, weight, padding_mode="reflect", tile=tile)
+                runs[tile] = lambda tile=tile, x=x, weight=weight: winograd.conv3x3(
+                    x, weight, padding_mode="reflect", tile=tile)
             t = {}
             with torch.no_grad():
                 for key, fn in runs.items():

@@ -20,7 +20,8 @@ Absolute numbers only mean something next to the device line printed above them.
 
 Backends: every one registered in ``inik.ops.ifm`` (unfused, cpp, cuda, triton,
 reference, ...) plus reference-compiled (the reference functions under
-``torch.compile``) - whichever ``inik.ops.available_backends`` reports for the device. The Triton interpreter (CPU) is skipped: it is a
+``torch.compile``) - whichever ``inik.ops.available_backends`` reports for the device. The Triton
+interpreter (CPU) is skipped: it is a
 correctness tool, thousands of times slower than the kernels.
 """
 
@@ -337,7 +338,9 @@ def main(argv=None) -> int:
           f"R={len(support)} supports {support} in K={k}, N={tensors[2].shape[1]}")
     print(f"device: {_device_name(device)}")
     print(f"versions: {_versions(device)}; float32 matmul precision: {torch.get_float32_matmul_precision()}")
-    print(f"timing: {'triton.testing.do_bench, median' if device.type == 'cuda' else f'median of up to {args.reps} runs (fewer past {args.min_ms:.0f} ms), compiled code warmed up; memory: sampled RSS growth'}"
+    cpu_timing = (f"median of up to {args.reps} runs (fewer past {args.min_ms:.0f} ms), compiled code warmed up; "
+                  f"memory: sampled RSS growth")
+    print(f"timing: {'triton.testing.do_bench, median' if device.type == 'cuda' else cpu_timing}"
           + (f"; roofline: {bw / 1e12:.2f} TB/s" if bw else "")
           + (f", {fl / 1e12:.0f} TFLOP/s" if fl else ""))
 

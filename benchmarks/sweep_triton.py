@@ -36,10 +36,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_ifm import DTYPES, _device_name, _versions, make_inputs  # noqa: E402
-
 import triton  # noqa: E402
 import triton.testing  # noqa: E402
+from bench_ifm import DTYPES, _device_name, _versions, make_inputs  # noqa: E402
 
 import inik.kernels.ifm_triton as T  # noqa: E402
 

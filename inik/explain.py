@@ -108,8 +108,8 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
     bounded for any photo size; the maps of the tiles are blended as deblur
     blends its outputs.
     """
-    from .infer import auto_tile, tiled
     from .data.io import write_atomically, write_image
+    from .infer import auto_tile, tiled
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: is a file, not a folder (the output folder)")
@@ -216,8 +216,15 @@ def run(args) -> int:
     """Exit status: 0 every image explained; 1 some images failed (each named on stderr, the
     others explained); 2 bad flags or outputs (nothing written)."""
     from .data.io import read_image
-    from .infer import (DEFAULT_WEIGHTS, ITEM_ERRORS, UNTRAINED_NOTE, check_device, check_tile_option, item_error,
-                        load_model)
+    from .infer import (
+        DEFAULT_WEIGHTS,
+        ITEM_ERRORS,
+        UNTRAINED_NOTE,
+        check_device,
+        check_tile_option,
+        item_error,
+        load_model,
+    )
     try:
         args.device = str(check_device(args.device))
         check_tile_option(args.tile)

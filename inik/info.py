@@ -33,6 +33,7 @@ def collect() -> dict:
     import torch
 
     import inik
+
     from .infer import DEFAULT_WEIGHTS, _cpu_has_bf16
     from .models import INIKNet
     from .ops import _ext, resolve_backend, winograd

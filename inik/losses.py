@@ -257,7 +257,8 @@ class INIKLoss(nn.Module):
         sums: dict[str, torch.Tensor] = {}
         for x in outputs:
             if x.shape[:2] != target.shape[:2]:
-                raise ValueError(f"output of shape {tuple(x.shape)} does not match target {tuple(target.shape)} in batch/channels")
+                raise ValueError(f"output of shape {tuple(x.shape)} does not match target {tuple(target.shape)} "
+                                 f"in batch/channels")
             y = downsample_to(target, x.shape[-2:])
             for name, value in self.level_terms(x, y).items():
                 total = total + self.weights[name] * value

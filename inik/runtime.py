@@ -42,7 +42,7 @@ def keep_freed_memory() -> bool:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
         # gnu_get_libc_version exists only in glibc (musl has mallopt as a stub).
-        libc.gnu_get_libc_version
+        libc.gnu_get_libc_version  # noqa: B018 (the lookup is the check)
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

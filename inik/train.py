@@ -35,11 +35,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import pickle
 import json
 import logging
 import math
 import os
+import pickle
 import sys
 import time
 from dataclasses import dataclass, field
@@ -153,7 +153,8 @@ def _check_types(values: dict, where: str) -> dict:
     for key, value in values.items():
         allowed = _FIELD_TYPES[str(types[key])]
         if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
-            raise ValueError(f"{where}: key {key!r} must be {str(types[key]).replace('Optional[str]', 'a string or null')}"
+            wanted = str(types[key]).replace("Optional[str]", "a string or null")
+            raise ValueError(f"{where}: key {key!r} must be {wanted}"
                              f", got {value!r}")
         if float in allowed and not isinstance(value, bool):
             try:
@@ -282,7 +283,8 @@ def _synthetic(cfg: TrainConfig, held_out: bool, seed: int):
         if held_out and not photos:  # one photo: nothing to hold out
             log.warning("--data %s has one photo: validating on procedural scenes", cfg.data)
             photos = None
-    return SyntheticDefocusDataset(photos, SyntheticConfig(size=cfg.crop, max_radius=cfg.max_blur, photo_prob=cfg.photo_prob),
+    config = SyntheticConfig(size=cfg.crop, max_radius=cfg.max_blur, photo_prob=cfg.photo_prob)
+    return SyntheticDefocusDataset(photos, config,
                                    length=2**62, seed=seed)
 
 
@@ -492,7 +494,8 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
         model = model.to(memory_format=torch.channels_last)
     net = model
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     loss_fn = INIKLoss(mse_weight=cfg.mse_weight, freq_weight=cfg.freq_weight, lpips_weight=cfg.lpips_weight,
                        vgg_weight=cfg.vgg_weight, pretrained_backbones=cfg.pretrained_backbones).to(device)
 

@@ -299,7 +299,7 @@ def _bwd_coef_kernel(dx, img, mu, om, A, perm, hs, cdu, cdv, cring, gmu, gom, dk
             dk = tl.zeros((TH * TW, CH), dtype=tl.float32)
         dx_c = dx_b  # channel c's planes (pointer steps: no integer overflow)
         img_c = img_b
-        for c in range(0, C):
+        for _ in range(0, C):
             dxc = _up(tl.load(dx_c + dx_pix, mask=valid, other=0.0), F64)
             v = _up(tl.load(img_c + pofs[:, None] + toff[None, :]), F64)
             dk += v * dxc[:, None]

@@ -29,7 +29,7 @@ def test_bench_model_runs_every_mode_in_its_own_process(tmp_path):
     rows = {(r["task"], r["mode"]): r for r in data["rows"]}
     assert set(rows) == {(t, m) for t in ("infer 32x48", "train b1 32x32")
                          for m in ("baseline", "fast", "fast-system-malloc")}
-    for (task, mode), r in rows.items():
+    for (_, mode), r in rows.items():
         assert r["ms"] > 0 and r["peak_mb"] is not None and r["peak_mb"] >= 0
         assert r["speedup"] is not None  # the baseline runs first, so every row has its ratio
         if mode == "baseline":
@@ -70,7 +70,8 @@ def test_bench_model_rejects_unknown_modes():
 def test_bench_ifm_cpu_backends(tmp_path):
     out = tmp_path / "ifm.json"
     text = _run("bench_ifm.py", "--size", "24", "--reps", "1", "--min-ms", "1",
-                "--backends", "unfused,reference,cpp,cuda,triton", "--modes", "forward,forward+backward", "--out", str(out))
+                "--backends", "unfused,reference,cpp,cuda,triton", "--modes", "forward,forward+backward",
+                "--out", str(out))
     assert "cuda" in text and "triton" in text  # GPU-only backends: a line saying they are skipped
     data = json.loads(out.read_text())
     rows = data["results"]

@@ -100,7 +100,8 @@ def _png16_all_filters(path, codes):
         return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+                     + chunk(b"IEND", b""))
 
 
 @pytest.mark.parametrize("channels", [3, 4])
@@ -414,7 +415,8 @@ def _save(path, h=8, w=8, seed=0):
 
 
 def test_find_pairs_one_to_one_layouts(tmp_path):
-    for layout, (b, s) in {"dpdd": ("test_c/source", "test_c/target"), "rtf": ("image", "GT"), "realdof": ("source", "target")}.items():
+    layouts = {"dpdd": ("test_c/source", "test_c/target"), "rtf": ("image", "GT"), "realdof": ("source", "target")}
+    for layout, (b, s) in layouts.items():
         root = tmp_path / layout
         for stem in ["b", "a", "c"]:
             _save(root / b / f"{stem}.png")

@@ -9,7 +9,6 @@ import torch
 import inik
 from inik.data.synthetic import DefocusSynthesizer, SyntheticConfig
 
-
 # On a GPU the same guards run on CUDA tensors too (fast path = the GPU's IFM backend).
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

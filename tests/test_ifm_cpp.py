@@ -13,10 +13,9 @@ import os
 
 import pytest
 import torch
+from ifm_checks import close, run_grads
 
 from inik.ops import _ext, available_backends, backend_unavailable, resolve_backend
-
-from ifm_checks import close, run_grads
 
 if not _ext.is_built() and os.environ.get(_ext.NO_EXTENSION_ENV, "") == "1":
     pytest.skip("INIK_NO_EXTENSION=1: the extension was not built on purpose", allow_module_level=True)

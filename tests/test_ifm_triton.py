@@ -13,9 +13,9 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from inik.ops import available_backends, backend_unavailable, ifm  # noqa: E402
-
 from ifm_checks import close, run_grads  # noqa: E402
+
+from inik.ops import available_backends, backend_unavailable, ifm  # noqa: E402
 
 ifm_triton = pytest.importorskip("inik.kernels.ifm_triton")
 
@@ -126,9 +126,9 @@ def _compile_for_gpu(arch: int, dtype: str) -> list[str]:
     """Compile every kernel to a cubin for sm_``arch`` with the configuration the
     wrapper launches first (Triton's bundled ptxas; no GPU). Run with the
     interpreter off, i.e. in a fresh process."""
+    import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    import triton.language as tl
 
     kt = ifm_triton
     assert not kt._INTERPRET, "compile check needs TRITON_INTERPRET unset"
@@ -184,7 +184,7 @@ if __name__ == "__main__":
 
     try:
         from triton.backends.nvidia.compiler import get_ptxas
-        get_ptxas(90).path
+        get_ptxas(90).path  # noqa: B018 (raises where ptxas is missing)
     except Exception:  # noqa: BLE001 - any failure to find ptxas means: nothing to check here
         print("NO-PTXAS")
         sys.exit(0)

@@ -98,7 +98,8 @@ def test_bad_inputs(small_model):
     for image in (torch.rand(1, 3, 4, 4), torch.rand(1, 3, 200, 200)):
         with pytest.raises(ValueError, match="tile must be None \\(automatic\\), 0 \\(whole image\\) or at least 256"):
             restore(small_model, image, tile=8)
-        with pytest.raises(ValueError, match="overlap must be in \\[0, 3/4 of tile\\], got 193 for tile 270 \\(used as 256\\)"):
+        with pytest.raises(ValueError,
+                           match="overlap must be in \\[0, 3/4 of tile\\], got 193 for tile 270 \\(used as 256\\)"):
             restore(small_model, image, tile=270, overlap=193)  # 3/4 of 256, 270 rounded down
         with pytest.raises(ValueError, match="overlap must be in .* got -5 for the automatic 1024-px tiles"):
             inik.deblur(image[0], small_model, overlap=-5)
@@ -561,7 +562,8 @@ def test_device_auto_picks_cuda_when_available(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert check_device("auto") == torch.device("cpu")
     parser = build_parser()
-    for argv in (["deblur", "x.png", "-o", "y"], ["explain", "x.png", "-o", "y"], ["eval", "--data", "d", "--out", "r"]):
+    for argv in (["deblur", "x.png", "-o", "y"], ["explain", "x.png", "-o", "y"],
+                 ["eval", "--data", "d", "--out", "r"]):
         assert parser.parse_args(argv).device == "auto", argv
 
 

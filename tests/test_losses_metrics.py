@@ -60,7 +60,8 @@ def test_multilevel_loss_by_hand(empty_hub):
     assert set(terms) == {"mse", "freq"}
     # weights are configurable; a single tensor is one level
     total, _ = INIKLoss(2.0, 0.5, 0.0)(outs[-1], target)
-    assert total.item() == pytest.approx(2 * ((outs[-1] - target) ** 2).mean().item() + 0.5 * frequency_loss(outs[-1], target).item(), rel=1e-5)
+    want = 2 * ((outs[-1] - target) ** 2).mean().item() + 0.5 * frequency_loss(outs[-1], target).item()
+    assert total.item() == pytest.approx(want, rel=1e-5)
 
 
 def test_loss_gradient_flows():
@@ -187,7 +188,8 @@ def test_evaluate_with_lpips_random_backbone():
     r = evaluate(output, target, lpips=metric)
     assert set(r) == {"psnr", "ssim", "mae", "lpips"}
     assert metric(target, target) == pytest.approx(0.0, abs=1e-7)
-    net_value = metric.net(torch.from_numpy(output.transpose(2, 0, 1)).float()[None], torch.from_numpy(target.transpose(2, 0, 1)).float()[None], normalize=True)
+    as_batch = lambda a: torch.from_numpy(a.transpose(2, 0, 1)).float()[None]  # noqa: E731
+    net_value = metric.net(as_batch(output), as_batch(target), normalize=True)
     assert r["lpips"] == pytest.approx(net_value.item(), rel=1e-5)
 
 

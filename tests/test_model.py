@@ -290,7 +290,7 @@ def test_overfits_one_pair():
     m = inik.INIKNet()
     opt = torch.optim.Adam(m.parameters(), 1e-3)
     first = None
-    for step in range(400):
+    for step in range(400):  # noqa: B007 (named in the failure messages)
         loss = F.mse_loss(m.forward_levels(blurry)[-1], sharp)
         first = first if first is not None else loss.item()
         if loss.item() < first / 10 and loss.item() < blurry_mse / 4:

@@ -19,8 +19,8 @@ from inik.data.synthetic import (
     blur_and_composite,
     coc_radius_px,
     composite,
-    linear_to_srgb,
     export_synthetic_pairs,
+    linear_to_srgb,
     select_photos,
     split_photos,
     srgb_to_linear,
@@ -65,7 +65,8 @@ def test_aperture_kernels():
     assert soft[6, 6] > aperture_kernel(6.0)[6, 6]
     # a 5-bladed aperture turned by pi is its point reflection
     k5 = aperture_kernel(6.0, blades=5, rotation=0.2)
-    torch.testing.assert_close(aperture_kernel(6.0, blades=5, rotation=0.2 + math.pi), k5.flip(0).flip(1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(aperture_kernel(6.0, blades=5, rotation=0.2 + math.pi), k5.flip(0).flip(1),
+                               atol=1e-6, rtol=0)
 
 
 def test_gamma_round_trip():
@@ -139,7 +140,8 @@ def test_blur_map_consistent():
         # f-number reported reproduces the radii through the thin-lens formula
         if np.isfinite(s.params["f_number"]):
             depths = [1 / d if d > 0 else np.inf for d in s.params["inverse_depth"]]
-            r = coc_radius_px(np.array(depths), s.params["focus_m"], s.params["focal_length_mm"], s.params["f_number"], s.params["pixel_pitch_mm"])
+            p = s.params
+            r = coc_radius_px(np.array(depths), p["focus_m"], p["focal_length_mm"], p["f_number"], p["pixel_pitch_mm"])
             np.testing.assert_allclose(np.minimum(r, cfg.max_radius), radii, atol=1e-6)
         # pixels whose whole neighbourhood (within the largest blur; outside the
         # crop is unknown, so counted as blurred) sees radius 0 stay sharp
@@ -172,7 +174,8 @@ def _photos(folder, n=3, size=(120, 100)):
     for i in range(n):
         h, w = size
         yy, xx = np.mgrid[0:h, 0:w] / 10.0
-        img = 0.5 + 0.4 * np.sin(xx * rng.uniform(0.5, 2) + yy * rng.uniform(0.5, 2))[..., None] * rng.uniform(0.3, 1, 3)
+        wave = np.sin(xx * rng.uniform(0.5, 2) + yy * rng.uniform(0.5, 2))[..., None]
+        img = 0.5 + 0.4 * wave * rng.uniform(0.3, 1, 3)
         write_image(folder / f"p{i}.png", img.astype(np.float32), bit_depth=16 if i == 0 else 8)
     write_image(folder / "tiny.jpg", np.zeros((20, 20, 3), np.float32))
     return folder
@@ -328,7 +331,8 @@ def test_synth_command_writes_the_set_export_writes(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     for extra, message in ((["--count", "1"], "already holds a synthetic set"),
                            (["--photos", str(tmp_path / "empty")], "--photos " + str(tmp_path / "empty")),
-                           (["--size", "4"], "--size must be from 8 to 4096"), (["--size", "100000"], "--size must be from 8 to 4096")):
+                           (["--size", "4"], "--size must be from 8 to 4096"),
+                           (["--size", "100000"], "--size must be from 8 to 4096")):
         assert main(args + extra) == 2, extra
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err

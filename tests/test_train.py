@@ -12,9 +12,9 @@ import torch
 import torch.multiprocessing as mp
 
 import inik
+from inik import safestate
 from inik.cli import main
 from inik.data.io import write_image
-from inik import safestate
 from inik.train import TrainConfig, TrainingInterrupted, load_config, read_state, save_checkpoint, train
 
 SMALL = dict(width=8, scales=4, atoms=3)
@@ -182,7 +182,8 @@ def test_config_file_and_overrides(tmp_path):
 def test_cli_train_synthetic(tmp_path):
     out = tmp_path / "syn"
     rc = main(["train", "--dataset", "synthetic", "--iters", "2", "--crop", "32", "--batch", "1",
-               "--lpips-weight", "0", "--workers", "0", "--log-every", "1", "--val-every", "2", "--out", str(out), "--no-progress"])
+               "--lpips-weight", "0", "--workers", "0", "--log-every", "1", "--val-every", "2", "--out", str(out),
+               "--no-progress"])
     assert rc == 0
     rows = _log(out)
     assert [r["iter"] for r in rows] == ["1", "2"] and rows[-1]["val_psnr"]
@@ -286,8 +287,8 @@ def test_short_synthetic_run_lowers_the_held_out_loss(tmp_path):
 
 
 def test_eval_identity_scores_the_input(tmp_path):
-    from skimage.metrics import peak_signal_noise_ratio
     from PIL import Image
+    from skimage.metrics import peak_signal_noise_ratio
     data = _pairs_folder(tmp_path / "data", n=1, size=32)
     assert main(["eval", "--data", str(data), "--identity", "--out", str(tmp_path / "r.json"), "--lpips", "off"]) == 0
     row = json.loads((tmp_path / "r.json").read_text())["images"][0]
@@ -317,7 +318,8 @@ def test_resume_keeps_the_runs_settings(tmp_path, capsys):
     # no --config at all: the saved settings, not TrainConfig's defaults
     assert main(["train", "--out", out, "--resume", "--iters", "3", "--no-progress"]) == 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["seed"] == 5 and saved["freq_weight"] == 0.5 and saved["iters"] == 3 and saved["model"] == {**SMALL, "revision": 2}
+    assert saved["seed"] == 5 and saved["freq_weight"] == 0.5 and saved["iters"] == 3
+    assert saved["model"] == {**SMALL, "revision": 2}
     assert read_state(tmp_path / "run")["iteration"] == 3
     capsys.readouterr()
     for flags, message in ((["--lr", "0.1", "--iters", "4"], "lr = 0.1 differs from the run's 0.0002"),

@@ -20,8 +20,8 @@ from .synthetic import (
     SyntheticDefocusDataset,
     SyntheticDefocusStream,
     export_synthetic_pairs,
-    split_photos,
     select_photos,
+    split_photos,
 )
 
 __all__ = [

@@ -697,7 +697,8 @@ def _quantize(img: np.ndarray, bit_depth: int) -> np.ndarray:
     if img.dtype == np.uint8 and bit_depth == 8 or img.dtype == np.uint16 and bit_depth == 16:
         return img
     if np.issubdtype(img.dtype, np.integer):
-        raise ValueError(f"integer image of dtype {img.dtype} cannot be written at {bit_depth} bits; pass floats in [0, 1]")
+        raise ValueError(f"integer image of dtype {img.dtype} cannot be written at {bit_depth} bits; "
+                         f"pass floats in [0, 1]")
     maxval = 255 if bit_depth == 8 else 65535
     img = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
     return np.round(np.clip(img, 0.0, 1.0) * maxval).astype(np.uint8 if bit_depth == 8 else np.uint16)
@@ -783,7 +784,8 @@ def write_image(
         image = tensor_to_image(image)
     img = image[:, :, None] if image.ndim == 2 else image
     if img.ndim != 3 or img.shape[2] not in (1, 2, 3, 4):
-        raise ValueError(f"image must be (H, W) or (H, W, C) with C in 1..4; got shape {tuple(image.shape)} (writing {path})")
+        raise ValueError(f"image must be (H, W) or (H, W, C) with C in 1..4; got shape {tuple(image.shape)} "
+                         f"(writing {path})")
     if bit_depth is None:
         bit_depth = 16 if img.dtype == np.uint16 else 8
     if bit_depth not in (8, 16):

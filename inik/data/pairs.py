@@ -145,7 +145,8 @@ def pair_folders(blurry_dir, sharp_dir, *, many_to_one: bool = False, check_size
         pairs.append(ImagePair(path, sharp[match], name))
     unused = sorted(set(sharp) - used)
     if unused:
-        raise PairingError(f"{sharp[unused[0]]}: no blurry partner in {blurry_dir}" + (f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""))
+        more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
+        raise PairingError(f"{sharp[unused[0]]}: no blurry partner in {blurry_dir}{more}")
     if check_sizes:
         sizes: dict[Path, tuple[int, int]] = {}
         for p in pairs:
@@ -183,7 +184,8 @@ def resolve_layout(root, layout: str = "auto", *, split: str = "test") -> str:
         for name, (b, s, _) in LAYOUTS.items():
             if _folder(root, b.format(split=split)).is_dir() and _folder(root, s.format(split=split)).is_dir():
                 return name
-        expected = "; ".join(f"{n}: {b.format(split=split)} + {s.format(split=split)}" for n, (b, s, _) in LAYOUTS.items())
+        expected = "; ".join(f"{n}: {b.format(split=split)} + {s.format(split=split)}"
+                             for n, (b, s, _) in LAYOUTS.items())
         raise PairingError(f"{root}: no known dataset layout found (expected folders {expected})")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be 'auto' or one of {sorted(LAYOUTS)}; got {layout!r}")
@@ -316,7 +318,8 @@ class PairedImageDataset(torch.utils.data.Dataset):
         pair = self.pairs[index]
         blurry, sharp = self._load(pair.blurry), self._load(pair.sharp)
         if blurry.shape != sharp.shape:
-            raise PairingError(f"size mismatch: {pair.blurry} is {tuple(blurry.shape)} but {pair.sharp} is {tuple(sharp.shape)}")
+            raise PairingError(f"size mismatch: {pair.blurry} is {tuple(blurry.shape)} but {pair.sharp} is "
+                               f"{tuple(sharp.shape)}")
         try:
             t = self.transform(index, blurry.shape[1], blurry.shape[2])
         except ValueError as e:

@@ -156,7 +156,8 @@ def aperture_kernel(
         k = torch.zeros(size, size)
         k[c, c] = 1.0
         return k
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float64) - c, torch.arange(size, dtype=torch.float64) - c, indexing="ij")
+    axis = torch.arange(size, dtype=torch.float64) - c
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
     ramp = max(1.0, 2.0 * softness * radius)
     if blades:
         if blades < 3:
@@ -218,7 +219,8 @@ def blur_and_composite(
             raise ValueError(f"blur radius {max(radii)} too large for a {H}x{W} canvas")
         kernels = torch.zeros(len(idx), H, W)
         for j, i in enumerate(idx):
-            kernels[j, :size, :size] = aperture_kernel(radii[i], blades, rotation + (math.pi if reflected[i] else 0.0), size, softness)
+            turn = rotation + (math.pi if reflected[i] else 0.0)
+            kernels[j, :size, :size] = aperture_kernel(radii[i], blades, turn, size, softness)
         kspec = torch.fft.rfft2(torch.roll(kernels, shifts=(-(size // 2), -(size // 2)), dims=(-2, -1)))[:, None]
         colors, alphas = colors.clone(), alphas.clone()
         colors[idx] = torch.fft.irfft2(torch.fft.rfft2(colors[idx]) * kspec, s=(H, W))
@@ -594,7 +596,8 @@ class DefocusSynthesizer:
         self.photos: list[Path] = []
         self.photo_sizes: list[tuple[int, int]] = []
         if photos is not None:
-            paths = list_images(photos, recursive=True) if isinstance(photos, (str, Path)) else [Path(p) for p in photos]
+            paths = (list_images(photos, recursive=True) if isinstance(photos, (str, Path))
+                     else [Path(p) for p in photos])
             small = []
             for p in paths:
                 w, h = read_image_info(p)
@@ -604,7 +607,8 @@ class DefocusSynthesizer:
                 else:
                     small.append(p)
             if small:
-                warnings.warn(f"{len(small)} photo(s) smaller than {c.canvas} px skipped, e.g. {small[0]}", stacklevel=2)
+                warnings.warn(f"{len(small)} photo(s) smaller than {c.canvas} px skipped, e.g. {small[0]}",
+                              stacklevel=2)
             if not self.photos:
                 raise ValueError(f"no usable photos (need at least {c.canvas}x{c.canvas} px) in {photos}")
         self._cache = _PhotoCache(cache_bytes)
@@ -629,7 +633,8 @@ class DefocusSynthesizer:
         t = torch.rot90(t, k, dims=(1, 2))
         if flip:
             t = t.flip(-1)
-        return t.contiguous(), {"photo": str(self.photos[i]), "photo_scale": P / region, "photo_box": (top, left, region),
+        return t.contiguous(), {"photo": str(self.photos[i]), "photo_scale": P / region,
+                                "photo_box": (top, left, region),
                                 "photo_turn": k, "photo_flip": flip}
 
     def _camera(self, rng: np.random.Generator, present: np.ndarray, L: int, params: dict,
@@ -674,7 +679,8 @@ class DefocusSynthesizer:
             f_number = focal / aperture if aperture > 0 else float("inf")
             with np.errstate(divide="ignore"):
                 depths = np.where(inv_depth > 0, 1.0 / np.maximum(inv_depth, 1e-12), np.inf)
-            radii = coc_radius_px(depths, 1.0 / inv_focus, focal, f_number, pitch) if np.isfinite(f_number) else np.zeros(L)
+            radii = (coc_radius_px(depths, 1.0 / inv_focus, focal, f_number, pitch) if np.isfinite(f_number)
+                     else np.zeros(L))
         radii = np.minimum(radii, c.max_radius)
         params.update(
             inverse_depth=inv_depth.tolist(),
@@ -705,7 +711,8 @@ class DefocusSynthesizer:
             alphas = _photo_layers(rng, photo, L, whole=layout == "slanted")
             colors = srgb_to_linear(photo)[None].expand(L, -1, -1, -1)
             params["content"] = "photo"
-            n_objects = int(rng.integers(1, c.max_objects + 1)) if c.max_objects and rng.uniform() < c.object_prob else 0
+            with_objects = c.max_objects and rng.uniform() < c.object_prob
+            n_objects = int(rng.integers(1, c.max_objects + 1)) if with_objects else 0
             if layout in ("subject", "reverse"):  # these need a foreground object
                 n_objects = max(n_objects, 1)
             elif layout == "slanted":
@@ -745,7 +752,8 @@ class DefocusSynthesizer:
         params.update(blades=blades, rotation=rotation, softness=softness)
 
         premult = colors * alphas  # linear light
-        blurred = blur_and_composite(premult, alphas, radii, blades=blades, rotation=rotation, softness=softness, reflected=~farther)
+        blurred = blur_and_composite(premult, alphas, radii, blades=blades, rotation=rotation, softness=softness,
+                                     reflected=~farther)
         sharp_lin = composite(premult, alphas)
         radius_map = composite(torch.as_tensor(radii, dtype=torch.float32)[:, None, None, None] * alphas, alphas)
 
@@ -782,7 +790,8 @@ class SyntheticDefocusDataset(torch.utils.data.Dataset):
     Returns per item ``(blurry, sharp)``: float32 ``(3, S, S)`` in [0, 1].
     """
 
-    def __init__(self, photos=None, config: SyntheticConfig | None = None, *, length: int = 100_000, seed: int = 0, cache_bytes: int = 1 << 30):
+    def __init__(self, photos=None, config: SyntheticConfig | None = None, *, length: int = 100_000, seed: int = 0,
+                 cache_bytes: int = 1 << 30):
         self.synth = DefocusSynthesizer(photos, config, cache_bytes=cache_bytes)
         self.length, self.seed = int(length), int(seed)
 
@@ -804,7 +813,8 @@ class SyntheticDefocusStream(torch.utils.data.IterableDataset):
     same as ``SyntheticDefocusDataset(..., seed=seed)[i]``.
     """
 
-    def __init__(self, photos=None, config: SyntheticConfig | None = None, *, seed: int = 0, start: int = 0, cache_bytes: int = 1 << 30):
+    def __init__(self, photos=None, config: SyntheticConfig | None = None, *, seed: int = 0, start: int = 0,
+                 cache_bytes: int = 1 << 30):
         self.synth = DefocusSynthesizer(photos, config, cache_bytes=cache_bytes)
         self.seed, self.start = int(seed), int(start)
 

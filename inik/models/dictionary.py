@@ -93,7 +93,8 @@ class Dictionary(nn.Module):
         moves the centre tap's angle: atan2 of linspace's rounding at 0)."""
         for k in self.sizes:
             old = self._buffers[f"grid{k}"]
-            self._buffers[f"grid{k}"] = polar_grid(k, device="cpu", exact=self.exact_grid).to(device, dtype or old.dtype)
+            grid = polar_grid(k, device="cpu", exact=self.exact_grid)
+            self._buffers[f"grid{k}"] = grid.to(device, dtype or old.dtype)
 
     def _apply(self, fn, recurse=True):
         # Also after ``to_empty``, whose uninitialised buffers would otherwise stand in for

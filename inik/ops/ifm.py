@@ -317,7 +317,7 @@ def validate(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor,
     _check(k == k2, f"atoms must be square (R, N, K, K), got shape {tuple(atoms.shape)}")
     _check(k % 2 == 1, f"atoms' kernel size K must be odd, got K={k}")
     _check(r >= 1 and n >= 1, f"atoms must have R >= 1 and N >= 1, got shape {tuple(atoms.shape)}")
-    for name, t, ch in (("mu", mu, r), ("omega", omega, n)):
+    for name, t in (("mu", mu), ("omega", omega)):
         _check(t.shape[0] == b and tuple(t.shape[2:]) == (h, w),
                f"{name} must match image's batch and spatial size ({b}, *, {h}, {w}), "
                f"got shape {tuple(t.shape)}")

@@ -141,8 +141,8 @@ if _ext.is_built():
                      lambda: f"{op}: gates and c must be channels_last-contiguous")
         for name, g in grads.items():
             torch._check(g is None or (g.shape == c.shape and g.dtype == c.dtype and g.is_contiguous(memory_format=cl)),
-                         lambda: f"{op}: {name} must be a channels_last-contiguous tensor like c "
-                                 f"(c's shape and dtype)")
+                         lambda name=name: f"{op}: {name} must be a channels_last-contiguous tensor like c "
+                                           f"(c's shape and dtype)")
 
     @torch.library.register_fake("inik::lstm_cell_forward")
     def _(gates, c):

@@ -14,8 +14,7 @@ from PIL import Image
 
 from inik.cli import main
 from inik.data import io as iio
-from inik.data.io import (DEFAULT_MAX_PIXELS, ImageReadError, read_image, read_image_info,
-                          write_image)
+from inik.data.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image, read_image_info, write_image
 
 HUGE = 200_000  # a side: HUGE x HUGE is 40 gigapixels
 
