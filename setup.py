@@ -32,6 +32,13 @@ from setuptools import find_packages, setup
 packages = find_packages(include=["inik", "inik.*"]) + ["inik.kernels"]
 
 
+def _version() -> str:
+    """``inik.__version__``, read from the source (its one definition) without importing it."""
+    import re
+    text = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "inik", "__init__.py")).read()
+    return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
+
+
 def _say(msg: str) -> None:
     print(f"inik setup: {msg}", file=sys.stderr)
 
@@ -156,14 +163,15 @@ ext_modules, cmdclass = _extension_build()
 
 setup(
     name="inik",
-    version="0.1.0",
+    version=_version(),
+    license="MIT",
     description="INIKNet single-image defocus deblurring with a fused IFM operator",
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=packages,
     package_dir={"inik.kernels": "kernels"},
-    package_data={"inik": ["weights/*.safetensors", "assets/*"]},
+    package_data={"inik": ["weights/*.safetensors"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=[

@@ -24,3 +24,33 @@ def run_grads(backend, xs, support, grad_out, needs=(True, True, True, True)):
     out = ifm(*leaves, support=support, backend=backend)
     out.backward(grad_out)
     return out.detach(), [x.grad for x in leaves]
+
+
+def ifm_oracle(image, mu, omega, atoms, support=None):
+    """The IFM by naive loops straight from its definition (docs/ARCHITECTURE.md section 2),
+    in float64; atom r is zero outside its centred support[r] x support[r] window. Tiny sizes."""
+    b, c, h, w = image.shape
+    r_, n_, k, _ = atoms.shape
+    support = support or [k] * r_
+    atoms = atoms.double().clone()
+    for r, s in enumerate(support):
+        lo = (k - s) // 2
+        window = torch.zeros((k, k), dtype=torch.bool)
+        window[lo:lo + s, lo:lo + s] = True
+        atoms[r, :, ~window] = 0
+    image, mu, omega = image.double(), mu.double(), omega.double()
+    half = k // 2
+    out = torch.zeros((b, c, h, w), dtype=torch.float64)
+    for bi in range(b):
+        for i in range(h):
+            for j in range(w):
+                kern = torch.zeros((k, k), dtype=torch.float64)
+                for r in range(r_):
+                    for n in range(n_):
+                        kern += mu[bi, r, i, j] * omega[bi, n, i, j] * atoms[r, n]
+                for u in range(k):
+                    for v in range(k):
+                        p, q = i + u - half, j + v - half
+                        if 0 <= p < h and 0 <= q < w:
+                            out[bi, :, i, j] += kern[u, v] * image[bi, :, p, q]
+    return out

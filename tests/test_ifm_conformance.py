@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ifm_checks import close, run_grads
+from ifm_checks import close, ifm_oracle, run_grads
 
 import inik
 from inik.ops import Backend, ifm, register_backend, resolve_backend
 from inik.ops.ifm import auto_order, backend_names, backend_unavailable
-from inik.ops.reference import ifm_oracle
 
 IFM = importlib.import_module("inik.ops.ifm")  # the module (inik.ops.ifm is the function)
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adding_a_backend.md"

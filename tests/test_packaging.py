@@ -60,3 +60,13 @@ def test_failed_extension_build_installs_without_it(source_tree, tmp_path):
     assert not any(n.startswith("kernels/") for n in names)  # no top-level 'kernels' package
     proc, wheels = _wheel(source_tree, tmp_path / "b", INIK_REQUIRE_EXTENSION="1")
     assert proc.returncode != 0 and not wheels
+
+
+def test_the_version_has_one_source():
+    """setup.py reads inik.__version__ from the source: the two cannot disagree."""
+    import inik
+    done = subprocess.run([sys.executable, "setup.py", "--version"], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "INIK_NO_EXTENSION": "1"}, timeout=300)
+    assert done.stdout.strip().splitlines()[-1] == inik.__version__, done.stdout + done.stderr
+    assert "version=_version()" in (ROOT / "setup.py").read_text()
+    assert (ROOT / "LICENSE").is_file()

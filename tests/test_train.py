@@ -769,20 +769,23 @@ def test_eval_crop_multiple_scores_the_authors_crop(tmp_path, capsys):
         evaluate_folder(None, [], crop_multiple=0)
 
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.json"))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[f"{p.parent.name}/{p.name}" for p in CONFIGS])
 def test_shipped_configs_are_valid(path):
     """Every config in configs/ passes TrainConfig's checks (keys, types, values) and
     names a network that builds; a stage that starts from weights names the run whose
-    output it reads (the model card's chain: runs/<earlier stage>/last.safetensors)."""
+    output it reads (the model card's chain: runs/<earlier stage>/last.safetensors) or
+    the bundled weights."""
     cfg = load_config(str(path), {"data": "DATA"})  # the data folder comes with --data
     inik.models.iniknet.INIKNetConfig(**cfg.model)
-    if cfg.init is not None:
-        assert cfg.init.startswith("runs/") and cfg.init.endswith("/last.safetensors"), cfg.init
+    if cfg.init is not None:  # an earlier stage's output, or the bundled weights
+        bundled = cfg.init == "inik/weights/default.safetensors"
+        assert bundled or (cfg.init.startswith("runs/") and cfg.init.endswith("/last.safetensors")), cfg.init
 
 
 def test_configs_are_shipped():
     """The check above runs on something: an empty configs/ would leave it no case."""
-    assert {"paper.json", "default_cpu.json", "default_cpu_stage4.json"} <= {p.name for p in CONFIGS}
+    shipped = {f"{p.parent.name}/{p.name}" for p in CONFIGS}
+    assert {"configs/paper.json", "default/stage1.json", "default/stage4.json", "wide/ablation_cascade.json"} <= shipped

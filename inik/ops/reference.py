@@ -156,27 +156,3 @@ def ifm_unfused_backward(grad, image, mu, omega, atoms, support: Sequence[int], 
                 g_atoms[r, :, lo:lo + s, lo:lo + s] = gw.squeeze(1)
     grads = (g_image, g_mu, g_omega, g_atoms)
     return tuple(None if g is None else g.to(dt) for g, dt in zip(grads, dtypes))
-
-
-def ifm_oracle(image, mu, omega, atoms, support: Sequence[int] | None = None):
-    """Naive loops straight from the definition (float64, tiny sizes; tests only)."""
-    b, c, h, w = image.shape
-    r_, n_, k, _ = atoms.shape
-    support = support or [k] * r_
-    atoms = _masked_atoms(atoms.double(), support)
-    image, mu, omega = image.double(), mu.double(), omega.double()
-    half = k // 2
-    out = torch.zeros((b, c, h, w), dtype=torch.float64)
-    for bi in range(b):
-        for i in range(h):
-            for j in range(w):
-                kern = torch.zeros((k, k), dtype=torch.float64)
-                for r in range(r_):
-                    for n in range(n_):
-                        kern += mu[bi, r, i, j] * omega[bi, n, i, j] * atoms[r, n]
-                for u in range(k):
-                    for v in range(k):
-                        p, q = i + u - half, j + v - half
-                        if 0 <= p < h and 0 <= q < w:
-                            out[bi, :, i, j] += kern[u, v] * image[bi, :, p, q]
-    return out
