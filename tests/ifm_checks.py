@@ -54,3 +54,15 @@ def ifm_oracle(image, mu, omega, atoms, support=None):
                         if 0 <= p < h and 0 <= q < w:
                             out[bi, :, i, j] += kern[u, v] * image[bi, :, p, q]
     return out
+
+
+def assert_models_agree(backend, other, size=16, **tol):
+    """INIKNet(width=8) with the same weights gives the same output on either IFM backend."""
+    import inik
+    torch.manual_seed(0)
+    a = inik.INIKNet(width=8, ifm_backend=backend).eval()
+    b = inik.INIKNet(width=8, ifm_backend=other).eval()
+    b.load_state_dict(a.state_dict())
+    y = torch.rand(1, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(a(y), b(y), **tol)
