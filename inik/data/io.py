@@ -127,16 +127,14 @@ def strict_pillow():
     """Pillow's process-wide settings as reading needs them, while any read is running (counted
     across threads): truncated data raise (``ImageFile.LOAD_TRUNCATED_IMAGES``, which training
     scripts often set, makes Pillow fill the missing part silently), and Pillow's own
-    decompression-bomb limit is raised to ``INIK_MAX_PIXELS``'s, which it would otherwise
-    undercut (:func:`_check_pixels` refuses larger images first); a limit the caller
-    switched off stays off."""
+    decompression-bomb check is off: it would refuse what ``INIK_MAX_PIXELS`` allows, and
+    from its header alone, before :func:`_check_pixels` can name the size and the limit.
+    (Process-wide: another thread's Pillow reads during an inik read go unchecked too.)"""
     global _pillow_readers, _pillow_saved
     with _pillow_lock:
         if _pillow_readers == 0:
             _pillow_saved = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
-            # Pillow's limit raised to inik's (never removed: other threads' reads keep a bound)
-            bound = _pillow_saved[1] and max(_pillow_saved[1], max_pixels())
-            ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = False, bound
+            ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = False, None
         _pillow_readers += 1
     try:
         yield
