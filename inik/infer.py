@@ -239,14 +239,14 @@ def half_dtype(device) -> torch.dtype:
     elsewhere (with a warning on CPUs that only emulate bfloat16)."""
     if torch.device(device).type == "cuda":
         return torch.float16
-    if not _cpu_has_bf16():
+    if not cpu_has_bf16():
         log.warning("half=True (--half): this CPU has no native bfloat16 arithmetic (AVX-512 BF16 or "
                     "AMX), so oneDNN emulates it and the network runs slower than in float32; "
                     "leave --half out here")
     return torch.bfloat16
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     """Whether oneDNN has native bfloat16 kernels on this CPU."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -373,11 +373,11 @@ def _pil_metadata(image) -> dict:
     size, orientation and mode): the ICC profile when it fits the mode (not a CMYK
     one after conversion to RGB), the EXIF block (its orientation tag included, as
     the pixels are not turned), the resolution."""
-    from .data.io import _EXIF_PREFIX, _exif_body, icc_fits
+    from .data.io import EXIF_PREFIX, exif_body, icc_fits
     info = image.info
     kept = {k: info[k] for k in ("exif", "dpi") if k in info}
     if kept.get("exif"):  # with JPEG's header, as its info holds it: save() writes it into any format
-        kept["exif"] = _EXIF_PREFIX + _exif_body(kept["exif"])
+        kept["exif"] = EXIF_PREFIX + exif_body(kept["exif"])
     if icc_fits(info.get("icc_profile"), len(image.getbands())):
         kept["icc_profile"] = info["icc_profile"]
     return kept
@@ -417,7 +417,7 @@ def _deblur_array(image: np.ndarray, run) -> np.ndarray:
 
 # ------------------------------------------------------------------ command line
 
-def _expand(inputs: list[str]) -> list[tuple[Path, Optional[Path]]]:
+def expand_inputs(inputs: list[str]) -> list[tuple[Path, Optional[Path]]]:
     """(file, folder it came from or None) for every input file, folder or glob."""
     from .data.io import list_images
     found = []
@@ -489,7 +489,7 @@ def _plan(inputs: list[str], output: str, fmt: Optional[str] = None) -> list[tup
     """(input, output) for every input file, checked before any is written: one output
     per input, none of them another input. Raises ValueError saying what is wrong."""
     from .data.io import WRITE_EXTENSIONS as WRITABLE
-    files = _expand(inputs)
+    files = expand_inputs(inputs)
     seen, unique = set(), []
     for src, root in files:  # the same file named twice (or through a link) is deblurred once
         key = src.resolve()

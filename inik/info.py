@@ -34,7 +34,7 @@ def collect() -> dict:
 
     import inik
 
-    from .infer import DEFAULT_WEIGHTS, _cpu_has_bf16
+    from .infer import DEFAULT_WEIGHTS, cpu_has_bf16
     from .models import INIKNet
     from .ops import _ext, resolve_backend, winograd
 
@@ -53,7 +53,7 @@ def collect() -> dict:
             "cuda_kernels": _ext.has_cuda_kernels(),
             "note": None if _ext.is_built() else _ext.build_hint(),
         },
-        "cpu": {"threads": torch.get_num_threads(), "native_bf16": _cpu_has_bf16(),
+        "cpu": {"threads": torch.get_num_threads(), "native_bf16": cpu_has_bf16(),
                 "ifm_backend": _ask(resolve_backend, "cpu")},
         "cuda": ({"device": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
                   "ifm_backend": _ask(resolve_backend, "cuda")} if cuda else None),

@@ -224,7 +224,7 @@ def test_exif_thumbnail_dropped_and_upright_patch():
         ifd1 = struct.pack(order + "H", 1) + struct.pack(order + "HHI", 0x0103, 3, 1) + struct.pack(order + "HH", 6, 0)
         ifd1 += struct.pack(order + "I", 0)
         raw = mark + struct.pack(order + "HI", 42, 8) + ifd0 + ifd1
-        for block in (raw, iio._EXIF_PREFIX + raw):
+        for block in (raw, iio.EXIF_PREFIX + raw):
             fixed = iio._upright_exif(block)
             assert fixed is not None and len(fixed) == len(raw)
             exif = Image.Exif()

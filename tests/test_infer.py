@@ -72,13 +72,13 @@ def test_half_warns_where_the_cpu_only_emulates_bf16(small_model, monkeypatch, c
     import inik.infer
 
     img = np.random.default_rng(2).random((16, 16, 3), dtype=np.float32)
-    monkeypatch.setattr(inik.infer, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(inik.infer, "cpu_has_bf16", lambda: False)
     with caplog.at_level("WARNING", logger="inik"):
         out = inik.deblur(img, small_model, half=True)
     assert out.shape == img.shape
     assert "no native bfloat16" in caplog.text
     caplog.clear()
-    monkeypatch.setattr(inik.infer, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(inik.infer, "cpu_has_bf16", lambda: True)
     with caplog.at_level("WARNING", logger="inik"):
         inik.deblur(img, small_model, half=True)
         inik.deblur(img, small_model)

@@ -78,9 +78,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", "
 WRITE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
 _EXIF_ORIENTATION = 0x0112
-_EXIF_PREFIX = b"Exif\x00\x00"  # before the TIFF structure in a JPEG's APP1 segment
+EXIF_PREFIX = b"Exif\x00\x00"  # before the TIFF structure in a JPEG's APP1 segment
 _TIFF_ICC_TAG = 34675  # InterColorProfile
-_JPEG_MAX_EXIF = 65533 - len(_EXIF_PREFIX)  # one APP1 segment
+_JPEG_MAX_EXIF = 65533 - len(EXIF_PREFIX)  # one APP1 segment
 
 #: Environment variable that sets the largest image read, in pixels (width x height).
 MAX_PIXELS_ENV = "INIK_MAX_PIXELS"
@@ -237,9 +237,9 @@ def icc_fits(profile, channels: int) -> bool:
     return icc_colour_space(profile) == _icc_space_for(channels)
 
 
-def _exif_body(raw: bytes) -> bytes:
+def exif_body(raw: bytes) -> bytes:
     """An EXIF block without JPEG's ``Exif\\0\\0`` prefix (PNG, WebP and TIFF hold it so)."""
-    return raw[len(_EXIF_PREFIX):] if raw.startswith(_EXIF_PREFIX) else raw
+    return raw[len(EXIF_PREFIX):] if raw.startswith(EXIF_PREFIX) else raw
 
 
 def _upright_exif(raw) -> bytes | None:
@@ -249,7 +249,7 @@ def _upright_exif(raw) -> bytes | None:
     cannot be parsed or the patch does not take."""
     if not isinstance(raw, (bytes, bytearray)):
         return None
-    data = bytearray(_exif_body(raw))
+    data = bytearray(exif_body(raw))
     if len(data) < 8 or data[:2] not in (b"II", b"MM"):
         return None
     order = "<" if data[:2] == b"II" else ">"
@@ -736,7 +736,7 @@ def _check_metadata(path, channels: int, icc_profile, exif) -> tuple[bytes | Non
     if exif is not None:
         if not isinstance(exif, (bytes, bytearray)):
             raise ValueError(f"exif must be bytes (an EXIF block), got {type(exif).__name__} (writing {path})")
-        exif = bytes(_exif_body(exif))
+        exif = bytes(exif_body(exif))
         if exif[:4] not in (b"II*\x00", b"MM\x00*"):
             raise ValueError(f"exif must be an EXIF block (a TIFF structure, optionally after 'Exif\\0\\0'); "
                              f"got bytes starting {exif[:8]!r} (writing {path})")
@@ -824,7 +824,7 @@ def write_image(
                 log.warning("%s: EXIF block of %d bytes left out (a JPEG holds at most %d)", path, len(exif),
                             _JPEG_MAX_EXIF)
             elif exif:
-                meta["exif"] = _EXIF_PREFIX + exif
+                meta["exif"] = EXIF_PREFIX + exif
             pil.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, **meta)
 
     write_atomically(path, buf.getbuffer())
