@@ -234,15 +234,16 @@ def _on_device(model: INIKNet, device) -> INIKNet:
     return copy.deepcopy(model).to(want)
 
 
-def half_dtype(device) -> torch.dtype:
-    """The autocast dtype of ``--half`` on ``device``: float16 on CUDA, bfloat16
-    elsewhere (with a warning on CPUs that only emulate bfloat16)."""
+def half_dtype(device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``--half`` on ``device``: float16 on CUDA, bfloat16 on CPUs
+    with native bfloat16 arithmetic, and None (float32, with a one-line notice) on CPUs
+    that only emulate it, where bfloat16 runs several times slower than float32."""
     if torch.device(device).type == "cuda":
         return torch.float16
     if not cpu_has_bf16():
-        log.warning("half=True (--half): this CPU has no native bfloat16 arithmetic (AVX-512 BF16 or "
-                    "AMX), so oneDNN emulates it and the network runs slower than in float32; "
-                    "leave --half out here")
+        log.warning("half=True (--half): this CPU has no native bfloat16 arithmetic (AVX-512 BF16 or AMX), "
+                    "where bfloat16 is slower than float32: running in float32")
+        return None
     return torch.bfloat16
 
 
@@ -454,9 +455,9 @@ def configure_parser(p) -> None:
                    help=f"tile overlap in pixels (default {DEFAULT_OVERLAP}, at most 3/4 of the tile; widened so "
                         f"that tiles start every multiple of 16 px)")
     p.add_argument("--half", action="store_true",
-                   help="bf16 autocast (fp16 on CUDA); on a CPU only where it has native bf16 (AVX-512 BF16), "
-                        "else it warns: emulated bf16 is slower than fp32; speed: see benchmarks/RESULTS.md "
-                        "(default: off, float32)")
+                   help="bf16 autocast (fp16 on CUDA) where the CPU has native bf16 (AVX-512 BF16 or AMX); "
+                        "elsewhere, where bf16 is emulated and slower, float32 with a notice; speed: see "
+                        "benchmarks/RESULTS.md (default: off, float32)")
     p.add_argument("--compile", action="store_true",
                    help="run the network under torch.compile: a one-off compilation per image size, then "
                         "faster forwards; pays off only for many tiles or images of one size, see "

@@ -74,7 +74,8 @@ def _text(f: dict) -> str:
              ("extension inik._C: built, CPU kernels " + ext["cpu_isa"]
               + (", CUDA kernels" if ext["cuda_kernels"] else ", no CUDA kernels"))
              if ext["built"] else f"extension inik._C: NOT built - {ext['note']}",
-             f"cpu: {f['cpu']['threads']} threads, bfloat16 {'native' if f['cpu']['native_bf16'] else 'emulated'}"
+             f"cpu: {f['cpu']['threads']} threads, bfloat16 "
+             f"{'native' if f['cpu']['native_bf16'] else 'emulated (--half runs float32)'}"
              f", IFM backend {f['cpu']['ifm_backend']}",
              (f"cuda: {f['cuda']['count']} x {f['cuda']['device']}, IFM backend {f['cuda']['ifm_backend']}"
               if f["cuda"] else "cuda: not available"),

@@ -68,15 +68,17 @@ def test_deblur_leaves_the_callers_model_where_it_is(small_model):
     assert all(p.device.type == "cpu" for p in small_model.parameters())
 
 
-def test_half_warns_where_the_cpu_only_emulates_bf16(small_model, monkeypatch, caplog):
+def test_half_runs_float32_where_the_cpu_only_emulates_bf16(small_model, monkeypatch, caplog):
+    """--half where bfloat16 is emulated (slower than float32): float32, said in one line."""
     import inik.infer
 
     img = np.random.default_rng(2).random((16, 16, 3), dtype=np.float32)
     monkeypatch.setattr(inik.infer, "cpu_has_bf16", lambda: False)
     with caplog.at_level("WARNING", logger="inik"):
         out = inik.deblur(img, small_model, half=True)
-    assert out.shape == img.shape
-    assert "no native bfloat16" in caplog.text
+    assert np.array_equal(out, inik.deblur(img, small_model))
+    assert "no native bfloat16" in caplog.text and "running in float32" in caplog.text
+    assert inik.infer.half_dtype("cpu") is None
     caplog.clear()
     monkeypatch.setattr(inik.infer, "cpu_has_bf16", lambda: True)
     with caplog.at_level("WARNING", logger="inik"):
@@ -593,3 +595,12 @@ def test_array_and_tensor_edge_cases(small_model, tmp_path):
     assert main(["deblur", str(tmp_path / "p.png"), "-o", str(tmp_path / "results.png") + "/",
                  "--weights", str(weights)]) == 0
     assert (tmp_path / "results.png" / "p.png").is_file()
+
+
+def test_info_says_what_half_runs(capsys, monkeypatch):
+    """inik info names bfloat16 as native, or emulated with --half running float32."""
+    import inik.infer
+    for native, words in ((True, "bfloat16 native"), (False, "bfloat16 emulated (--half runs float32)")):
+        monkeypatch.setattr(inik.infer, "cpu_has_bf16", lambda native=native: native)
+        assert main(["info"]) == 0
+        assert words in capsys.readouterr().out
