@@ -568,8 +568,8 @@ ITEM_ERRORS = (OSError, ValueError, RuntimeError, MemoryError)
 def item_error(exc: BaseException, *paths) -> str:
     """``exc`` as one line naming the file: the first line of its message (torch's run over
     several), after the first of ``paths`` unless it names one of them already."""
-    lines = str(exc).strip().splitlines()
-    msg = lines[0] if lines else type(exc).__name__
+    from .errors import first_line
+    msg = first_line(exc)
     return msg if any(str(p) in msg for p in paths) else f"{paths[0]}: {msg}"
 
 

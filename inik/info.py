@@ -11,6 +11,8 @@ import platform
 import sys
 from pathlib import Path
 
+from .errors import first_line
+
 
 def _version(dist: str) -> str | None:
     try:
@@ -25,7 +27,7 @@ def _ask(question, *args):
     try:
         return question(*args)
     except Exception as exc:  # noqa: BLE001 - every answer is a report
-        return f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        return f"error: {first_line(exc)}"
 
 
 def collect() -> dict:

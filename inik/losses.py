@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import first_line
+
 __all__ = [
     "LPIPS_MIN_SIZE",
     "MissingWeightsError",
@@ -87,7 +89,7 @@ def _backbone_state(arch: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a refused pickle, a truncated or foreign file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise MissingWeightsError(f"{path}: not torchvision's {arch} weights ({first}); replace it with the "
                                   f"file from {url}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()) \
@@ -104,7 +106,7 @@ def _load_backbone(module: nn.Module, state: dict, arch: str) -> None:
         module.load_state_dict(state)
     except RuntimeError as exc:
         path, url = hub_weights_path(arch)
-        first = str(exc).strip().splitlines()[0]
+        first = first_line(exc)
         raise MissingWeightsError(f"{path}: not torchvision's {arch} weights ({first}); replace it with the "
                                   f"file from {url}") from None
 

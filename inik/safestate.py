@@ -13,6 +13,8 @@ import os
 
 import torch
 
+from .errors import first_line
+
 FORMAT = "inik.state"
 _TENSOR, _DICT, _TUPLE = "$tensor", "$dict", "$tuple"
 
@@ -84,7 +86,7 @@ def load(path: str | os.PathLike):
     except (StateFormatError, OSError):
         raise
     except Exception as exc:  # safetensors' own errors: a truncated or foreign file
-        raise StateFormatError(f"not a readable safetensors file ({str(exc).strip().splitlines()[0]})") from None
+        raise StateFormatError(f"not a readable safetensors file ({first_line(exc)})") from None
     try:
         skeleton = json.loads(meta["state"])
     except ValueError as exc:

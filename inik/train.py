@@ -51,6 +51,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .errors import first_line
 from .models import INIKNet, INIKNetConfig
 from .models.iniknet import UNRECORDED_REVISION
 
@@ -340,7 +341,7 @@ def read_state(out: Path) -> dict:
         else:
             state = safestate.load(path)
     except Exception as exc:  # truncated zip, refused pickle, foreign file: whatever the readers raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
+        first = first_line(exc, "no details")
         hint = (" (an older checkpoint holding objects other than tensors, numbers and strings is not read: "
                 "nothing in it was run)" if isinstance(exc, pickle.UnpicklingError) else "")
         raise ValueError(f"--resume: cannot read checkpoint {path}: {type(exc).__name__}: {first}{hint}") from None
@@ -486,7 +487,7 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
                 scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["torch_rng"])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ValueError(f"--resume: checkpoint {state_path(out)} does not match its own settings "
                              f"(a damaged or edited file): {first}") from None
         start = state["iteration"]
@@ -636,7 +637,7 @@ def validation_outputs(model: INIKNet, pairs, device) -> list[torch.Tensor]:
 
 def validate(model: INIKNet, pairs, device) -> float:
     """Mean PSNR of the model's output over (blurry, sharp) pairs."""
-    return float(np.mean([psnr(o, s) for o, (_, s) in zip(validation_outputs(model, pairs, device), pairs)]))
+    return _validate_and_show(model, pairs, device, None, 0)
 
 
 #: validation images shown in TensorBoard, and their height at most [px]

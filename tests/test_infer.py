@@ -604,3 +604,10 @@ def test_info_says_what_half_runs(capsys, monkeypatch):
         monkeypatch.setattr(inik.infer, "cpu_has_bf16", lambda native=native: native)
         assert main(["info"]) == 0
         assert words in capsys.readouterr().out
+
+
+def test_errors_are_shown_by_their_first_line():
+    """One line of any message; the type's name (or a given default) for an empty one."""
+    from inik.errors import first_line
+    assert first_line(RuntimeError("first\nsecond\n")) == "first"
+    assert first_line(EOFError()) == "EOFError" and first_line(EOFError(), "no details") == "no details"
