@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from inik.data import decoders, metadata
 from inik.data import io as iio
 from inik.data.io import ImageReadError, is_float_image, read_image, read_image_info, write_image
 from inik.data.pairs import (
@@ -109,10 +110,10 @@ def test_png16_pillow_route_equals_pypng(tmp_path, channels):
     codes = _codes((11, 9, channels), 16, seed=3)
     path = tmp_path / "f.png"
     _png16_all_filters(path, codes)
-    fast = iio._read_png16_pillow(path)
+    fast = decoders._read_png16_pillow(path)
     assert fast is not None, "Pillow's 16-bit PNG route no longer applies"
     np.testing.assert_array_equal(fast, codes)
-    np.testing.assert_array_equal(iio._read_png16_pypng(path), codes)
+    np.testing.assert_array_equal(decoders._read_png16_pypng(path), codes)
     img, info = read_image(path, mode=None)
     assert info.bit_depth == 16
     np.testing.assert_array_equal(np.round(img.astype(np.float64) * 65535), codes)
@@ -225,7 +226,7 @@ def test_exif_thumbnail_dropped_and_upright_patch():
         ifd1 += struct.pack(order + "I", 0)
         raw = mark + struct.pack(order + "HI", 42, 8) + ifd0 + ifd1
         for block in (raw, iio.EXIF_PREFIX + raw):
-            fixed = iio._upright_exif(block)
+            fixed = metadata.upright_exif(block)
             assert fixed is not None and len(fixed) == len(raw)
             exif = Image.Exif()
             exif.load(fixed)
@@ -234,8 +235,8 @@ def test_exif_thumbnail_dropped_and_upright_patch():
         odd = bytearray(raw)
         struct.pack_into(order + "HI", odd, 12, 4, 1)
         struct.pack_into(order + "I", odd, 18, 8)
-        assert iio._upright_exif(bytes(odd)) is None
-    assert iio._upright_exif(b"Exif\x00\x00junk") is None and iio._upright_exif(b"") is None
+        assert metadata.upright_exif(bytes(odd)) is None
+    assert metadata.upright_exif(b"Exif\x00\x00junk") is None and metadata.upright_exif(b"") is None
 
 
 def test_colour_profile_follows_the_channels(tmp_path):
