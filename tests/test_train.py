@@ -248,7 +248,8 @@ def test_eval_matches_skimage(tmp_path):
     assert report["mean"]["psnr"] == pytest.approx(np.mean(psnrs), abs=1e-4)
     assert (tmp_path / "report.csv").is_file()
     # --half: the model as `inik deblur --half` runs it (bf16 autocast here), recorded in the report
-    from inik.infer import load_model, restore
+    from inik.loading import load_model
+    from inik.tiling import restore
     assert main(["eval", "--data", str(data), "--weights", str(weights), "--out", str(tmp_path / "half.json"),
                  "--lpips", "off", "--half"]) == 0
     half = json.loads((tmp_path / "half.json").read_text())
@@ -426,7 +427,7 @@ def test_ctrl_c_saves_a_checkpoint_after_the_step(tmp_path, monkeypatch):
     with TrainingInterrupted, and --resume then ends where an uninterrupted run does."""
     import signal
 
-    import inik.train as tr
+    import inik.training.loop as tr  # where train() looks train_step up
 
     data = _pairs_folder(tmp_path / "data")
     full = train(_cfg(tmp_path, data, iters=4, out=str(tmp_path / "full")), progress=False)
@@ -627,7 +628,7 @@ def test_ctrl_c_during_the_last_step_completes_the_run(tmp_path, monkeypatch, ca
     checkpoint, so it ends normally (rc 0), saying so."""
     import signal
 
-    import inik.train as tr
+    import inik.training.loop as tr  # where train() looks train_step up
     data = _pairs_folder(tmp_path / "data")
     real_step, calls = tr.train_step, []
 

@@ -2,7 +2,6 @@
 interval means, TensorBoard event files, ``inik plot``."""
 
 import argparse
-import ast
 import dataclasses
 import re
 import sys
@@ -10,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 from PIL import Image
 from test_train import _cfg, _log, _pairs_folder
 
-import inik.train as tr
+import inik.training.loop as loop
 from inik.cli import build_parser, main
 from inik.train import TrainConfig, train
+from inik.training.validation import validate_and_show
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,18 +95,18 @@ def test_tensorboard_event_files_and_a_crashed_run_resumed(tmp_path, monkeypatch
 
     # a crash after logging iterations 6 and 8 past the checkpoint at 4; the resumed run
     # logs them again and TensorBoard shows each step once
-    real_save = tr.save_checkpoint
+    real_save = loop.save_checkpoint
 
     def crash_at_8(out, model, opt, sched, it, *args):
         if it == 8:
             raise RuntimeError("crash")
         real_save(out, model, opt, sched, it, *args)
 
-    monkeypatch.setattr(tr, "save_checkpoint", crash_at_8)
+    monkeypatch.setattr(loop, "save_checkpoint", crash_at_8)
     cfg = _cfg(tmp_path, data, iters=8, log_every=2, val_every=4, ckpt_every=4, out=str(tmp_path / "cut"))
     with pytest.raises(RuntimeError, match="crash"):
         train(cfg, progress=False)
-    monkeypatch.setattr(tr, "save_checkpoint", real_save)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
     train(cfg, resume=True, progress=False)
     assert len(list((tmp_path / "cut").glob("events.out.tfevents.*"))) == 2  # a resume appends a file
     assert _scalars(tmp_path / "cut") == (scalars, images)
@@ -135,9 +136,7 @@ def test_cli_train_says_where_its_logs_are_and_how_to_get_tensorboard_ones(tmp_p
 
 
 def test_optional_dependencies_are_extras_also_installed_for_tests():
-    call = next(n for n in ast.walk(ast.parse((ROOT / "setup.py").read_text()))
-                if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "setup")
-    extras = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "extras_require"))
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert "tensorboard" in extras["tensorboard"] and "matplotlib" in extras["plot"]
     assert {"tensorboard", "matplotlib"} <= set(extras["test"])
 
@@ -218,9 +217,9 @@ def test_validation_images_are_small_strips_of_the_first_few_pairs():
 
     pairs = [(torch.rand(3, 160, 192), torch.rand(3, 160, 192)) for _ in range(4)]
     model, board = inik.INIKNet(width=8, scales=4, atoms=3), Board()
-    val_psnr = tr._validate_and_show(model, pairs, "cpu", board, 7)
+    val_psnr = validate_and_show(model, pairs, "cpu", board, 7)
     assert board.scalars["psnr/val"] == (7, val_psnr) and board.scalars["ssim/val"][0] == 7
     assert sorted(board.images) == ["val/0", "val/1", "val/2"]
     for step, image in board.images.values():
         assert step == 7 and image.shape == (3, 128, 460) and 0 <= image.min() and image.max() <= 1
-    assert tr._validate_and_show(model, pairs, "cpu", None, 7) == val_psnr  # without TensorBoard: the PSNR alone
+    assert validate_and_show(model, pairs, "cpu", None, 7) == val_psnr  # without TensorBoard: the PSNR alone
