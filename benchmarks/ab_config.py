@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import inik  # noqa: E402
-from inik.infer import DEFAULT_WEIGHTS  # noqa: E402
+from inik.loading import DEFAULT_WEIGHTS  # noqa: E402
 from inik.ops import winograd  # noqa: E402
 from inik.runtime import keep_freed_memory  # noqa: E402
 

@@ -6,8 +6,8 @@ A photo-like test image (upsampled random blocks plus fine texture, as in
 tests/test_infer.py) is deblurred whole, then as single tiles at several
 positions: for each distance d from a tile's inner edge (edges not on the image
 border), the largest difference from the whole-image output among pixels at
-least d away. Then the full tiled result (``inik.infer.restore``) at the
-default overlap. This is what ``inik.infer.DEFAULT_OVERLAP`` is chosen from.
+least d away. Then the full tiled result (``inik.tiling.restore``) at the
+default overlap. This is what ``inik.tiling.DEFAULT_OVERLAP`` is chosen from.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import sys
 
 import torch
 
-from inik.infer import load_model, restore, tile_grid
+from inik.loading import load_model
 from inik.runtime import keep_freed_memory
+from inik.tiling import restore, tile_grid
 
 
 def test_image(size: int) -> torch.Tensor:

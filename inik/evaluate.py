@@ -20,7 +20,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .infer import DEVICE_HELP, half_dtype, load_model, restore
+from .commands import DEVICE_HELP
+from .loading import half_dtype, load_model
+from .tiling import restore
 
 
 def to_8bit(image: np.ndarray, bit_depth: int) -> np.ndarray:
@@ -66,7 +68,7 @@ def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Option
                     radius_bins=None, keep_going: bool = False) -> dict:
     """Metrics of ``model`` on ``pairs`` (from :func:`inik.data.pairs.find_pairs`);
     ``model=None`` scores the blurry inputs themselves (the baseline to beat).
-    ``half``: run the model under ``--half``'s autocast (:func:`inik.infer.half_dtype`).
+    ``half``: run the model under ``--half``'s autocast (:func:`inik.loading.half_dtype`).
     ``crop_multiple``: crop both images top-left to multiples of it before anything
     runs (1: whole images; the authors' test script uses 32, so DPDD's 1680x1120
     pairs are scored at 1664x1120).
@@ -76,15 +78,15 @@ def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Option
     (:class:`inik.metrics.RadiusBins`).
 
     A pair that cannot be scored (unreadable, too small, sizes that differ, NaN or Inf
-    values, a model that fails on it: :data:`inik.infer.ITEM_ERRORS`) raises, naming
+    values, a model that fails on it: :data:`inik.commands.ITEM_ERRORS`) raises, naming
     its file; with ``keep_going`` it is listed in ``"failed"`` instead and the rest are scored.
 
     Returns ``{"mean": {...}, "scored": n, "images": [{"name", "psnr", "ssim", "mae", ["lpips"],
     "seconds"}], "failed": [{"name", "blurry", "sharp", "error"}]}``; the mean is over the
     ``scored`` pairs (``{}`` when none was).
     """
+    from .commands import ITEM_ERRORS, item_error
     from .data.io import read_image
-    from .infer import ITEM_ERRORS, item_error
     from .metrics import RadiusBins, evaluate
     if isinstance(crop_multiple, bool) or not isinstance(crop_multiple, int) or crop_multiple < 1:
         raise ValueError(f"crop_multiple must be an integer >= 1, got {crop_multiple!r}")
@@ -239,9 +241,9 @@ def _check_images(pairs, bits: str, lpips: bool = False, crop_multiple: int = 1)
 def run(args) -> int:
     """Exit status: 0 all pairs scored; 1 some failed (each named on stderr and in the
     report's "failed"); 2 bad flags or data, or no pair could be scored (no report)."""
+    from .commands import check_device, check_tile_option
     from .data.io import write_atomically
     from .data.pairs import find_pairs, resolve_layout
-    from .infer import check_device, check_tile_option
     from .losses import MissingWeightsError
     from .metrics import LPIPSMetric
     try:

@@ -104,12 +104,12 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
     an error (FileExistsError) unless ``overwrite``, which also removes per-scale
     maps an earlier run with more scales left in ``out_dir``. ``tile``/``overlap``:
     as for ``inik deblur`` (None: whole images up to about 2 megapixels, tiles
-    beyond, :func:`inik.infer.auto_tile`; 0: always whole), so memory stays
+    beyond, :func:`inik.tiling.auto_tile`; 0: always whole), so memory stays
     bounded for any photo size; the maps of the tiles are blended as deblur
     blends its outputs.
     """
     from .data.io import write_atomically, write_image
-    from .infer import auto_tile, tiled
+    from .tiling import auto_tile, tiled
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: is a file, not a folder (the output folder)")
@@ -178,7 +178,7 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
 
 
 def configure_parser(p) -> None:
-    from .infer import DEVICE_HELP
+    from .commands import DEVICE_HELP
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders or globs; one image file: its maps go into DIR, else each "
                         "image's into DIR/<its name without suffix>")
@@ -194,7 +194,7 @@ def configure_parser(p) -> None:
 def _plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
     """(image, its output folder) for every input: DIR itself for a single image file, else
     DIR/<its path under the folder given, without suffix>; ValueError when two would share one."""
-    from .infer import expand_inputs
+    from .commands import expand_inputs
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: is a file, not a folder (the output folder)")
@@ -215,16 +215,9 @@ def _plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
 def run(args) -> int:
     """Exit status: 0 every image explained; 1 some images failed (each named on stderr, the
     others explained); 2 bad flags or outputs (nothing written)."""
+    from .commands import ITEM_ERRORS, check_device, check_tile_option, item_error
     from .data.io import read_image
-    from .infer import (
-        DEFAULT_WEIGHTS,
-        ITEM_ERRORS,
-        UNTRAINED_NOTE,
-        check_device,
-        check_tile_option,
-        item_error,
-        load_model,
-    )
+    from .loading import DEFAULT_WEIGHTS, UNTRAINED_NOTE, load_model
     try:
         args.device = str(check_device(args.device))
         check_tile_option(args.tile)

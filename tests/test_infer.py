@@ -11,7 +11,8 @@ from PIL import Image
 import inik
 from inik.cli import main
 from inik.data.io import read_image, write_image
-from inik.infer import AUTO_TILE, DEFAULT_OVERLAP, auto_tile, load_model, restore
+from inik.loading import load_model
+from inik.tiling import AUTO_TILE, DEFAULT_OVERLAP, auto_tile, restore
 
 
 @pytest.fixture(scope="module")
@@ -58,29 +59,29 @@ def test_grey_alpha_torch_pil(small_model):
 
 def test_deblur_leaves_the_callers_model_where_it_is(small_model):
     """deblur(model=m, device=d) runs a copy of m on d; m itself does not move."""
-    from inik.infer import _on_device
+    from inik.loading import on_device
 
     img = np.random.default_rng(3).random((16, 16, 3), dtype=np.float32)
     np.testing.assert_array_equal(inik.deblur(img, small_model, device="cpu"), inik.deblur(img, small_model))
-    assert _on_device(small_model, "cpu") is small_model and _on_device(small_model, torch.device("cpu")) is small_model
-    moved = _on_device(small_model, "meta")
+    assert on_device(small_model, "cpu") is small_model and on_device(small_model, torch.device("cpu")) is small_model
+    moved = on_device(small_model, "meta")
     assert moved is not small_model and next(moved.parameters()).device.type == "meta"
     assert all(p.device.type == "cpu" for p in small_model.parameters())
 
 
 def test_half_runs_float32_where_the_cpu_only_emulates_bf16(small_model, monkeypatch, caplog):
     """--half where bfloat16 is emulated (slower than float32): float32, said in one line."""
-    import inik.infer
+    import inik.loading
 
     img = np.random.default_rng(2).random((16, 16, 3), dtype=np.float32)
-    monkeypatch.setattr(inik.infer, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(inik.loading, "cpu_has_bf16", lambda: False)
     with caplog.at_level("WARNING", logger="inik"):
         out = inik.deblur(img, small_model, half=True)
     assert np.array_equal(out, inik.deblur(img, small_model))
     assert "no native bfloat16" in caplog.text and "running in float32" in caplog.text
-    assert inik.infer.half_dtype("cpu") is None
+    assert inik.loading.half_dtype("cpu") is None
     caplog.clear()
-    monkeypatch.setattr(inik.infer, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(inik.loading, "cpu_has_bf16", lambda: True)
     with caplog.at_level("WARNING", logger="inik"):
         inik.deblur(img, small_model, half=True)
         inik.deblur(img, small_model)
@@ -122,7 +123,7 @@ def test_tile_grid_keeps_tiles_on_the_networks_16_px_grid():
     """The network's output is invariant only to shifts by multiples of 16, so every
     tile starts on that grid: the step is rounded down to a multiple of 16 (the
     overlap widened), the tile too."""
-    from inik.infer import _starts, tile_grid
+    from inik.tiling import tile_grid, tile_starts
     assert tile_grid(256, None) == (256, 192, 64)
     assert tile_grid(1024, None) == (1024, 192, 832)
     assert tile_grid(270, None) == (256, 192, 64)
@@ -136,7 +137,7 @@ def test_tile_grid_keeps_tiles_on_the_networks_16_px_grid():
             t, o, step = tile_grid(tile, overlap)
             assert t % 16 == 0 and step % 16 == 0 and step >= 16 and o >= overlap and o == t - step
             for size in (t + 16, 3 * t + 48):
-                assert all(s % 16 == 0 for s in _starts(size, t, step))
+                assert all(s % 16 == 0 for s in tile_starts(size, t, step))
 
 
 def _default_model_and_photo_like(size: int, blocks: int, seed: int):
@@ -238,7 +239,7 @@ def test_cli_without_the_extension_says_so_and_runs(tmp_path, weights, monkeypat
 
 
 def test_cli_untrained_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(inik.infer, "DEFAULT_WEIGHTS", tmp_path / "none.safetensors")
+    monkeypatch.setattr(inik.loading, "DEFAULT_WEIGHTS", tmp_path / "none.safetensors")
     write_image(tmp_path / "p.png", np.zeros((8, 8, 3), np.uint8))
     assert main(["deblur", str(tmp_path / "p.png"), "-o", str(tmp_path / "q.png")]) == 0
     assert "UNTRAINED" in capsys.readouterr().err
@@ -535,9 +536,9 @@ def test_cli_info_version_and_python_m(capsys):
     facts = json.loads(capsys.readouterr().out)
     assert facts["inik"] == inik.__version__ and facts["versions"]["torch"].split("+")[0] in torch.__version__
     assert facts["extension"]["built"] == _ext.is_built() and facts["cpu"]["ifm_backend"] == resolve_backend("cpu")
-    assert (facts["default_weights"] is not None) == inik.infer.DEFAULT_WEIGHTS.is_file()
+    assert (facts["default_weights"] is not None) == inik.loading.DEFAULT_WEIGHTS.is_file()
     if facts["default_weights"] is not None:
-        assert facts["default_weights"]["revision"] == inik.INIKNet.read_config(inik.infer.DEFAULT_WEIGHTS).revision
+        assert facts["default_weights"]["revision"] == inik.INIKNet.read_config(inik.loading.DEFAULT_WEIGHTS).revision
     assert main(["info"]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"inik {inik.__version__}") and f"IFM backend {resolve_backend('cpu')}" in text
@@ -558,7 +559,7 @@ def test_cli_info_version_and_python_m(capsys):
 def test_device_auto_picks_cuda_when_available(monkeypatch):
     """--device defaults to auto in deblur, explain and eval: CUDA when available, else the CPU."""
     from inik.cli import build_parser
-    from inik.infer import check_device
+    from inik.commands import check_device
 
     assert check_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -599,9 +600,9 @@ def test_array_and_tensor_edge_cases(small_model, tmp_path):
 
 def test_info_says_what_half_runs(capsys, monkeypatch):
     """inik info names bfloat16 as native, or emulated with --half running float32."""
-    import inik.infer
+    import inik.loading
     for native, words in ((True, "bfloat16 native"), (False, "bfloat16 emulated (--half runs float32)")):
-        monkeypatch.setattr(inik.infer, "cpu_has_bf16", lambda native=native: native)
+        monkeypatch.setattr(inik.loading, "cpu_has_bf16", lambda native=native: native)
         assert main(["info"]) == 0
         assert words in capsys.readouterr().out
 

@@ -302,7 +302,8 @@ def test_overfits_one_pair():
 def test_reflect_conv_keeps_channels_last_and_equals_torch(shape, stride):
     """The U-Net's padded convolution equals nn.Conv2d(padding_mode="reflect") forward and
     backward, and keeps a channels_last input channels_last."""
-    from inik.models.unet import ReflectConv2d, reflect_pad1
+    from inik.models.unet import ReflectConv2d
+    from inik.ops.conv import reflect_pad1
 
     torch.manual_seed(0)
     cin = shape[1]
@@ -365,7 +366,7 @@ def test_revision_2_is_the_authors_network():
 
 
 def test_the_bundled_weights_are_revision_2():
-    from inik.infer import DEFAULT_WEIGHTS
+    from inik.loading import DEFAULT_WEIGHTS
     assert inik.INIKNet.read_config(DEFAULT_WEIGHTS).revision == 2  # the authors' network (docs/MODEL_CARD.md)
 
 
@@ -455,7 +456,7 @@ def test_reflect_border_conv_in_bfloat16_is_right_and_repeatable(stride, size):
     equals the float32 reflect-padded convolution to bf16 precision, the same on every call.
     (oneDNN's AMX bf16 kernels gave one-pixel-wide stride-2 strips from uninitialised memory:
     errors of 10 to 1e38, and the default model's --half output up to 1.0 off.)"""
-    from inik.models.unet import conv3x3_reflect_borders
+    from inik.ops.conv import conv3x3_reflect_borders
     torch.manual_seed(0)
     x = torch.rand(1, 4, *size).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     w = torch.randn(8, 4, 3, 3)
