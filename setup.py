@@ -6,38 +6,30 @@ package is already called ``kernels``).
 The compiled extension ``inik._C`` (``csrc/``: the IFM's CPU and CUDA kernels,
 the fused ConvLSTM update and the Winograd convolution for CPUs) is built when torch is
 importable at build time; install with ``pip install --no-build-isolation -e .``
-so the build sees the installed torch. Environment variables:
-
-* ``INIK_NO_EXTENSION=1``: build no extension (the package then uses the
-  pure PyTorch reference);
-* ``INIK_BUILD_CUDA=1`` (or a set ``TORCH_CUDA_ARCH_LIST``): also build the CUDA
-  kernels, even without a visible GPU. By default they are built only when torch
-  has CUDA and a GPU is visible; ``INIK_BUILD_CUDA=0`` never builds them;
-* ``INIK_CPU_NATIVE=1``: compile the CPU kernels with ``-march=native`` (faster
-  on the building CPU, not portable). By default one binary carries x86-64-v4/v3/
-  baseline copies of the hot loops, picked at load time;
-* ``MAX_JOBS``: parallel compile jobs (torch's variable);
-* ``INIK_REQUIRE_EXTENSION=1``: a failed build of the extension fails the
-  install. By default a failed build is reported and the install goes on
-  without the extension, so that ``inik`` still installs (and runs, on the PyTorch
-  reference) on a machine without a working compiler. The test suite fails when
-  the extension is missing unless ``INIK_NO_EXTENSION=1`` says so.
+so the build sees the installed torch. The build's environment variables
+(``INIK_NO_EXTENSION``, ``INIK_BUILD_CUDA``, ``INIK_CPU_NATIVE``,
+``INIK_REQUIRE_EXTENSION``) are declared in ``inik/settings.py`` and listed in
+``docs/configuration.md``; ``MAX_JOBS`` and ``TORCH_CUDA_ARCH_LIST`` are torch's.
 """
 
+import importlib.util
 import os
 import sys
 
 from setuptools import find_packages, setup
 
-packages = find_packages(include=["inik", "inik.*"]) + ["inik.kernels"]
+
+def _load_settings():
+    """inik/settings.py on its own (importing the package would import torch and inik._C)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inik", "settings.py")
+    spec = importlib.util.spec_from_file_location("inik_build_settings", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look the module up while the file runs
+    spec.loader.exec_module(module)
+    return module
 
 
-def _version() -> str:
-    """``inik.__version__``, read from the source (its one definition) without importing it."""
-    import re
-    text = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "inik", "__init__.py")).read()
-    return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
-
+settings = _load_settings()
 
 def _say(msg: str) -> None:
     print(f"inik setup: {msg}", file=sys.stderr)
@@ -65,7 +57,7 @@ def _build_ext_class(base):
             try:
                 super().run()
             except Exception as exc:  # a missing or broken compiler, a compile or link error
-                if os.environ.get("INIK_REQUIRE_EXTENSION", "") == "1":
+                if settings.get("INIK_REQUIRE_EXTENSION"):
                     raise
                 lines = str(exc).strip().splitlines()
                 cuda = any(src.endswith(".cu") for ext in self.extensions for src in ext.sources)
@@ -96,7 +88,7 @@ def _build_ext_class(base):
 
 def _extension_build():
     """(ext_modules, cmdclass) for inik._C, or ([], {}) when it is not built."""
-    if os.environ.get("INIK_NO_EXTENSION", "") == "1":
+    if settings.get("INIK_NO_EXTENSION"):
         _say("INIK_NO_EXTENSION=1: building no extension; inik.ops.ifm uses the PyTorch reference")
         return [], {}
     try:
@@ -113,25 +105,25 @@ def _extension_build():
     # -fopenmp: at::parallel_for is OpenMP inside our own object code (Apple clang has none).
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
     cxx = ["-O3", "-Wno-psabi", *openmp]
-    if os.environ.get("INIK_CPU_NATIVE", "") == "1":
+    if settings.get("INIK_CPU_NATIVE"):
         cxx += ["-march=native", "-DINIK_NO_CLONES"]
     link = openmp
 
-    build_cuda_env = os.environ.get("INIK_BUILD_CUDA", "")
-    if build_cuda_env == "0":
+    build_cuda = settings.get("INIK_BUILD_CUDA")  # True, False or None (auto)
+    if build_cuda is False:
         want_cuda, why = False, "INIK_BUILD_CUDA=0"
     elif torch.version.cuda is None:
         want_cuda, why = False, "torch has no CUDA"
     elif cpp_extension.CUDA_HOME is None:
         want_cuda, why = False, "no CUDA toolkit (CUDA_HOME) found"
-    elif build_cuda_env == "1" or os.environ.get("TORCH_CUDA_ARCH_LIST"):
+    elif build_cuda or os.environ.get("TORCH_CUDA_ARCH_LIST"):
         want_cuda, why = True, "requested by INIK_BUILD_CUDA=1 / TORCH_CUDA_ARCH_LIST"
     elif torch.cuda.is_available():
         want_cuda, why = True, "a GPU is visible"
     else:
         want_cuda, why = False, "no GPU visible (set INIK_BUILD_CUDA=1 to build the CUDA kernels anyway)"
 
-    if build_cuda_env == "1" and not want_cuda:
+    if build_cuda and not want_cuda:
         raise RuntimeError(f"inik setup: INIK_BUILD_CUDA=1 but the CUDA kernels cannot be built: {why}")
 
     sources = [os.path.join(csrc, "ifm_cpu.cpp"), os.path.join(csrc, "lstm_cpu.cpp"),
@@ -161,36 +153,11 @@ def _extension_build():
 
 ext_modules, cmdclass = _extension_build()
 
+# The project's metadata is in pyproject.toml; setup.py adds the packages (kernels/
+# installs as inik.kernels) and the compiled extension.
 setup(
-    name="inik",
-    version=_version(),
-    license="MIT",
-    description="INIKNet single-image defocus deblurring with a fused IFM operator",
-    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
-    packages=packages,
+    packages=find_packages(include=["inik", "inik.*"]) + ["inik.kernels"],
     package_dir={"inik.kernels": "kernels"},
-    package_data={"inik": ["weights/*.safetensors"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    install_requires=[
-        "torch>=2.4",
-        "numpy",
-        "pillow",
-        "safetensors",
-        "tqdm",
-        "scikit-image",
-        "tifffile",
-        "pypng",
-        "lpips",
-        'triton; platform_system == "Linux" and platform_machine == "x86_64"',
-    ],
-    extras_require={
-        "heif": ["pillow-heif"],
-        "tensorboard": ["tensorboard"],  # inik train's TensorBoard logs
-        "plot": ["matplotlib"],  # inik plot
-        "test": ["pytest", "pillow-heif", "tensorboard", "matplotlib", "ruff"],
-    },
-    entry_points={"console_scripts": ["inik=inik.cli:main"]},
 )

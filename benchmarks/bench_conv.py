@@ -36,8 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_ifm import _device_name, _versions, _write, measure  # noqa: E402
 
 import inik  # noqa: E402
-from inik.models.unet import ReflectConv2d, conv3x3_reflect_borders  # noqa: E402
+from inik.models.unet import ReflectConv2d  # noqa: E402
 from inik.ops import _ext, winograd  # noqa: E402
+from inik.ops.conv import conv3x3_reflect_borders  # noqa: E402
 from inik.runtime import keep_freed_memory  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -54,8 +55,6 @@ def model_shapes(size: int) -> collections.Counter:
             seen[(x.shape[1], module.out_channels, x.shape[2], x.shape[3])] += 1
 
     handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, ReflectConv2d)]
-    # on the Winograd path ResBlocks pass their weights to the op, not through these
-    # modules' forward: count on the plain path
     with torch.no_grad(), mock.patch.dict(os.environ, {winograd.ENV: "0"}):
         model(torch.rand(1, 3, size, size))
     for h in handles:

@@ -80,13 +80,14 @@ def build(mode: str, state: dict, device: torch.device) -> inik.INIKNet:
 
 def _conv_path(device: torch.device) -> str:
     """How the fast path runs its 3x3 stride-1 convolutions at inference on this device."""
+    from inik import settings
     from inik.ops import _ext, winograd
     if device.type != "cpu":
         return "the device's convolutions (cuDNN)"
     setting = f"{winograd.ENV}={os.environ.get(winograd.ENV, 'auto')}"
     if not _ext.is_built() or not winograd.enabled():
         return f"oneDNN ({setting})"
-    tile = os.environ.get("INIK_WINOGRAD_TILE", "")
+    tile = settings.get(winograd.TILE_ENV)
     tiles = f"F({tile}x{tile}, 3x3) (INIK_WINOGRAD_TILE)" if tile else "F(6x6, 3x3) from 128x128 up, F(4x4, 3x3) below"
     return f"Winograd {tiles}, {winograd.isa()} kernel ({setting})"
 

@@ -2,6 +2,8 @@
 // winograd_cpu.cpp), and AVX512-BF16's dot product for kernels that use it.
 #pragma once
 
+#include <c10/util/string_view.h>
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -12,17 +14,20 @@
 #define INIK_CPU_ISAS 1
 #define INIK_DOT_BF16 1
 #define INIK_TARGET_AVX512_BF16 __attribute__((target("arch=x86-64-v4,avx512bf16")))
+#define INIK_TARGET_AVX512 __attribute__((target("arch=x86-64-v4")))
+#define INIK_TARGET_AVX2 __attribute__((target("arch=x86-64-v3")))
 #else
 #define INIK_DOT_BF16 0
 #endif
 
 namespace inik {
 
-// The best the CPU supports, or INIK_CPU_ISA (avx512_bf16, avx512, avx2, generic) to
-// test or time a lesser one; asking for more than the CPU has is an error.
+// The best the CPU supports for isa = "", or the named one (avx512_bf16, avx512, avx2,
+// generic: INIK_CPU_ISA, passed by the Python caller) to test or time a lesser one;
+// asking for more than the CPU has is an error.
 // avx512_bf16 differs from avx512 for bfloat16 input only.
 enum Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
-Isa pick_isa();
+Isa pick_isa(c10::string_view isa);
 
 #if INIK_DOT_BF16
 // vdpbf16ps: acc + a.lo * b.lo + a.hi * b.hi for each float lane's pair of bfloat16s

@@ -3,8 +3,9 @@
 //   inik::ifm_native_backward(grad, image, mu, omega, atoms, support, needs) -> 4 grads
 // (docs/ARCHITECTURE.md section 2). The CUDA kernels register for the same schemas in ifm_cuda.cu.
 //
-// Layout of the work: a tile is kTile = 16 neighbouring pixels of one row, and
-// every per-pixel quantity is a 16-lane vector (GCC/Clang vector extensions), so
+// Layout of the work: a tile is L neighbouring pixels of one row (one vector's lanes:
+// 16 floats on AVX-512), and every per-pixel quantity is an L-lane vector (GCC/Clang
+// vector extensions), so
 // synthesising the per-pixel kernel k = sum_{r,n} mu*omega*atoms[r,n] - the
 // dominant cost, N * sum_r s_r^2 multiply-adds per pixel - and applying it to all
 // C channels vectorise across pixels with the tap loops left scalar. The tile's
@@ -31,15 +32,22 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_isa.h"
 #include "cpu_simd.h"
 #include "ifm_host.h"
 
 namespace inik {
 namespace cpu {
 
-typedef float vf16 __attribute__((vector_size(16 * sizeof(float))));
-typedef double vd16 __attribute__((vector_size(16 * sizeof(double))));
-static_assert(kTile == 16, "vector types hold kTile lanes");
+// Vectors of the instruction set's native width (GCC splits wider ones through the
+// stack): 512 bits on AVX-512, 256 on AVX2, 128 in the generic build. A tile is one
+// vector's lanes of pixels, L = 16, 8 or 4 floats (8, 4 or 2 doubles); the host pads
+// Qpad and the image rows to multiples of kTile = 16, so of every L.
+template <int Bytes> struct Vecs {
+  typedef float f __attribute__((vector_size(Bytes)));
+  typedef double d __attribute__((vector_size(Bytes)));
+};
+template <class V, class T> constexpr int64_t lanes() { return sizeof(V) / sizeof(T); }
 
 template <class V, class T> INIK_AI V loadu(const T* p) {
   V v;
@@ -49,14 +57,14 @@ template <class V, class T> INIK_AI V loadu(const T* p) {
 template <class V, class T> INIK_AI void storeu(T* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
 
 template <class V, class T> INIK_AI V load_tile(const T* p, int64_t valid) {
-  if (valid >= kTile) return loadu<V>(p);
-  T tmp[kTile] = {};
+  if (valid >= lanes<V, T>()) return loadu<V>(p);
+  T tmp[lanes<V, T>()] = {};
   for (int64_t jj = 0; jj < valid; ++jj) tmp[jj] = p[jj];
   return loadu<V>(tmp);
 }
 template <class V, class T> INIK_AI void store_tile(T* p, const V& v, int64_t valid) {
-  if (valid >= kTile) return storeu(p, v);
-  T tmp[kTile];
+  if (valid >= lanes<V, T>()) return storeu(p, v);
+  T tmp[lanes<V, T>()];
   storeu(tmp, v);
   for (int64_t jj = 0; jj < valid; ++jj) p[jj] = tmp[jj];
 }
@@ -86,7 +94,7 @@ template <class V, class T> struct Scratch {
   V *m, *o, *g, *cc, *kb, *dk, *dc, *domacc;
   T *cs, *dkT;
   explicit Scratch(const Args<T>& a) {
-    // in vectors: m, o, g, cc, kb, dk, dc, domacc, then cs (N x kTile) and dkT (kTile x Qpad)
+    // in vectors: m, o, g, cc, kb, dk, dc, domacc, then cs (N x L) and dkT (L x Qpad)
     const int64_t nv = a.R + a.N + a.C + a.N + 2 * a.Qmax + 2 * a.N + a.N + a.Qpad;
     raw.assign((nv + 1) * sizeof(V), 0);
     const auto addr = reinterpret_cast<std::uintptr_t>(raw.data());
@@ -198,12 +206,13 @@ INIK_AI void coeff_grads(const V* dk, const T* A, int64_t N, int64_t nq, V* dc) 
 }
 
 template <class V, class T> INIK_AI void forward_rows_t(const Args<T>& a, int64_t row0, int64_t row1) {
+  constexpr int64_t L = lanes<V, T>();
   Scratch<V, T> s(a);
   const int64_t hw = a.H * a.W;
   for (int64_t row = row0; row < row1; ++row) {
     const int64_t b = row / a.H, i = row % a.H;
-    for (int64_t j0 = 0; j0 < a.W; j0 += kTile) {
-      const int64_t valid = std::min<int64_t>(kTile, a.W - j0);
+    for (int64_t j0 = 0; j0 < a.W; j0 += L) {
+      const int64_t valid = std::min<int64_t>(L, a.W - j0);
       const int64_t pix = i * a.W + j0;
       load_coeffs(a, s, b, pix, valid);
       synthesise(a, s);
@@ -217,12 +226,13 @@ template <class V, class T> INIK_AI void forward_rows_t(const Args<T>& a, int64_
 
 template <class V, class T>
 INIK_AI void backward_chunk_t(const Args<T>& a, int64_t b, int64_t i0, int64_t i1, T* D) {
+  constexpr int64_t L = lanes<V, T>();
   Scratch<V, T> s(a);
   const int64_t hw = a.H * a.W;
   const bool need_dk = a.need_dmu || a.need_dom || a.need_datoms;
   for (int64_t i = i0; i < i1; ++i) {
-    for (int64_t j0 = 0; j0 < a.W; j0 += kTile) {
-      const int64_t valid = std::min<int64_t>(kTile, a.W - j0);
+    for (int64_t j0 = 0; j0 < a.W; j0 += L) {
+      const int64_t valid = std::min<int64_t>(L, a.W - j0);
       const int64_t pix = i * a.W + j0;
       load_coeffs(a, s, b, pix, valid);
       for (int64_t c = 0; c < a.C; ++c) s.g[c] = load_tile<V>(a.dx + (b * a.C + c) * hw + pix, valid);
@@ -272,24 +282,24 @@ INIK_AI void backward_chunk_t(const Args<T>& a, int64_t b, int64_t i0, int64_t i
       }
 
       if (a.need_datoms) {  // D[r, n, q] += sum_lanes mu_r * omega_n * dk[q]
-        T* dkT = s.dkT;  // (kTile, Qpad): taps fastest, so the update vectorises along taps
+        T* dkT = s.dkT;  // (L, Qpad): taps fastest, so the update vectorises along taps
         for (int64_t q = 0; q < a.Qmax; ++q) {
-          T lanes[kTile];
+          T lanes[L];
           storeu(lanes, s.dk[q]);
-          for (int64_t jj = 0; jj < kTile; ++jj) dkT[jj * a.Qpad + q] = lanes[jj];
+          for (int64_t jj = 0; jj < L; ++jj) dkT[jj * a.Qpad + q] = lanes[jj];
         }
-        T* cs = s.cs;  // (N, kTile): mu_r * omega_n per lane
+        T* cs = s.cs;  // (N, L): mu_r * omega_n per lane
         for (int64_t r = 0; r < a.R; ++r) {
           const int64_t qr = a.Q[r];
-          for (int64_t n = 0; n < a.N; ++n) storeu(cs + n * kTile, s.m[r] * s.o[n]);
+          for (int64_t n = 0; n < a.N; ++n) storeu(cs + n * L, s.m[r] * s.o[n]);
           int64_t n = 0;
           for (; n + 4 <= a.N; n += 4) {  // four atoms share each dk load
-            const T *c0 = cs + n * kTile, *c1 = c0 + kTile, *c2 = c1 + kTile, *c3 = c2 + kTile;
+            const T *c0 = cs + n * L, *c1 = c0 + L, *c2 = c1 + L, *c3 = c2 + L;
             T* D0 = D + (r * a.N + n) * a.Qpad;
-            for (int64_t q0 = 0; q0 < qr; q0 += kTile) {  // may run past qr into Qpad; masked at the end
+            for (int64_t q0 = 0; q0 < qr; q0 += L) {  // may run past qr into Qpad; masked at the end
               const T* col = dkT + q0;
               V s0{}, s1{}, s2{}, s3{};
-              for (int64_t jj = 0; jj < kTile; ++jj) {
+              for (int64_t jj = 0; jj < L; ++jj) {
                 const V d = loadu<V>(col + jj * a.Qpad);
                 s0 += c0[jj] * d;
                 s1 += c1[jj] * d;
@@ -303,12 +313,12 @@ INIK_AI void backward_chunk_t(const Args<T>& a, int64_t b, int64_t i0, int64_t i
             }
           }
           for (; n < a.N; ++n) {
-            const T* c0 = cs + n * kTile;
+            const T* c0 = cs + n * L;
             T* D0 = D + (r * a.N + n) * a.Qpad;
-            for (int64_t q0 = 0; q0 < qr; q0 += kTile) {
+            for (int64_t q0 = 0; q0 < qr; q0 += L) {
               const T* col = dkT + q0;
               V s0{}, s1{};
-              for (int64_t jj = 0; jj < kTile; jj += 2) {
+              for (int64_t jj = 0; jj < L; jj += 2) {
                 s0 += c0[jj] * loadu<V>(col + jj * a.Qpad);
                 s1 += c0[jj + 1] * loadu<V>(col + (jj + 1) * a.Qpad);
               }
@@ -321,14 +331,50 @@ INIK_AI void backward_chunk_t(const Args<T>& a, int64_t b, int64_t i0, int64_t i
   }
 }
 
-// The clone-dispatched entry points (one per accumulation type).
-INIK_CLONES void forward_rows(const Args<float>& a, int64_t r0, int64_t r1) { forward_rows_t<vf16>(a, r0, r1); }
-INIK_CLONES void forward_rows(const Args<double>& a, int64_t r0, int64_t r1) { forward_rows_t<vd16>(a, r0, r1); }
-INIK_CLONES void backward_chunk(const Args<float>& a, int64_t b, int64_t i0, int64_t i1, float* D) {
-  backward_chunk_t<vf16>(a, b, i0, i1, D);
+// One entry point per instruction set and accumulation type, picked at run time
+// (pick_isa: the CPU's best, or INIK_CPU_ISA's choice passed down as the op's isa).
+#define INIK_IFM_ENTRIES(SUFFIX, TARGET, BYTES)                                                          \
+  TARGET void forward_rows_##SUFFIX(const Args<float>& a, int64_t r0, int64_t r1) {                     \
+    forward_rows_t<Vecs<BYTES>::f>(a, r0, r1);                                                          \
+  }                                                                                                      \
+  TARGET void forward_rows_##SUFFIX(const Args<double>& a, int64_t r0, int64_t r1) {                    \
+    forward_rows_t<Vecs<BYTES>::d>(a, r0, r1);                                                          \
+  }                                                                                                      \
+  TARGET void backward_chunk_##SUFFIX(const Args<float>& a, int64_t b, int64_t i0, int64_t i1, float* D) { \
+    backward_chunk_t<Vecs<BYTES>::f>(a, b, i0, i1, D);                                                  \
+  }                                                                                                      \
+  TARGET void backward_chunk_##SUFFIX(const Args<double>& a, int64_t b, int64_t i0, int64_t i1,          \
+                                      double* D) {                                                       \
+    backward_chunk_t<Vecs<BYTES>::d>(a, b, i0, i1, D);                                                  \
+  }
+
+#ifdef INIK_CPU_ISAS
+INIK_IFM_ENTRIES(avx512, INIK_TARGET_AVX512, 64)
+INIK_IFM_ENTRIES(avx2, INIK_TARGET_AVX2, 32)
+#endif
+// the build's own width: 128 bits for a baseline x86-64 or NEON build, wider under -march=native
+#if defined(__AVX512F__)
+INIK_IFM_ENTRIES(generic, , 64)
+#elif defined(__AVX__)
+INIK_IFM_ENTRIES(generic, , 32)
+#else
+INIK_IFM_ENTRIES(generic, , 16)
+#endif
+
+template <class T> void forward_rows(Isa isa, const Args<T>& a, int64_t r0, int64_t r1) {
+#ifdef INIK_CPU_ISAS
+  if (isa >= kAvx512) return forward_rows_avx512(a, r0, r1);
+  if (isa == kAvx2) return forward_rows_avx2(a, r0, r1);
+#endif
+  forward_rows_generic(a, r0, r1);
 }
-INIK_CLONES void backward_chunk(const Args<double>& a, int64_t b, int64_t i0, int64_t i1, double* D) {
-  backward_chunk_t<vd16>(a, b, i0, i1, D);
+
+template <class T> void backward_chunk(Isa isa, const Args<T>& a, int64_t b, int64_t i0, int64_t i1, T* D) {
+#ifdef INIK_CPU_ISAS
+  if (isa >= kAvx512) return backward_chunk_avx512(a, b, i0, i1, D);
+  if (isa == kAvx2) return backward_chunk_avx2(a, b, i0, i1, D);
+#endif
+  backward_chunk_generic(a, b, i0, i1, D);
 }
 
 template <class T> Args<T> make_args(const Geometry& g, const at::Tensor& ypad, const at::Tensor& mu,
@@ -348,8 +394,9 @@ template <class T> Args<T> make_args(const Geometry& g, const at::Tensor& ypad, 
 }  // namespace cpu
 
 at::Tensor ifm_forward_cpu(const at::Tensor& image, const at::Tensor& mu, const at::Tensor& omega,
-                           const at::Tensor& atoms, at::IntArrayRef support) {
+                           const at::Tensor& atoms, at::IntArrayRef support, c10::string_view isa_name) {
   const Geometry g = check_and_plan("ifm_native_forward", image, mu, omega, atoms, support);
+  const Isa isa = pick_isa(isa_name);
   const auto acc = acc_type(image.scalar_type());
   at::Tensor ypad = padded_image(image, g);
   at::Tensor mu_c = mu.to(acc).contiguous(), om_c = omega.to(acc).contiguous();
@@ -358,15 +405,16 @@ at::Tensor ifm_forward_cpu(const at::Tensor& image, const at::Tensor& mu, const 
   AT_DISPATCH_FLOATING_TYPES(acc, "ifm_native_forward_cpu", [&] {
     auto a = cpu::make_args<scalar_t>(g, ypad, mu_c, om_c, Aqn);
     a.out = out.data_ptr<scalar_t>();
-    at::parallel_for(0, g.B * g.H, 1, [&](int64_t r0, int64_t r1) { cpu::forward_rows(a, r0, r1); });
+    at::parallel_for(0, g.B * g.H, 1, [&](int64_t r0, int64_t r1) { cpu::forward_rows(isa, a, r0, r1); });
   });
   return out.to(image.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ifm_backward_cpu(
     const at::Tensor& grad, const at::Tensor& image, const at::Tensor& mu, const at::Tensor& omega,
-    const at::Tensor& atoms, at::IntArrayRef support, std::array<bool, 4> needs) {
+    const at::Tensor& atoms, at::IntArrayRef support, std::array<bool, 4> needs, c10::string_view isa_name) {
   const Geometry g = check_and_plan_backward(grad, image, mu, omega, atoms, support);
+  const Isa isa = pick_isa(isa_name);
   const auto st = image.scalar_type();
   const auto acc = acc_type(st);
   const auto opt = image.options().dtype(acc);
@@ -416,7 +464,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ifm_backward_cpu(
           for (int64_t m = grp * chunks / groups; m < (grp + 1) * chunks / groups; ++m) {
             const int64_t b = m / chunks_per_image, k = m % chunks_per_image;
             if (k % 2 != phase) continue;
-            cpu::backward_chunk(a, b, k * chunk_rows, std::min(g.H, (k + 1) * chunk_rows), D);
+            cpu::backward_chunk(isa, a, b, k * chunk_rows, std::min(g.H, (k + 1) * chunk_rows), D);
           }
         }
       });
@@ -442,10 +490,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ifm_backward_cpu(
 }  // namespace inik
 
 TORCH_LIBRARY_FRAGMENT(inik, m) {
-  m.def("ifm_native_forward(Tensor image, Tensor mu, Tensor omega, Tensor atoms, int[] support) -> Tensor");
+  // isa: the CPU kernel's instruction set ("": the best; CUDA ignores it)
+  m.def(
+      "ifm_native_forward(Tensor image, Tensor mu, Tensor omega, Tensor atoms, int[] support, str isa='') "
+      "-> Tensor");
   m.def(
       "ifm_native_backward(Tensor grad, Tensor image, Tensor mu, Tensor omega, Tensor atoms, int[] support, "
-      "bool[4] needs) -> (Tensor, Tensor, Tensor, Tensor)");
+      "bool[4] needs, str isa='') -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(inik, CPU, m) {

@@ -69,7 +69,7 @@ int64_t blocks_for(int64_t n, int bd) { return (n + bd - 1) / bd; }
 }  // namespace
 
 at::Tensor ifm_forward_cuda(const at::Tensor& image, const at::Tensor& mu, const at::Tensor& omega,
-                            const at::Tensor& atoms, at::IntArrayRef support) {
+                            const at::Tensor& atoms, at::IntArrayRef support, c10::string_view /*isa: CPU only*/) {
   const Geometry g = check_and_plan("ifm_native_forward", image, mu, omega, atoms, support);
   const c10::cuda::CUDAGuard guard(image.device());
   if (g.B * g.H * g.W == 0) return at::empty({g.B, g.C, g.H, g.W}, image.options());  // no blocks to launch
@@ -96,7 +96,8 @@ at::Tensor ifm_forward_cuda(const at::Tensor& image, const at::Tensor& mu, const
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ifm_backward_cuda(
     const at::Tensor& grad, const at::Tensor& image, const at::Tensor& mu, const at::Tensor& omega,
-    const at::Tensor& atoms, at::IntArrayRef support, std::array<bool, 4> needs) {
+    const at::Tensor& atoms, at::IntArrayRef support, std::array<bool, 4> needs,
+    c10::string_view /*isa: CPU only*/) {
   const Geometry g = check_and_plan_backward(grad, image, mu, omega, atoms, support);
   const c10::cuda::CUDAGuard guard(image.device());
   const auto st = image.scalar_type();

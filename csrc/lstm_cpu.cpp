@@ -26,6 +26,7 @@
 #include <cstring>
 #include <tuple>
 
+#include "cpu_isa.h"
 #include "cpu_lanes.h"
 #include "cpu_simd.h"
 #include "ifm_host.h"
@@ -106,30 +107,50 @@ INIK_AI void backward_float_t(const T* gates, const T* c, const T* dh, const T* 
   }
 }
 
-// Pixels [p0, p1) of each storage type: float and bfloat16 through the clone-dispatched
-// vector code, float64 (gradcheck) in plain double with the C library.
-INIK_CLONES void forward_pixels(const float* gates, const float* c, float* h_out, float* c_out, int64_t hid,
-                                int64_t p0, int64_t p1) {
-  forward_float_t(gates, c, h_out, c_out, hid, p0, p1);
+// Pixels [p0, p1) of float and bfloat16 storage: one entry point per instruction set,
+// picked at run time (pick_isa); float64 (gradcheck) in plain double with the C library.
+#define INIK_LSTM_ENTRIES(SUFFIX, TARGET, T)                                                               \
+  TARGET void forward_##SUFFIX(const T* gates, const T* c, T* h_out, T* c_out, int64_t hid, int64_t p0,    \
+                               int64_t p1) {                                                               \
+    forward_float_t(gates, c, h_out, c_out, hid, p0, p1);                                                  \
+  }                                                                                                        \
+  TARGET void backward_##SUFFIX(const T* gates, const T* c, const T* dh, const T* dc, T* dgates, T* dcp,   \
+                                int64_t hid, int64_t p0, int64_t p1) {                                     \
+    backward_float_t(gates, c, dh, dc, dgates, dcp, hid, p0, p1);                                          \
+  }
+#ifdef INIK_CPU_ISAS
+INIK_LSTM_ENTRIES(avx512, INIK_TARGET_AVX512, float)
+INIK_LSTM_ENTRIES(avx512, INIK_TARGET_AVX512, at::BFloat16)
+INIK_LSTM_ENTRIES(avx2, INIK_TARGET_AVX2, float)
+INIK_LSTM_ENTRIES(avx2, INIK_TARGET_AVX2, at::BFloat16)
+#endif
+INIK_LSTM_ENTRIES(generic, , float)
+INIK_LSTM_ENTRIES(generic, , at::BFloat16)
+
+template <class T>
+void forward_pixels(Isa isa, const T* gates, const T* c, T* h_out, T* c_out, int64_t hid, int64_t p0,
+                    int64_t p1) {
+#ifdef INIK_CPU_ISAS
+  if (isa >= kAvx512) return forward_avx512(gates, c, h_out, c_out, hid, p0, p1);
+  if (isa == kAvx2) return forward_avx2(gates, c, h_out, c_out, hid, p0, p1);
+#endif
+  forward_generic(gates, c, h_out, c_out, hid, p0, p1);
 }
-INIK_CLONES void forward_pixels(const at::BFloat16* gates, const at::BFloat16* c, at::BFloat16* h_out,
-                                at::BFloat16* c_out, int64_t hid, int64_t p0, int64_t p1) {
-  forward_float_t(gates, c, h_out, c_out, hid, p0, p1);
-}
-INIK_CLONES void backward_pixels(const float* gates, const float* c, const float* dh, const float* dc,
-                                 float* dgates, float* dcp, int64_t hid, int64_t p0, int64_t p1) {
-  backward_float_t(gates, c, dh, dc, dgates, dcp, hid, p0, p1);
-}
-INIK_CLONES void backward_pixels(const at::BFloat16* gates, const at::BFloat16* c, const at::BFloat16* dh,
-                                 const at::BFloat16* dc, at::BFloat16* dgates, at::BFloat16* dcp, int64_t hid,
-                                 int64_t p0, int64_t p1) {
-  backward_float_t(gates, c, dh, dc, dgates, dcp, hid, p0, p1);
+
+template <class T>
+void backward_pixels(Isa isa, const T* gates, const T* c, const T* dh, const T* dc, T* dgates, T* dcp,
+                     int64_t hid, int64_t p0, int64_t p1) {
+#ifdef INIK_CPU_ISAS
+  if (isa >= kAvx512) return backward_avx512(gates, c, dh, dc, dgates, dcp, hid, p0, p1);
+  if (isa == kAvx2) return backward_avx2(gates, c, dh, dc, dgates, dcp, hid, p0, p1);
+#endif
+  backward_generic(gates, c, dh, dc, dgates, dcp, hid, p0, p1);
 }
 
 inline double sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
-void forward_pixels(const double* gates, const double* c, double* h_out, double* c_out, int64_t hid, int64_t p0,
-                    int64_t p1) {
+void forward_pixels(Isa, const double* gates, const double* c, double* h_out, double* c_out, int64_t hid,
+                    int64_t p0, int64_t p1) {
   for (int64_t p = p0; p < p1; ++p) {
     const double* g = gates + p * 4 * hid;
     for (int64_t j = 0; j < hid; ++j) {
@@ -140,8 +161,8 @@ void forward_pixels(const double* gates, const double* c, double* h_out, double*
   }
 }
 
-void backward_pixels(const double* gates, const double* c, const double* dh, const double* dc, double* dgates,
-                     double* dcp, int64_t hid, int64_t p0, int64_t p1) {
+void backward_pixels(Isa, const double* gates, const double* c, const double* dh, const double* dc,
+                     double* dgates, double* dcp, int64_t hid, int64_t p0, int64_t p1) {
   for (int64_t p = p0; p < p1; ++p) {
     const double* g = gates + p * 4 * hid;
     double* dg = dgates + p * 4 * hid;
@@ -191,15 +212,17 @@ void check_grad(const char* op, const char* name, const at::Tensor& g, const at:
 
 int64_t grain(int64_t hid) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(hid, 1)); }
 
-std::tuple<at::Tensor, at::Tensor> lstm_cell_forward(const at::Tensor& gates, const at::Tensor& c) {
+std::tuple<at::Tensor, at::Tensor> lstm_cell_forward(const at::Tensor& gates, const at::Tensor& c,
+                                                     c10::string_view isa_name) {
   check_pair("lstm_cell_forward", gates, c);
+  const Isa isa = pick_isa(isa_name);
   at::Tensor h = at::empty_like(c, c.options().memory_format(kCL));
   at::Tensor cn = at::empty_like(c, c.options().memory_format(kCL));
   const int64_t hid = c.size(1), P = c.numel() / std::max<int64_t>(hid, 1);
   if (c.numel() == 0) return {h, cn};
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gates.scalar_type(), "lstm_cell_forward", [&] {
     at::parallel_for(0, P, grain(hid), [&](int64_t p0, int64_t p1) {
-      forward_pixels(gates.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
+      forward_pixels(isa, gates.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
                      cn.data_ptr<scalar_t>(), hid, p0, p1);
     });
   });
@@ -208,8 +231,10 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell_forward(const at::Tensor& gates, co
 
 std::tuple<at::Tensor, at::Tensor> lstm_cell_backward(const at::Tensor& gates, const at::Tensor& c,
                                                       const std::optional<at::Tensor>& grad_h,
-                                                      const std::optional<at::Tensor>& grad_c) {
+                                                      const std::optional<at::Tensor>& grad_c,
+                                                      c10::string_view isa_name) {
   const char* op = "lstm_cell_backward";
+  const Isa isa = pick_isa(isa_name);
   check_pair(op, gates, c);
   const at::Tensor dh = grad_h.has_value() ? *grad_h : at::Tensor();
   const at::Tensor dc = grad_c.has_value() ? *grad_c : at::Tensor();
@@ -223,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell_backward(const at::Tensor& gates, c
     const scalar_t* pdh = dh.defined() ? dh.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* pdc = dc.defined() ? dc.const_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, P, grain(hid), [&](int64_t p0, int64_t p1) {
-      backward_pixels(gates.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), pdh, pdc,
+      backward_pixels(isa, gates.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), pdh, pdc,
                       dgates.data_ptr<scalar_t>(), dcp.data_ptr<scalar_t>(), hid, p0, p1);
     });
   });
@@ -234,8 +259,9 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell_backward(const at::Tensor& gates, c
 }  // namespace inik
 
 TORCH_LIBRARY_FRAGMENT(inik, m) {
-  m.def("lstm_cell_forward(Tensor gates, Tensor c) -> (Tensor, Tensor)");
-  m.def("lstm_cell_backward(Tensor gates, Tensor c, Tensor? grad_h, Tensor? grad_c) -> (Tensor, Tensor)");
+  // isa: the kernel's instruction set ("": the best the CPU has)
+  m.def("lstm_cell_forward(Tensor gates, Tensor c, str isa='') -> (Tensor, Tensor)");
+  m.def("lstm_cell_backward(Tensor gates, Tensor c, Tensor? grad_h, Tensor? grad_c, str isa='') -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(inik, CPU, m) {

@@ -381,8 +381,8 @@ constexpr Shape kGenericShape{4, 2};
 #endif
 
 #ifdef INIK_CPU_ISAS
-INIK_WINO_ENTRY(items_avx512, __attribute__((target("arch=x86-64-v4"))), kAvx512Shape.lanes, kAvx512Shape.nv)
-INIK_WINO_ENTRY(items_avx2, __attribute__((target("arch=x86-64-v3"))), kAvx2Shape.lanes, kAvx2Shape.nv)
+INIK_WINO_ENTRY(items_avx512, INIK_TARGET_AVX512, kAvx512Shape.lanes, kAvx512Shape.nv)
+INIK_WINO_ENTRY(items_avx2, INIK_TARGET_AVX2, kAvx2Shape.lanes, kAvx2Shape.nv)
 // bfloat16 input on AVX512-BF16: the GEMM in bfloat16 pairs (Kernel::gemm); float32
 // input on such a CPU takes items_avx512.
 template <int m>
@@ -400,7 +400,7 @@ INIK_WINO_ENTRY(items_generic, , kGenericShape.lanes, kGenericShape.nv)
 const char* const kIsaNames[] = {"generic", "avx2", "avx512", "avx512_bf16"};
 constexpr int kIsas = 4;
 
-Isa pick_isa() {
+Isa pick_isa(c10::string_view isa) {
   int best = kGeneric;
 #ifdef INIK_CPU_ISAS
   __builtin_cpu_init();
@@ -408,16 +408,15 @@ Isa pick_isa() {
          : __builtin_cpu_supports("x86-64-v3") ? kAvx2
                                                 : kGeneric;
 #endif
-  const char* env = std::getenv("INIK_CPU_ISA");
-  if (env == nullptr || *env == 0) return static_cast<Isa>(best);
-  const std::string want(env);
+  if (isa.empty()) return static_cast<Isa>(best);
+  const std::string want(isa);
   for (int i = 0; i < kIsas; ++i)
     if (want == kIsaNames[i]) {
       TORCH_CHECK(i <= best, msg("INIK_CPU_ISA=", want, ": this CPU (or this build) supports at most ",
                                  kIsaNames[best]));
       return static_cast<Isa>(i);
     }
-  TORCH_CHECK(false, msg("INIK_CPU_ISA must be avx512_bf16, avx512, avx2 or generic, got '", want, "'"));
+  TORCH_CHECK(false, msg("INIK_CPU_ISA=", want, ": expected avx512_bf16, avx512, avx2 or generic"));
   return kGeneric;
 }
 
@@ -448,7 +447,7 @@ void items(Isa, const at::BFloat16* x, const at::BFloat16* U, const float* bias,
 #endif
 }
 
-std::string conv3x3_winograd_isa() { return kIsaNames[pick_isa()]; }
+std::string conv3x3_winograd_isa(c10::string_view isa) { return kIsaNames[pick_isa(isa)]; }
 
 // weight (Co, Ci, 3, 3) -> U[a i + j][ci][co] = (G g G^T)[i][j], computed in double;
 // columns Co..Cop are zero. float32 (a*a, Ci, Cop), or for the bfloat16 GEMM (dot)
@@ -504,22 +503,13 @@ int64_t gemm_cost(int m, int64_t H, int64_t W) {
   return th * ((tw + kTB - 1) / kTB * kTB) * (m + 2) * (m + 2);
 }
 
-// tile = 0: INIK_WINOGRAD_TILE (4 or 6, for tests and timings) if set, else F(6x6, 3x3)
-// for images of at least 128x128 pixels where it needs fewer multiplies, F(4x4, 3x3)
+// tile = 0: F(6x6, 3x3) for images of at least 128x128 pixels where it needs fewer multiplies, F(4x4, 3x3)
 // otherwise: on the model's shapes (bench_conv.py; figures in benchmarks/HISTORY.md)
 // F(6x6) is faster from about 160x160 up and slower at 80x80 and below, where its larger
 // transformed weights (64 positions, not 36) and partial tiles cost more than its fewer
 // multiplies save.
 int pick_tile(int64_t tile, int64_t H, int64_t W) {
-  if (tile == 0) {
-    const char* env = std::getenv("INIK_WINOGRAD_TILE");
-    if (env != nullptr && *env != 0) {
-      const std::string want(env);
-      TORCH_CHECK(want == "4" || want == "6", msg("INIK_WINOGRAD_TILE must be 4 or 6, got '", want, "'"));
-      return want == "6" ? 6 : 4;
-    }
-    return H * W >= 128 * 128 && gemm_cost(6, H, W) < gemm_cost(4, H, W) ? 6 : 4;
-  }
+  if (tile == 0) return H * W >= 128 * 128 && gemm_cost(6, H, W) < gemm_cost(4, H, W) ? 6 : 4;
   TORCH_CHECK(tile == 4 || tile == 6, msg("conv3x3_winograd: tile must be 0 (automatic), 4 or 6, got ", tile));
   return static_cast<int>(tile);
 }
@@ -533,7 +523,7 @@ constexpr auto kCL = at::MemoryFormat::ChannelsLast;
 
 at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias_,
                             const std::optional<at::Tensor>& residual_, c10::string_view padding_mode, bool relu,
-                            int64_t tile, bool bf16_gemm) {
+                            int64_t tile, bool bf16_gemm, c10::string_view isa_name) {
   const char* op = "conv3x3_winograd";
   TORCH_CHECK(x.dim() == 4, msg(op, ": x must be 4-D (B, C, H, W), got shape ", x.sizes()));
   TORCH_CHECK(x.device().is_cpu(), msg(op, ": x must be a CPU tensor, got ", x.device()));
@@ -549,7 +539,7 @@ at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, const
   const bool reflect = padding_mode == "reflect";
   TORCH_CHECK(reflect || padding_mode == "zeros",
               msg(op, ": padding_mode must be 'zeros' or 'reflect', got '", std::string(padding_mode), "'"));
-  const Isa isa = pick_isa();
+  const Isa isa = pick_isa(isa_name);
   const Shape sh = shape(isa);
   const int L = sh.lanes;
   Plan p{x.size(0), x.size(1), weight.size(0), x.size(2), x.size(3), 0, 0, 0, 0, reflect, relu};
@@ -617,8 +607,8 @@ at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, const
 TORCH_LIBRARY_FRAGMENT(inik, m) {
   m.def(
       "conv3x3_winograd(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, str padding_mode, bool relu, "
-      "int tile=0, bool bf16_gemm=True) -> Tensor");
-  m.def("conv3x3_winograd_isa() -> str", &inik::wino::conv3x3_winograd_isa);
+      "int tile=0, bool bf16_gemm=True, str isa='') -> Tensor");
+  m.def("conv3x3_winograd_isa(str isa='') -> str", &inik::wino::conv3x3_winograd_isa);
   m.def("conv3x3_winograd_tile(int H, int W) -> int", &inik::wino::conv3x3_winograd_tile);
 }
 

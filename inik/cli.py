@@ -39,10 +39,9 @@ def _note_missing_extension() -> None:
     """Say so when the compiled kernels are missing (a failed build installs without
     them, and pip shows the build's warning only with -v): everything still runs,
     several times slower on a CPU."""
-    import os
-
+    from . import settings
     from .ops import _ext
-    if not _ext.is_built() and os.environ.get(_ext.NO_EXTENSION_ENV, "") != "1":
+    if not _ext.is_built() and not settings.get(_ext.NO_EXTENSION_ENV):
         print(f"inik: note: running without the compiled kernels, several times slower on a CPU: "
               f"{_ext.build_hint()}", file=sys.stderr)
 

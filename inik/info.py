@@ -11,6 +11,7 @@ import platform
 import sys
 from pathlib import Path
 
+from . import settings
 from .errors import first_line
 
 
@@ -36,7 +37,7 @@ def collect() -> dict:
 
     import inik
 
-    from .infer import DEFAULT_WEIGHTS, cpu_has_bf16
+    from .loading import DEFAULT_WEIGHTS, cpu_has_bf16
     from .models import INIKNet
     from .ops import _ext, resolve_backend, winograd
 
@@ -63,6 +64,7 @@ def collect() -> dict:
                              "revision": _ask(lambda: INIKNet.read_config(DEFAULT_WEIGHTS).revision)}
                             if DEFAULT_WEIGHTS.is_file() else None),
         "environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("INIK_", "TRITON_INTERPRET"))},
+        "unknown_settings": settings.unknown(),
     }
     return facts
 
@@ -86,6 +88,9 @@ def _text(f: dict) -> str:
               if f["default_weights"] else "default weights: MISSING (inik deblur would run an untrained model)")]
     if f["environment"]:
         lines.append("environment: " + " ".join(f"{k}={v}" for k, v in f["environment"].items()))
+    if f["unknown_settings"]:
+        lines.append("warning: inik reads no variable named " + ", ".join(f["unknown_settings"])
+                     + " (docs/configuration.md lists the settings)")
     return "\n".join(lines)
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import sys
+
+from . import settings
 
 log = logging.getLogger("inik")
 
@@ -36,7 +37,7 @@ def keep_freed_memory() -> bool:
     global _applied
     if _applied:
         return True
-    if not sys.platform.startswith("linux") or os.environ.get("INIK_MALLOC", "").lower() == "system":
+    if not sys.platform.startswith("linux") or settings.get("INIK_MALLOC") == "system":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -8,13 +8,14 @@
   runs them for real against the reference.
 """
 
-import os
 import shutil
 import subprocess
 import sysconfig
 from pathlib import Path
 
 import pytest
+
+from inik import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
@@ -48,5 +49,5 @@ def test_cuda_sources_compile_for_sm80_and_sm90(tmp_path):
     cmd = ["nvcc", "-c", "-std=c++20", "-O1", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC",
            "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
            *includes, str(CSRC / "ifm_cuda.cu"), "-o", str(tmp_path / "ifm_cuda.o")]
-    rc, log = _run(cmd, int(os.environ.get("INIK_NVCC_TIMEOUT", "600")))
+    rc, log = _run(cmd, settings.get("INIK_NVCC_TIMEOUT"))
     assert rc == 0, f"nvcc failed:\n{' '.join(cmd)}\n{log}"

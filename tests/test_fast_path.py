@@ -97,3 +97,24 @@ def test_channels_last_model_keeps_layout_and_autocast_dtype():
         h, c = cell(x, None)
     torch.testing.assert_close(h, ref_h, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(c, ref_c, rtol=1e-5, atol=1e-6)
+
+
+def test_model_runs_channels_last_whatever_the_callers_layout(monkeypatch):
+    """model(y) computes in channels_last (the layout the fast kernels take) for a plain
+    NCHW y too, and hands the output back in the caller's layout, with the same numbers."""
+    from inik.ops import conv
+
+    torch.manual_seed(0)
+    model = inik.INIKNet(width=16).eval()
+    y = torch.rand(1, 3, 37, 45)
+    seen = []
+    real = conv.conv3x3_reflect
+    monkeypatch.setattr(conv, "conv3x3_reflect", lambda x, *a, **k: seen.append(conv.is_channels_last(x))
+                        or real(x, *a, **k))
+    monkeypatch.setattr(inik.models.unet, "conv3x3_reflect", conv.conv3x3_reflect)
+    with torch.no_grad():
+        plain = model(y)
+        assert seen and all(seen)
+        cl = model(y.contiguous(memory_format=torch.channels_last))
+    assert plain.is_contiguous() and cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
+    torch.testing.assert_close(plain, cl, rtol=0, atol=0)

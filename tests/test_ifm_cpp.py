@@ -13,7 +13,7 @@ import os
 
 import pytest
 import torch
-from ifm_checks import close, run_grads
+from ifm_checks import close, ifm_oracle, run_grads
 
 from inik.ops import _ext, available_backends, backend_unavailable, resolve_backend
 
@@ -98,3 +98,32 @@ def test_torch_compile_traces_native_ops_through_their_fakes():
         assert a.shape == b.shape
         if a.numel():
             close(a, b, torch.float32, "compiled native op")
+
+
+ODD = [(1, 2, 5, 21, 3, 5, 7, [7, 3, 1]), (2, 3, 3, 17, 2, 7, 5, [5, 5]), (1, 1, 4, 33, 1, 3, 3, [3])]
+
+
+@pytest.mark.parametrize("isa", _ext.cpu_isas())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ODD)
+def test_every_instruction_set_matches_the_oracle(case, dtype, isa, monkeypatch):
+    """Each kernel the CPU can run (INIK_CPU_ISA; AVX-512 sums 8 taps at a time, AVX2 and
+    generic 4), forward against the naive oracle and backward against the reference
+    backend, on widths that leave partial 16-pixel tiles and tap counts off a multiple of 8."""
+    monkeypatch.setenv("INIK_CPU_ISA", isa)
+    xs, support = _inputs(case, dtype)
+    close(torch.ops.inik.ifm_native_forward(*xs, support, isa), ifm_oracle(*xs, support), dtype, "forward")
+    grad = torch.randn_like(xs[0])
+    _, got = run_grads("cpp", xs, support, grad)
+    _, want = run_grads("reference", xs, support, grad)
+    for name, g, w in zip(("image", "mu", "omega", "atoms"), got, want):
+        close(g, w, dtype, f"{isa} d_{name}")
+
+
+def test_an_instruction_set_the_cpu_lacks_is_refused(monkeypatch):
+    xs, support = _inputs(ODD[0])
+    with pytest.raises(RuntimeError, match="INIK_CPU_ISA=nonsense"):
+        torch.ops.inik.ifm_native_forward(*xs, support, "nonsense")
+    if _ext.cpu_isas()[-1] != "avx512_bf16":
+        with pytest.raises(RuntimeError, match="supports at most"):
+            torch.ops.inik.ifm_native_forward(*xs, support, "avx512_bf16")

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,10 +64,12 @@ def test_failed_extension_build_installs_without_it(source_tree, tmp_path):
 
 
 def test_the_version_has_one_source():
-    """setup.py reads inik.__version__ from the source: the two cannot disagree."""
+    """pyproject.toml's version is inik.__version__, read from the source: the two cannot disagree."""
     import inik
     done = subprocess.run([sys.executable, "setup.py", "--version"], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "INIK_NO_EXTENSION": "1"}, timeout=300)
     assert done.stdout.strip().splitlines()[-1] == inik.__version__, done.stdout + done.stderr
-    assert "version=_version()" in (ROOT / "setup.py").read_text()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" in project["project"]["dynamic"] and "version" not in project["project"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "inik.__version__"}
     assert (ROOT / "LICENSE").is_file()

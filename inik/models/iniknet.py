@@ -277,8 +277,12 @@ class INIKNet(nn.Module):
         if levels:
             return self.forward_levels(y)
         yp, (h, w) = self._prepare(y)
-        x = self._run(yp, all_levels=False)[-1][0]
-        return x[..., :h, :w].to(y.dtype)
+        # The network runs channels_last whatever the caller's layout (its fast kernels
+        # take that layout), and the output comes back in the caller's.
+        caller_cl = y.dim() == 4 and y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+        x = self._run(yp.contiguous(memory_format=torch.channels_last), all_levels=False)[-1][0]
+        x = x[..., :h, :w].to(y.dtype)
+        return x.contiguous(memory_format=torch.channels_last if caller_cl else torch.contiguous_format)
 
     def forward_levels(self, y: torch.Tensor) -> list[torch.Tensor]:
         """The three levels' outputs, coarse to fine: (B, 3, H/4, W/4), (B, 3, H/2, W/2), (B, 3, H, W).

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.conv import is_channels_last
 from ..ops.lstm import lstm_pointwise
-from .unet import ResBlock, is_channels_last
+from .unet import ResBlock
 
 State = tuple[torch.Tensor, torch.Tensor]
 

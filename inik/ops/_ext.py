@@ -19,12 +19,12 @@ as unavailable.
 
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from .. import settings
 from .ifm import Backend
 
 try:
@@ -45,7 +45,7 @@ def is_built() -> bool:
 
 def build_hint() -> str:
     """Why the extension is missing and how to build it."""
-    if os.environ.get(NO_EXTENSION_ENV, "") == "1":
+    if settings.get(NO_EXTENSION_ENV):
         return f"{NO_EXTENSION_ENV}=1 is set (the extension was not built on purpose)"
     return (f"inik._C is not built ({_IMPORT_ERROR}); build it with "
             "`pip install -v --no-build-isolation -e .` (torch must be installed first, and a C++ "
@@ -103,12 +103,12 @@ def _check_ifm_fake(op, image, mu, omega, atoms, support, grad=None) -> None:
 
 if _C is not None:
     @torch.library.register_fake("inik::ifm_native_forward")
-    def _(image, mu, omega, atoms, support):
+    def _(image, mu, omega, atoms, support, isa=""):
         _check_ifm_fake("ifm_native_forward", image, mu, omega, atoms, support)
         return image.new_empty(image.shape)
 
     @torch.library.register_fake("inik::ifm_native_backward")
-    def _(grad, image, mu, omega, atoms, support, needs):
+    def _(grad, image, mu, omega, atoms, support, needs, isa=""):
         _check_ifm_fake("ifm_native_backward", image, mu, omega, atoms, support, grad=grad)
         torch._check(grad.shape == image.shape, lambda: "ifm_native_backward: grad must match image")
         torch._check(len(needs) == 4, lambda: f"ifm_native_backward: needs must give 4 booleans, got {list(needs)}")
@@ -119,13 +119,30 @@ if _C is not None:
         forbid_backward(_op, "differentiate inik.ops.ifm (torch.ops.inik.ifm) instead")
 
 
+def cpu_isa() -> str:
+    """The instruction set asked of the native CPU kernels: ``INIK_CPU_ISA`` ("" for the
+    best the CPU has), passed to each op as its ``isa`` argument."""
+    return settings.get("INIK_CPU_ISA")
+
+
+ISAS = ("generic", "avx2", "avx512", "avx512_bf16")  # lesser to greater
+
+
+def cpu_isas() -> list[str]:
+    """The instruction sets the native CPU kernels can run here: the best the CPU has and
+    every lesser one (each can be asked for with ``INIK_CPU_ISA``, to test or time it)."""
+    if _C is None:
+        return []
+    return list(ISAS[:ISAS.index(torch.ops.inik.conv3x3_winograd_isa("")) + 1])
+
+
 def _forward(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor, support: Sequence[int]) -> Tensor:
-    return torch.ops.inik.ifm_native_forward(image, mu, omega, atoms, list(support))
+    return torch.ops.inik.ifm_native_forward(image, mu, omega, atoms, list(support), cpu_isa())
 
 
 def _backward(grad, image, mu, omega, atoms, support, needs):
     grads = torch.ops.inik.ifm_native_backward(grad, image, mu, omega, atoms, list(support),
-                                               [bool(x) for x in needs])
+                                               [bool(x) for x in needs], cpu_isa())
     return tuple(g if nd else None for g, nd in zip(grads, needs))
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib
 import logging
 import numbers
-import os
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence, Union
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import settings
 from . import reference as _ref
 
 log = logging.getLogger("inik.ops")
@@ -158,8 +158,8 @@ def resolve_backend(device: torch.device | str, backend: str = "auto") -> str:
     device = torch.device(device)
     source = f"backend={backend!r}"
     if isinstance(backend, str) and backend == "auto":
-        env = os.environ.get(ENV_BACKEND, "").strip()
-        if env:
+        env = settings.get(ENV_BACKEND)
+        if env != "auto":
             backend, source = env, f"{ENV_BACKEND}={env!r}"
     if backend != "auto":
         if not isinstance(backend, str) or backend not in _REGISTRY:

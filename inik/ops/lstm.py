@@ -73,31 +73,6 @@ def _backward_torch(gates: Tensor, c: Tensor, grad_h: Optional[Tensor],
     return d_gates, d_c * sf
 
 
-class _FusedCell(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, gates, c):
-        h, c_new = torch.ops.inik.lstm_cell_forward(gates, c)
-        ctx.save_for_backward(gates, c)
-        return h, c_new
-
-    @staticmethod
-    def backward(ctx, grad_h, grad_c):
-        gates, c = ctx.saved_tensors
-        if grad_h is None and grad_c is None:
-            return None, None
-        if torch.is_grad_enabled():
-            # create_graph=True: the gradients may be differentiated again (a gradient
-            # penalty), through gates and c as well as through grad_h and grad_c; the
-            # native backward has no derivative (once_differentiable would silently
-            # treat its result as constant in gates and c when grad_h/grad_c are)
-            d_gates, d_c = _backward_torch(gates, c, grad_h, grad_c)
-        else:
-            d_gates, d_c = torch.ops.inik.lstm_cell_backward(
-                gates, c, _channels_last(grad_h, c), _channels_last(grad_c, c))
-        return (d_gates if ctx.needs_input_grad[0] else None,
-                d_c if ctx.needs_input_grad[1] else None)
-
-
 def _check_shapes(gates: Tensor, c: Tensor) -> None:
     if not isinstance(gates, Tensor) or not isinstance(c, Tensor):
         raise TypeError("lstm_pointwise: gates and c must be tensors")
@@ -117,9 +92,7 @@ def lstm_pointwise(gates: Tensor, c: Tensor, fused: Optional[bool] = None) -> tu
     _check_shapes(gates, c)
     why = fused_unavailable(gates, c) if fused is not False else "fused=False"
     if why is None:
-        if torch.is_grad_enabled() and (gates.requires_grad or c.requires_grad):
-            return _FusedCell.apply(gates, c)
-        return torch.ops.inik.lstm_cell_forward(gates, c)
+        return torch.ops.inik.lstm_cell_forward(gates, c, _ext.cpu_isa())
     if fused:
         raise ValueError(f"lstm_pointwise: fused=True but the fused op cannot run: {why}")
     i, f, o, g = gates.chunk(4, 1)
@@ -145,16 +118,34 @@ if _ext.is_built():
                                            f"(c's shape and dtype)")
 
     @torch.library.register_fake("inik::lstm_cell_forward")
-    def _(gates, c):
+    def _(gates, c, isa=""):
         _check_fake("lstm_cell_forward", gates, c)
         cl = torch.channels_last
         return torch.empty_like(c, memory_format=cl), torch.empty_like(c, memory_format=cl)
 
     @torch.library.register_fake("inik::lstm_cell_backward")
-    def _(gates, c, grad_h, grad_c):
+    def _(gates, c, grad_h, grad_c, isa=""):
         _check_fake("lstm_cell_backward", gates, c, grad_h=grad_h, grad_c=grad_c)
         cl = torch.channels_last
         return torch.empty_like(gates, memory_format=cl), torch.empty_like(c, memory_format=cl)
 
-    for _op in ("inik::lstm_cell_forward", "inik::lstm_cell_backward"):
-        _ext.forbid_backward(_op, "use inik.ops.lstm.lstm_pointwise, whose fused path has a backward")
+    def _setup_context(ctx, inputs, output):
+        gates, c, isa = inputs
+        ctx.save_for_backward(gates, c)
+        ctx.isa = isa
+
+    def _backward(ctx, grad_h, grad_c):
+        gates, c = ctx.saved_tensors
+        if grad_h is None and grad_c is None:
+            return None, None, None
+        if torch.is_grad_enabled():
+            # create_graph=True: the gradients may be differentiated again (a gradient
+            # penalty), through gates and c as well as through grad_h and grad_c; the
+            # native backward has no derivative
+            return (*_backward_torch(gates, c, grad_h, grad_c), None)
+        return (*torch.ops.inik.lstm_cell_backward(gates, c, _channels_last(grad_h, c), _channels_last(grad_c, c),
+                                                   ctx.isa), None)
+
+    torch.library.register_autograd("inik::lstm_cell_forward", _backward, setup_context=_setup_context)
+    _ext.forbid_backward("inik::lstm_cell_backward", "the backward of lstm_cell_forward runs PyTorch ops when "
+                                                      "its result is differentiated again")

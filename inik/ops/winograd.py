@@ -24,26 +24,28 @@ Numerics: Winograd's transforms round more than a direct convolution - about
 about twice that for F(6x6, 3x3) - and it can be
 switched off: :func:`enabled` reads ``INIK_WINOGRAD`` (``1``: on, ``0``: off,
 unset or ``auto``: on for CPUs with AVX2 or AVX-512, where it is faster than
-oneDNN, off elsewhere, e.g. on ARM). The model calls :func:`eligible` per
-convolution: CPU inference (no autograd; the op has no backward), channels_last
-input, float32 or bfloat16 (autocast's dtype when autocast is on), stride 1, at
-least 16 input channels. In CPU training (:func:`trainable`: float32, or bf16
-under autocast) the model's reflect convolutions run their forward and input
-gradient through it (``inik.models.unet``). Speed and accuracy figures, with
-their machines and commands: ``benchmarks/RESULTS.md``.
+oneDNN, off elsewhere, e.g. on ARM). The model's convolutions
+(:func:`inik.ops.conv.conv3x3_reflect`) take it where :func:`eligible` (CPU
+inference) or :func:`trainable` (CPU training) allow: channels_last input,
+float32 or bfloat16 (autocast's dtype when autocast is on), stride 1, at least
+16 input channels. Its backward computes the input gradient as a Winograd
+convolution too. Speed and accuracy figures, with their machines and commands:
+``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from .. import settings
 from . import _ext
 
 ENV = "INIK_WINOGRAD"
+TILE_ENV = "INIK_WINOGRAD_TILE"  # "4" or "6": fixes tile=0's choice
 MIN_CHANNELS = 16  # below this the transforms cost more than they save
 _DTYPES = (torch.float32, torch.bfloat16)
 _MODES = ("zeros", "reflect")
@@ -53,7 +55,7 @@ _AUTO = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 if _ext.is_built():
     @torch.library.register_fake("inik::conv3x3_winograd")
-    def _(x, weight, bias, residual, padding_mode, relu, tile=0, bf16_gemm=True):
+    def _(x, weight, bias, residual, padding_mode, relu, tile=0, bf16_gemm=True, isa=""):
         op = "conv3x3_winograd"
         _ext.check_fake(op, x=x, weight=weight, bias=bias, residual=residual)
         torch._check(x.dim() == 4 and weight.dim() == 4 and tuple(weight.shape[1:]) == (x.shape[1], 3, 3),
@@ -77,8 +79,42 @@ if _ext.is_built():
         torch._check(tile in (0,) + TILES, lambda: f"{op}: tile must be 0 or one of {TILES}, got {tile}")
         return x.new_empty(out_shape).contiguous(memory_format=torch.channels_last)
 
-    _ext.forbid_backward("inik::conv3x3_winograd",
-                         "train through inik.models (its Winograd convolutions have an autograd.Function)")
+    def _setup_context(ctx, inputs, output):
+        x, weight, bias, residual, padding_mode, relu, tile, bf16_gemm, isa = inputs
+        ctx.save_for_backward(x, weight, output if relu else None)
+        ctx.padding_mode, ctx.isa, ctx.bias_dtype = padding_mode, isa, None if bias is None else bias.dtype
+
+    def _backward(ctx, grad):
+        """Gradients of y = act(conv(P(x), w) + b + r): the input's is the full correlation
+        of dy with w flipped and transposed (a Winograd convolution of dy zero-padded by one
+        pixel), folded back by P's adjoint for reflect padding; the weight's is oneDNN's
+        (in dy's dtype, as autocast's convolution computes it). Both in the float32 GEMM."""
+        from .conv import reflect_pad1_backward, reflect_pad1_forward
+
+        x, weight, y = ctx.saved_tensors
+        g = grad if y is None else grad * (y > 0)
+        g = g.to(x.dtype).contiguous(memory_format=torch.channels_last)
+        reflect = ctx.padding_mode == "reflect"
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            w_t = weight.flip((2, 3)).transpose(0, 1)
+            if reflect:
+                padded = F.pad(g, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
+                gx = reflect_pad1_backward(torch.ops.inik.conv3x3_winograd(padded, w_t, None, None, "zeros", False,
+                                                                           0, False, ctx.isa))
+            else:
+                gx = torch.ops.inik.conv3x3_winograd(g, w_t, None, None, "zeros", False, 0, False, ctx.isa)
+        if ctx.needs_input_grad[1]:
+            source, pad = (reflect_pad1_forward(x), 0) if reflect else (x, 1)
+            gw = torch.ops.aten.convolution_backward(g, source, weight.to(g.dtype), None, [1, 1], [pad, pad],
+                                                     [1, 1], False, [0, 0], 1, [False, True, False])[1]
+            gw = gw.to(weight.dtype)
+        if ctx.needs_input_grad[2]:
+            gb = g.sum((0, 2, 3), dtype=torch.float32).to(ctx.bias_dtype)
+        gr = g if ctx.needs_input_grad[3] else None
+        return gx, gw, gb, gr, None, None, None, None, None
+
+    torch.library.register_autograd("inik::conv3x3_winograd", _backward, setup_context=_setup_context)
 
 
 def isa() -> str:
@@ -87,7 +123,7 @@ def isa() -> str:
     for tests and timings; ``avx512_bf16`` differs from ``avx512`` in the bfloat16 GEMM only)."""
     if not _ext.is_built():
         raise RuntimeError(f"inik.ops.winograd needs the C++ extension: {_ext.build_hint()}")
-    return torch.ops.inik.conv3x3_winograd_isa()
+    return torch.ops.inik.conv3x3_winograd_isa(_ext.cpu_isa())
 
 
 def tile_for(height: int, width: int) -> int:
@@ -95,19 +131,13 @@ def tile_for(height: int, width: int) -> int:
     ``height x width`` image (``INIK_WINOGRAD_TILE`` may fix it, for tests and timings)."""
     if not _ext.is_built():
         raise RuntimeError(f"inik.ops.winograd needs the C++ extension: {_ext.build_hint()}")
-    return torch.ops.inik.conv3x3_winograd_tile(int(height), int(width))
+    return int(settings.get(TILE_ENV) or 0) or torch.ops.inik.conv3x3_winograd_tile(int(height), int(width))
 
 
 def enabled() -> bool:
     """Whether the model may use Winograd convolutions here (``INIK_WINOGRAD``)."""
-    value = os.environ.get(ENV, "").strip().lower()
-    if value in ("1", "on", "true"):
-        return True
-    if value in ("0", "off", "false"):
-        return False
-    if value not in ("", "auto"):
-        raise ValueError(f"{ENV} must be 1, 0 or auto, got {value!r}")
-    return _AUTO
+    value = settings.get(ENV)
+    return _AUTO if value is None else value
 
 
 def _autocast_dtype(x: Tensor) -> torch.dtype:
@@ -145,7 +175,7 @@ def trainable(x: Tensor, weight: Tensor, stride: int = 1) -> bool:
 
 def conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: Optional[Tensor] = None,
             padding_mode: str = "zeros", relu: bool = False, tile: int = 0, bf16_gemm: bool = True) -> Tensor:
-    """``conv2d(pad1(x), weight, bias) (+ residual)``, then ReLU if ``relu``; CPU, no autograd.
+    """``conv2d(pad1(x), weight, bias) (+ residual)``, then ReLU if ``relu``, on the CPU.
 
     x: (B, C, H, W) float32 or bfloat16 on the CPU (any layout; channels_last
     avoids a copy); weight (Co, C, 3, 3); bias (Co,); residual (B, Co, H, W).
@@ -154,7 +184,8 @@ def conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: 
     0 (default) for the one the op picks for the image's size (:data:`TILES`).
     ``bf16_gemm``: for bfloat16 on a CPU with AVX512-BF16, multiply in bfloat16
     (faster, larger rounding: see the module doc); ``False`` keeps the float32 GEMM.
-    Returns a channels_last tensor.
+    Differentiable in x, weight, bias and residual (the input gradient is a Winograd
+    convolution too, with the float32 GEMM). Returns a channels_last tensor.
     """
     if not _ext.is_built():
         raise RuntimeError(f"inik.ops.winograd.conv3x3 needs the C++ extension: {_ext.build_hint()}")
@@ -167,9 +198,6 @@ def conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: 
         raise ValueError(f"conv3x3: tile must be 0 (automatic) or one of {TILES}, got {tile!r}")
     if padding_mode not in _MODES:
         raise ValueError(f"conv3x3: padding_mode must be one of {_MODES}, got {padding_mode!r}")
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual)):
-        raise RuntimeError("conv3x3: the Winograd convolution has no backward; call it under torch.no_grad() "
-                           "or torch.inference_mode()")
     dtype = _autocast_dtype(x)
     if dtype not in _DTYPES:
         raise TypeError(f"conv3x3: x must be float32 or bfloat16 (or autocast to them), got {dtype}")
@@ -177,5 +205,6 @@ def conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: 
     x = x.to(dtype).contiguous(memory_format=cl)
     if residual is not None:
         residual = residual.to(dtype).contiguous(memory_format=cl)
-    return torch.ops.inik.conv3x3_winograd(x, weight, bias, residual, padding_mode, bool(relu), int(tile),
-                                           bool(bf16_gemm))
+    tile = int(tile or settings.get(TILE_ENV) or 0)
+    return torch.ops.inik.conv3x3_winograd(x, weight, bias, residual, padding_mode, bool(relu), tile,
+                                           bool(bf16_gemm), _ext.cpu_isa())
