@@ -248,6 +248,25 @@ def peak_flops(device: torch.device, dtype) -> Optional[float]:
     return None
 
 
+def sgemm_flops(device: torch.device, dtype, n: int = 2048, reps: int = 3) -> float:
+    """FLOP/s of an n x n matmul in this dtype here, timed now: what "of sgemm" divides by
+    (the machine's practical peak, as its own BLAS reaches it)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n ** 3 / statistics.median(times)
+
+
+def cpu_kernel_isa() -> str:
+    """The instruction set of inik's native CPU kernels in this process (INIK_CPU_ISA may lower it)."""
+    from inik.ops import _ext, winograd
+    return winograd.isa() if _ext.is_built() else "not built"
+
+
 # ---------------------------------------------------------------- main
 
 def _versions(device: torch.device) -> str:
@@ -333,10 +352,14 @@ def main(argv=None) -> int:
     elem = tensors[0].element_size()
     bw = peak_bandwidth(device) if device.type == "cuda" else None
     fl = peak_flops(device, dtype) if device.type == "cuda" else None
+    gemm = sgemm_flops(device, dtype) if device.type == "cpu" else None
 
     print(f"IFM benchmark: B={args.batch} C={args.channels} {args.size}x{args.size} {args.dtype}, "
           f"R={len(support)} supports {support} in K={k}, N={tensors[2].shape[1]}")
     print(f"device: {_device_name(device)}")
+    if gemm:
+        print(f"cpu: inik kernels {cpu_kernel_isa()}, torch {torch.backends.cpu.get_cpu_capability()}; "
+              f"a 2048x2048 matmul in {args.dtype} runs at {gemm / 1e9:.0f} GFLOP/s here ('of sgemm' below)")
     print(f"versions: {_versions(device)}; float32 matmul precision: {torch.get_float32_matmul_precision()}")
     cpu_timing = (f"median of up to {args.reps} runs (fewer past {args.min_ms:.0f} ms), compiled code warmed up; "
                   f"memory: sampled RSS growth")
@@ -371,6 +394,9 @@ def main(argv=None) -> int:
             row = {"backend": name, "mode": mode, "median_ms": ms,
                    "speedup_vs_unfused": baseline[mode] / ms if mode in baseline else None,
                    "peak_extra_MB": mem}
+            if gemm:  # the fused algorithm's multiply-adds (unfused and reference do more)
+                row["GFLOP_per_s"] = min_flops(mode, shapes, support, k) / (ms * 1e-3) / 1e9
+                row["of_sgemm"] = row["GFLOP_per_s"] * 1e9 / gemm
             if device.type == "cuda":
                 nbytes = min_bytes(mode, shapes, elem)
                 row["GB_per_s"] = nbytes / (ms * 1e-3) / 1e9
@@ -383,7 +409,9 @@ def main(argv=None) -> int:
 
     meta = {"device": _device_name(device), "dtype": args.dtype, "size": args.size, "batch": args.batch,
             "channels": args.channels, "support": support, "K": k, "N": tensors[2].shape[1],
-            "versions": _versions(device), "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "versions": _versions(device), "cpu_kernels": cpu_kernel_isa() if gemm else None,
+            "sgemm_GFLOP_per_s": gemm / 1e9 if gemm else None,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
             "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
     if args.out:
         _write(Path(args.out), rows, meta)
@@ -393,9 +421,11 @@ def main(argv=None) -> int:
 
 _COLS = [("backend", "{:<19}"), ("mode", "{:<17}"), ("median_ms", "{:>11.3f}"),
          ("speedup_vs_unfused", "{:>9.2f}x"), ("peak_extra_MB", "{:>10.1f}"),
+         ("GFLOP_per_s", "{:>8.1f}"), ("of_sgemm", "{:>8.1%}"),
          ("GB_per_s", "{:>9.1f}"), ("roofline_fraction", "{:>9.1%}")]
 _HEAD = {"backend": "backend", "mode": "mode", "median_ms": "median ms", "speedup_vs_unfused": "vs unfused",
-         "peak_extra_MB": "peak MB", "GB_per_s": "GB/s", "roofline_fraction": "roofline"}
+         "peak_extra_MB": "peak MB", "GFLOP_per_s": "GFLOP/s", "of_sgemm": "of sgemm", "GB_per_s": "GB/s",
+         "roofline_fraction": "roofline"}
 
 
 def _width(fmt: str) -> int:

@@ -76,6 +76,9 @@ def test_bench_ifm_cpu_backends(tmp_path):
     data = json.loads(out.read_text())
     rows = data["results"]
     assert {r["backend"] for r in rows} >= {"unfused", "reference", "cpp"}
+    # the CPU rows' rate against a matmul timed in the same run, and the kernels' instruction set
+    assert "inik kernels " in text and "GFLOP/s here" in text and data["meta"]["sgemm_GFLOP_per_s"] > 0
+    assert all(r["GFLOP_per_s"] > 0 and 0 < r["of_sgemm"] for r in rows)
 
 
 def test_tile_error_reports_every_distance():
