@@ -1,8 +1,7 @@
 // Float lanes for the CPU kernels (lstm_cpu.cpp, winograd_cpu.cpp): GCC vectors of
 // L floats, loads and stores from float32 and bfloat16 storage, and tails of fewer
-// than L channels. Vec<16> (one zmm register on AVX-512) is the default, under the
-// short names vf, load, store and Lanes; the Winograd kernel also uses Vec<8> (AVX2)
-// and Vec<4>.
+// than L channels. A kernel takes the width of its instruction set: Vec<16> (one
+// zmm register) on AVX-512, Vec<8> on AVX2, Vec<4> on a baseline build.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -26,7 +25,9 @@ template <int L> struct VecTypes;
     typedef uint16_t h __attribute__((vector_size(L * sizeof(uint16_t))));                   \
   };                                                                                         \
   INIK_AI VecTypes<L>::u widen(VecTypes<L>::h x) { return __builtin_convertvector(x, VecTypes<L>::u); } \
-  INIK_AI VecTypes<L>::h narrow(VecTypes<L>::u x) { return __builtin_convertvector(x, VecTypes<L>::h); }
+  INIK_AI VecTypes<L>::h narrow(VecTypes<L>::u x) { return __builtin_convertvector(x, VecTypes<L>::h); } \
+  INIK_AI VecTypes<L>::i to_int(VecTypes<L>::f x) { return __builtin_convertvector(x, VecTypes<L>::i); } \
+  INIK_AI VecTypes<L>::f to_float(VecTypes<L>::i x) { return __builtin_convertvector(x, VecTypes<L>::f); }
 INIK_VEC_TYPES(4)
 INIK_VEC_TYPES(8)
 INIK_VEC_TYPES(16)
@@ -80,22 +81,6 @@ struct Vec {
     store(tmp, v);
     std::memcpy(p, tmp, n * sizeof(T));
   }
-};
-
-constexpr int kLanes = 16;
-typedef Vec<kLanes>::f vf;
-typedef Vec<kLanes>::i vi;
-typedef Vec<kLanes>::u vu;
-typedef Vec<kLanes>::h vh;
-
-INIK_AI vf load(const float* p) { return Vec<kLanes>::load(p); }
-INIK_AI void store(float* p, vf v) { Vec<kLanes>::store(p, v); }
-INIK_AI vf load(const at::BFloat16* p) { return Vec<kLanes>::load(p); }
-INIK_AI void store(at::BFloat16* p, vf v) { Vec<kLanes>::store(p, v); }
-
-template <class T> struct Lanes {
-  static INIK_AI vf get(const T* p, int64_t n) { return Vec<kLanes>::get(p, n); }
-  static INIK_AI void put(T* p, vf v, int64_t n) { Vec<kLanes>::put(p, v, n); }
 };
 
 }  // namespace simd

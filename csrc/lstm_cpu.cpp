@@ -38,94 +38,111 @@ namespace lstm {
 using namespace inik::simd;
 
 // exp(x) for float lanes: Cephes' expf (range reduction by ln 2, degree-6 polynomial),
-// inputs clamped to the normal range.
-INIK_AI vf vexp(vf x) {
-  const vf lo = vf{} - 87.3f, hi = vf{} + 88.3f;
+// inputs clamped to the normal range. L lanes: the instruction set's native width.
+template <int L>
+INIK_AI typename Vec<L>::f vexp(typename Vec<L>::f x) {
+  using V = typename Vec<L>::f;
+  using I = typename Vec<L>::i;
+  const V lo = V{} - 87.3f, hi = V{} + 88.3f;
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
-  const vf t = x * 1.44269504088896341f;
-  const vi n = __builtin_convertvector(t + (t >= 0.0f ? vf{} + 0.5f : vf{} - 0.5f), vi);
-  const vf nf = __builtin_convertvector(n, vf);
-  const vf r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
-  vf p = vf{} + 1.9875691500e-4f;
+  const V t = x * 1.44269504088896341f;
+  const I n = to_int(t + (t >= 0.0f ? V{} + 0.5f : V{} - 0.5f));
+  const V nf = to_float(n);
+  const V r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+  V p = V{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const vi bits = (n + 127) << 23;
-  vf scale;
-  std::memcpy(&scale, &bits, sizeof(vf));
+  const I bits = (n + 127) << 23;
+  V scale;
+  std::memcpy(&scale, &bits, sizeof(V));
   return p * scale;
 }
 
-INIK_AI vf vsigmoid(vf x) { return 1.0f / (1.0f + vexp(-x)); }
-INIK_AI vf vtanh(vf x) { return 2.0f / (1.0f + vexp(-2.0f * x)) - 1.0f; }
+template <int L> INIK_AI typename Vec<L>::f vsigmoid(typename Vec<L>::f x) { return 1.0f / (1.0f + vexp<L>(-x)); }
+template <int L> INIK_AI typename Vec<L>::f vtanh(typename Vec<L>::f x) {
+  return 2.0f / (1.0f + vexp<L>(-2.0f * x)) - 1.0f;
+}
 
 // Pixels [p0, p1): gates (P, 4, hid), c (P, hid).
-template <class T>
+template <int L, class T>
 INIK_AI void forward_float_t(const T* gates, const T* c, T* h_out, T* c_out, int64_t hid, int64_t p0,
-                                    int64_t p1) {
+                             int64_t p1) {
+  using V = typename Vec<L>::f;
+  using Ln = Vec<L>;
   for (int64_t p = p0; p < p1; ++p) {
     const T* g = gates + p * 4 * hid;
-    for (int64_t j = 0; j < hid; j += kLanes) {
-      const int64_t n = hid - j < kLanes ? hid - j : kLanes;
-      const vf i = vsigmoid(Lanes<T>::get(g + j, n));
-      const vf f = vsigmoid(Lanes<T>::get(g + hid + j, n));
-      const vf o = vsigmoid(Lanes<T>::get(g + 2 * hid + j, n));
-      const vf gg = vtanh(Lanes<T>::get(g + 3 * hid + j, n));
-      const vf cn = f * Lanes<T>::get(c + p * hid + j, n) + i * gg;
-      Lanes<T>::put(c_out + p * hid + j, cn, n);
-      Lanes<T>::put(h_out + p * hid + j, o * vtanh(cn), n);
+    for (int64_t j = 0; j < hid; j += L) {
+      const int64_t n = hid - j < L ? hid - j : L;
+      const V i = vsigmoid<L>(Ln::get(g + j, n));
+      const V f = vsigmoid<L>(Ln::get(g + hid + j, n));
+      const V o = vsigmoid<L>(Ln::get(g + 2 * hid + j, n));
+      const V gg = vtanh<L>(Ln::get(g + 3 * hid + j, n));
+      const V cn = f * Ln::get(c + p * hid + j, n) + i * gg;
+      Ln::put(c_out + p * hid + j, cn, n);
+      Ln::put(h_out + p * hid + j, o * vtanh<L>(cn), n);
     }
   }
 }
 
-template <class T>
+template <int L, class T>
 INIK_AI void backward_float_t(const T* gates, const T* c, const T* dh, const T* dc, T* dgates, T* dcp,
-                                     int64_t hid, int64_t p0, int64_t p1) {
+                              int64_t hid, int64_t p0, int64_t p1) {
+  using V = typename Vec<L>::f;
+  using Ln = Vec<L>;
   for (int64_t p = p0; p < p1; ++p) {
     const T* g = gates + p * 4 * hid;
     T* dg = dgates + p * 4 * hid;
-    for (int64_t j = 0; j < hid; j += kLanes) {
-      const int64_t n = hid - j < kLanes ? hid - j : kLanes;
-      const vf i = vsigmoid(Lanes<T>::get(g + j, n));
-      const vf f = vsigmoid(Lanes<T>::get(g + hid + j, n));
-      const vf o = vsigmoid(Lanes<T>::get(g + 2 * hid + j, n));
-      const vf gg = vtanh(Lanes<T>::get(g + 3 * hid + j, n));
-      const vf cp = Lanes<T>::get(c + p * hid + j, n);
-      const vf tc = vtanh(f * cp + i * gg);
-      const vf gh = dh ? Lanes<T>::get(dh + p * hid + j, n) : vf{};
-      const vf dcn = (dc ? Lanes<T>::get(dc + p * hid + j, n) : vf{}) + gh * o * (1.0f - tc * tc);
-      Lanes<T>::put(dg + j, dcn * gg * i * (1.0f - i), n);
-      Lanes<T>::put(dg + hid + j, dcn * cp * f * (1.0f - f), n);
-      Lanes<T>::put(dg + 2 * hid + j, gh * tc * o * (1.0f - o), n);
-      Lanes<T>::put(dg + 3 * hid + j, dcn * i * (1.0f - gg * gg), n);
-      Lanes<T>::put(dcp + p * hid + j, dcn * f, n);
+    for (int64_t j = 0; j < hid; j += L) {
+      const int64_t n = hid - j < L ? hid - j : L;
+      const V i = vsigmoid<L>(Ln::get(g + j, n));
+      const V f = vsigmoid<L>(Ln::get(g + hid + j, n));
+      const V o = vsigmoid<L>(Ln::get(g + 2 * hid + j, n));
+      const V gg = vtanh<L>(Ln::get(g + 3 * hid + j, n));
+      const V cp = Ln::get(c + p * hid + j, n);
+      const V tc = vtanh<L>(f * cp + i * gg);
+      const V gh = dh ? Ln::get(dh + p * hid + j, n) : V{};
+      const V dcn = (dc ? Ln::get(dc + p * hid + j, n) : V{}) + gh * o * (1.0f - tc * tc);
+      Ln::put(dg + j, dcn * gg * i * (1.0f - i), n);
+      Ln::put(dg + hid + j, dcn * cp * f * (1.0f - f), n);
+      Ln::put(dg + 2 * hid + j, gh * tc * o * (1.0f - o), n);
+      Ln::put(dg + 3 * hid + j, dcn * i * (1.0f - gg * gg), n);
+      Ln::put(dcp + p * hid + j, dcn * f, n);
     }
   }
 }
 
 // Pixels [p0, p1) of float and bfloat16 storage: one entry point per instruction set,
 // picked at run time (pick_isa); float64 (gradcheck) in plain double with the C library.
-#define INIK_LSTM_ENTRIES(SUFFIX, TARGET, T)                                                               \
+#define INIK_LSTM_ENTRIES(SUFFIX, TARGET, L, T)                                                            \
   TARGET void forward_##SUFFIX(const T* gates, const T* c, T* h_out, T* c_out, int64_t hid, int64_t p0,    \
                                int64_t p1) {                                                               \
-    forward_float_t(gates, c, h_out, c_out, hid, p0, p1);                                                  \
+    forward_float_t<L>(gates, c, h_out, c_out, hid, p0, p1);                                               \
   }                                                                                                        \
   TARGET void backward_##SUFFIX(const T* gates, const T* c, const T* dh, const T* dc, T* dgates, T* dcp,   \
                                 int64_t hid, int64_t p0, int64_t p1) {                                     \
-    backward_float_t(gates, c, dh, dc, dgates, dcp, hid, p0, p1);                                          \
+    backward_float_t<L>(gates, c, dh, dc, dgates, dcp, hid, p0, p1);                                       \
   }
 #ifdef INIK_CPU_ISAS
-INIK_LSTM_ENTRIES(avx512, INIK_TARGET_AVX512, float)
-INIK_LSTM_ENTRIES(avx512, INIK_TARGET_AVX512, at::BFloat16)
-INIK_LSTM_ENTRIES(avx2, INIK_TARGET_AVX2, float)
-INIK_LSTM_ENTRIES(avx2, INIK_TARGET_AVX2, at::BFloat16)
+INIK_LSTM_ENTRIES(avx512, INIK_TARGET_AVX512, 16, float)
+INIK_LSTM_ENTRIES(avx512, INIK_TARGET_AVX512, 16, at::BFloat16)
+INIK_LSTM_ENTRIES(avx2, INIK_TARGET_AVX2, 8, float)
+INIK_LSTM_ENTRIES(avx2, INIK_TARGET_AVX2, 8, at::BFloat16)
 #endif
-INIK_LSTM_ENTRIES(generic, , float)
-INIK_LSTM_ENTRIES(generic, , at::BFloat16)
+// the build's own width (wider under -march=native)
+#if defined(__AVX512F__)
+#define INIK_GENERIC_LANES 16
+#elif defined(__AVX__)
+#define INIK_GENERIC_LANES 8
+#else
+#define INIK_GENERIC_LANES 4
+#endif
+INIK_LSTM_ENTRIES(generic, , INIK_GENERIC_LANES, float)
+INIK_LSTM_ENTRIES(generic, , INIK_GENERIC_LANES, at::BFloat16)
 
 template <class T>
 void forward_pixels(Isa isa, const T* gates, const T* c, T* h_out, T* c_out, int64_t hid, int64_t p0,
