@@ -8,14 +8,17 @@
 #include <immintrin.h>
 #endif
 
-// Explicit per-ISA kernels (GCC 12+ on x86-64 Linux): AVX-512, AVX2 and AVX-512 with
-// AVX512-BF16's dot product (INIK_DOT_BF16). Otherwise only the generic build.
-#if defined(__x86_64__) && defined(__linux__) && !defined(__clang__) && __GNUC__ >= 12 && !defined(INIK_NO_CLONES)
+// Explicit per-ISA kernels (GCC 11+ on x86-64 Linux): AVX-512 and AVX2; with GCC 12+
+// also AVX-512 with AVX512-BF16's dot product (INIK_DOT_BF16). Otherwise only the
+// generic build.
+#if defined(__x86_64__) && defined(__linux__) && !defined(__clang__) && __GNUC__ >= 11 && !defined(INIK_NO_CLONES)
 #define INIK_CPU_ISAS 1
-#define INIK_DOT_BF16 1
-#define INIK_TARGET_AVX512_BF16 __attribute__((target("arch=x86-64-v4,avx512bf16")))
 #define INIK_TARGET_AVX512 __attribute__((target("arch=x86-64-v4")))
 #define INIK_TARGET_AVX2 __attribute__((target("arch=x86-64-v3")))
+#endif
+#if defined(INIK_CPU_ISAS) && __GNUC__ >= 12
+#define INIK_DOT_BF16 1
+#define INIK_TARGET_AVX512_BF16 __attribute__((target("arch=x86-64-v4,avx512bf16")))
 #else
 #define INIK_DOT_BF16 0
 #endif

@@ -383,6 +383,8 @@ constexpr Shape kGenericShape{4, 2};
 #ifdef INIK_CPU_ISAS
 INIK_WINO_ENTRY(items_avx512, INIK_TARGET_AVX512, kAvx512Shape.lanes, kAvx512Shape.nv)
 INIK_WINO_ENTRY(items_avx2, INIK_TARGET_AVX2, kAvx2Shape.lanes, kAvx2Shape.nv)
+#endif
+#if INIK_DOT_BF16
 // bfloat16 input on AVX512-BF16: the GEMM in bfloat16 pairs (Kernel::gemm); float32
 // input on such a CPU takes items_avx512.
 template <int m>
@@ -404,19 +406,24 @@ Isa pick_isa(c10::string_view isa) {
   int best = kGeneric;
 #ifdef INIK_CPU_ISAS
   __builtin_cpu_init();
-  best = __builtin_cpu_supports("x86-64-v4") ? (__builtin_cpu_supports("avx512bf16") ? kAvx512Bf16 : kAvx512)
-         : __builtin_cpu_supports("x86-64-v3") ? kAvx2
-                                                : kGeneric;
+#if __GNUC__ >= 12
+  const bool v4 = __builtin_cpu_supports("x86-64-v4"), v3 = __builtin_cpu_supports("x86-64-v3");
+#else  // GCC 11 knows the features, not the levels
+  const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
+  const bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#endif
+  best = v4 ? (INIK_DOT_BF16 && __builtin_cpu_supports("avx512bf16") ? kAvx512Bf16 : kAvx512) : v3 ? kAvx2 : kGeneric;
 #endif
   if (isa.empty()) return static_cast<Isa>(best);
   const std::string want(isa);
   for (int i = 0; i < kIsas; ++i)
     if (want == kIsaNames[i]) {
-      TORCH_CHECK(i <= best, msg("INIK_CPU_ISA=", want, ": this CPU (or this build) supports at most ",
+      TORCH_CHECK(i <= best, msg("isa='", want, "' (INIK_CPU_ISA): this CPU (or this build) supports at most ",
                                  kIsaNames[best]));
       return static_cast<Isa>(i);
     }
-  TORCH_CHECK(false, msg("INIK_CPU_ISA=", want, ": expected avx512_bf16, avx512, avx2 or generic"));
+  TORCH_CHECK(false, msg("isa='", want, "' (INIK_CPU_ISA): expected avx512_bf16, avx512, avx2 or generic"));
   return kGeneric;
 }
 
@@ -440,7 +447,7 @@ void items(Isa isa, const T* x, const float* U, const float* bias, const T* res,
 template <int m>
 void items(Isa, const at::BFloat16* x, const at::BFloat16* U, const float* bias, const at::BFloat16* res,
            at::BFloat16* y, const Plan& p, int64_t i0, int64_t i1, at::BFloat16* Vb, float* M) {
-#ifdef INIK_CPU_ISAS
+#if INIK_DOT_BF16
   items_avx512_bf16<m>(x, U, bias, res, y, p, i0, i1, Vb, M);
 #else
   TORCH_CHECK(false, "conv3x3_winograd: the bfloat16 GEMM is not in this build");

@@ -1,8 +1,9 @@
 """The ``inik deblur`` command: photos in, deblurred photos out, one line per failed file.
 
-The names this module held before it was split stay importable from it:
-``deblur`` (:mod:`inik.api`), ``load_model`` and ``DEFAULT_WEIGHTS``
-(:mod:`inik.loading`), ``restore``, ``tiled`` and ``auto_tile`` (:mod:`inik.tiling`).
+The public names this module held before it was split stay importable from it
+(``deblur`` from :mod:`inik.api`; ``load_model``, ``DEFAULT_WEIGHTS``, ``half_dtype``
+... from :mod:`inik.loading`; ``restore``, ``tiled``, ``auto_tile`` ... from
+:mod:`inik.tiling`); to change what ``inik.deblur`` uses, patch those modules.
 """
 
 from __future__ import annotations
@@ -17,10 +18,22 @@ import torch
 
 from .api import deblur
 from .commands import DEVICE_HELP, ITEM_ERRORS, check_device, check_tile_option, expand_inputs, item_error
-from .loading import DEFAULT_WEIGHTS, UNTRAINED_NOTE, load_model
-from .tiling import AUTO_TILE, DEFAULT_OVERLAP, MIN_TILE, auto_tile, restore, tiled
+from .loading import DEFAULT_WEIGHTS, UNTRAINED_NOTE, WEIGHTS_DIR, cpu_has_bf16, half_dtype, load_model
+from .tiling import (
+    AUTO_MAX_PIXELS,
+    AUTO_TILE,
+    DEFAULT_OVERLAP,
+    MIN_TILE,
+    auto_tile,
+    check_tiling,
+    restore,
+    tile_grid,
+    tiled,
+)
 
-__all__ = ["DEFAULT_WEIGHTS", "auto_tile", "configure_parser", "deblur", "load_model", "restore", "run", "tiled"]
+__all__ = ["AUTO_MAX_PIXELS", "AUTO_TILE", "DEFAULT_OVERLAP", "DEFAULT_WEIGHTS", "MIN_TILE", "WEIGHTS_DIR",
+           "auto_tile", "check_tiling", "configure_parser", "cpu_has_bf16", "deblur", "half_dtype", "load_model",
+           "restore", "run", "tile_grid", "tiled"]
 
 # ------------------------------------------------------------------ command line
 

@@ -53,6 +53,10 @@ def _name(value: str) -> str:
     return value
 
 
+class SettingError(ValueError):
+    """A variable's value is not one it takes; the message is one line naming it."""
+
+
 @dataclass(frozen=True)
 class Setting:
     """One environment variable: how to parse it, its value when unset (or empty)."""
@@ -64,6 +68,7 @@ class Setting:
     values: str  # what it takes
     default_doc: str  # what happens when it is unset
     when: str = "run"  # "run", "build" or "test"
+    zero_is_default: bool = False  # a whole number whose 0 means the default
 
     def get(self):
         """The parsed value now; a ValueError naming the variable for a bad value."""
@@ -73,8 +78,16 @@ class Setting:
         try:
             value = self.parse(raw if self.parse is _name else raw.lower())
         except ValueError as e:
-            raise ValueError(f"{self.name}={raw}: expected {e}") from None
-        return self.default if value == 0 and self.parse is _whole else value
+            raise SettingError(f"{self.name}={raw}: expected {e}") from None
+        return self.default if self.zero_is_default and value == 0 else value
+
+    def get_or_default(self):
+        """The parsed value, or the default for a bad value (for messages about the
+        setting itself, which must not fail on it)."""
+        try:
+            return self.get()
+        except SettingError:
+            return self.default
 
 
 SETTINGS: dict[str, Setting] = {s.name: s for s in (
@@ -104,7 +117,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "the largest image read, in pixels, checked from the file's header before anything is "
             "allocated, in every format and path",
             "a whole number of pixels; `0` means the default",
-            "268435456 (2**28)"),
+            "268435456 (2**28)", zero_is_default=True),
     Setting("INIK_MALLOC", _choice("system", "keep"), "keep",
             "`system` leaves glibc's malloc as it is: the command line then does not make it keep freed "
             "memory (`inik.runtime.keep_freed_memory`)",

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from inik.ops import _ext
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -91,7 +93,6 @@ def test_tile_error_reports_every_distance():
 def test_sweep_triton_launches_every_job_under_the_interpreter():
     """Every job of the GPU sweep runs through the module's host code (forced
     configurations, band budgets) on a tiny image under the interpreter."""
-    import os
 
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -102,7 +103,7 @@ def test_sweep_triton_launches_every_job_under_the_interpreter():
     assert "jobs" in proc.stdout and "Error" not in proc.stdout, proc.stdout[-2000:]
 
 
-@pytest.mark.skipif(os.environ.get("INIK_NO_EXTENSION", "") == "1",
+@pytest.mark.skipif(not _ext.is_built() and _ext.left_out_on_purpose(),
                     reason="INIK_NO_EXTENSION=1: the extension was not built on purpose")
 def test_bench_conv_times_every_shape_of_the_model(tmp_path):
     out = tmp_path / "conv.json"

@@ -5,7 +5,6 @@ Like the IFM extension tests, these fail when inik._C is missing unless
 INIK_NO_EXTENSION=1 says it was left out on purpose.
 """
 
-import os
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ import torch
 from inik.ops import _ext
 from inik.ops.lstm import fused_unavailable, lstm_pointwise
 
-if not _ext.is_built() and os.environ.get(_ext.NO_EXTENSION_ENV, "") == "1":
+if not _ext.is_built() and _ext.left_out_on_purpose():
     pytest.skip("INIK_NO_EXTENSION=1: the extension was not built on purpose", allow_module_level=True)
 
 CL = torch.channels_last

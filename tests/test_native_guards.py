@@ -9,14 +9,13 @@ Like the other extension tests, these fail when inik._C is missing unless
 INIK_NO_EXTENSION=1 says it was left out on purpose.
 """
 
-import os
 
 import pytest
 import torch
 
 from inik.ops import _ext, winograd
 
-if not _ext.is_built() and os.environ.get(_ext.NO_EXTENSION_ENV, "") == "1":
+if not _ext.is_built() and _ext.left_out_on_purpose():
     pytest.skip("INIK_NO_EXTENSION=1: the extension was not built on purpose", allow_module_level=True)
 
 ops = torch.ops.inik

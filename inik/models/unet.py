@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.conv import conv3x3_reflect
+# conv3x3_reflect_borders, is_channels_last, reflect_pad1: moved to inik.ops.conv, importable here too
+from ..ops.conv import conv3x3_reflect, conv3x3_reflect_borders, is_channels_last, reflect_pad1  # noqa: F401
 
 
 class ReflectConv2d(nn.Conv2d):

@@ -43,10 +43,15 @@ def is_built() -> bool:
     return _C is not None
 
 
+def left_out_on_purpose() -> bool:
+    """Whether ``INIK_NO_EXTENSION`` says the extension was left out (a bad value reads as unset)."""
+    return bool(settings.SETTINGS[NO_EXTENSION_ENV].get_or_default())
+
+
 def build_hint() -> str:
     """Why the extension is missing and how to build it."""
-    if settings.get(NO_EXTENSION_ENV):
-        return f"{NO_EXTENSION_ENV}=1 is set (the extension was not built on purpose)"
+    if left_out_on_purpose():
+        return f"{NO_EXTENSION_ENV} is set (the extension was not built on purpose)"
     return (f"inik._C is not built ({_IMPORT_ERROR}); build it with "
             "`pip install -v --no-build-isolation -e .` (torch must be installed first, and a C++ "
             "compiler present: -v shows why a build fails)")
@@ -136,13 +141,17 @@ def cpu_isas() -> list[str]:
     return list(ISAS[:ISAS.index(torch.ops.inik.conv3x3_winograd_isa("")) + 1])
 
 
+def _isa_for(t: Tensor) -> str:
+    return cpu_isa() if t.device.type == "cpu" else ""  # a GPU call does not read the CPU setting
+
+
 def _forward(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor, support: Sequence[int]) -> Tensor:
-    return torch.ops.inik.ifm_native_forward(image, mu, omega, atoms, list(support), cpu_isa())
+    return torch.ops.inik.ifm_native_forward(image, mu, omega, atoms, list(support), _isa_for(image))
 
 
 def _backward(grad, image, mu, omega, atoms, support, needs):
     grads = torch.ops.inik.ifm_native_backward(grad, image, mu, omega, atoms, list(support),
-                                               [bool(x) for x in needs], cpu_isa())
+                                               [bool(x) for x in needs], _isa_for(image))
     return tuple(g if nd else None for g, nd in zip(grads, needs))
 
 

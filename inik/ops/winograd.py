@@ -83,6 +83,7 @@ if _ext.is_built():
         x, weight, bias, residual, padding_mode, relu, tile, bf16_gemm, isa = inputs
         ctx.save_for_backward(x, weight, output if relu else None)
         ctx.padding_mode, ctx.isa, ctx.bias_dtype = padding_mode, isa, None if bias is None else bias.dtype
+        ctx.tile = int(settings.get(TILE_ENV) or 0)  # INIK_WINOGRAD_TILE holds for the backward too
 
     def _backward(ctx, grad):
         """Gradients of y = act(conv(P(x), w) + b + r): the input's is the full correlation
@@ -101,9 +102,9 @@ if _ext.is_built():
             if reflect:
                 padded = F.pad(g, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
                 gx = reflect_pad1_backward(torch.ops.inik.conv3x3_winograd(padded, w_t, None, None, "zeros", False,
-                                                                           0, False, ctx.isa))
+                                                                           ctx.tile, False, ctx.isa))
             else:
-                gx = torch.ops.inik.conv3x3_winograd(g, w_t, None, None, "zeros", False, 0, False, ctx.isa)
+                gx = torch.ops.inik.conv3x3_winograd(g, w_t, None, None, "zeros", False, ctx.tile, False, ctx.isa)
         if ctx.needs_input_grad[1]:
             source, pad = (reflect_pad1_forward(x), 0) if reflect else (x, 1)
             gw = torch.ops.aten.convolution_backward(g, source, weight.to(g.dtype), None, [1, 1], [pad, pad],
@@ -168,7 +169,7 @@ def trainable(x: Tensor, weight: Tensor, stride: int = 1) -> bool:
     """Whether the model's reflect 3x3 convolution of x trains with Winograd: CPU training
     (autograd on) under the same conditions as :func:`eligible` - float32, or bfloat16
     under bf16 autocast; the forward and the input gradient are Winograd convolutions,
-    the weight gradient oneDNN's (``inik.models.unet``)."""
+    the weight gradient oneDNN's (:func:`inik.ops.conv.conv3x3_reflect`)."""
     return (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad) and not torch.compiler.is_compiling()
             and weight.shape[0] >= MIN_CHANNELS and weight.dtype in _DTYPES and _fits(x, weight, stride))
 
