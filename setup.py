@@ -156,6 +156,7 @@ ext_modules, cmdclass = _extension_build()
 # The project's metadata is in pyproject.toml; setup.py adds the packages (kernels/
 # installs as inik.kernels) and the compiled extension.
 setup(
+    license="MIT",
     packages=find_packages(include=["inik", "inik.*"]) + ["inik.kernels"],
     package_dir={"inik.kernels": "kernels"},
     ext_modules=ext_modules,

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("inik.evaluate", "PSNR / SSIM / MAE / LPIPS of a model on a paired folder"),
     "synth": ("inik.synth", "write a fixed synthetic evaluation set (blurry/sharp pairs) from photos or scenes"),
     "plot": ("inik.plot", "draw a training run's loss and PSNR curves (RUN/log.csv) to a PNG"),
+    "export": ("inik.export", "write INIKNet as a torch.export program (.pt2), an AOTInductor package or ONNX"),
     "info": ("inik.info", "versions, compiled kernels, devices and weights of this installation"),
 }
 

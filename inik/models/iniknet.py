@@ -222,8 +222,12 @@ class INIKNet(nn.Module):
 
     def _run(self, y: torch.Tensor, all_levels: bool):
         """Outputs, mu and omega of the levels that are computed (coarse to fine)."""
-        pyramid = [F.interpolate(y, scale_factor=0.5 ** (LEVELS - 1 - l), mode="bilinear",
-                                 align_corners=False) if l < LEVELS - 1 else y for l in range(LEVELS)]
+        # Sizes as integers (y's are multiples of 16; the same scale, 2 or 4, as scale_factor
+        # gives): a graph exported with dynamic sizes keeps them exact (inik.export).
+        h, w = y.shape[-2:]
+        factors = [2 ** (LEVELS - 1 - l) for l in range(LEVELS)]
+        pyramid = [F.interpolate(y, size=(h // s, w // s), mode="bilinear", align_corners=False) if s > 1 else y
+                   for s in factors]
         atoms = self.dictionary()
         cascade = self.config.cascade
         results = []

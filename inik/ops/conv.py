@@ -4,20 +4,22 @@
 [+ residual]``, then ReLU if asked, and picks how: on CPU channels_last float32
 or bfloat16 input the Winograd op (``inik.ops.winograd``: forward and backward,
 residual and ReLU fused), else on the CPU a zero-padded convolution with its
-border recomputed (inference), else :func:`reflect_pad1` and ``conv2d``. Every
-path computes the same function; the Winograd one rounds differently (about
-3e-6 of the output's scale).
+border recomputed (inference), else :func:`reflect_pad1` and ``conv2d`` (always
+inside :func:`inik.ops.paths.plain_ops`: PyTorch operators only). Every path
+computes the same function; the Winograd one rounds differently (about 3e-6 of
+the output's scale).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import winograd
+from . import paths, winograd
 
 CL = torch.channels_last
 
@@ -78,7 +80,7 @@ def reflect_pad1(x: Tensor) -> Tensor:
     padded convolution (on a GPU, more time than the convolutions themselves).
     """
     h, w = x.shape[-2:]
-    if h < 2 or w < 2 or not is_channels_last(x):
+    if h < 2 or w < 2 or not is_channels_last(x) or paths.plain():
         return F.pad(x, (1, 1, 1, 1), mode="reflect")
     if torch.is_grad_enabled() and x.requires_grad:
         return _reflect_pad1_op(x)
@@ -99,7 +101,9 @@ def conv3x3_reflect_borders(x: Tensor, weight: Tensor, stride: int) -> Tensor:
         # run-to-run different values (uninitialised memory) for an output one pixel wide at
         # stride 2 - the left and right strips here. The strips are a few pixels: no cost.
         wide = torch.promote_types(out.dtype, torch.float32)  # float64 stays float64
-        with torch.autocast(x.device.type, enabled=False):
+        # (autocast left alone when it is off: each context is a subgraph to torch.export)
+        with (torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type)
+              else contextlib.nullcontext()):
             padded = F.pad(part.to(wide), (1, 1, 1, 1), mode="reflect")[..., rows, cols]
             return F.conv2d(padded, weight.to(wide), None, stride).to(out.dtype)
 
@@ -118,6 +122,8 @@ def conv3x3_reflect_borders(x: Tensor, weight: Tensor, stride: int) -> Tensor:
 def path(x: Tensor, weight: Tensor, stride: int = 1) -> str:
     """Which way :func:`conv3x3_reflect` computes this convolution: ``"winograd"``,
     ``"borders"`` (CPU inference without Winograd) or ``"pad"`` (reflect_pad1, then conv2d)."""
+    if paths.plain():
+        return "pad"
     if winograd.eligible(x, weight, stride) or winograd.trainable(x, weight, stride):
         return "winograd"
     # (also under torch.compile, whose graph would otherwise go back to padded copies)

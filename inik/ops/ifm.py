@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .. import settings
+from . import paths
 from . import reference as _ref
 
 log = logging.getLogger("inik.ops")
@@ -351,6 +352,9 @@ def ifm(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor, *,
             is zero there). Lets backends skip the zeros of small scales.
         backend: "auto" or a registered backend (:func:`backend_names`): the
             package's are "reference", "unfused", "cpp", "cuda" and "triton".
+            Inside :func:`inik.ops.paths.plain_ops` the reference backend's
+            PyTorch operators run inline, whatever ``backend`` says (no op call:
+            for exporters that must see standard operators only).
 
     Returns:
         (B, C, H, W) tensor of the inputs' dtype. Differentiable in all four inputs
@@ -358,5 +362,7 @@ def ifm(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor, *,
         (an empty output; the gradients are then zero).
     """
     support = validate(image, mu, omega, atoms, support)
+    if paths.plain():
+        return _ref.ifm_reference(image, mu, omega, atoms, support)
     name = resolve_backend(image.device, backend)
     return torch.ops.inik.ifm(image, mu, omega, atoms, support, name)

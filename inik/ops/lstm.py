@@ -14,8 +14,9 @@ PyTorch ops on strided channel slices (see ``csrc/lstm_cpu.cpp``; timings in
 autograd keeps two tensors per cell instead of seven (a backward with
 ``create_graph=True``, whose gradients get differentiated again, runs PyTorch
 ops from the same two tensors). Everywhere else (CUDA,
-NCHW, float16, inside ``torch.compile``, which fuses the ops itself, or without
-the extension) it runs the PyTorch ops.
+NCHW, float16, inside ``torch.compile``, which fuses the ops itself - not inside
+``torch.export``, whose programs keep the op -, inside
+:func:`inik.ops.paths.plain_ops`, or without the extension) it runs the PyTorch ops.
 
 float32 results differ from PyTorch's by rounding (relative error about 1e-7:
 its exp is a polynomial); bfloat16 ones are computed in float32 and rounded once.
@@ -28,7 +29,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _ext
+from . import _ext, paths
 
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 
@@ -37,8 +38,10 @@ def fused_unavailable(gates: Tensor, c: Tensor) -> Optional[str]:
     """Why the fused op cannot take these tensors (None when it can)."""
     if not _ext.is_built():
         return _ext.build_hint()
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and not getattr(torch.compiler, "is_exporting", bool)():
         return "inside torch.compile (the compiler fuses the PyTorch ops itself)"
+    if paths.plain():
+        return "inside inik.ops.paths.plain_ops (PyTorch operators only)"
     if gates.device.type != "cpu" or c.device.type != "cpu":
         return f"the fused op runs on CPU tensors, got {gates.device} and {c.device}"
     if gates.dtype != c.dtype or gates.dtype not in FUSED_DTYPES:

@@ -13,8 +13,8 @@ import torch
 import inik
 import inik.data.io
 import inik.explain
-import inik.metrics
 import inik.infer
+import inik.metrics
 import inik.train
 from inik.cli import main
 from inik.data.io import read_image, write_image
