@@ -54,6 +54,7 @@ INTERRUPTED = 130
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit status (0 done, 1 some items failed, 2 bad usage or
     nothing could be done, 130 interrupted - Ctrl-C prints one line, no traceback)."""
+    from .settings import SettingError
     name = "inik"
     try:
         args = build_parser().parse_args(argv)
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "info":  # which says so itself
             _note_missing_extension()
         return int(importlib.import_module(args._module).run(args) or 0)
+    except SettingError as exc:  # an INIK_* variable with a value it does not take: bad usage
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as exc:  # a command may say what it finished: KeyboardInterrupt("interrupted after ...")
         newline = "\n" if sys.stderr.isatty() else ""  # off the line of ^C or a progress bar
         print(f"{newline}{name}: {str(exc) or 'interrupted'}", file=sys.stderr)

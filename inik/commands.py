@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from .settings import SettingError  # noqa: F401 (what a batch re-raises: not an item's fault)
 from .tiling import check_tiling
 
 

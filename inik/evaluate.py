@@ -85,7 +85,7 @@ def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Option
     "seconds"}], "failed": [{"name", "blurry", "sharp", "error"}]}``; the mean is over the
     ``scored`` pairs (``{}`` when none was).
     """
-    from .commands import ITEM_ERRORS, item_error
+    from .commands import ITEM_ERRORS, SettingError, item_error
     from .data.io import read_image
     from .metrics import RadiusBins, evaluate
     if isinstance(crop_multiple, bool) or not isinstance(crop_multiple, int) or crop_multiple < 1:
@@ -126,6 +126,8 @@ def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Option
                 path, scale = maps[pair.name]
                 radius = _crop_to_multiple(read_image(path)[0], crop_multiple)[..., 0].astype(np.float64) * scale
                 bins.add(x[0], sharp, radius)  # checks the map's size before it adds anything
+        except SettingError:  # a bad INIK_* value: bad usage, for every item (cli.main)
+            raise
         except ITEM_ERRORS as exc:
             if not keep_going:
                 raise

@@ -215,7 +215,7 @@ def _plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
 def run(args) -> int:
     """Exit status: 0 every image explained; 1 some images failed (each named on stderr, the
     others explained); 2 bad flags or outputs (nothing written)."""
-    from .commands import ITEM_ERRORS, check_device, check_tile_option, item_error
+    from .commands import ITEM_ERRORS, SettingError, check_device, check_tile_option, item_error
     from .data.io import read_image
     from .loading import DEFAULT_WEIGHTS, UNTRAINED_NOTE, load_model
     try:
@@ -233,6 +233,8 @@ def run(args) -> int:
         try:
             image, _ = read_image(src)
             summary = explain(model, image, dst, overwrite=args.overwrite, tile=args.tile)
+        except SettingError:  # a bad INIK_* value: bad usage, for every item (cli.main)
+            raise
         except ITEM_ERRORS as exc:  # one bad image must not stop the others
             failures += 1
             print(f"inik explain: {item_error(exc, src)}", file=sys.stderr)

@@ -17,7 +17,15 @@ from typing import Optional
 import torch
 
 from .api import deblur
-from .commands import DEVICE_HELP, ITEM_ERRORS, check_device, check_tile_option, expand_inputs, item_error
+from .commands import (
+    DEVICE_HELP,
+    ITEM_ERRORS,
+    SettingError,
+    check_device,
+    check_tile_option,
+    expand_inputs,
+    item_error,
+)
 from .loading import DEFAULT_WEIGHTS, UNTRAINED_NOTE, WEIGHTS_DIR, cpu_has_bf16, half_dtype, load_model
 from .tiling import (
     AUTO_MAX_PIXELS,
@@ -177,6 +185,8 @@ def run(args) -> int:
                         icc_profile=info.icc_profile, exif=info.exif)
             tqdm.write(f"{src} -> {dst} ({info.width}x{info.height}, {depth}-bit, "
                        f"{time.perf_counter() - t0:.1f} s)")
+        except SettingError:  # a bad INIK_* value: bad usage, for every item (cli.main)
+            raise
         except ITEM_ERRORS as exc:  # one bad file must not stop the batch
             failures += 1
             print(f"inik deblur: {item_error(exc, src)}", file=sys.stderr)

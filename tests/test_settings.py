@@ -94,3 +94,14 @@ def test_info_warns_about_an_unknown_variable(monkeypatch, capsys):
     assert settings.unknown() == ["INIK_WINOGARD"]
     assert main(["info"]) == 0
     assert "warning: inik reads no variable named INIK_WINOGARD" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name,value", [("INIK_MALLOC", "jemalloc"), ("INIK_MAX_PIXELS", "lots")])
+def test_the_command_line_names_a_bad_setting_in_one_line(monkeypatch, capsys, tmp_path, name, value):
+    """A bad value is bad usage: one line naming the variable, exit status 2, no traceback."""
+    monkeypatch.setenv(name, value)
+    from inik.data.io import write_image
+    write_image(tmp_path / "a.png", __import__("numpy").zeros((8, 8, 3), "uint8"))
+    assert main(["deblur", str(tmp_path / "a.png"), "-o", str(tmp_path / "b.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"inik deblur: {name}={value}: expected") and "\n" not in err
