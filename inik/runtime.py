@@ -35,9 +35,10 @@ def keep_freed_memory() -> bool:
     when the environment sets ``INIK_MALLOC=system``; True once applied.
     """
     global _applied
+    system = settings.get("INIK_MALLOC") == "system"  # read (and checked) on every call
     if _applied:
         return True
-    if not sys.platform.startswith("linux") or settings.get("INIK_MALLOC") == "system":
+    if not sys.platform.startswith("linux") or system:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
