@@ -68,6 +68,18 @@ template <int L> INIK_AI typename Vec<L>::f vtanh(typename Vec<L>::f x) {
   return 2.0f / (1.0f + vexp<L>(-2.0f * x)) - 1.0f;
 }
 
+// The activated gates i, f, o (sigmoid) and g (tanh) of n <= L channels from gp, the
+// pixel's gate row at the first channel (the four gates hid apart).
+template <int L> struct Gates {
+  typename Vec<L>::f i, f, o, g;
+  template <class T>
+  INIK_AI Gates(const T* gp, int64_t hid, int64_t n)
+      : i(vsigmoid<L>(Vec<L>::get(gp, n))),
+        f(vsigmoid<L>(Vec<L>::get(gp + hid, n))),
+        o(vsigmoid<L>(Vec<L>::get(gp + 2 * hid, n))),
+        g(vtanh<L>(Vec<L>::get(gp + 3 * hid, n))) {}
+};
+
 // Pixels [p0, p1): gates (P, 4, hid), c (P, hid).
 template <int L, class T>
 INIK_AI void forward_float_t(const T* gates, const T* c, T* h_out, T* c_out, int64_t hid, int64_t p0,
@@ -78,10 +90,8 @@ INIK_AI void forward_float_t(const T* gates, const T* c, T* h_out, T* c_out, int
     const T* g = gates + p * 4 * hid;
     for (int64_t j = 0; j < hid; j += L) {
       const int64_t n = hid - j < L ? hid - j : L;
-      const V i = vsigmoid<L>(Ln::get(g + j, n));
-      const V f = vsigmoid<L>(Ln::get(g + hid + j, n));
-      const V o = vsigmoid<L>(Ln::get(g + 2 * hid + j, n));
-      const V gg = vtanh<L>(Ln::get(g + 3 * hid + j, n));
+      const Gates<L> a(g + j, hid, n);
+      const V i = a.i, f = a.f, o = a.o, gg = a.g;
       const V cn = f * Ln::get(c + p * hid + j, n) + i * gg;
       Ln::put(c_out + p * hid + j, cn, n);
       Ln::put(h_out + p * hid + j, o * vtanh<L>(cn), n);
@@ -99,10 +109,8 @@ INIK_AI void backward_float_t(const T* gates, const T* c, const T* dh, const T* 
     T* dg = dgates + p * 4 * hid;
     for (int64_t j = 0; j < hid; j += L) {
       const int64_t n = hid - j < L ? hid - j : L;
-      const V i = vsigmoid<L>(Ln::get(g + j, n));
-      const V f = vsigmoid<L>(Ln::get(g + hid + j, n));
-      const V o = vsigmoid<L>(Ln::get(g + 2 * hid + j, n));
-      const V gg = vtanh<L>(Ln::get(g + 3 * hid + j, n));
+      const Gates<L> a(g + j, hid, n);
+      const V i = a.i, f = a.f, o = a.o, gg = a.g;
       const V cp = Ln::get(c + p * hid + j, n);
       const V tc = vtanh<L>(f * cp + i * gg);
       const V gh = dh ? Ln::get(dh + p * hid + j, n) : V{};
