@@ -6,14 +6,20 @@ import sys
 import pytest
 
 CHILD = r"""
-import resource, sys, torch
+import ctypes, resource, sys
 from inik.runtime import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+libc = ctypes.CDLL("libc.so.6")
+libc.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
 faults = []
-for _ in range(6):
+for _ in range(6):  # a 64 MB buffer, 64-byte aligned as torch's CPU allocator asks, touched and freed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    t = torch.ones(64 * 2**20 // 4)   # 64 MB, touched
-    del t
+    p = ctypes.c_void_p()
+    assert libc.posix_memalign(ctypes.byref(p), 64, 64 * 2**20) == 0
+    libc.memset(p, 1, 64 * 2**20)
+    libc.free(p)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 print(applied, min(faults[1:]))
 """
@@ -28,9 +34,10 @@ def _faults(mode, env=None):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc setting (Linux only)")
 def test_keep_freed_memory_stops_page_faults():
-    # A reused 64 MB buffer costs no new page faults (16,384 pages if fresh). One CI run
-    # out of several saw every buffer fresh in one child (not reproduced in 50 runs here),
-    # so the best of three children counts; the controls below still fail a no-op setting.
+    # A reused 64 MB buffer costs no new page faults (16,384 pages if fresh). The buffer
+    # comes from glibc directly: whether torch's own allocations land where a freed one was
+    # depends on what else the heap holds (benchmarks/bench_model.py's fast-system-malloc
+    # mode measures the setting on the model); the best of three children counts.
     results = [_faults("keep") for _ in range(3)]
     assert all(applied for applied, _ in results)
     faults = min(f for _, f in results)
