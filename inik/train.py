@@ -107,6 +107,11 @@ def configure_parser(p) -> None:
                    help=f"weight of the VGG-19 feature loss term {_default('vgg_weight')}")
     p.add_argument("--max-blur", dest="max_blur", type=float,
                    help=f"synthetic data: largest blur (circle-of-confusion) radius [px] {_default('max_blur')}")
+    p.add_argument("--radius-power", dest="radius_power", type=float,
+                   help=f"synthetic data: a crop's largest radius is max-blur * u**radius-power, u uniform in "
+                        f"[0, 1] (1: uniform; smaller favours wide blur) {_default('radius_power')}")
+    p.add_argument("--layouts", help=f"synthetic data: comma-separated depth layouts, one drawn per sample: "
+                                     f"random, subject, reverse, slanted, small-sharp {_default('layouts')}")
     p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"],
                    help=f"mixed precision: auto = bf16 on CUDA, off on a CPU {_default('amp')}")
     p.add_argument("--workers", type=int, help=f"data-loader worker processes {_default('workers')}")

@@ -506,6 +506,8 @@ def test_float_settings_must_be_finite_and_sensible(tmp_path, capsys):
              (["--max-blur", "inf"], "max_blur must be a finite number, got inf"),
              (["--max-blur", "1e300"], "max_blur must be <= 64"),
              (["--vgg-weight", "1e9"], "vgg_weight must be <= 1000"),
+             (["--radius-power", "0"], "radius_power must be in (0, 16], got 0"),
+             (["--layouts", "subject,tilted"], "layouts must be a comma-separated list of random, subject"),
              (["--config", _config_file(tmp_path, data, mse_weight=float("nan"))], "mse_weight must be a finite"),
              (["--config", str(big_int)], "key 'lr' must be a finite number")]
     for flags, message in cases:
@@ -519,6 +521,19 @@ def test_float_settings_must_be_finite_and_sensible(tmp_path, capsys):
     assert main(["train", "--config", _config_file(tmp_path, data, iters=1), "--out", str(tmp_path / "ok"),
                  "--no-progress"]) == 0
     json.loads((tmp_path / "ok" / "config.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+
+
+def test_synthetic_training_data_takes_the_layouts_and_radius_power():
+    """The training pairs follow the config's layouts and radius law (the wide-blur stages
+    train on the depth layouts of real photos)."""
+    from inik.training.data import build_source
+    cfg = TrainConfig(crop=32, layouts="subject, reverse", radius_power=2.0, max_blur=6.0, workers=0)
+    assert cfg.layouts == "subject,reverse"
+    source = build_source(cfg, seed=0)
+    synth = source.synth
+    assert synth.config.layouts == ("subject", "reverse") and synth.config.radius_power == 2.0
+    assert {synth.sample(i).params["layout"] for i in range(8)} == {"subject", "reverse"}
+    assert build_source(TrainConfig(crop=32), seed=0).synth.config.layouts == ("random",)
 
 
 def test_eval_reports_images_too_small_for_lpips_and_scores_the_others(tmp_path, monkeypatch, capsys):

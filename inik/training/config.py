@@ -55,6 +55,8 @@ class TrainConfig:
     ckpt_every: int = 500
     max_blur: float = 12.0            # synthetic: largest circle-of-confusion radius, pixels
     photo_prob: float = 0.8           # synthetic with photos: fraction of photo scenes (rest procedural)
+    radius_power: float = 0.5         # synthetic: a crop's largest radius is max_blur * u**radius_power (1: uniform)
+    layouts: str = "random"           # synthetic: comma-separated depth layouts, one drawn per sample
     out: str = "runs/inik"
 
     def __post_init__(self):
@@ -91,6 +93,13 @@ class TrainConfig:
             raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
         if not 0 <= self.photo_prob <= 1:
             raise ValueError(f"photo_prob must be in [0, 1], got {self.photo_prob}")
+        if not 0 < self.radius_power <= 16:
+            raise ValueError(f"radius_power must be in (0, 16], got {self.radius_power}")
+        from ..data.synthesizer import LAYOUTS
+        names = [n.strip() for n in self.layouts.split(",")]
+        if not set(names) <= set(LAYOUTS):
+            raise ValueError(f"layouts must be a comma-separated list of {', '.join(LAYOUTS)}, got {self.layouts!r}")
+        self.layouts = ",".join(names)
         if self.val_images < 1:
             raise ValueError(f"val_images must be >= 1, got {self.val_images}")
         network = INIKNetConfig(**self.model)  # validates the model fields early

@@ -66,7 +66,8 @@ def _synthetic(cfg: TrainConfig, held_out: bool, seed: int):
         if held_out and not photos:  # one photo: nothing to hold out
             log.warning("--data %s has one photo: validating on procedural scenes", cfg.data)
             photos = None
-    config = SyntheticConfig(size=cfg.crop, max_radius=cfg.max_blur, photo_prob=cfg.photo_prob)
+    config = SyntheticConfig(size=cfg.crop, max_radius=cfg.max_blur, photo_prob=cfg.photo_prob,
+                             radius_power=cfg.radius_power, layouts=tuple(cfg.layouts.split(",")))
     return SyntheticDefocusDataset(photos, config,
                                    length=2**62, seed=seed)
 
