@@ -23,6 +23,10 @@ Modes, measured in the same run on the same weights:
   ``torch.compile`` around the opaque IFM op.
 * ``fast-system-malloc`` (ask with ``--modes``): ``fast`` without the
   allocator setting below, to show what that setting alone is worth.
+* ``api`` (ask with ``--modes``): the model as the README's Python example
+  runs it - ``inik.INIKNet()`` as built, called on a contiguous (NCHW) tensor,
+  in a plain Python process (no allocator setting); the model changes the
+  layout inside.
 
 Every mode runs in its own fresh process, as a user would run it: the
 baseline as plain PyTorch; the fast modes on a CPU with the allocator setting
@@ -73,7 +77,7 @@ def build(mode: str, state: dict, device: torch.device) -> inik.INIKNet:
     backend = "unfused" if mode == "baseline" else "auto"
     model = inik.INIKNet(ifm_backend=backend).to(device)
     model.load_state_dict(state)
-    if mode != "baseline":
+    if mode not in ("baseline", "api"):
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -109,7 +113,7 @@ def modes_for(device: torch.device, compile_: bool) -> list[str]:
     return modes
 
 
-KNOWN_MODES = ("baseline", "fast", "fast-system-malloc", "fast-bf16", "fast-fp16", "fast-compiled",
+KNOWN_MODES = ("baseline", "api", "fast", "fast-system-malloc", "fast-bf16", "fast-fp16", "fast-compiled",
                "fast-bf16-compiled", "fast-fp16-compiled", "fast-bf16-graph", "fast-fp16-graph",
                "fast-bf16-compiled-graph", "fast-fp16-compiled-graph")
 
@@ -119,6 +123,8 @@ def inference_fn(mode: str, model, y: torch.Tensor, device: torch.device):
     if mode == "baseline":
         net = lambda x: model.forward_levels(x)[-1]  # noqa: E731
         x = y.contiguous()
+    elif mode == "api":
+        net, x = model, y.contiguous()
     else:
         if mode.endswith("compiled-graph"):  # torch.compile's own CUDA graphs
             net = torch.compile(model, mode="reduce-overhead")
@@ -162,7 +168,7 @@ def train_fn(mode: str, model, batch: torch.Tensor, target: torch.Tensor, device
     loss_fn = INIKLoss(lpips_weight=0.0).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
     net = torch.compile(model) if mode.endswith("compiled") else model
-    x = batch.contiguous() if mode == "baseline" else batch.contiguous(memory_format=torch.channels_last)
+    x = batch.contiguous() if mode in ("baseline", "api") else batch.contiguous(memory_format=torch.channels_last)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
 
     def step():
@@ -176,7 +182,7 @@ def run_one(spec: dict) -> dict:
     """Time one (task, mode) in this process; called in a fresh child process."""
     device = torch.device(spec["device"])
     mode = spec["mode"]
-    if device.type == "cpu" and mode != "baseline" and mode != "fast-system-malloc":
+    if device.type == "cpu" and mode not in ("baseline", "api", "fast-system-malloc"):
         if not keep_freed_memory():
             print("note: the allocator setting is unavailable here (not glibc)", file=sys.stderr)
     if spec.get("cudnn_benchmark"):

@@ -24,13 +24,13 @@ def _run(script, *args):
 def test_bench_model_runs_every_mode_in_its_own_process(tmp_path):
     out = tmp_path / "model.json"
     text = _run("bench_model.py", "--sizes", "32x48", "--train-size", "32", "--train-batch", "1",
-                "--reps", "1", "--modes", "baseline,fast,fast-system-malloc", "--out", str(out))
+                "--reps", "1", "--modes", "baseline,api,fast,fast-system-malloc", "--out", str(out))
     assert "every mode runs in its own process" in text
     data = json.loads(out.read_text())
     assert data["meta"]["device"] and data["meta"]["versions"]
     rows = {(r["task"], r["mode"]): r for r in data["rows"]}
     assert set(rows) == {(t, m) for t in ("infer 32x48", "train b1 32x32")
-                         for m in ("baseline", "fast", "fast-system-malloc")}
+                         for m in ("baseline", "api", "fast", "fast-system-malloc")}
     for (_, mode), r in rows.items():
         assert r["ms"] > 0 and r["peak_mb"] is not None and r["peak_mb"] >= 0
         assert r["speedup"] is not None  # the baseline runs first, so every row has its ratio
@@ -118,3 +118,17 @@ def test_bench_conv_times_every_shape_of_the_model(tmp_path):
     # "winograd" is the tile size the model's calls take for that shape
     assert all(r["winograd_ms"] == r["f4_ms" if r["tile"] == 4 else "f6_ms"] for r in rows)
     assert {r["tile"] for r in rows if r["h"] >= 64} == {4}  # F(6x6) only from 128x128 pixels up
+
+
+@pytest.mark.skipif(not _ext.is_built(), reason="the native extension is not built")
+def test_bench_threads_times_each_count_in_turns(tmp_path):
+    out = tmp_path / "threads.json"
+    text = _run("bench_threads.py", "--size", "32", "--threads", "1,2", "--rounds", "2", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["what"], r["threads"]) for r in rows] == [(w, n) for w in ("ifm forward (cpp)", "model fast path")
+                                                          for n in (1, 2)]
+    assert all(r["best_ms"] > 0 and r["median_ms"] >= r["best_ms"] for r in rows)
+    assert [r["speedup_best"] for r in rows][::2] == [1.0, 1.0] and "kernels " in text
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_threads.py"), "--what", "gpu"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--what takes ifm and/or model" in proc.stderr
