@@ -25,8 +25,8 @@ Modes, measured in the same run on the same weights:
   allocator setting below, to show what that setting alone is worth.
 * ``api`` (ask with ``--modes``): the model as the README's Python example
   runs it - ``inik.INIKNet()`` as built, called on a contiguous (NCHW) tensor,
-  in a plain Python process (no allocator setting); the model changes the
-  layout inside.
+  in a plain Python process (the script applies no setting: the model changes
+  the layout inside and applies the allocator setting below itself).
 
 Every mode runs in its own fresh process, as a user would run it: the
 baseline as plain PyTorch; the fast modes on a CPU with the allocator setting

@@ -23,8 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import inik  # noqa: E402
 from bench_ifm import _device_name, _versions, cpu_kernel_isa, make_inputs  # noqa: E402
+
+import inik  # noqa: E402
 
 
 def _time(fn) -> float:

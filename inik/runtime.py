@@ -1,6 +1,7 @@
 """Process-wide settings that make CPU inference and training faster.
 
-The command line applies them; library users opt in by calling them.
+The command line applies them, and so does the model's first forward on a CPU
+(``INIK_MALLOC=system`` opts out).
 """
 
 from __future__ import annotations

@@ -119,11 +119,11 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "a whole number of pixels; `0` means the default",
             "268435456 (2**28)", zero_is_default=True),
     Setting("INIK_MALLOC", _choice("system", "keep"), "keep",
-            "`system` leaves glibc's malloc as it is: the command line then does not make it keep freed "
-            "memory (`inik.runtime.keep_freed_memory`)",
+            "`system` leaves glibc's malloc as it is: the command line and the model's CPU forward then do "
+            "not make it keep freed memory (`inik.runtime.keep_freed_memory`)",
             "`system`, `keep`",
-            "`keep`: the command line applies the setting on Linux with glibc; library users opt in by "
-            "calling it"),
+            "`keep`: the command line and the model's first CPU forward apply the setting on Linux with "
+            "glibc"),
     Setting("INIK_NO_EXTENSION", _switch, False,
             "says the extension was left out on purpose: the command line's \"running without the compiled "
             "kernels\" note is not printed, error messages say so, and the tests that need `inik._C` skip "

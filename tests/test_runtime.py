@@ -1,4 +1,4 @@
-"""inik.runtime: the allocator setting the command line applies."""
+"""inik.runtime: the allocator setting the command line and the model's CPU forward apply."""
 
 import subprocess
 import sys
@@ -48,3 +48,27 @@ def test_keep_freed_memory_stops_page_faults():
     # INIK_MALLOC=system opts out.
     applied, faults = _faults("keep", {"INIK_MALLOC": "system"})
     assert not applied and faults > 10_000, faults
+
+
+MODEL_CHILD = r"""
+import torch, inik, inik.runtime
+model = inik.INIKNet(width=8, scales=4, atoms=3).eval()
+assert not inik.runtime._applied  # building the model changes nothing
+with torch.no_grad():
+    model(torch.rand(1, 3, 20, 28))
+print(inik.runtime._applied)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc setting (Linux only)")
+@pytest.mark.parametrize("setting, expected", [(None, "True"), ("system", "False")])
+def test_the_models_cpu_forward_applies_the_allocator_setting(setting, expected):
+    """model(y) from Python gets the command line's allocator setting (its CPU forwards
+    would otherwise pay fresh page faults); INIK_MALLOC=system opts out."""
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "INIK_MALLOC"}
+    if setting:
+        env["INIK_MALLOC"] = setting
+    out = subprocess.run([sys.executable, "-c", MODEL_CHILD], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == expected

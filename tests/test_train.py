@@ -253,9 +253,10 @@ def test_eval_matches_skimage(tmp_path):
 def test_eval_half_runs_what_deblur_half_runs(tmp_path, monkeypatch, native_bf16):
     """--half is bf16 autocast where the CPU has native bfloat16, float32 where it only
     emulates it (as `inik deblur --half`); the report records that --half was asked."""
-    import inik.loading
     from PIL import Image
     from skimage.metrics import peak_signal_noise_ratio
+
+    import inik.loading
     from inik.tiling import restore
     monkeypatch.setattr(inik.loading, "cpu_has_bf16", lambda: native_bf16)
     data = _pairs_folder(tmp_path / "data", n=2, size=40)

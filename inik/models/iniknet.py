@@ -17,6 +17,7 @@ from torch import nn
 
 from ..ops import ifm
 from ..ops.ifm import backend_names
+from ..runtime import keep_freed_memory
 from .dictionary import KINDS, Dictionary
 from .recurrent import DuplexRecurrence, UnidirectionalRecurrence
 from .unet import UNet
@@ -222,6 +223,10 @@ class INIKNet(nn.Module):
 
     def _run(self, y: torch.Tensor, all_levels: bool):
         """Outputs, mu and omega of the levels that are computed (coarse to fine)."""
+        if y.device.type == "cpu" and not torch.compiler.is_compiling():
+            # A CPU forward frees and re-allocates activations of tens of MB; without this
+            # (process-wide) allocator setting every one costs fresh page faults.
+            keep_freed_memory()  # once; INIK_MALLOC=system opts out
         # Sizes as integers (y's are multiples of 16; the same scale, 2 or 4, as scale_factor
         # gives): a graph exported with dynamic sizes keeps them exact (inik.export).
         h, w = y.shape[-2:]
