@@ -29,8 +29,9 @@ Modes, measured in the same run on the same weights:
   the layout inside and applies the allocator setting below itself).
 
 Every mode runs in its own fresh process, as a user would run it: the
-baseline as plain PyTorch; the fast modes on a CPU with the allocator setting
-``inik deblur``/``inik train`` apply (:func:`inik.runtime.keep_freed_memory`:
+baseline as plain PyTorch (``INIK_MALLOC=system``, glibc's malloc as it is); the
+fast modes on a CPU with the allocator setting that ``inik deblur``, ``inik
+train`` and the model's first CPU forward apply (:func:`inik.runtime.keep_freed_memory`:
 glibc keeps freed buffers instead of unmapping them, which removes millions of
 page faults per forward). All processes build the same weights (seed 0).
 
@@ -182,7 +183,7 @@ def run_one(spec: dict) -> dict:
     """Time one (task, mode) in this process; called in a fresh child process."""
     device = torch.device(spec["device"])
     mode = spec["mode"]
-    if device.type == "cpu" and mode not in ("baseline", "api", "fast-system-malloc"):
+    if device.type == "cpu" and mode not in ("baseline", "api", "fast-system-malloc"):  # (spawn sets INIK_MALLOC)
         if not keep_freed_memory():
             print("note: the allocator setting is unavailable here (not glibc)", file=sys.stderr)
     if spec.get("cudnn_benchmark"):
@@ -210,7 +211,10 @@ def run_one(spec: dict) -> dict:
 def spawn(spec: dict) -> dict:
     """Run :func:`run_one` in a fresh Python process and return its result."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    env = dict(os.environ)
+    if spec["mode"] in ("baseline", "fast-system-malloc"):  # plain PyTorch: glibc's malloc as it is
+        env["INIK_MALLOC"] = "system"  # (the model's CPU forward would apply the setting otherwise)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"bench_model: the {spec['task']} / {spec['mode']} process failed "
