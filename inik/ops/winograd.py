@@ -35,6 +35,7 @@ convolution too. Speed and accuracy figures, with their machines and commands:
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -89,7 +90,8 @@ if _ext.is_built():
         """Gradients of y = act(conv(P(x), w) + b + r): the input's is the full correlation
         of dy with w flipped and transposed (a Winograd convolution of dy zero-padded by one
         pixel), folded back by P's adjoint for reflect padding; the weight's is oneDNN's
-        (in dy's dtype, as autocast's convolution computes it). Both in the float32 GEMM."""
+        (in dy's dtype, as autocast's convolution computes it; on NCHW copies without AVX-512).
+        Both in the float32 GEMM."""
         from .conv import reflect_pad1_backward, reflect_pad1_forward
 
         x, weight, y = ctx.saved_tensors
@@ -107,7 +109,10 @@ if _ext.is_built():
                 gx = torch.ops.inik.conv3x3_winograd(g, w_t, None, None, "zeros", False, ctx.tile, False, ctx.isa)
         if ctx.needs_input_grad[1]:
             source, pad = (reflect_pad1_forward(x), 0) if reflect else (x, 1)
-            gw = torch.ops.aten.convolution_backward(g, source, weight.to(g.dtype), None, [1, 1], [pad, pad],
+            gs, ws = g, weight.to(g.dtype)
+            if _nchw_weight_grad(ctx.isa):  # (all three: a channels_last weight makes oneDNN's choice channels_last)
+                source, gs, ws = source.contiguous(), g.contiguous(), ws.contiguous()
+            gw = torch.ops.aten.convolution_backward(gs, source, ws, None, [1, 1], [pad, pad],
                                                      [1, 1], False, [0, 0], 1, [False, True, False])[1]
             gw = gw.to(weight.dtype)
         if ctx.needs_input_grad[2]:
@@ -116,6 +121,13 @@ if _ext.is_built():
         return gx, gw, gb, gr, None, None, None, None, None
 
     torch.library.register_autograd("inik::conv3x3_winograd", _backward, setup_context=_setup_context)
+
+
+@functools.lru_cache(maxsize=None)
+def _nchw_weight_grad(isa_name: str) -> bool:
+    """Whether the weight gradient runs on NCHW copies: on CPUs without AVX-512, oneDNN's
+    channels_last weight gradient is slower than its NCHW one with both conversions."""
+    return torch.ops.inik.conv3x3_winograd_isa(isa_name) in ("avx2", "generic")
 
 
 def isa() -> str:
