@@ -373,13 +373,16 @@ def test_model_with_winograd_compiles_fullgraph(monkeypatch, env):
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("nchw_weight_grad", [False, True])
 @pytest.mark.parametrize("tile", winograd.TILES)
 @pytest.mark.parametrize("shape", [(2, 16, 16, 9, 13), (1, 64, 32, 20, 17), (1, 32, 64, 5, 4), (1, 16, 16, 2, 3)])
-def test_training_convolution_gradients_match_onednn(shape, tile, monkeypatch):
+def test_training_convolution_gradients_match_onednn(shape, tile, nchw_weight_grad, monkeypatch):
     """float32 CPU training: forward and input gradient by Winograd (either tile size),
-    weight gradient by oneDNN; all three against the plain path (INIK_WINOGRAD=0)."""
+    weight gradient by oneDNN (channels_last, or on NCHW copies as without AVX-512); all
+    three against the plain path (INIK_WINOGRAD=0)."""
     from inik.models.unet import ReflectConv2d
 
+    monkeypatch.setattr(winograd, "_nchw_weight_grad", lambda isa: nchw_weight_grad)
     monkeypatch.setenv("INIK_WINOGRAD_TILE", str(tile))
     b, ci, co, h, w = shape
     torch.manual_seed(0)
