@@ -3,8 +3,14 @@ that built it: GCC 11 (the oldest with the per-instruction-set kernels: AVX2 and
 AVX-512 without the AVX512-BF16 GEMM) and a cross compiler for aarch64 (ARM64: the
 generic kernels at NEON's width, no x86 code). Compile-only, like the nvcc check;
 each compiler is skipped where it is not installed (Debian: ``g++-11``,
-``g++-aarch64-linux-gnu``)."""
+``g++-aarch64-linux-gnu``).
 
+The IFM kernels also run outside torch (``tests/ifm_cpu_standalone.cpp``: forward
+and backward against a scalar reference): built with this machine's C++ compiler at
+each vector width it can run, and for aarch64, run under ``qemu-aarch64`` (Debian:
+``qemu-user``), where both are installed."""
+
+import platform
 import shutil
 import subprocess
 import sysconfig
@@ -47,3 +53,48 @@ def test_cpu_sources_compile(compiler, tmp_path):
 
     assert all(built(name) for name in must), f"{compiler}: missing {[n for n in must if not built(n)]}"
     assert not any(built(name) for name in must_not), f"{compiler}: built {[n for n in must_not if built(n)]}"
+
+
+def _cpu_flags():
+    try:
+        return Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return []
+
+
+# vector widths of the standalone IFM check on this machine: compiler flags, and the CPU flag it needs
+WIDTHS = {"16 bytes (baseline, NEON's width)": ([], None), "32 bytes (AVX2)": (["-mavx2", "-mfma"], "avx2"),
+          "64 bytes (AVX-512)": (["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"], "avx512f")}
+
+
+def _build_standalone(compiler, flags, out):
+    cmd = [compiler, "-std=c++17", "-O2", "-Wno-psabi", *flags, f"-I{CSRC}",
+           str(ROOT / "tests" / "ifm_cpu_standalone.cpp"), "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr[-4000:]}"
+
+
+@pytest.mark.parametrize("width", sorted(WIDTHS))
+def test_ifm_kernels_outside_torch(width, tmp_path):
+    """The IFM kernel templates on plain arrays match the scalar reference here."""
+    flags, cpu_flag = WIDTHS[width]
+    if platform.machine() not in ("x86_64", "AMD64") and flags:
+        pytest.skip("an x86 width")
+    if cpu_flag and cpu_flag not in _cpu_flags():
+        pytest.skip(f"this CPU has no {cpu_flag}")
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    _build_standalone(compiler, [*flags, *([f"-DINIK_STANDALONE_BYTES={width.split()[0]}"])], tmp_path / "ifm")
+    proc = subprocess.run([str(tmp_path / "ifm")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok "), proc.stdout
+
+
+def test_ifm_kernels_on_aarch64_under_qemu(tmp_path):
+    """The same check built for ARM64 (the generic kernels at NEON's width) and run by qemu."""
+    compiler, qemu = shutil.which("aarch64-linux-gnu-g++"), shutil.which("qemu-aarch64")
+    if compiler is None or qemu is None:
+        pytest.skip("needs aarch64-linux-gnu-g++ and qemu-aarch64")
+    _build_standalone(compiler, ["-static"], tmp_path / "ifm_arm")
+    proc = subprocess.run([qemu, str(tmp_path / "ifm_arm")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok "), proc.stdout + proc.stderr
