@@ -39,6 +39,13 @@ Training step: batch 4, 256x256 crops (``--train-size``), forward over the three
 levels, the paper's loss without LPIPS (its AlexNet weights are not available
 offline; MSE + 0.1 frequency), backward, Adam step.
 
+Each row's rate: the work of one call as the fast path does it, counted in
+PyTorch's operators on meta tensors (``torch.utils.flop_counter``; the
+convolutions as direct ones, the IFM as its per-scale convolutions, the finest
+level's only at inference) over the mode's time - the same work for every mode,
+so Winograd's saving shows as a rate above the machine's - and that rate
+against a 2048x2048 float32 matmul timed in the same run ("of sgemm").
+
 Prints median times, speed-ups over ``baseline`` from the same run, peak extra
 memory (CPU: the process's peak resident set minus its size before the first
 call; GPU: max allocated), device and versions; writes CSV or JSON with ``--out``.
@@ -60,7 +67,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_ifm import _device_name, _rss_bytes, _sync, _versions, measure  # noqa: E402
+from bench_ifm import _device_name, _rss_bytes, _sync, _versions, measure, sgemm_flops  # noqa: E402
 
 import inik  # noqa: E402
 from inik.losses import INIKLoss  # noqa: E402
@@ -208,6 +215,23 @@ def run_one(spec: dict) -> dict:
     return {"ms": ms, "peak_mb": None if mb is None else round(mb, 1)}
 
 
+def work_flops(spec: dict) -> float:
+    """The FLOPs of one call of ``spec``'s task as the fast path does it (see the module doc)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from inik.ops.paths import plain_ops
+    model = inik.INIKNet().to("meta")
+    with plain_ops(), FlopCounterMode(display=False) as counter:
+        if spec["task"] == "infer":
+            with torch.no_grad():
+                model._run(torch.empty(1, 3, -(-spec["h"] // 16) * 16, -(-spec["w"] // 16) * 16, device="meta"),
+                           all_levels=False)
+        else:
+            x = torch.empty(spec["batch"], 3, spec["size"], spec["size"], device="meta")
+            sum(level[0].square().mean() for level in model._run(x, all_levels=True)).backward()
+    return float(counter.get_total_flops())
+
+
 def spawn(spec: dict) -> dict:
     """Run :func:`run_one` in a fresh Python process and return its result."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
@@ -255,6 +279,8 @@ def main(argv=None) -> int:
           f"IFM backend of the fast path: {inik.ops.resolve_backend(device)}\n"
           f"3x3 convolutions of the fast path at inference: {conv}\n"
           f"threads: {torch.get_num_threads()}; every mode runs in its own process", flush=True)
+    sgemm = sgemm_flops(device, torch.float32)
+    print(f"sgemm (2048x2048 float32 matmul) here: {sgemm / 1e9:.1f} GFLOP/s", flush=True)
     rows = []
     base_spec = {"device": str(device), "reps": args.reps, "min_ms": args.min_ms,
                  "cudnn_benchmark": args.cudnn_benchmark}
@@ -266,16 +292,19 @@ def main(argv=None) -> int:
             res = spawn({**base_spec, **spec, "mode": mode})
         except RuntimeError as e:  # one broken mode must not hide the others' results
             print(f"{task:<24} {mode:<22} FAILED: {e}", flush=True)
-            rows.append({"task": task, "mode": mode, "ms": None, "speedup": None, "peak_mb": None})
+            rows.append({"task": task, "mode": mode, "ms": None, "speedup": None, "peak_mb": None,
+                         "GFLOP_per_s": None, "of_sgemm": None})
             return
         ms, mb = res["ms"], res["peak_mb"]
         base = ms if mode == "baseline" else next(
             (r["ms"] for r in rows if r["task"] == task and r["mode"] == "baseline"), None)
+        rate = work_flops(spec) / (ms / 1e3)
         rows.append({"task": task, "mode": mode, "ms": ms, "speedup": None if base is None else base / ms,
-                     "peak_mb": mb})
+                     "peak_mb": mb, "GFLOP_per_s": round(rate / 1e9, 1), "of_sgemm": round(rate / sgemm, 3)})
         ratio = "" if base is None else f"x{base / ms:>6.2f}"
         print(f"{task:<24} {mode:<22} {ms:>10.1f} ms  {ratio:>7}  "
-              f"peak +{'?' if mb is None else f'{mb:.0f}'} MB", flush=True)
+              f"peak +{'?' if mb is None else f'{mb:.0f}'} MB  {rate / 1e9:7.1f} GFLOP/s  {rate / sgemm:6.1%} of sgemm",
+              flush=True)
 
     for text in ([] if args.no_infer else args.sizes.split(",")):
         h, w = _size(text)
@@ -288,6 +317,7 @@ def main(argv=None) -> int:
     if args.out:
         out = Path(args.out)
         meta = {"device": _device_name(device), "versions": _versions(device), "threads": torch.get_num_threads(),
+                "sgemm_GFLOP_per_s": round(sgemm / 1e9, 1),
                 "fast_path_convolutions": conv, "cudnn_benchmark": args.cudnn_benchmark}
         if out.suffix == ".json":
             out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

@@ -31,8 +31,10 @@ def test_bench_model_runs_every_mode_in_its_own_process(tmp_path):
     rows = {(r["task"], r["mode"]): r for r in data["rows"]}
     assert set(rows) == {(t, m) for t in ("infer 32x48", "train b1 32x32")
                          for m in ("baseline", "api", "fast", "fast-system-malloc")}
+    assert data["meta"]["sgemm_GFLOP_per_s"] > 0 and "GFLOP/s" in text and "of sgemm" in text
     for (_, mode), r in rows.items():
         assert r["ms"] > 0 and r["peak_mb"] is not None and r["peak_mb"] >= 0
+        assert r["GFLOP_per_s"] > 0 and r["of_sgemm"] > 0
         assert r["speedup"] is not None  # the baseline runs first, so every row has its ratio
         if mode == "baseline":
             assert r["speedup"] == 1.0
@@ -132,3 +134,21 @@ def test_bench_threads_times_each_count_in_turns(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "bench_threads.py"), "--what", "gpu"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--what takes ifm and/or model" in proc.stderr
+
+
+def test_bench_model_counts_the_work_a_real_call_does():
+    """The rate's FLOPs, counted on meta tensors, are those of a real call of the model
+    (its PyTorch-operator path) at a size that is not a multiple of 16."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import inik
+    from inik.ops.paths import plain_ops
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_model import work_flops
+    finally:
+        sys.path.remove(str(BENCH))
+    with plain_ops(), FlopCounterMode(display=False) as counter, torch.no_grad():
+        inik.INIKNet().eval()(torch.rand(1, 3, 40, 50))
+    assert work_flops({"task": "infer", "h": 40, "w": 50}) == counter.get_total_flops() > 0
