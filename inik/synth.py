@@ -53,12 +53,11 @@ PRESETS = {
 def _layouts(text: str) -> tuple:
     import argparse
 
-    from .data.synthetic import LAYOUTS
-    names = tuple(t.strip() for t in text.split(","))
-    bad = [n for n in names if n not in LAYOUTS]
-    if bad:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(LAYOUTS)}; got {text!r}")
-    return names
+    from .data.synthetic import parse_layouts
+    try:
+        return parse_layouts(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected {exc}") from None
 
 
 def configure_parser(p) -> None:

@@ -492,3 +492,15 @@ def test_eval_radius_bins_with_a_bin_only_in_the_ssim_border(tmp_path, capsys):
                  "--radius-bins", "0,4,8", "--out", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     assert "radius 4-8 px: psnr" in out and "ssim n/a" in out
+
+
+def test_layout_names_are_parsed_one_way(capsys):
+    """inik synth --layouts and the training config read layout names with one parser."""
+    from inik.cli import main
+    from inik.data.synthetic import parse_layouts
+    assert parse_layouts(" subject,reverse ") == ("subject", "reverse")
+    with pytest.raises(ValueError, match="a comma-separated list of random, subject, .*; got 'subject,tilted'"):
+        parse_layouts("subject,tilted")
+    with pytest.raises(SystemExit):
+        main(["synth", "unused", "--count", "1", "--layouts", "tilted"])
+    assert "--layouts: expected a comma-separated list of random" in capsys.readouterr().err

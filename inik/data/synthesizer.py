@@ -22,6 +22,15 @@ MAX_SIZE = 4096
 LAYOUTS = ("random", "subject", "reverse", "slanted", "small-sharp")
 
 
+def parse_layouts(text: str) -> tuple[str, ...]:
+    """Comma-separated layout names (spaces allowed) -> a tuple of :data:`LAYOUTS`; a
+    ValueError reading "a comma-separated list of ...; got ..." otherwise."""
+    names = tuple(t.strip() for t in text.split(","))
+    if not set(names) <= set(LAYOUTS):
+        raise ValueError(f"a comma-separated list of {', '.join(LAYOUTS)}; got {text!r}")
+    return names
+
+
 @dataclass
 class SyntheticConfig:
     """Parameters of the generator (units in brackets).

@@ -71,6 +71,7 @@ from .photos import PHOTO_PARTS, select_photos, split_photos
 from .synthesizer import LAYOUTS as LAYOUTS
 from .synthesizer import MAX_SIZE as MAX_SIZE
 from .synthesizer import DefocusSample, DefocusSynthesizer, SyntheticConfig
+from .synthesizer import parse_layouts as parse_layouts
 
 __all__ = [
     "SyntheticConfig",

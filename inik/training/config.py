@@ -95,11 +95,11 @@ class TrainConfig:
             raise ValueError(f"photo_prob must be in [0, 1], got {self.photo_prob}")
         if not 0 < self.radius_power <= 16:
             raise ValueError(f"radius_power must be in (0, 16], got {self.radius_power}")
-        from ..data.synthesizer import LAYOUTS
-        names = [n.strip() for n in self.layouts.split(",")]
-        if not set(names) <= set(LAYOUTS):
-            raise ValueError(f"layouts must be a comma-separated list of {', '.join(LAYOUTS)}, got {self.layouts!r}")
-        self.layouts = ",".join(names)
+        from ..data.synthesizer import parse_layouts
+        try:
+            self.layouts = ",".join(parse_layouts(self.layouts))
+        except ValueError as exc:
+            raise ValueError(f"layouts must be {exc}") from None
         if self.val_images < 1:
             raise ValueError(f"val_images must be >= 1, got {self.val_images}")
         network = INIKNetConfig(**self.model)  # validates the model fields early
