@@ -529,7 +529,12 @@ def _tables(k: int, support: tuple, rp: int, kkp: int, device: torch.device):
     allocation of the calling thread to the graph's private pool while they warm
     up and record, and these long-lived tensors must not stay behind in it (the
     graph tree rejects that: "tensors in the cudagraph pool not tracked as outputs")."""
-    tables = _tables_cpu(k, support, rp, kkp)
+    return _on_device(_tables_cpu(k, support, rp, kkp), device)
+
+
+def _on_device(tables: dict, device: torch.device) -> dict:
+    """The CPU tensors ``tables`` copied to ``device`` (from a helper thread on a GPU:
+    see :func:`_tables`); cache the result."""
     if device.type != "cuda":
         return {name: t.to(device) for name, t in tables.items()}
     out, errors = {}, []

@@ -30,7 +30,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "adding_a_backend.md"
 HALF = (torch.float16, torch.bfloat16)
 GRADS = ("d_image", "d_mu", "d_omega", "d_atoms")
 # Backends whose CPU runs go through the Triton interpreter: slow, and wrong in bfloat16.
-INTERPRETED = {"triton"}
+INTERPRETED = {"triton", "triton2"}
 
 
 @dataclass(frozen=True)

@@ -188,6 +188,8 @@ register_backend(Backend("unfused", _ref.ifm_unfused, _ref.ifm_unfused_backward,
 register_backend("inik.ops._ext:cpp_backend", name="cpp", auto={"cpu": 20})
 register_backend("inik.ops._ext:cuda_backend", name="cuda", auto={"cuda": 20})
 register_backend("inik.kernels.ifm_triton:triton_backend", name="triton", auto={"cuda": 30})
+# the second Triton design runs when named until a GPU has timed it against the first
+register_backend("inik.kernels.ifm_triton2:triton2_backend", name="triton2")
 
 
 # ---------------------------------------------------------------- registration
