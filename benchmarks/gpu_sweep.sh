@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# The GPU checks of the Triton IFM and the whole model in one pass: Triton
-# kernels over their launch configurations (sweep_triton.py, compiled in parallel
-# first; SWEEP_ONLY picks the kernels, default the forward's variants and the
-# autotuned whole), the GPU tests, the native op's argument checks (under
-# cuda-gdb if they fail: they once crashed the process on an H200), the IFM and
-# whole-model benchmarks and a profile of the model. Logs and JSON go to
-# ${OUT:-gpu_out}. Usage: bash benchmarks/gpu_sweep.sh
-# STEPS (comma-separated, default all) picks what runs after the install, so that a
-# second call can finish what a first one's time limit cut: sweep, build, tests,
-# bench_ifm, bench_model, train_compiled, profile; e.g.
+# The GPU checks of the Triton IFM and the whole model in one pass: the offline
+# kernel report for this GPU's architecture (registers, spills), the GPU tests
+# (both Triton designs, `triton` and `triton2`, against the reference), the native
+# op's argument checks (under cuda-gdb if they fail: they once crashed the process
+# on an H200), the IFM benchmark with both Triton designs side by side (fp32 with
+# IEEE and TF32 dots, bf16), the whole-model benchmarks and a profile of the model.
+# Logs and JSON go to ${OUT:-gpu_out}. Usage: bash benchmarks/gpu_sweep.sh
+# STEPS (comma-separated) picks what runs after the install, so that a second call
+# can finish what a first one's time limit cut: report, build, tests, bench_ifm,
+# bench_model, train_compiled, profile (the default: all of these), and sweep (the
+# first design's kernels over their launch configurations, sweep_triton.py,
+# compiled in parallel first; SWEEP_ONLY picks the kernels); e.g.
 #   STEPS=build,bench_model,train_compiled bash benchmarks/gpu_sweep.sh
 set -u
-STEPS=${STEPS:-all}
+STEPS=${STEPS:-report,build,tests,bench_ifm,bench_model,train_compiled,profile}
 want() { [[ $STEPS == all || ",$STEPS," == *",$1,"* ]]; }
 OUT=${OUT:-gpu_out}; LOGS=/tmp/gpu_logs; mkdir -p "$LOGS"
 # everything also goes into one archive after each step (the device tool returns at most 8 files)
@@ -25,6 +27,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 ARCH=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
 TAIL=2 step install 60 env INIK_NO_EXTENSION=1 $PY -m pip install --no-build-isolation --no-deps --no-index -e .
+want report && TAIL=3 step kernel_report 120 $PY benchmarks/kernel_report.py --arch "sm_${ARCH/./}" --jobs 16 \
+    --kernels triton,triton2 && $PY benchmarks/kernel_report.py --arch "sm_${ARCH/./}" --jobs 16 --json \
+    > "$LOGS/kernel_report.json" 2>/dev/null
 if want sweep; then
 echo "=== sweep compile ($(date +%T))"; t0=$SECONDS
 SWEEP_ONLY=${SWEEP_ONLY:-fwd,fwd-dense,storek-dense,all}
@@ -49,15 +54,18 @@ want sweep && TAIL=${SWEEP_TAIL:-30} step sweep 120 $PY benchmarks/sweep_triton.
 want sweep && TAIL=${SWEEP_TAIL:-12} step sweep_bf16 60 $PY benchmarks/sweep_triton.py --dtype bfloat16 --only fwd,fwd-dense \
     --out "$LOGS/sweep_bf16.json"
 [[ -n $BUILD ]] && { wait $BUILD; tail -n 2 "$LOGS/build.log"; }
-want tests && TAIL=12 step tests 240 $PY -m pytest -q -p no:cacheprovider -n 8 -rs -k "not reject_bad" \
+want tests && TAIL=12 step tests 300 $PY -m pytest -q -p no:cacheprovider -n 8 -rs -k "not reject_bad" \
     tests/test_ifm_conformance.py tests/test_ifm_triton.py tests/test_ifm_cpp.py tests/test_fast_path.py
 want tests && TAIL=6 step reject_bad 60 $PY -m pytest -q -p no:cacheprovider -k reject_bad tests/test_ifm_cpp.py
 if want tests && { ! grep -q " passed" "$LOGS/reject_bad.log" || grep -q "failed\|rror" "$LOGS/reject_bad.log"; }; then
   TAIL=30 step crash_gdb 60 cuda-gdb -batch -ex run -ex bt --args $PY -c \
     "import torch, inik.ops._ext; x=[torch.randn(2,3,5,7), torch.randn(2,3,5,7), torch.randn(2,4,5,7), torch.randn(3,4,5,5)]; torch.ops.inik.ifm_native_forward(*x, [5,2,1])"
 fi
-want bench_ifm && TAIL=22 step bench_ifm_fp32 70 $PY benchmarks/bench_ifm.py --backends unfused,cuda,triton --out "$LOGS/bench_ifm_fp32.json"
-want bench_ifm && TAIL=16 step bench_ifm_bf16 50 $PY benchmarks/bench_ifm.py --dtype bfloat16 --backends unfused,triton \
+want bench_ifm && TAIL=22 step bench_ifm_fp32 120 $PY benchmarks/bench_ifm.py --backends unfused,cuda,triton,triton2 \
+    --out "$LOGS/bench_ifm_fp32.json"
+want bench_ifm && TAIL=16 step bench_ifm_tf32 90 $PY benchmarks/bench_ifm.py --tf32 --backends unfused,triton,triton2 \
+    --out "$LOGS/bench_ifm_tf32.json"
+want bench_ifm && TAIL=16 step bench_ifm_bf16 90 $PY benchmarks/bench_ifm.py --dtype bfloat16 --backends unfused,triton,triton2 \
     --out "$LOGS/bench_ifm_bf16.json"
 want bench_model && TAIL=14 step bench_model 170 $PY benchmarks/bench_model.py --sizes 640 \
     --modes baseline,fast,fast-bf16,fast-bf16-graph,fast-bf16-compiled-graph --out "$LOGS/bench_model.json"

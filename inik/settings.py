@@ -94,7 +94,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     # ---- at run time
     Setting("INIK_IFM_BACKEND", _name, "auto",
             "forces the IFM backend wherever `backend=\"auto\"` (the model, `inik.ops.ifm`)",
-            "a backend name: `reference`, `unfused`, `cpp`, `cuda`, `triton`, or one registered later",
+            "a backend name: `reference`, `unfused`, `cpp`, `cuda`, `triton`, `triton2`, or one registered later",
             "`auto`: the first available in the registry's order for the device (`inik info` lists it). "
             "An unknown name is a ValueError naming the variable; a backend that cannot run on the device "
             "is a RuntimeError saying why"),

@@ -40,8 +40,24 @@ import triton.language as tl
 
 from inik.ops.ifm import Backend
 
-from .ifm_triton import (_INTERPRET, _cfg, _channel_block, _mm, _next_pow2, _off64, _on_device, _rows,
-                         _store_channels, _strides, _tables_cpu, _taps, _tapsums, _unavailable, _up, _wide)
+from .ifm_triton import (
+    _INTERPRET,
+    _cfg,
+    _channel_block,
+    _mm,
+    _next_pow2,
+    _off64,
+    _on_device,
+    _rows,
+    _store_channels,
+    _strides,
+    _tables_cpu,
+    _taps,
+    _tapsums,
+    _unavailable,
+    _up,
+    _wide,
+)
 
 # Band budget of the image gradient's stored kernels (one batch item at a time).
 _KBUF_BYTES = 32 << 20
@@ -109,9 +125,9 @@ def _dk(dx_b, img_b, C, sd_c, si_c, dx_pix, valid, pofs, toff, CH: tl.constexpr,
 
 
 @triton.jit
-def _factor(base, chan, other, c0, CP, i, j, valid, s_c, s_h, P: tl.constexpr, F64: tl.constexpr):
+def _factor(base, chan, c0, CP, i, j, valid, s_c, s_h, P: tl.constexpr, F64: tl.constexpr):
     """(BP, P) ``base[chan[c]]`` at the tile's pixels for packed columns c0 .. c0 + P - 1
-    (zero past CP and at pixels that are not real); ``other`` is unused (symmetry of calls)."""
+    (zero past CP and at pixels that are not real)."""
     c = c0 + tl.arange(0, P)
     ch = tl.load(chan + c).to(tl.int64)
     return _up(tl.load(base + (i.to(tl.int64) * s_h + j)[:, None] + (ch * s_c)[None, :],
@@ -217,18 +233,18 @@ def _bwd2_coef_kernel(dx, img, mu, om, A, colr, coln, chalf, ctap, cring, cdu, c
     pix = _wide(i * W + j, OFF64)
     # one factor at a time (fewer live registers): dmu from omega, domega from mu
     if NEED_MU:
-        dmu = _fold(dc0, _factor(om_b, coln, colr, 0, CP, i, j, valid, so_c, so_h, P0, F64), colr, 0, m, P0,
+        dmu = _fold(dc0, _factor(om_b, coln, 0, CP, i, j, valid, so_c, so_h, P0, F64), colr, 0, m, P0,
                     USE_DOT)
         if P1 > 0:
-            dmu += _fold(dc1, _factor(om_b, coln, colr, P0, CP, i, j, valid, so_c, so_h, P1, F64), colr, P0, m,
+            dmu += _fold(dc1, _factor(om_b, coln, P0, CP, i, j, valid, so_c, so_h, P1, F64), colr, P0, m,
                          P1, USE_DOT)
         tl.store(gmu + b * R * HW + (m.to(tl.int64) * HW)[None, :] + pix[:, None],
                  dmu.to(gmu.dtype.element_ty), mask=valid[:, None] & (m < R)[None, :])
     if NEED_OM:
-        dom = _fold(dc0, _factor(mu_b, colr, coln, 0, CP, i, j, valid, sm_c, sm_h, P0, F64), coln, 0, m, P0,
+        dom = _fold(dc0, _factor(mu_b, colr, 0, CP, i, j, valid, sm_c, sm_h, P0, F64), coln, 0, m, P0,
                     USE_DOT)
         if P1 > 0:
-            dom += _fold(dc1, _factor(mu_b, colr, coln, P0, CP, i, j, valid, sm_c, sm_h, P1, F64), coln, P0, m,
+            dom += _fold(dc1, _factor(mu_b, colr, P0, CP, i, j, valid, sm_c, sm_h, P1, F64), coln, P0, m,
                          P1, USE_DOT)
         tl.store(gom + b * N * HW + (m.to(tl.int64) * HW)[None, :] + pix[:, None],
                  dom.to(gom.dtype.element_ty), mask=valid[:, None] & (m < N)[None, :])
@@ -480,7 +496,6 @@ def _coef_grads(grad, img, mu, omega, pk, A, needs):
 
 def _atoms_grad(grad, img, mu, omega, pk, A, atoms):
     B, C, H, W = grad.shape
-    forced = _FORCED.get("_bwd2_atoms_kernel")
     smallest = min((c.kwargs["TH"] * c.kwargs["TW"] for c in _ATOMS_GPU_CONFIGS), default=16)
     # sized before the autotuner picks a tile: from the smallest tile's count
     split = _atoms_split(B * triton.cdiv(H * W, smallest), pk.KKP // 16, grad.device)
@@ -529,7 +544,8 @@ def _image_grad(grad, img, mu, omega, pk, A):
                     *_strides(mu), *_strides(omega), STORE_K=True, NCB=ncb, OFF64=off64, **pk.consts())
             _launch(_bwd2_image_kernel, _tile_grid(r1 - r0, W, 1, triton.cdiv(C, ncb)), pk.f64,
                     dxp[b], kflat, pk.cdu, pk.cdv, g_image[b], C, H, W, h, dxp.shape[3], r0, r1 - r0,
-                    r0 - h, kpitch, (band + 2 * h) * kpitch, dxp.stride(1), NCB=ncb, KKP=pk.KKP, F64=pk.f64, OFF64=off64)
+                    r0 - h, kpitch, (band + 2 * h) * kpitch, dxp.stride(1),
+                    NCB=ncb, KKP=pk.KKP, F64=pk.f64, OFF64=off64)
     return g_image
 
 
