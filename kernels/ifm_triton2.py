@@ -329,7 +329,8 @@ def _bwd2_image_kernel(dx, kbuf, cdu, cdv, gimg,
 # Until a GPU times them (benchmarks/gpu_sweep.sh): rows of 32 or 64 pixels (128-byte
 # lines in fp32) and, of those, the tiles, chunks and warps that compile for sm_80 and
 # sm_90 without spills in fp32, TF32 and bf16 (benchmarks/kernel_report.py).
-_GPU_CONFIGS = [_cfg(4, 32, 32, 4, 2), _cfg(8, 32, 32, 8, 2), _cfg(4, 64, 32, 8, 2), _cfg(8, 16, 32, 4, 2)]
+_GPU_CONFIGS = [_cfg(4, 32, 32, 4, 2), _cfg(8, 32, 32, 8, 2), _cfg(4, 64, 32, 8, 2), _cfg(8, 16, 32, 4, 2),
+                _cfg(4, 16, 16, 4, 2)]  # the last: the one without spills for IEEE fp32 dots on sm_80
 _COEF_GPU_CONFIGS = [_cfg(2, 32, 16, 4, 2), _cfg(4, 32, 16, 8, 2)]
 _ATOMS_GPU_CONFIGS = [_cfg(2, 32, 32, 8, 2), _cfg(2, 32, 64, 8, 2)]
 _IMAGE_GPU_CONFIGS = [_cfg(8, 32, 32, 8, 2), _cfg(4, 32, 32, 4, 2), _cfg(8, 16, 32, 4, 2)]
