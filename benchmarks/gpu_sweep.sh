@@ -9,8 +9,9 @@
 # STEPS (comma-separated) picks what runs after the install, so that a second call
 # can finish what a first one's time limit cut: report, build, tests, bench_ifm,
 # bench_model, train_compiled, profile (the default: all of these), and sweep (the
-# first design's kernels over their launch configurations, sweep_triton.py,
-# compiled in parallel first; SWEEP_ONLY picks the kernels); e.g.
+# kernels over their launch configurations, sweep_triton.py, compiled in parallel
+# first; SWEEP_ONLY picks the jobs, default the second design's kernels and both
+# designs' autotuned backward); e.g.
 #   STEPS=build,bench_model,train_compiled bash benchmarks/gpu_sweep.sh
 set -u
 STEPS=${STEPS:-report,build,tests,bench_ifm,bench_model,train_compiled,profile}
@@ -32,13 +33,13 @@ want report && TAIL=3 step kernel_report 120 $PY benchmarks/kernel_report.py --a
     > "$LOGS/kernel_report.json" 2>/dev/null
 if want sweep; then
 echo "=== sweep compile ($(date +%T))"; t0=$SECONDS
-SWEEP_ONLY=${SWEEP_ONLY:-fwd,fwd-dense,storek-dense,all}
+SWEEP_ONLY=${SWEEP_ONLY:-fwd2,storek2,coef2,atoms2,image2,kbuf2,all2,all}
 for i in $(seq 0 13); do
   timeout 120 $PY benchmarks/sweep_triton.py --compile-only --only "$SWEEP_ONLY" --part "$i/14" \
     > "$LOGS/sweep_c$i.log" 2>&1 &
 done
 for i in 0 1 2 3; do  # bf16: where the dense forward's half-precision dots may pay
-  timeout 120 $PY benchmarks/sweep_triton.py --compile-only --dtype bfloat16 --only fwd,fwd-dense --part "$i/4" \
+  timeout 120 $PY benchmarks/sweep_triton.py --compile-only --dtype bfloat16 --only fwd,fwd2 --part "$i/4" \
     > "$LOGS/sweep_c1$i.log" 2>&1 &
 done
 wait; cat "$LOGS"/sweep_c*.log | grep -v "^part" | head -20 > "$LOGS/sweep_compile.log"
@@ -51,7 +52,7 @@ want build && { ( timeout 200 env TORCH_CUDA_ARCH_LIST="$ARCH" INIK_BUILD_CUDA=1
   echo "build exit $?" >> "$LOGS/build.log" ) &
 BUILD=$!; }
 want sweep && TAIL=${SWEEP_TAIL:-30} step sweep 120 $PY benchmarks/sweep_triton.py --only "$SWEEP_ONLY" --out "$LOGS/sweep.json"
-want sweep && TAIL=${SWEEP_TAIL:-12} step sweep_bf16 60 $PY benchmarks/sweep_triton.py --dtype bfloat16 --only fwd,fwd-dense \
+want sweep && TAIL=${SWEEP_TAIL:-12} step sweep_bf16 60 $PY benchmarks/sweep_triton.py --dtype bfloat16 --only fwd,fwd2 \
     --out "$LOGS/sweep_bf16.json"
 [[ -n $BUILD ]] && { wait $BUILD; tail -n 2 "$LOGS/build.log"; }
 want tests && TAIL=12 step tests 300 $PY -m pytest -q -p no:cacheprovider -n 8 -rs -k "not reject_bad" \

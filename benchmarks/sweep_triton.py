@@ -18,7 +18,10 @@ kernel's configuration forced (``ifm_triton._FORCED``) and the others at ``BASE`
 * ``coef``: the mu and omega gradients; ``atoms``: the atom gradient, varying
   its GEMM (the dk pass at BASE);
 * ``kbuf``/``dkbuf``: the image / atom gradient for several band budgets;
-* ``all``: the whole backward with the autotuned configurations.
+* ``all``: the whole backward with the autotuned configurations;
+* ``fwd2``, ``storek2``, ``coef2``, ``atoms2``, ``image2``, ``kbuf2``, ``all2``:
+  the same for the second design (``kernels/ifm_triton2.py``, backend
+  ``triton2``) over ``V2_CONFIGS``.
 
 fp32 dots are timed in IEEE ("ieee") and TF32 ("tf32") precision.
 """
@@ -41,6 +44,7 @@ import triton.testing  # noqa: E402
 from bench_ifm import DTYPES, _device_name, _versions, make_inputs  # noqa: E402
 
 import inik.kernels.ifm_triton as T  # noqa: E402
+import inik.kernels.ifm_triton2 as T2  # noqa: E402
 
 # (TH, TW, CH, num_warps, num_stages[, maxnreg])
 TILE_CONFIGS = [(8, 16, 16, 4, 2), (16, 8, 16, 4, 2), (4, 32, 16, 4, 2), (8, 16, 32, 4, 2), (8, 16, 32, 8, 2),
@@ -60,6 +64,19 @@ NEEDS = {"fwd": None, "fwd-dense": None, "storek": (True, False, False, False),
          "coef": (False, True, True, False), "atoms": (False, False, False, True)}
 
 
+# the second design, every kernel: (TH, TW, CH, num_warps, num_stages)
+V2_CONFIGS = [(4, 32, 32, 4, 2), (8, 32, 32, 8, 2), (4, 64, 32, 8, 2), (8, 16, 32, 4, 2), (4, 16, 16, 4, 2),
+              (2, 32, 32, 4, 2), (2, 32, 16, 4, 2), (4, 32, 16, 8, 2), (2, 32, 32, 8, 2), (2, 32, 64, 8, 2),
+              (8, 32, 16, 8, 2), (2, 64, 32, 8, 2)]
+# each kernel of the second design not being varied runs with its first autotuned configuration
+V2_BASE = {name: dict(c[0].kwargs, num_warps=c[0].num_warps, num_stages=c[0].num_stages)
+           for name, c in T2.KERNELS.items()}
+V2_KERNEL = {"fwd2": "_fwd2_kernel", "storek2": "_fwd2_kernel", "coef2": "_bwd2_coef_kernel",
+             "atoms2": "_bwd2_atoms_kernel", "image2": "_bwd2_image_kernel"}
+NEEDS.update({"fwd2": None, "storek2": (True, False, False, False), "image2": (True, False, False, False),
+              "coef2": (False, True, True, False), "atoms2": (False, False, False, True)})
+
+
 def _meta(cfg) -> dict:
     th, tw, ch, warps, stages, *mx = cfg
     return dict(TH=th, TW=tw, CH=ch, num_warps=warps, num_stages=stages, maxnreg=mx[0] if mx else None)
@@ -77,12 +94,60 @@ def jobs(only):
     out += [("image", "-", cfg) for cfg in TILE_CONFIGS]
     out += [("kbuf", "-", (mb,)) for mb in KBUF_MB] + [("dkbuf", "-", (mb,)) for mb in KBUF_MB]
     out += [("all", prec, ()) for prec in ("ieee", "tf32")]
+    for prec in ("ieee", "tf32"):
+        for cfg in V2_CONFIGS:
+            out += [("fwd2", prec, cfg), ("storek2", prec, cfg), ("coef2", prec, cfg), ("atoms2", prec, cfg)]
+    out += [("image2", "-", cfg) for cfg in V2_CONFIGS] + [("kbuf2", "-", (mb,)) for mb in KBUF_MB]
+    out += [("all2", prec, ()) for prec in ("ieee", "tf32")]
     return [j for j in out if not only or j[0] in only]
+
+
+def _runner(module, forward, backward, forced, budget, needs, prec, tensors, support, grad):
+    """A callable running ``module``'s host code with launch configurations ``forced``
+    and band budget ``budget``; the forward for ``needs`` None, else the backward."""
+    def run():
+        saved = dict(module._FORCED), module._KBUF_BYTES, torch.get_float32_matmul_precision()
+        module._FORCED.clear()
+        module._FORCED.update(forced)
+        module._KBUF_BYTES = budget
+        torch.set_float32_matmul_precision("highest" if prec in ("ieee", "-") else "high")
+        try:
+            if needs is None:
+                return forward(*tensors, support)
+            return backward(grad, *tensors, support, needs)
+        finally:
+            module._FORCED.clear()
+            module._FORCED.update(saved[0])
+            module._KBUF_BYTES = saved[1]
+            torch.set_float32_matmul_precision(saved[2])
+    return run
+
+
+def make_runner2(kernel, prec, cfg, tensors, support, grad):
+    """:func:`make_runner` for the second design's jobs."""
+    forced = {name: dict(meta) for name, meta in V2_BASE.items()}
+    budget, needs = T2._KBUF_BYTES, NEEDS.get(kernel)
+    if kernel in V2_KERNEL:
+        meta = _meta(cfg)
+        meta.pop("maxnreg")
+        if T2._Packing(tensors[3], support).KKP % meta["CH"]:
+            raise ValueError(f"a chunk of {meta} does not divide the padded tap count")
+        forced[V2_KERNEL[kernel]] = meta
+    elif kernel == "kbuf2":
+        budget, needs = cfg[0] << 20, (True, False, False, False)
+    elif kernel == "all2":
+        forced, needs = {}, (True, True, True, True)
+    else:
+        raise ValueError(kernel)
+    return _runner(T2, T2.ifm_triton2, T2.ifm_triton2_backward, forced, budget, needs, prec, tensors, support,
+                   grad)
 
 
 def make_runner(kernel, prec, cfg, tensors, support, grad):
     """A callable running the module's own host code with ``kernel``'s launch
     configuration forced to ``cfg`` (the others at BASE), or with a band budget."""
+    if kernel.endswith("2"):
+        return make_runner2(kernel, prec, cfg, tensors, support, grad)
     image, mu, omega, atoms = tensors
     forced = {"_fwd_kernel": _meta(BASE), "_bwd_coef_kernel": _meta(BASE), "_bwd_image_kernel": _meta(BASE)}
     budget = T._KBUF_BYTES
@@ -109,23 +174,7 @@ def make_runner(kernel, prec, cfg, tensors, support, grad):
     for meta in forced.values():
         if kkp % meta.get("CH", meta.get("CHN", 1)):
             raise ValueError(f"a chunk of {meta} does not divide the padded tap count {kkp}")
-
-    def run():
-        saved = dict(T._FORCED), T._KBUF_BYTES, torch.get_float32_matmul_precision()
-        T._FORCED.clear()
-        T._FORCED.update(forced)
-        T._KBUF_BYTES = budget
-        torch.set_float32_matmul_precision("highest" if prec in ("ieee", "-") else "high")
-        try:
-            if needs is None:
-                return T.ifm_triton(image, mu, omega, atoms, support)
-            return T.ifm_triton_backward(grad, image, mu, omega, atoms, support, needs)
-        finally:
-            T._FORCED.clear()
-            T._FORCED.update(saved[0])
-            T._KBUF_BYTES = saved[1]
-            torch.set_float32_matmul_precision(saved[2])
-    return run
+    return _runner(T, T.ifm_triton, T.ifm_triton_backward, forced, budget, needs, prec, tensors, support, grad)
 
 
 def main(argv=None) -> int:
@@ -148,6 +197,7 @@ def main(argv=None) -> int:
         p.error("--device cpu only runs with --compile-only (under TRITON_INTERPRET=1): nothing to time")
     if device.type != "cuda":  # pad the taps as on a GPU, so every config's chunk divides them
         T._FIXED = {**T._FIXED, "CH": T._CH_MAX}
+        T2._FIXED = {**T2._FIXED, "CH": T2._CH_MAX}
         TILE_CONFIGS[:] = [c[:5] for c in TILE_CONFIGS]  # maxnreg is a GPU compile option
     dtype = DTYPES[args.dtype]
     tensors, support = make_inputs(args.size, 1, 3, dtype, device)
