@@ -685,7 +685,9 @@ def _image_grad(grad, img, mu, omega, plan: _Plan):
     kpitch = W + 2 * h
     band = max(plan.K, _KBUF_BYTES // (B * plan.KKP * kpitch * plan.acc_bytes) - 2 * h)
     band = min(band, H)
-    # zeroed once: the halo columns and the rows outside the image are never written
+    # zeroed once: the halo columns are never written; the rows below the image are
+    # zeroed before the last band (a NaN kept there from the band before would reach
+    # real pixels through 0 * NaN)
     kbuf = torch.zeros((B, plan.KKP, band + 2 * h, kpitch), dtype=plan.acc_dtype, device=grad.device)
     kplane = (band + 2 * h) * kpitch
     off64 = _off64(dxp[0].numel(), plan.KKP * kplane, H * W)
@@ -693,6 +695,7 @@ def _image_grad(grad, img, mu, omega, plan: _Plan):
     for r0 in range(0, H, band):
         r1 = min(H, r0 + band)
         k0, k1 = max(0, r0 - h), min(H, r1 + h)
+        kbuf[:, :, k1 - (r0 - h):].zero_()  # buffer row t holds image row r0 - h + t
         _launch(_fwd_kernel, _fwd_tuned, _tile_grid(k1 - k0, W, B), plan.f64,
                 img, mu, omega, plan.A, plan.perm, plan.hs, plan.cdu, plan.cdv, plan.cring,
                 g_image, kbuf, C, H, W, plan.R, plan.N, plan.KK, h, img.shape[3], k0, k1 - k0,

@@ -19,10 +19,10 @@ by ring, scales by support, largest first); what changes:
   would miss changes made through ``.data``, as gradcheck makes them).
 * **No whole-image buffers in the backward.** The atom gradient recomputes
   ``dk`` per program from the image and dy and accumulates ``coef^T @ dk`` into
-  a fixed number of fp32 partials (grid axis 0), summed in a fixed order
-  (deterministic); the mu/omega gradient keeps ``dcoef`` in registers and folds
+  a fixed number of fp32 partials (grid axis 0), summed in a fixed order with
+  one launch configuration (deterministic); the mu/omega gradient keeps ``dcoef`` in registers and folds
   it by two small dots; the image gradient gathers the kernels of a band of at
-  most ``_KBUF_BYTES`` (sized to stay in an H100's L2), one batch item at a time.
+  about ``_KBUF_BYTES`` (sized to stay in an H100's L2), one batch item at a time.
 
 Half inputs use tensor-core dots in their dtype, fp32 follows
 ``torch.get_float32_matmul_precision()`` (IEEE or TF32), fp64 sums without dots,
@@ -187,7 +187,7 @@ def _fwd2_kernel(img, mu, om, A, colr, coln, chalf, ctap, cring, cdu, cdv, cneed
             acc0, acc1, acc2, acc3 = _tapsums(img_b, c0, C, si_c, pofs, toff, kc, acc0, acc1, acc2, acc3,
                                               NCB, F64, OFF64)
     if not STORE_K:
-        HW = H * W
+        HW = _wide(H, OFF64) * W
         o = out + b * C * HW
         _store_channels(o, c0, C, HW, _wide(i * W + j, OFF64), valid, acc0, acc1, acc2, acc3, NCB)
 
@@ -229,7 +229,7 @@ def _bwd2_coef_kernel(dx, img, mu, om, A, colr, coln, chalf, ctap, cring, cdu, c
                 a1 = _apiece(A, colr, coln, chalf, ctap, cring, P0, cols, N, KK, P1)
                 dc1 += _mm(dk.to(a1.dtype), tl.trans(a1), USE_DOT, PREC)
     m = tl.arange(0, MP)
-    HW = H * W
+    HW = _wide(H, OFF64) * W
     pix = _wide(i * W + j, OFF64)
     # one factor at a time (fewer live registers): dmu from omega, domega from mu
     if NEED_MU:
@@ -320,19 +320,21 @@ def _bwd2_image_kernel(dx, kbuf, cdu, cdv, gimg,
         kq = _up(tl.load(kbuf + kofs[:, None] + ktoff[None, :]), F64)
         acc0, acc1, acc2, acc3 = _tapsums(dx, c0, C, sd_c, pofs, toff, kq, acc0, acc1, acc2, acc3,
                                           NCB, F64, OFF64)
-    HW = H * W
+    HW = _wide(H, OFF64) * W
     _store_channels(gimg, c0, C, HW, _wide(i * W + j, OFF64), valid, acc0, acc1, acc2, acc3, NCB)
 
 
 # ---------------------------------------------------------------- configurations
 
-# Until a GPU times them (benchmarks/gpu_sweep.sh): rows of 32 or 64 pixels (128-byte
-# lines in fp32) and, of those, the tiles, chunks and warps that compile for sm_80 and
+# Until a GPU times them (benchmarks/gpu_sweep.sh): rows of 16 to 64 pixels (64- to
+# 256-byte lines in fp32) and, of those, the tiles, chunks and warps that compile for sm_80 and
 # sm_90 without spills in fp32, TF32 and bf16 (benchmarks/kernel_report.py).
 _GPU_CONFIGS = [_cfg(4, 32, 32, 4, 2), _cfg(8, 32, 32, 8, 2), _cfg(4, 64, 32, 8, 2), _cfg(8, 16, 32, 4, 2),
                 _cfg(4, 16, 16, 4, 2)]  # the last: the one without spills for IEEE fp32 dots on sm_80
 _COEF_GPU_CONFIGS = [_cfg(2, 32, 16, 4, 2), _cfg(4, 32, 16, 8, 2)]
-_ATOMS_GPU_CONFIGS = [_cfg(2, 32, 32, 8, 2), _cfg(2, 32, 64, 8, 2)]
+# the atom gradient has one configuration, not autotuned: the tiles each partial sums,
+# hence the bits of the result, must not depend on which configuration won a timing
+_ATOMS_GPU_CONFIGS = [_cfg(2, 32, 32, 8, 2)]
 _IMAGE_GPU_CONFIGS = [_cfg(8, 32, 32, 8, 2), _cfg(4, 32, 32, 4, 2), _cfg(8, 16, 32, 4, 2)]
 _FIXED = {"TH": 4, "TW": 4, "CH": 16}
 _FIXED_GPU_F64 = {"TH": 4, "TW": 8, "CH": 16}
@@ -354,7 +356,6 @@ else:
     _TUNED = {
         "_fwd2_kernel": _tuned(_fwd2_kernel, _GPU_CONFIGS, ("C", "CP", "STORE_K", "OFF64")),
         "_bwd2_coef_kernel": _tuned(_bwd2_coef_kernel, _COEF_GPU_CONFIGS, ("C", "CP", "NEED_MU", "NEED_OM", "OFF64")),
-        "_bwd2_atoms_kernel": _tuned(_bwd2_atoms_kernel, _ATOMS_GPU_CONFIGS, ("C", "CP", "OFF64")),
         "_bwd2_image_kernel": _tuned(_bwd2_image_kernel, _IMAGE_GPU_CONFIGS, ("C", "KKP", "OFF64")),
     }
 
@@ -363,8 +364,13 @@ def _launch(kernel, grid, f64, *args, **kwargs):
     """``kernel`` with a forced configuration, the fixed one (interpreter, fp64) or autotuned."""
     name = kernel.__name__
     forced = _FORCED.get(name)
+    if forced is not None and kwargs["KKP"] % forced["CH"]:
+        raise ValueError(f"{name}: CH={forced['CH']} does not divide the padded tap count {kwargs['KKP']}")
     if forced is not None:
         kernel[grid(forced)](*args, **kwargs, **forced)
+    elif name == "_bwd2_atoms_kernel" and not (f64 or _INTERPRET):
+        cfg = _ATOMS_GPU_CONFIGS[0]
+        kernel[grid(cfg.kwargs)](*args, **kwargs, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif name not in _TUNED or f64:
         meta = _FIXED_GPU_F64 if (f64 and not _INTERPRET) else _FIXED
         kernel[grid(meta)](*args, **kwargs, **meta, num_warps=4)
@@ -518,8 +524,9 @@ def _atoms_grad(grad, img, mu, omega, pk, A, atoms):
 
 def _image_grad(grad, img, mu, omega, pk, A):
     """The image gradient, one batch item and one band of rows at a time: the band's
-    kernels plus a K//2 halo into a zero-bordered buffer of at most ``_KBUF_BYTES``
-    (``_fwd2_kernel(STORE_K)``), then the gather against the zero-bordered dx."""
+    kernels plus a K//2 halo into a zero-bordered buffer of about ``_KBUF_BYTES`` (a
+    band holds at least K rows) (``_fwd2_kernel(STORE_K)``), then the gather against
+    the zero-bordered dx."""
     B, C, H, W = grad.shape
     h = pk.half
     dxp = _bordered(grad, h)
@@ -528,16 +535,20 @@ def _image_grad(grad, img, mu, omega, pk, A):
     row_bytes = pk.KKP * kpitch * (8 if pk.f64 else 4)
     band = min(H, max(pk.K, _KBUF_BYTES // row_bytes - 2 * h))
     kn = pk.KKP * (band + 2 * h) * kpitch
-    # zeroed once: the halo columns and the rows outside the image are never written;
-    # the slack takes the reads of tiles past the band
+    # zeroed once: the halo columns are never written; the rows outside the image are
+    # zeroed before each band that has them (a NaN kept there from the band before would
+    # reach real pixels through 0 * NaN); the slack takes the reads of tiles past the band
     kflat = torch.zeros(kn + (_TILE_MAX + 2 * h + 1) * (kpitch + _TILE_MAX), dtype=pk.acc_dtype,
                         device=grad.device)
+    rows = kflat[:kn].view(pk.KKP, band + 2 * h, kpitch)
     ncb = _channel_block(C)
     off64 = _off64(dxp.numel() + dxp[0].numel(), kflat.numel(), g_image.numel(), img.numel() + img[0].numel())
     for b in range(B):
         for r0 in range(0, H, band):
             r1 = min(H, r0 + band)
             k0, k1 = max(0, r0 - h), min(H, r1 + h)
+            rows[:, :k0 - (r0 - h)].zero_()  # buffer row t holds image row r0 - h + t
+            rows[:, k1 - (r0 - h):].zero_()
             _launch(_fwd2_kernel, _tile_grid(k1 - k0, W, 1, 1), pk.f64,
                     img[b:b + 1], mu[b:b + 1], omega[b:b + 1], A, *pk.gather, pk.cdu, pk.cdv, pk.cneed,
                     g_image, kflat, C, H, W, pk.N, pk.KK, pk.CP, h, img.shape[3], k0, k1 - k0,

@@ -71,6 +71,19 @@ def test_gradients_in_several_bands(monkeypatch):
     _assert_matches_reference(xs, support)
 
 
+def test_image_gradient_keeps_a_nan_where_it_belongs(monkeypatch):
+    """Bands of 5 rows: a NaN in one pixel's kernel reaches the image gradient only at
+    the pixels its window covers, as in the reference (the last band's rows below the
+    image are cleared, not left from the band before)."""
+    monkeypatch.setattr(ifm_triton, "_KBUF_BYTES", 1)
+    xs, support = _inputs((2, 1, 13, 4, 2, 3, 5, [5, 3]))
+    xs[1][0, 0, 8, 1] = float("nan")
+    grad_out = torch.randn_like(xs[0])
+    got = run_grads("triton", xs, support, grad_out, needs=(True, False, False, False))[1][0]
+    want = run_grads("reference", xs, support, grad_out, needs=(True, False, False, False))[1][0]
+    assert torch.equal(got.isnan(), want.isnan()), (got.isnan().nonzero(), want.isnan().nonzero())
+
+
 def test_64bit_offset_path(monkeypatch):
     """The int64 offset variant (chosen when a buffer passes 2**31 elements, which
     the interpreter cannot reach) computes the same numbers."""

@@ -1,5 +1,5 @@
 """What is specific to the second Triton design (``backend="triton2"``): the packed
-coefficient columns and their second dot, the cached packed atoms, bands of the
+coefficient columns and their second dot, atoms read in place, bands of the
 image gradient, forced configurations, 64-bit offsets, a deterministic atom
 gradient, and the offline kernel report. Forward, gradients, dtypes, strides,
 gradcheck, opcheck and torch.compile are checked by tests/test_ifm_conformance.py.
@@ -89,6 +89,26 @@ def test_image_gradient_in_several_bands(monkeypatch):
     monkeypatch.setattr(t2, "_KBUF_BYTES", 1)
     xs, support = _inputs((2, 2, 13, 4, 2, 3, 5, [5, 3]))
     _assert_matches_reference(xs, support)
+
+
+def test_image_gradient_keeps_a_nan_where_it_belongs(monkeypatch):
+    """Bands of 5 rows, two batch items: a NaN in one pixel's kernel reaches the image
+    gradient only at the pixels its window covers, as in the reference (the band
+    buffer's rows outside the image are cleared, not left from the band before)."""
+    monkeypatch.setattr(t2, "_KBUF_BYTES", 1)
+    xs, support = _inputs((2, 1, 13, 4, 2, 3, 5, [5, 3]))
+    xs[1][0, 0, 8, 1] = float("nan")
+    grad_out = torch.randn_like(xs[0])
+    got = run_grads("triton2", xs, support, grad_out, needs=(True, False, False, False))[1][0]
+    want = run_grads("reference", xs, support, grad_out, needs=(True, False, False, False))[1][0]
+    assert torch.equal(got.isnan(), want.isnan()), (got.isnan().nonzero(), want.isnan().nonzero())
+
+
+def test_forced_chunk_must_divide_the_taps(monkeypatch):
+    monkeypatch.setattr(t2, "_FORCED", {"_bwd2_atoms_kernel": dict(TH=2, TW=8, CH=32, num_warps=4)})
+    xs, support = _inputs((1, 1, 4, 4, 1, 2, 3, [3]))  # K=3: 9 taps padded to 16
+    with pytest.raises(ValueError, match="CH=32 does not divide the padded tap count 16"):
+        run_grads("triton2", xs, support, torch.ones_like(xs[0]))
 
 
 def test_64bit_offset_path(monkeypatch):
