@@ -13,6 +13,9 @@
 # first; SWEEP_ONLY picks the jobs, default the second design's kernels and both
 # designs' autotuned backward); e.g.
 #   STEPS=build,bench_model,train_compiled bash benchmarks/gpu_sweep.sh
+# All steps take longer than one 10-minute command; two calls fit: first
+# STEPS=report,tests,bench_ifm (the Triton designs), then
+# STEPS=build,bench_model,train_compiled,profile (the whole model).
 set -u
 STEPS=${STEPS:-report,build,tests,bench_ifm,bench_model,train_compiled,profile}
 want() { [[ $STEPS == all || ",$STEPS," == *",$1,"* ]]; }
