@@ -431,7 +431,7 @@ def test_double_backward_is_a_clear_error(target):
 
 def test_registry_declares_the_package_backends():
     assert IFM.BACKEND_NAMES == backend_names() == inik.ops.BACKEND_NAMES == (
-        "reference", "unfused", "cpp", "cuda", "triton")
+        "reference", "unfused", "cpp", "cuda", "triton", "triton2")
     assert auto_order("cpu") == ["cpp", "reference"]
     assert auto_order("cuda") == ["triton", "cuda", "reference"]
     assert auto_order("meta") == ["reference"]  # "unfused" is never picked by "auto"
