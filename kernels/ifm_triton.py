@@ -181,6 +181,58 @@ def _store_channels(base, c0, C, HW, pix, valid, acc0, acc1, acc2, acc3, NCB: tl
         _store_channel(base, c0 + 3, C, HW, pix, valid, acc3)
 
 
+
+@triton.jit
+def _zeros(BP: tl.constexpr, F64: tl.constexpr):
+    """(BP,) accumulator of zeros, fp64 or fp32."""
+    if F64:
+        z = tl.zeros((BP,), dtype=tl.float64)
+    else:
+        z = tl.zeros((BP,), dtype=tl.float32)
+    return z
+
+
+@triton.jit
+def _dk(dx_b, img_b, C, sd_c, si_c, dx_pix, valid, pofs, toff, CH: tl.constexpr, BP: tl.constexpr,
+        F64: tl.constexpr):
+    """(BP, CH) ``dk[p, t] = sum_c dx[c, p] * image[c, p + tap t]`` from the zero-padded
+    image (zero at pixels that are not real; channel planes by pointer steps, so no
+    integer overflow)."""
+    if F64:
+        dk = tl.zeros((BP, CH), dtype=tl.float64)
+    else:
+        dk = tl.zeros((BP, CH), dtype=tl.float32)
+    dx_c = dx_b
+    img_c = img_b
+    for _ in range(0, C):
+        dxc = _up(tl.load(dx_c + dx_pix, mask=valid, other=0.0), F64)
+        dk += _up(tl.load(img_c + pofs[:, None] + toff[None, :]), F64) * dxc[:, None]
+        dx_c += sd_c
+        img_c += si_c
+    return dk
+
+
+@triton.jit
+def _gather_image(dx, kbuf, cdu, cdv, c0, C, sd_c, pofs, kofs, Wp, kpitch, kplane,
+                  NCB: tl.constexpr, KKP: tl.constexpr, CH: tl.constexpr, BP: tl.constexpr,
+                  F64: tl.constexpr, OFF64: tl.constexpr):
+    """The image gradient's NCB channel accumulators at pixels ``pofs`` (in the zero-padded
+    dx) / ``kofs`` (in the band buffer): ``sum_taps k[p - tap, tap] * dx[p - tap]``."""
+    acc0 = _zeros(BP, F64)
+    acc1 = acc0
+    acc2 = acc0
+    acc3 = acc0
+    for k0 in range(0, KKP, CH):
+        cols = k0 + tl.arange(0, CH)
+        # pixel q = p - tap uses tap `col` of its kernel on p
+        toff = -_taps(cdu, cdv, cols, Wp, OFF64)
+        ktoff = _wide(cols, OFF64) * kplane - _taps(cdu, cdv, cols, kpitch, OFF64)
+        kq = _up(tl.load(kbuf + kofs[:, None] + ktoff[None, :]), F64)
+        acc0, acc1, acc2, acc3 = _tapsums(dx, c0, C, sd_c, pofs, toff, kq, acc0, acc1, acc2, acc3,
+                                          NCB, F64, OFF64)
+    return acc0, acc1, acc2, acc3
+
+
 # ---------------------------------------------------------------- kernels
 # mu and omega are read through (batch, channel, row) strides with unit column
 # stride; the image (forward) and dx (image gradient) are zero-padded copies made
@@ -205,10 +257,7 @@ def _fwd_kernel(img, mu, om, A, perm, hs, cdu, cdv, cring, out, kbuf,
     om_t = _planes(om + b * so_b, nn, N, i, j, valid, so_c, so_h, F64)
     halves = tl.load(hs + tl.arange(0, RP))
     pofs = _wide((ic + HALF) * Wp + jc + HALF, OFF64)
-    if F64:
-        acc0 = tl.zeros((TH * TW,), dtype=tl.float64)
-    else:
-        acc0 = tl.zeros((TH * TW,), dtype=tl.float32)
+    acc0 = _zeros(TH * TW, F64)
     acc1 = acc0
     acc2 = acc0
     acc3 = acc0
@@ -293,18 +342,7 @@ def _bwd_coef_kernel(dx, img, mu, om, A, perm, hs, cdu, cdv, cring, gmu, gom, dk
     for k0 in range(0, KKP, CH):
         cols = k0 + tl.arange(0, CH)
         toff = _taps(cdu, cdv, cols, Wp, OFF64)
-        if F64:
-            dk = tl.zeros((TH * TW, CH), dtype=tl.float64)
-        else:
-            dk = tl.zeros((TH * TW, CH), dtype=tl.float32)
-        dx_c = dx_b  # channel c's planes (pointer steps: no integer overflow)
-        img_c = img_b
-        for _ in range(0, C):
-            dxc = _up(tl.load(dx_c + dx_pix, mask=valid, other=0.0), F64)
-            v = _up(tl.load(img_c + pofs[:, None] + toff[None, :]), F64)
-            dk += v * dxc[:, None]
-            dx_c += sd_c
-            img_c += si_c
+        dk = _dk(dx_b, img_b, C, sd_c, si_c, dx_pix, valid, pofs, toff, CH, TH * TW, F64)
         if STORE_DK:
             band = nrows * W
             dst = (dkb + b * KKP * band + _wide(cols, OFF64)[None, :] * band
@@ -386,21 +424,8 @@ def _bwd_image_kernel(dx, kbuf, cdu, cdv, gimg,
     kb_b = kbuf + b * KKP * kplane
     pofs = _wide((ic + HALF) * Wp + jc + HALF, OFF64)
     kofs = _wide((ic - kbase) * kpitch + jc + HALF, OFF64)
-    if F64:
-        acc0 = tl.zeros((TH * TW,), dtype=tl.float64)
-    else:
-        acc0 = tl.zeros((TH * TW,), dtype=tl.float32)
-    acc1 = acc0
-    acc2 = acc0
-    acc3 = acc0
-    for k0 in range(0, KKP, CH):
-        cols = k0 + tl.arange(0, CH)
-        # pixel q = p - tap uses tap `col` of its kernel on p
-        toff = -_taps(cdu, cdv, cols, Wp, OFF64)
-        ktoff = _wide(cols, OFF64) * kplane - _taps(cdu, cdv, cols, kpitch, OFF64)
-        kq = _up(tl.load(kb_b + kofs[:, None] + ktoff[None, :]), F64)
-        acc0, acc1, acc2, acc3 = _tapsums(dx_b, c0, C, sd_c, pofs, toff, kq, acc0, acc1, acc2, acc3,
-                                          NCB, F64, OFF64)
+    acc0, acc1, acc2, acc3 = _gather_image(dx_b, kb_b, cdu, cdv, c0, C, sd_c, pofs, kofs, Wp, kpitch, kplane,
+                                           NCB, KKP, CH, TH * TW, F64, OFF64)
     HW = H * W
     o = gimg + b * C * HW
     pix = _wide(i * W + j, OFF64)

@@ -44,6 +44,8 @@ from .ifm_triton import (
     _INTERPRET,
     _cfg,
     _channel_block,
+    _dk,
+    _gather_image,
     _mm,
     _next_pow2,
     _off64,
@@ -57,6 +59,7 @@ from .ifm_triton import (
     _unavailable,
     _up,
     _wide,
+    _zeros,
 )
 
 # Band budget of the image gradient's stored kernels (one batch item at a time).
@@ -107,24 +110,6 @@ def _apiece(A, colr, coln, chalf, ctap, cring, c0, cols, N, KK, P: tl.constexpr)
 
 
 @triton.jit
-def _dk(dx_b, img_b, C, sd_c, si_c, dx_pix, valid, pofs, toff, CH: tl.constexpr, BP: tl.constexpr,
-        F64: tl.constexpr):
-    """(BP, CH) ``dk[p, t] = sum_c dx[c, p] * image[c, p + tap t]`` (zero at pixels that are not real)."""
-    if F64:
-        dk = tl.zeros((BP, CH), dtype=tl.float64)
-    else:
-        dk = tl.zeros((BP, CH), dtype=tl.float32)
-    dx_c = dx_b
-    img_c = img_b
-    for _ in range(0, C):
-        dxc = _up(tl.load(dx_c + dx_pix, mask=valid, other=0.0), F64)
-        dk += _up(tl.load(img_c + pofs[:, None] + toff[None, :]), F64) * dxc[:, None]
-        dx_c += sd_c
-        img_c += si_c
-    return dk
-
-
-@triton.jit
 def _factor(base, chan, c0, CP, i, j, valid, s_c, s_h, P: tl.constexpr, F64: tl.constexpr):
     """(BP, P) ``base[chan[c]]`` at the tile's pixels for packed columns c0 .. c0 + P - 1
     (zero past CP and at pixels that are not real)."""
@@ -165,10 +150,7 @@ def _fwd2_kernel(img, mu, om, A, colr, coln, chalf, ctap, cring, cdu, cdv, cneed
         m1, w1 = _coef(mu_b, om_b, colr, coln, P0, CP, i, j, valid, sm_c, sm_h, so_c, so_h, P1, F64)
         coef1 = (m1 * w1).to(A.dtype.element_ty)
     pofs = _wide((i + HALF) * Wp + j + HALF, OFF64)
-    if F64:
-        acc0 = tl.zeros((TH * TW,), dtype=tl.float64)
-    else:
-        acc0 = tl.zeros((TH * TW,), dtype=tl.float32)
+    acc0 = _zeros(TH * TW, F64)
     acc1 = acc0
     acc2 = acc0
     acc3 = acc0
@@ -306,20 +288,8 @@ def _bwd2_image_kernel(dx, kbuf, cdu, cdv, gimg,
     c0 = tl.program_id(2) * NCB
     pofs = _wide((i + HALF) * Wp + j + HALF, OFF64)
     kofs = _wide((i - kbase) * kpitch + j + HALF, OFF64)
-    if F64:
-        acc0 = tl.zeros((TH * TW,), dtype=tl.float64)
-    else:
-        acc0 = tl.zeros((TH * TW,), dtype=tl.float32)
-    acc1 = acc0
-    acc2 = acc0
-    acc3 = acc0
-    for k0 in range(0, KKP, CH):
-        cols = k0 + tl.arange(0, CH)
-        toff = -_taps(cdu, cdv, cols, Wp, OFF64)
-        ktoff = _wide(cols, OFF64) * kplane - _taps(cdu, cdv, cols, kpitch, OFF64)
-        kq = _up(tl.load(kbuf + kofs[:, None] + ktoff[None, :]), F64)
-        acc0, acc1, acc2, acc3 = _tapsums(dx, c0, C, sd_c, pofs, toff, kq, acc0, acc1, acc2, acc3,
-                                          NCB, F64, OFF64)
+    acc0, acc1, acc2, acc3 = _gather_image(dx, kbuf, cdu, cdv, c0, C, sd_c, pofs, kofs, Wp, kpitch, kplane,
+                                           NCB, KKP, CH, TH * TW, F64, OFF64)
     HW = _wide(H, OFF64) * W
     _store_channels(gimg, c0, C, HW, _wide(i * W + j, OFF64), valid, acc0, acc1, acc2, acc3, NCB)
 

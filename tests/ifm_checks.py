@@ -26,6 +26,33 @@ def run_grads(backend, xs, support, grad_out, needs=(True, True, True, True)):
     return out.detach(), [x.grad for x in leaves]
 
 
+def case_inputs(case, dtype=torch.float32, device="cpu"):
+    """([image, mu, omega, atoms], support) of a (B, C, H, W, R, N, K, support) case:
+    standard normal values drawn in float64, then cast."""
+    b, c, h, w, r, n, k, support = case
+    shapes = ((b, c, h, w), (b, r, h, w), (b, n, h, w), (r, n, k, k))
+    return [torch.randn(s, dtype=torch.float64).to(device=device, dtype=dtype) for s in shapes], support
+
+
+def assert_matches_reference(backend, xs, support):
+    """Output and all four gradients of ``backend`` against the reference (fp32 tolerances)."""
+    grad_out = torch.randn_like(xs[0])
+    out, grads = run_grads(backend, xs, support, grad_out)
+    ref_out, ref_grads = run_grads("reference", xs, support, grad_out)
+    close(out, ref_out, torch.float32, "output")
+    for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
+        close(g, rg, torch.float32, f"d{name}")
+
+
+def assert_image_grad_nans_as_reference(backend, xs, support):
+    """The image gradient of ``backend`` is NaN at exactly the pixels where the reference's is."""
+    grad_out = torch.randn_like(xs[0])
+    needs = (True, False, False, False)
+    got = run_grads(backend, xs, support, grad_out, needs=needs)[1][0]
+    want = run_grads("reference", xs, support, grad_out, needs=needs)[1][0]
+    assert torch.equal(got.isnan(), want.isnan()), (got.isnan().nonzero(), want.isnan().nonzero())
+
+
 def ifm_oracle(image, mu, omega, atoms, support=None):
     """The IFM by naive loops straight from its definition (docs/ARCHITECTURE.md section 2),
     in float64; atom r is zero outside its centred support[r] x support[r] window. Tiny sizes."""

@@ -13,7 +13,11 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from ifm_checks import close, run_grads  # noqa: E402
+from ifm_checks import (  # noqa: E402
+    assert_image_grad_nans_as_reference,
+    assert_matches_reference,
+    case_inputs,
+)
 
 from inik.ops import available_backends, backend_unavailable, ifm  # noqa: E402
 
@@ -26,19 +30,12 @@ pytestmark = pytest.mark.skipif(backend_unavailable("triton", DEVICE) is not Non
 
 
 def _inputs(case, dtype=torch.float32, device=DEVICE):
-    b, c, h, w, r, n, k, support = case
-    shapes = ((b, c, h, w), (b, r, h, w), (b, n, h, w), (r, n, k, k))
-    return [torch.randn(s, dtype=torch.float64).to(device=device, dtype=dtype) for s in shapes], support
+    return case_inputs(case, dtype, device)
 
 
 def _assert_matches_reference(xs, support):
-    """Output and all four gradients of the Triton backend against the reference (fp32 tolerances)."""
-    grad_out = torch.randn_like(xs[0])
-    out, grads = run_grads("triton", xs, support, grad_out)
-    ref_out, ref_grads = run_grads("reference", xs, support, grad_out)
-    close(out, ref_out, torch.float32, "output")
-    for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
-        close(g, rg, torch.float32, f"d{name}")
+    """Output and all four gradients of the triton backend against the reference."""
+    assert_matches_reference("triton", xs, support)
 
 
 def test_backend_registered_and_available():
@@ -78,10 +75,7 @@ def test_image_gradient_keeps_a_nan_where_it_belongs(monkeypatch):
     monkeypatch.setattr(ifm_triton, "_KBUF_BYTES", 1)
     xs, support = _inputs((2, 1, 13, 4, 2, 3, 5, [5, 3]))
     xs[1][0, 0, 8, 1] = float("nan")
-    grad_out = torch.randn_like(xs[0])
-    got = run_grads("triton", xs, support, grad_out, needs=(True, False, False, False))[1][0]
-    want = run_grads("reference", xs, support, grad_out, needs=(True, False, False, False))[1][0]
-    assert torch.equal(got.isnan(), want.isnan()), (got.isnan().nonzero(), want.isnan().nonzero())
+    assert_image_grad_nans_as_reference("triton", xs, support)
 
 
 def test_64bit_offset_path(monkeypatch):

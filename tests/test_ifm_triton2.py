@@ -18,7 +18,13 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from ifm_checks import close, run_grads  # noqa: E402
+from ifm_checks import (  # noqa: E402
+    assert_image_grad_nans_as_reference,
+    assert_matches_reference,
+    case_inputs,
+    close,
+    run_grads,
+)
 
 from inik.ops import backend_unavailable, ifm  # noqa: E402
 from inik.ops.ifm import auto_order  # noqa: E402
@@ -33,19 +39,13 @@ pytestmark = pytest.mark.skipif(backend_unavailable("triton2", DEVICE) is not No
 DEFAULT_DICT = (1, 3, 5, 6, 7, 10, 15, [15, 13, 11, 9, 7, 5, 3])
 
 
-def _inputs(case, dtype=torch.float32):
-    b, c, h, w, r, n, k, support = case
-    shapes = ((b, c, h, w), (b, r, h, w), (b, n, h, w), (r, n, k, k))
-    return [torch.randn(s, dtype=torch.float64).to(device=DEVICE, dtype=dtype) for s in shapes], support
+def _inputs(case, dtype=torch.float32, device=DEVICE):
+    return case_inputs(case, dtype, device)
 
 
 def _assert_matches_reference(xs, support):
-    grad_out = torch.randn_like(xs[0])
-    out, grads = run_grads("triton2", xs, support, grad_out)
-    ref_out, ref_grads = run_grads("reference", xs, support, grad_out)
-    close(out, ref_out, torch.float32, "output")
-    for name, g, rg in zip(("image", "mu", "omega", "atoms"), grads, ref_grads):
-        close(g, rg, torch.float32, f"d{name}")
+    """Output and all four gradients of the triton2 backend against the reference."""
+    assert_matches_reference("triton2", xs, support)
 
 
 def test_runs_when_named_only():
@@ -98,10 +98,7 @@ def test_image_gradient_keeps_a_nan_where_it_belongs(monkeypatch):
     monkeypatch.setattr(t2, "_KBUF_BYTES", 1)
     xs, support = _inputs((2, 1, 13, 4, 2, 3, 5, [5, 3]))
     xs[1][0, 0, 8, 1] = float("nan")
-    grad_out = torch.randn_like(xs[0])
-    got = run_grads("triton2", xs, support, grad_out, needs=(True, False, False, False))[1][0]
-    want = run_grads("reference", xs, support, grad_out, needs=(True, False, False, False))[1][0]
-    assert torch.equal(got.isnan(), want.isnan()), (got.isnan().nonzero(), want.isnan().nonzero())
+    assert_image_grad_nans_as_reference("triton2", xs, support)
 
 
 def test_forced_chunk_must_divide_the_taps(monkeypatch):
