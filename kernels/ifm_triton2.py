@@ -89,13 +89,8 @@ def _coef(mu_b, om_b, colr, coln, c0, CP, i, j, valid, sm_c, sm_h, so_c, so_h,
           P: tl.constexpr, F64: tl.constexpr):
     """The two (BP, P) factors ``mu[colr[c]]`` and ``omega[coln[c]]`` of the packed
     coefficients c0 .. c0 + P - 1 (zero past CP and at pixels that are not real)."""
-    c = c0 + tl.arange(0, P)
-    ok = valid[:, None] & (c < CP)[None, :]
-    r = tl.load(colr + c).to(tl.int64)
-    n = tl.load(coln + c).to(tl.int64)
-    mu_v = _up(tl.load(mu_b + (i.to(tl.int64) * sm_h + j)[:, None] + (r * sm_c)[None, :], mask=ok, other=0.0), F64)
-    om_v = _up(tl.load(om_b + (i.to(tl.int64) * so_h + j)[:, None] + (n * so_c)[None, :], mask=ok, other=0.0), F64)
-    return mu_v, om_v
+    return (_factor(mu_b, colr, c0, CP, i, j, valid, sm_c, sm_h, P, F64),
+            _factor(om_b, coln, c0, CP, i, j, valid, so_c, so_h, P, F64))
 
 
 @triton.jit
@@ -331,21 +326,22 @@ else:
 
 
 def _launch(kernel, grid, f64, *args, **kwargs):
-    """``kernel`` with a forced configuration, the fixed one (interpreter, fp64) or autotuned."""
+    """``kernel`` with a forced configuration, the fixed one (interpreter, fp64), autotuned,
+    or in its one configuration of :data:`KERNELS`."""
     name = kernel.__name__
     forced = _FORCED.get(name)
     if forced is not None and kwargs["KKP"] % forced["CH"]:
         raise ValueError(f"{name}: CH={forced['CH']} does not divide the padded tap count {kwargs['KKP']}")
     if forced is not None:
         kernel[grid(forced)](*args, **kwargs, **forced)
-    elif name == "_bwd2_atoms_kernel" and not (f64 or _INTERPRET):
-        cfg = _ATOMS_GPU_CONFIGS[0]
-        kernel[grid(cfg.kwargs)](*args, **kwargs, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    elif name not in _TUNED or f64:
+    elif f64 or _INTERPRET:
         meta = _FIXED_GPU_F64 if (f64 and not _INTERPRET) else _FIXED
         kernel[grid(meta)](*args, **kwargs, **meta, num_warps=4)
-    else:
+    elif name in _TUNED:
         _TUNED[name][grid](*args, **kwargs)
+    else:  # not autotuned: its one configuration
+        cfg = KERNELS[name][0]
+        kernel[grid(cfg.kwargs)](*args, **kwargs, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 # ---------------------------------------------------------------- host side
@@ -385,8 +381,7 @@ def _packing_tables(k: int, support: tuple, n: int, kkp: int, device: torch.devi
     t["coln"] = torch.where(real, c % n, 0).to(torch.int32)
     need = t["inside"].sum(0) * n
     t["cneed"] = torch.cat([need, need.new_zeros(kkp - k * k)]).to(torch.int32)
-    halves = torch.tensor([support[r] // 2 for r in range(r_)])
-    t["chalf"] = torch.where(real, halves[t["colr"].long()], -1).to(torch.int32)
+    t["chalf"] = torch.where(real, t["hs"][(c // n).clamp(max=r_ - 1)], -1).to(torch.int32)
     t["ctap"] = torch.cat([t["tap"], t["tap"].new_zeros(kkp - k * k)]).to(torch.int32)
     return _on_device(t, device)
 
@@ -471,11 +466,10 @@ def _coef_grads(grad, img, mu, omega, pk, A, needs):
     return (g_mu if needs[1] else None), (g_om if needs[2] else None)
 
 
-def _atoms_grad(grad, img, mu, omega, pk, A, atoms):
+def _atoms_grad(grad, img, mu, omega, pk, atoms):
     B, C, H, W = grad.shape
-    smallest = min((c.kwargs["TH"] * c.kwargs["TW"] for c in _ATOMS_GPU_CONFIGS), default=16)
-    # sized before the autotuner picks a tile: from the smallest tile's count
-    split = _atoms_split(B * triton.cdiv(H * W, smallest), pk.KKP // 16, grad.device)
+    cfg = _ATOMS_GPU_CONFIGS[0].kwargs
+    split = _atoms_split(B * triton.cdiv(H * W, cfg["TH"] * cfg["TW"]), pk.KKP // 16, grad.device)
     part = torch.empty((split, pk.P0 + pk.P1, pk.KKP), dtype=pk.acc_dtype, device=grad.device)
     dot_dtype = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
                  torch.float32: tl.float32, torch.float64: tl.float64}[atoms.dtype]
@@ -540,7 +534,7 @@ def ifm_triton2_backward(grad, image, mu, omega, atoms, support: Sequence[int], 
     if needs[1] or needs[2]:
         g_mu, g_omega = _coef_grads(grad, img, mu, omega, pk, A, needs)
     if needs[3]:
-        g_atoms = _atoms_grad(grad, img, mu, omega, pk, A, atoms)
+        g_atoms = _atoms_grad(grad, img, mu, omega, pk, atoms)
     if needs[0]:
         g_image = _image_grad(grad, img, mu, omega, pk, A)
     return g_image, g_mu, g_omega, g_atoms
