@@ -6,48 +6,49 @@ import sys
 import pytest
 
 CHILD = r"""
-import ctypes, resource, sys
+import ctypes, sys
 from inik.runtime import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
 libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):  # struct mallinfo2, glibc >= 2.33
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc.mallinfo2.restype = Info
 libc.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t]
 libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
-faults = []
-for _ in range(6):  # a 64 MB buffer, 64-byte aligned as torch's CPU allocator asks, touched and freed
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    p = ctypes.c_void_p()
-    assert libc.posix_memalign(ctypes.byref(p), 64, 64 * 2**20) == 0
-    libc.memset(p, 1, 64 * 2**20)
-    libc.free(p)
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(applied, min(faults[1:]))
+before = libc.mallinfo2()
+p = ctypes.c_void_p()  # a 64 MB buffer, 64-byte aligned as torch's CPU allocator asks
+assert libc.posix_memalign(ctypes.byref(p), 64, 64 * 2**20) == 0
+libc.memset(p, 1, 64 * 2**20)
+during = libc.mallinfo2()
+libc.free(p)
+after = libc.mallinfo2()
+# mmapped chunks while held; free bytes the heap keeps after the free
+print(applied, during.hblks - before.hblks, after.fordblks - before.fordblks)
 """
 
 
-def _faults(mode, env=None):
+def _child(mode, env=None):
     import os
     out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, check=True,
                          env={**os.environ, **(env or {})}).stdout.split()
-    return out[0] == "True", int(out[1])
+    return out[0] == "True", int(out[1]), int(out[2])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc setting (Linux only)")
-def test_keep_freed_memory_stops_page_faults():
-    # A reused 64 MB buffer costs no new page faults (16,384 pages if fresh). The buffer
-    # comes from glibc directly: whether torch's own allocations land where a freed one was
-    # depends on what else the heap holds (benchmarks/bench_model.py's fast-system-malloc
-    # mode measures the setting on the model); the best of three children counts.
-    results = [_faults("keep") for _ in range(3)]
-    assert all(applied for applied, _ in results)
-    faults = min(f for _, f in results)
-    assert faults < 200, [f for _, f in results]
-    # Control: glibc's default mmaps and unmaps it, faulting every page again.
-    applied, faults = _faults("default")
-    assert not applied and faults > 10_000, faults
+def test_keep_freed_memory_keeps_a_large_buffer_in_the_heap():
+    # glibc's own accounting (mallinfo2), not page-fault counts: whether the kernel faults a
+    # reused page again is the kernel's business; benchmarks/bench_model.py's
+    # fast-system-malloc mode measures what the setting saves on the model.
+    applied, mmapped, kept = _child("keep")
+    assert applied and mmapped == 0 and kept >= 64 * 2**20, (applied, mmapped, kept)
+    # Control: glibc's default serves it with its own mmap and unmaps it on free.
+    applied, mmapped, kept = _child("default")
+    assert not applied and mmapped == 1 and kept < 64 * 2**20, (applied, mmapped, kept)
     # INIK_MALLOC=system opts out.
-    applied, faults = _faults("keep", {"INIK_MALLOC": "system"})
-    assert not applied and faults > 10_000, faults
+    applied, mmapped, kept = _child("keep", {"INIK_MALLOC": "system"})
+    assert not applied and mmapped == 1 and kept < 64 * 2**20, (applied, mmapped, kept)
 
 
 MODEL_CHILD = r"""
