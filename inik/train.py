@@ -110,6 +110,11 @@ def configure_parser(p) -> None:
     p.add_argument("--radius-power", dest="radius_power", type=float,
                    help=f"synthetic data: a crop's largest radius is max-blur * u**radius-power, u uniform in "
                         f"[0, 1] (1: uniform; smaller favours wide blur) {_default('radius_power')}")
+    p.add_argument("--narrow-prob", dest="narrow_prob", type=float,
+                   help=f"synthetic data: the fraction of crops whose largest radius is drawn up to --narrow-blur "
+                        f"instead of --max-blur {_default('narrow_prob')}")
+    p.add_argument("--narrow-blur", dest="narrow_blur", type=float,
+                   help=f"synthetic data: the narrow range's largest radius [px] {_default('narrow_blur')}")
     p.add_argument("--layouts", help=f"synthetic data: comma-separated depth layouts, one drawn per sample: "
                                      f"random, subject, reverse, slanted, small-sharp {_default('layouts')}")
     p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"],

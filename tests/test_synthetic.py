@@ -394,6 +394,26 @@ def _photo_folder(folder, n=4, size=(90, 80)):
     return folder
 
 
+def test_a_narrow_share_draws_the_largest_radius_from_the_narrow_range(tmp_path):
+    """narrow_prob of the crops take their largest radius up to narrow_radius, the rest up to
+    max_radius; without a narrow share the samples are those of a config without one."""
+    photos = _photo_folder(tmp_path / "photos")
+    base = dict(size=48, max_radius=8.0, radius_power=0.25, photo_prob=1.0, noise_prob=0.0)
+    synth = DefocusSynthesizer(photos, SyntheticConfig(**base, narrow_prob=0.5, narrow_radius=2.0))
+    params = [synth.sample([seed]).params for seed in range(12)]
+    narrow = [p for p in params if p.get("narrow")]
+    assert 0 < len(narrow) < len(params)
+    assert all(p["target_radius"] <= 2.0 for p in narrow)
+    assert any(p["target_radius"] > 2.0 for p in params if not p.get("narrow"))
+    plain = DefocusSynthesizer(photos, SyntheticConfig(**base)).sample([5])
+    same = DefocusSynthesizer(photos, SyntheticConfig(**base, narrow_prob=0.0, narrow_radius=2.0)).sample([5])
+    assert torch.equal(plain.blurry, same.blurry) and "narrow" not in same.params
+    for bad, message in (({"narrow_prob": 1.5}, "narrow_prob must be a probability"),
+                         ({"narrow_radius": -1.0}, "narrow_radius must be >= 0")):
+        with pytest.raises(ValueError, match=message):
+            DefocusSynthesizer(None, SyntheticConfig(**base, **bad))
+
+
 @pytest.mark.parametrize("layout", ["subject", "reverse", "slanted", "small-sharp"])
 def test_layouts_draw_their_scenes(tmp_path, layout):
     """subject and reverse have a foreground object, slanted none; every layout focuses

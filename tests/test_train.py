@@ -508,6 +508,8 @@ def test_float_settings_must_be_finite_and_sensible(tmp_path, capsys):
              (["--max-blur", "1e300"], "max_blur must be <= 64"),
              (["--vgg-weight", "1e9"], "vgg_weight must be <= 1000"),
              (["--radius-power", "0"], "radius_power must be in (0, 16], got 0"),
+             (["--narrow-prob", "1.5"], "narrow_prob must be in [0, 1], got 1.5"),
+             (["--narrow-blur", "0"], "narrow_blur must be > 0, got 0"),
              (["--layouts", "subject,tilted"], "layouts must be a comma-separated list of random, subject"),
              (["--config", _config_file(tmp_path, data, mse_weight=float("nan"))], "mse_weight must be a finite"),
              (["--config", str(big_int)], "key 'lr' must be a finite number")]
@@ -524,15 +526,17 @@ def test_float_settings_must_be_finite_and_sensible(tmp_path, capsys):
     json.loads((tmp_path / "ok" / "config.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
 
 
-def test_synthetic_training_data_takes_the_layouts_and_radius_power():
+def test_synthetic_training_data_takes_the_layouts_and_radius_law():
     """The training pairs follow the config's layouts and radius law (the wide-blur stages
     train on the depth layouts of real photos)."""
     from inik.training.data import build_source
-    cfg = TrainConfig(crop=32, layouts="subject, reverse", radius_power=2.0, max_blur=6.0, workers=0)
+    cfg = TrainConfig(crop=32, layouts="subject, reverse", radius_power=2.0, max_blur=6.0, workers=0,
+                      narrow_prob=0.25, narrow_blur=2.0)
     assert cfg.layouts == "subject,reverse"
     source = build_source(cfg, seed=0)
     synth = source.synth
     assert synth.config.layouts == ("subject", "reverse") and synth.config.radius_power == 2.0
+    assert (synth.config.narrow_prob, synth.config.narrow_radius) == (0.25, 2.0)
     assert {synth.sample(i).params["layout"] for i in range(8)} == {"subject", "reverse"}
     assert build_source(TrainConfig(crop=32), seed=0).synth.config.layouts == ("random",)
 

@@ -40,6 +40,9 @@ class SyntheticConfig:
     radius_power: the largest radius in a crop is ``max_radius * u **
         radius_power``, u uniform in [0, 1]: 1 = uniform; the default 0.5
         favours large blur, which the other layers' radii then spread below.
+    narrow_prob, narrow_radius: the fraction of crops whose largest radius is
+        drawn the same way up to ``narrow_radius`` instead (a wide range that
+        keeps small and no blur common) [px].
     num_layers: depth layers per scene.
     sensor_width_mm, frame_width_px: the pixel pitch is their ratio: the crop
         is thought of as part of a frame this wide.
@@ -76,6 +79,8 @@ class SyntheticConfig:
     size: int = 256
     max_radius: float = 16.0
     radius_power: float = 0.5
+    narrow_prob: float = 0.0
+    narrow_radius: float = 12.0
     num_layers: int = 8
     sensor_width_mm: float = 36.0
     frame_width_px: int = 1000
@@ -137,7 +142,9 @@ class DefocusSynthesizer:
             raise ValueError(f"size must be from 8 to {MAX_SIZE}; got {c.size}")
         if not (math.isfinite(c.max_radius) and c.max_radius >= 0) or c.num_layers < 1:
             raise ValueError(f"need max_radius >= 0 and num_layers >= 1; got {c.max_radius}, {c.num_layers}")
-        for name in ("in_focus_prob", "polygon_prob", "noise_prob", "photo_prob", "object_prob"):
+        if not (math.isfinite(c.narrow_radius) and c.narrow_radius >= 0):
+            raise ValueError(f"narrow_radius must be >= 0; got {c.narrow_radius}")
+        for name in ("in_focus_prob", "polygon_prob", "noise_prob", "photo_prob", "object_prob", "narrow_prob"):
             if not 0.0 <= getattr(c, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1]; got {getattr(c, name)}")
         lo, hi = c.photo_scale
@@ -219,7 +226,11 @@ class DefocusSynthesizer:
             inv_focus = rng.uniform(far, near)
         focal = log_uniform(rng, *c.focal_length_mm)
         inv_focus = max(inv_focus, 0.01)  # focus at 100 m at most (finite for the lens formula)
-        target = c.max_radius * rng.uniform(0.0 if layout == "random" else 0.4, 1.0) ** c.radius_power
+        top = c.max_radius  # (a draw only with a narrow share: sets made without one stay the same)
+        if c.narrow_prob and rng.uniform() < c.narrow_prob:
+            top = min(c.narrow_radius, c.max_radius)
+            params["narrow"] = True
+        target = top * rng.uniform(0.0 if layout == "random" else 0.4, 1.0) ** c.radius_power
         delta = np.abs(inv_depth - inv_focus)
         spread = float(delta[present].max()) if present.any() else 0.0
         pitch = c.sensor_width_mm / c.frame_width_px

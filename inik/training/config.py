@@ -56,6 +56,8 @@ class TrainConfig:
     max_blur: float = 12.0            # synthetic: largest circle-of-confusion radius, pixels
     photo_prob: float = 0.8           # synthetic with photos: fraction of photo scenes (rest procedural)
     radius_power: float = 0.5         # synthetic: a crop's largest radius is max_blur * u**radius_power (1: uniform)
+    narrow_prob: float = 0.0          # synthetic: fraction of crops whose largest radius is drawn up to narrow_blur
+    narrow_blur: float = 12.0         # synthetic: the narrow range's largest radius, pixels
     layouts: str = "random"           # synthetic: comma-separated depth layouts, one drawn per sample
     out: str = "runs/inik"
 
@@ -76,13 +78,14 @@ class TrainConfig:
         for name in _FLOAT_FIELDS:  # NaN and inf pass the comparisons below unnoticed (NaN) or fail later (inf)
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
-        for name in ("lr", "max_blur"):
+        for name in ("lr", "max_blur", "narrow_blur"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in (*LOSS_WEIGHTS, "workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name, most in (("lr", 1.0), ("max_blur", 64.0), *((w, MAX_LOSS_WEIGHT) for w in LOSS_WEIGHTS)):
+        limits = (("lr", 1.0), ("max_blur", 64.0), ("narrow_blur", 64.0), *((w, MAX_LOSS_WEIGHT) for w in LOSS_WEIGHTS))
+        for name, most in limits:
             if getattr(self, name) > most:
                 raise ValueError(f"{name} must be <= {most:g}, got {getattr(self, name)}")
         if not any(getattr(self, name) > 0 for name in LOSS_WEIGHTS):
@@ -91,8 +94,9 @@ class TrainConfig:
             raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         if not 0 < self.lr_gamma <= 1:
             raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
-        if not 0 <= self.photo_prob <= 1:
-            raise ValueError(f"photo_prob must be in [0, 1], got {self.photo_prob}")
+        for name in ("photo_prob", "narrow_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 < self.radius_power <= 16:
             raise ValueError(f"radius_power must be in (0, 16], got {self.radius_power}")
         from ..data.synthesizer import parse_layouts

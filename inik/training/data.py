@@ -67,7 +67,8 @@ def _synthetic(cfg: TrainConfig, held_out: bool, seed: int):
             log.warning("--data %s has one photo: validating on procedural scenes", cfg.data)
             photos = None
     config = SyntheticConfig(size=cfg.crop, max_radius=cfg.max_blur, photo_prob=cfg.photo_prob,
-                             radius_power=cfg.radius_power, layouts=tuple(cfg.layouts.split(",")))
+                             radius_power=cfg.radius_power, narrow_prob=cfg.narrow_prob,
+                             narrow_radius=cfg.narrow_blur, layouts=tuple(cfg.layouts.split(",")))
     return SyntheticDefocusDataset(photos, config,
                                    length=2**62, seed=seed)
 
