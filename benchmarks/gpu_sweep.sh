@@ -16,6 +16,12 @@
 # All steps take longer than one 10-minute command; two calls fit: first
 # STEPS=report,tests,bench_ifm (the Triton designs), then
 # STEPS=build,bench_model,train_compiled,profile (the whole model).
+# train_wide (only when named) trains the wide-blur cascade on the GPU for TRAIN_S
+# seconds (default 300; Ctrl-C's stop: a checkpoint after a whole step) from the
+# carried folder runs/gpu_carry (made by benchmarks/gpu_carry.py: photos and the
+# initial weights; name it in the call's carry) with configs/wide/cascade_gpu.json,
+# and returns $OUT/wide_gpu.safetensors (the weights) and the run's log.csv in all.tgz:
+#   STEPS=train_wide TRAIN_S=420 bash benchmarks/gpu_sweep.sh
 set -u
 STEPS=${STEPS:-report,build,tests,bench_ifm,bench_model,train_compiled,profile}
 want() { [[ $STEPS == all || ",$STEPS," == *",$1,"* ]]; }
@@ -79,4 +85,11 @@ want bench_model && TAIL=6 step bench_model_cudnn 90 $PY benchmarks/bench_model.
 want train_compiled && TAIL=8 step train_compiled 150 $PY benchmarks/bench_model.py --sizes 640 --no-infer \
     --modes baseline,fast-bf16-compiled --out "$LOGS/bench_train_compiled.json"
 want profile && TAIL=45 step profile_model 60 $PY benchmarks/profile_model.py --size 640 --mode fast-bf16 --rows 30
+if [[ ",$STEPS," == *",train_wide,"* ]]; then  # only when named: it needs the carried folder
+  TRAIN_S=${TRAIN_S:-300}
+  TAIL=12 step train_wide $((TRAIN_S + 120)) timeout -s INT -k 90 "$TRAIN_S" $PY -m inik train \
+      --config configs/wide/cascade_gpu.json --data runs/gpu_carry/photos --out /tmp/wide_gpu --no-progress
+  cp /tmp/wide_gpu/log.csv "$LOGS/wide_gpu_log.csv" && cp /tmp/wide_gpu/config.json "$LOGS/wide_gpu_config.json"
+  cp /tmp/wide_gpu/last.safetensors "$OUT/wide_gpu.safetensors" && pack
+fi
 echo "done $(date +%T)"

@@ -152,3 +152,40 @@ def test_bench_model_counts_the_work_a_real_call_does():
     with plain_ops(), FlopCounterMode(display=False) as counter, torch.no_grad():
         inik.INIKNet().eval()(torch.rand(1, 3, 40, 50))
     assert work_flops({"task": "infer", "h": 40, "w": 50}) == counter.get_total_flops() > 0
+
+
+def test_gpu_carry_packs_training_photos_only_within_the_budget(tmp_path):
+    """The carried folder holds the initial weights and the training part of the photo split
+    (never a held-out photo), only photos large enough for the crops, within the budget."""
+    import numpy as np
+    from PIL import Image
+
+    from inik.data.photos import select_photos
+
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(20):  # noise: JPEG cannot shrink it, so the budget binds
+        side = 40 if i == 3 else 160
+        noise = rng.integers(0, 256, (side, side + 8, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(photos / "sub" / f"p{i:02d}.png")
+    init = tmp_path / "w.safetensors"
+    init.write_bytes(b"weights")
+    out = tmp_path / "carry"
+    text = _run("gpu_carry.py", "--photos", str(photos), "--init", str(init), "--out", str(out),
+                "--crop", "64", "--max-blur", "4", "--max-side", "128", "--budget-mb", "1")
+    packed = sorted(p.relative_to(out / "photos").with_suffix(".png") for p in (out / "photos").rglob("*.jpg"))
+    train = {p.relative_to(photos) for p in select_photos(photos, "train")}
+    assert packed and set(packed) <= train and Path("sub/p03.png") not in packed
+    assert f"{len(packed)} photos" in text and (out / "init.safetensors").read_bytes() == b"weights"
+    with Image.open(out / "photos" / packed[0].with_suffix(".jpg")) as im:
+        assert max(im.size) == 128
+    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    assert total <= 2**20
+    small = tmp_path / "small"
+    _run("gpu_carry.py", "--photos", str(photos), "--init", str(init), "--out", str(small),
+         "--crop", "64", "--max-blur", "4", "--max-side", "128", "--budget-mb", "0.05")
+    assert 0 < len(list((small / "photos").rglob("*.jpg"))) < len(packed)
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_carry.py"), "--photos", str(photos), "--init", str(init),
+                           "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "exists" in proc.stderr and "Traceback" not in proc.stderr
