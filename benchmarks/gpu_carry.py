@@ -9,8 +9,9 @@ split (``inik.data.photos.select_photos(..., "train")``, so no held-out photo
 travels) that is large enough for the stage's crops, as JPEG (quality 90, no
 chroma subsampling; the synthesizer downscales photos by 0.5-1 anyway),
 longest side at most ``--max-side``, in a seeded order for as long as they fit
-in ``--budget-mb`` (the count is printed); and ``init.safetensors``, the
-weights the stage starts from. ``STEPS=train_wide bash
+in ``--budget-mb`` (the count is printed); and ``init.safetensors``, a copy
+of the weights the stage starts from (``configs/wide/cascade_gpu.json``'s
+``init``, the previous stage's output). ``STEPS=train_wide bash
 benchmarks/gpu_sweep.sh``, with ``runs/gpu_carry`` carried, trains from it.
 """
 

@@ -88,7 +88,8 @@ want profile && TAIL=45 step profile_model 60 $PY benchmarks/profile_model.py --
 if [[ ",$STEPS," == *",train_wide,"* ]]; then  # only when named: it needs the carried folder
   TRAIN_S=${TRAIN_S:-300}
   TAIL=12 step train_wide $((TRAIN_S + 120)) timeout -s INT -k 90 "$TRAIN_S" $PY -m inik train \
-      --config configs/wide/cascade_gpu.json --data runs/gpu_carry/photos --out /tmp/wide_gpu --no-progress
+      --config configs/wide/cascade_gpu.json --data runs/gpu_carry/photos --init runs/gpu_carry/init.safetensors \
+      --out /tmp/wide_gpu --no-progress
   cp /tmp/wide_gpu/log.csv "$LOGS/wide_gpu_log.csv" && cp /tmp/wide_gpu/config.json "$LOGS/wide_gpu_config.json"
   cp /tmp/wide_gpu/last.safetensors "$OUT/wide_gpu.safetensors" && pack
 fi
