@@ -12,7 +12,7 @@ with ``--out``).
 
 Each SETTING is ``VAR=value[,VAR=value...]``; an empty value unsets the
 variable. Only variables read on every call make sense here: ``INIK_CPU_ISA``
-(the Winograd kernel), ``INIK_WINOGRAD_TILE``, ``INIK_WINOGRAD``. The model
+(the Winograd kernel), ``INIK_WINOGRAD_TILE``, ``INIK_WINOGRAD``, ``INIK_CONV_WEIGHT_GRAD``. The model
 is built as ``bench_model.py`` builds ``--mode`` (same weights, seed 0, the same
 allocator setting); ``--train`` times a training step instead of a forward.
 """

@@ -107,6 +107,11 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "fixes the Winograd tile of `conv3x3(tile=0)`, for tests and timings",
             "`4` (F(4x4, 3x3)) or `6` (F(6x6, 3x3))",
             "F(6x6) for images of at least 128x128 pixels, F(4x4) below"),
+    Setting("INIK_CONV_WEIGHT_GRAD", _choice("winograd", "onednn"), "",
+            "how CPU training computes the float32 weight gradient of the Winograd convolutions, for tests "
+            "and timings",
+            "`winograd` (the weight-gradient op, in F(4x4, 3x3)'s domain), `onednn`",
+            "`winograd`; a backward with `create_graph=True` and bfloat16 take oneDNN's"),
     Setting("INIK_CPU_ISA", _choice("avx512_bf16", "avx512", "avx2", "generic"), "",
             "asks the native CPU kernels for a lesser instruction set, for tests and timings; "
             "`avx512` keeps the float32 GEMM on bfloat16 input",

@@ -204,6 +204,47 @@ def test_bfloat16_gemm_error_is_bounded_and_switchable(tile, rms, monkeypatch):
     assert torch.equal(winograd.conv3x3(x, w, tile=tile), exact_gemm)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("chunk", [0, 1, 7])
+@pytest.mark.parametrize("shape", SHAPES + [(2, 3, 5, 1, 9), (1, 17, 9, 7, 1)])
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+def test_weight_gradient_op_is_the_convolutions(mode, shape, chunk, isa):
+    """conv3x3_winograd_weight_grad: dL/dw of the padded convolution for a given dL/dy
+    against float64 autograd, on partial tiles, channel tails, one-pixel rows and columns,
+    tiles in chunks of any size (one, odd, automatic) and every kernel the CPU can run."""
+    b, ci, co, h, w = shape
+    if mode == "reflect" and min(h, w) < 2:
+        return
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(b, ci, h, w, generator=gen).contiguous(memory_format=CL)
+    g = torch.randn(b, co, h, w, generator=gen).contiguous(memory_format=CL)
+    wd = torch.zeros(co, ci, 3, 3, dtype=torch.float64, requires_grad=True)
+    (direct(x, wd, mode=mode) * g.double()).sum().backward()
+    got = torch.ops.inik.conv3x3_winograd_weight_grad(x, g, mode, isa, chunk)
+    assert got.shape == (co, ci, 3, 3) and got.dtype == torch.float32 and got.is_contiguous()
+    # F(4x4)'s transforms round about as much as oneDNN's long float32 sums over pixels
+    assert (got.double() - wd.grad).abs().max().item() <= 2e-5 * wd.grad.abs().max().item()
+
+
+def test_weight_gradient_op_checks_and_opcheck():
+    x, _, _, _ = make(2, 16, 24, 7, 9)
+    g = torch.randn(2, 24, 7, 9).contiguous(memory_format=CL)
+    op = torch.ops.inik.conv3x3_winograd_weight_grad
+    torch.library.opcheck(op.default, (x, g, "reflect"))
+    torch.library.opcheck(op.default, (x, g, "zeros", "", 3))
+    assert op(x[:0], g[:0], "zeros").abs().max().item() == 0  # no pixels: a zero gradient
+    cases = [((x.contiguous(), g, "zeros"), "x must be channels_last"),
+             ((x, g.double().contiguous(memory_format=CL), "zeros"), "grad must be a float32 CPU tensor"),
+             ((x, g[:1], "zeros"), "grad must be \\(2, Co, 7, 9\\)"),
+             ((x, g, "circular"), "padding_mode must be 'zeros' or 'reflect'"),
+             ((x[..., :1, :].contiguous(memory_format=CL), g[..., :1, :].contiguous(memory_format=CL), "reflect"),
+              "reflect padding needs H and W of at least 2"),
+             ((x, g, "zeros", "", -1), "chunk must be >= 0")]
+    for args, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            op(*args)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_opcheck(dtype):
     """Schema, fake (meta) kernel against the real one and torch.compile's view of
@@ -373,16 +414,21 @@ def test_model_with_winograd_compiles_fullgraph(monkeypatch, env):
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("nchw_weight_grad", [False, True])
+@pytest.mark.parametrize("weight_grad", ["winograd", "onednn", "onednn-nchw"])
 @pytest.mark.parametrize("tile", winograd.TILES)
 @pytest.mark.parametrize("shape", [(2, 16, 16, 9, 13), (1, 64, 32, 20, 17), (1, 32, 64, 5, 4), (1, 16, 16, 2, 3)])
-def test_training_convolution_gradients_match_onednn(shape, tile, nchw_weight_grad, monkeypatch):
+def test_training_convolution_gradients_match_onednn(shape, tile, weight_grad, monkeypatch):
     """float32 CPU training: forward and input gradient by Winograd (either tile size),
-    weight gradient by oneDNN (channels_last, or on NCHW copies as without AVX-512); all
-    three against the plain path (INIK_WINOGRAD=0)."""
+    weight gradient by the Winograd weight-gradient op or by oneDNN (channels_last, or on
+    NCHW copies as without AVX-512); all three against the plain path (INIK_WINOGRAD=0)."""
     from inik.models.unet import ReflectConv2d
 
-    monkeypatch.setattr(winograd, "_nchw_weight_grad", lambda isa: nchw_weight_grad)
+    monkeypatch.setattr(winograd, "_nchw_weight_grad", lambda isa: weight_grad == "onednn-nchw")
+    monkeypatch.setenv(winograd.WEIGHT_GRAD_ENV, weight_grad.split("-")[0])
+    calls = []
+    op = torch.ops.inik.conv3x3_winograd_weight_grad
+    monkeypatch.setattr(torch.ops.inik, "conv3x3_winograd_weight_grad", lambda *a: calls.append(1) or op(*a),
+                        raising=False)
     monkeypatch.setenv("INIK_WINOGRAD_TILE", str(tile))
     b, ci, co, h, w = shape
     torch.manual_seed(0)
@@ -404,6 +450,7 @@ def test_training_convolution_gradients_match_onednn(shape, tile, nchw_weight_gr
     for name, a, b_ in zip(("y", "dx", "dw"), got["0"], got["1"]):
         atol = scale.get(name, 1e-5 * a.abs().max().item())
         assert (a - b_).abs().max().item() <= atol, name
+    assert bool(calls) == (weight_grad == "winograd")
 
 
 @pytest.mark.parametrize("mode", ["zeros", "reflect"])
