@@ -2,6 +2,7 @@
 
     python benchmarks/bench_conv.py                      # the shapes of a 640x640 forward, fp32 and bf16
     python benchmarks/bench_conv.py --size 320 --dtypes float32 --out conv.json
+    python benchmarks/bench_conv.py --weight-grad --size 256 --batch 2   # training's weight gradients
 
 The shapes are those the network's 3x3 stride-1 reflect convolutions see in one
 inference forward at ``--size`` (found by running the model once with hooks),
@@ -14,6 +15,11 @@ and each tile size; ``auto`` is the tile size the model's calls take
 median times and the forward's totals over all occurrences (what the
 convolutions cost one forward); writes CSV or JSON with ``--out``.
 The CPU's allocator setting of ``inik deblur`` is applied, as in bench_model.
+
+``--weight-grad`` times the float32 weight gradient of each shape instead, at
+``--batch`` images, the way the training backward takes it: ``onednn``
+(``inik.ops.winograd.onednn_weight_grad``, on NCHW copies without AVX-512)
+against ``winograd`` (``torch.ops.inik.conv3x3_winograd_weight_grad``).
 
 To see what a CPU with AVX2 only would get, hold oneDNN, PyTorch and the Winograd
 kernel to AVX2: ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 INIK_CPU_ISA=avx2``.
@@ -69,6 +75,8 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--min-ms", type=float, default=2000.0, help="stop repeating after this much time")
     p.add_argument("--out", type=Path, help="write rows to .csv or .json")
+    p.add_argument("--weight-grad", action="store_true", help="time the float32 weight gradients instead")
+    p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     args = p.parse_args(argv)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     for d in dtypes:
@@ -89,6 +97,8 @@ def main(argv=None) -> int:
     meta["convolutions"] = sum(shapes.values())
     print(f"{meta['convolutions']} 3x3 stride-1 convolutions in a {args.size}x{args.size} forward, "
           f"{len(shapes)} shapes")
+    if args.weight_grad:
+        return weight_grads(args, shapes, meta, device)
     rows, totals = [], collections.defaultdict(float)
     gen = torch.Generator().manual_seed(0)
     print(f"{'dtype':9s} {'Ci->Co':>9s} {'H x W':>11s} {'n':>3s} {'direct ms':>10s} {'F(4x4) ms':>10s} "
@@ -124,6 +134,38 @@ def main(argv=None) -> int:
               f"all F(6x6) {totals[(dname, 6)]:.0f} ms)")
         meta[f"total_ms_{dname}"] = {"direct": round(d, 1), "winograd": round(wgr, 1),
                                      "f4": round(totals[(dname, 4)], 1), "f6": round(totals[(dname, 6)], 1)}
+    if args.out:
+        _write(args.out, rows, meta)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def weight_grads(args, shapes: collections.Counter, meta: dict, device: torch.device) -> int:
+    """--weight-grad: oneDNN's and the Winograd weight gradient of each shape."""
+    rows, totals = [], collections.Counter()
+    gen = torch.Generator().manual_seed(0)
+    meta["batch"] = args.batch
+    print(f"float32 weight gradients, batch {args.batch}")
+    print(f"{'Ci->Co':>9s} {'H x W':>11s} {'n':>3s} {'onednn ms':>10s} {'winograd ms':>12s} {'ratio':>6s}")
+    isa = _ext.cpu_isa()
+    for (ci, co, h, w), n in sorted(shapes.items(), key=lambda kv: -kv[0][0] * kv[0][1] * kv[0][2] * kv[0][3]):
+        x = torch.randn(args.batch, ci, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+        g = torch.randn(args.batch, co, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+        weight = torch.randn(co, ci, 3, 3, generator=gen).contiguous(memory_format=torch.channels_last)
+        runs = {"onednn": lambda x=x, g=g, weight=weight: winograd.onednn_weight_grad(x, g, weight, "reflect", isa),
+                "winograd": lambda x=x, g=g: torch.ops.inik.conv3x3_winograd_weight_grad(x, g, "reflect", isa)}
+        t = {}
+        for key, fn in runs.items():
+            fn()  # warm-up
+            t[key], _ = measure(fn, device, args.reps, args.min_ms)
+            totals[key] += n * t[key]
+        rows.append({"ci": ci, "co": co, "h": h, "w": w, "count": n, "onednn_ms": round(t["onednn"], 3),
+                     "winograd_ms": round(t["winograd"], 3), "speedup": round(t["onednn"] / t["winograd"], 3)})
+        print(f"{f'{ci}->{co}':>9s} {f'{h}x{w}':>11s} {n:3d} {t['onednn']:10.2f} {t['winograd']:12.2f} "
+              f"{t['onednn'] / t['winograd']:6.2f}")
+    print(f"all of one forward's shapes, as often as it runs them: onednn {totals['onednn']:.0f} ms, "
+          f"winograd {totals['winograd']:.0f} ms ({totals['onednn'] / totals['winograd']:.2f}x)")
+    meta["total_ms"] = {k: round(v, 1) for k, v in totals.items()}
     if args.out:
         _write(args.out, rows, meta)
         print(f"wrote {args.out}")

@@ -109,7 +109,7 @@ if _ext.is_built():
         Winograd weight-gradient op (padding by index, 2-6x faster than oneDNN on AVX2), in
         bfloat16 or with create_graph=True (a differentiable one) oneDNN's (in dy's dtype, as
         autocast's convolution computes it; on NCHW copies without AVX-512)."""
-        from .conv import reflect_pad1_backward, reflect_pad1_forward
+        from .conv import reflect_pad1_backward
 
         x, weight, y = ctx.saved_tensors
         g = grad if y is None else grad * (y > 0)
@@ -128,19 +128,26 @@ if _ext.is_built():
                 and settings.get(WEIGHT_GRAD_ENV) != "onednn":
             gw = torch.ops.inik.conv3x3_winograd_weight_grad(x, g, ctx.padding_mode, ctx.isa).to(weight.dtype)
         elif ctx.needs_input_grad[1]:
-            source, pad = (reflect_pad1_forward(x), 0) if reflect else (x, 1)
-            gs, ws = g, weight.to(g.dtype)
-            if _nchw_weight_grad(ctx.isa):  # (all three: a channels_last weight makes oneDNN's choice channels_last)
-                source, gs, ws = source.contiguous(), g.contiguous(), ws.contiguous()
-            gw = torch.ops.aten.convolution_backward(gs, source, ws, None, [1, 1], [pad, pad],
-                                                     [1, 1], False, [0, 0], 1, [False, True, False])[1]
-            gw = gw.to(weight.dtype)
+            gw = onednn_weight_grad(x, g, weight, ctx.padding_mode, ctx.isa).to(weight.dtype)
         if ctx.needs_input_grad[2]:
             gb = g.sum((0, 2, 3), dtype=torch.float32).to(ctx.bias_dtype)
         gr = g if ctx.needs_input_grad[3] else None
         return gx, gw, gb, gr, None, None, None, None, None
 
     torch.library.register_autograd("inik::conv3x3_winograd", _backward, setup_context=_setup_context)
+
+
+def onednn_weight_grad(x: Tensor, g: Tensor, weight: Tensor, padding_mode: str, isa: str = "") -> Tensor:
+    """dL/dweight of the padded 3x3 convolution by oneDNN, in g's dtype, as the op's
+    backward takes it where the Winograd weight gradient does not apply."""
+    from .conv import reflect_pad1_forward
+
+    source, pad = (reflect_pad1_forward(x), 0) if padding_mode == "reflect" else (x, 1)
+    gs, ws = g, weight.to(g.dtype)
+    if _nchw_weight_grad(isa):  # (all three: a channels_last weight makes oneDNN's choice channels_last)
+        source, gs, ws = source.contiguous(), g.contiguous(), ws.contiguous()
+    return torch.ops.aten.convolution_backward(gs, source, ws, None, [1, 1], [pad, pad],
+                                               [1, 1], False, [0, 0], 1, [False, True, False])[1]
 
 
 @functools.lru_cache(maxsize=None)
