@@ -16,7 +16,8 @@ median times and the forward's totals over all occurrences (what the
 convolutions cost one forward); writes CSV or JSON with ``--out``.
 The CPU's allocator setting of ``inik deblur`` is applied, as in bench_model.
 
-``--weight-grad`` times the float32 weight gradient of each shape instead, at
+``--weight-grad`` times the float32 weight gradient of each shape that trains
+through Winograd (at least ``MIN_CHANNELS`` input channels) instead, at
 ``--batch`` images, the way the training backward takes it: ``onednn``
 (``inik.ops.winograd.onednn_weight_grad``, on NCHW copies without AVX-512)
 against ``winograd`` (``torch.ops.inik.conv3x3_winograd_weight_grad``).
@@ -148,7 +149,9 @@ def weight_grads(args, shapes: collections.Counter, meta: dict, device: torch.de
     print(f"float32 weight gradients, batch {args.batch}")
     print(f"{'Ci->Co':>9s} {'H x W':>11s} {'n':>3s} {'onednn ms':>10s} {'winograd ms':>12s} {'ratio':>6s}")
     isa = _ext.cpu_isa()
-    for (ci, co, h, w), n in sorted(shapes.items(), key=lambda kv: -kv[0][0] * kv[0][1] * kv[0][2] * kv[0][3]):
+    trained = {k: n for k, n in shapes.items() if k[0] >= winograd.MIN_CHANNELS}  # the others train on oneDNN
+    meta["convolutions"] = sum(trained.values())
+    for (ci, co, h, w), n in sorted(trained.items(), key=lambda kv: -kv[0][0] * kv[0][1] * kv[0][2] * kv[0][3]):
         x = torch.randn(args.batch, ci, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
         g = torch.randn(args.batch, co, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
         weight = torch.randn(co, ci, 3, 3, generator=gen).contiguous(memory_format=torch.channels_last)
@@ -163,8 +166,9 @@ def weight_grads(args, shapes: collections.Counter, meta: dict, device: torch.de
                      "winograd_ms": round(t["winograd"], 3), "speedup": round(t["onednn"] / t["winograd"], 3)})
         print(f"{f'{ci}->{co}':>9s} {f'{h}x{w}':>11s} {n:3d} {t['onednn']:10.2f} {t['winograd']:12.2f} "
               f"{t['onednn'] / t['winograd']:6.2f}")
-    print(f"all of one forward's shapes, as often as it runs them: onednn {totals['onednn']:.0f} ms, "
-          f"winograd {totals['winograd']:.0f} ms ({totals['onednn'] / totals['winograd']:.2f}x)")
+    print(f"all its shapes that train through Winograd, as often as a forward runs them: "
+          f"onednn {totals['onednn']:.0f} ms, winograd {totals['winograd']:.0f} ms "
+          f"({totals['onednn'] / totals['winograd']:.2f}x)")
     meta["total_ms"] = {k: round(v, 1) for k, v in totals.items()}
     if args.out:
         _write(args.out, rows, meta)

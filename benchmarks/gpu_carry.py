@@ -7,11 +7,13 @@ paths, and nothing else: no photo folder beside the checkout. This writes
 ``runs/gpu_carry`` (``--out``): ``photos/``, the training part of the photo
 split (``inik.data.photos.select_photos(..., "train")``, so no held-out photo
 travels) that is large enough for the stage's crops, as JPEG (quality 90, no
-chroma subsampling; the synthesizer downscales photos by 0.5-1 anyway),
-longest side at most ``--max-side``, in a seeded order for as long as they fit
+chroma subsampling), longest side at most ``--max-side`` (the few larger photos
+then appear at a smaller scale than in training from the originals), in a
+seeded order for as long as they fit
 in ``--budget-mb`` (the count is printed); and ``init.safetensors``, a copy
 of the weights the stage starts from (``configs/wide/cascade_gpu.json``'s
-``init``, the previous stage's output). ``STEPS=train_wide bash
+``init``, the previous stage's output). Training splits the packed photos 90/10
+again, so its validation there uses training photos: not a held-out score. ``STEPS=train_wide bash
 benchmarks/gpu_sweep.sh``, with ``runs/gpu_carry`` carried, trains from it.
 """
 

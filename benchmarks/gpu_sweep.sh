@@ -20,7 +20,9 @@
 # seconds (default 300; Ctrl-C's stop: a checkpoint after a whole step) from the
 # carried folder runs/gpu_carry (made by benchmarks/gpu_carry.py: photos and the
 # initial weights; name it in the call's carry) with configs/wide/cascade_gpu.json,
-# and returns $OUT/wide_gpu.safetensors (the weights) and the run's log.csv in all.tgz:
+# and returns $OUT/wide_gpu.safetensors (the weights) and the run's log.csv in all.tgz
+# (its validation draws on training photos - the carried ones are all from the training
+# split - so its PSNR is no held-out score: evaluate the weights with the model card's commands):
 #   STEPS=train_wide TRAIN_S=420 bash benchmarks/gpu_sweep.sh
 set -u
 STEPS=${STEPS:-report,build,tests,bench_ifm,bench_model,train_compiled,profile}
@@ -87,10 +89,11 @@ want train_compiled && TAIL=8 step train_compiled 150 $PY benchmarks/bench_model
 want profile && TAIL=45 step profile_model 60 $PY benchmarks/profile_model.py --size 640 --mode fast-bf16 --rows 30
 if [[ ",$STEPS," == *",train_wide,"* ]]; then  # only when named: it needs the carried folder
   TRAIN_S=${TRAIN_S:-300}
+  rm -rf /tmp/wide_gpu "$OUT/wide_gpu.safetensors"  # a warm machine's earlier run must not come back as this one
   TAIL=12 step train_wide $((TRAIN_S + 120)) timeout -s INT -k 90 "$TRAIN_S" $PY -m inik train \
       --config configs/wide/cascade_gpu.json --data runs/gpu_carry/photos --init runs/gpu_carry/init.safetensors \
       --out /tmp/wide_gpu --no-progress
   cp /tmp/wide_gpu/log.csv "$LOGS/wide_gpu_log.csv" && cp /tmp/wide_gpu/config.json "$LOGS/wide_gpu_config.json"
-  cp /tmp/wide_gpu/last.safetensors "$OUT/wide_gpu.safetensors" && pack
+  [[ -f /tmp/wide_gpu/last.safetensors ]] && cp /tmp/wide_gpu/last.safetensors "$OUT/wide_gpu.safetensors"; pack
 fi
 echo "done $(date +%T)"

@@ -10,6 +10,9 @@ import ctypes, sys
 from inik.runtime import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
 libc = ctypes.CDLL("libc.so.6")
+if not hasattr(libc, "mallinfo2"):
+    print("no-mallinfo2 0 0")
+    sys.exit()
 class Info(ctypes.Structure):  # struct mallinfo2, glibc >= 2.33
     _fields_ = [(n, ctypes.c_size_t) for n in
                 "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
@@ -24,8 +27,8 @@ libc.memset(p, 1, 64 * 2**20)
 during = libc.mallinfo2()
 libc.free(p)
 after = libc.mallinfo2()
-# mmapped chunks while held; free bytes the heap keeps after the free
-print(applied, during.hblks - before.hblks, after.fordblks - before.fordblks)
+# mmapped chunks while held; free bytes the heap holds after the free
+print(applied, during.hblks - before.hblks, after.fordblks)
 """
 
 
@@ -33,6 +36,8 @@ def _child(mode, env=None):
     import os
     out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, check=True,
                          env={**os.environ, **(env or {})}).stdout.split()
+    if out[0] == "no-mallinfo2":
+        pytest.skip("glibc before 2.33 has no mallinfo2 to read its accounting")
     return out[0] == "True", int(out[1]), int(out[2])
 
 

@@ -91,6 +91,7 @@ if _ext.is_built():
                              f"and {tuple(grad.shape)}")
         torch._check(x.dtype == torch.float32 and grad.dtype == torch.float32,
                      lambda: f"{op}: x and grad must be float32, got {x.dtype} and {grad.dtype}")
+        torch._check(padding_mode in _MODES, lambda: f"{op}: padding_mode must be one of {_MODES}")
         return x.new_empty(grad.shape[1], x.shape[1], 3, 3)
 
     _ext.forbid_backward("inik::conv3x3_winograd_weight_grad",
