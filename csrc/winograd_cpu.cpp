@@ -594,6 +594,25 @@ int64_t conv3x3_winograd_tile(int64_t H, int64_t W) {
 
 constexpr auto kCL = at::MemoryFormat::ChannelsLast;
 
+// padding_mode: true for "reflect", false for "zeros"; anything else is an error naming op.
+bool reflect_padding(const char* op, c10::string_view padding_mode) {
+  const bool reflect = padding_mode == "reflect";
+  TORCH_CHECK(reflect || padding_mode == "zeros",
+              msg(op, ": padding_mode must be 'zeros' or 'reflect', got '", std::string(padding_mode), "'"));
+  return reflect;
+}
+
+// p's tiles for F(m x m, 3x3) and its channels rounded up to L lanes; reflect padding needs
+// H and W of at least 2 (x's sizes in the message).
+void tile_plan(const char* op, Plan& p, int m, int L, at::IntArrayRef sizes) {
+  TORCH_CHECK(!p.reflect || (p.H >= 2 && p.W >= 2),
+              msg(op, ": reflect padding needs H and W of at least 2, got ", sizes));
+  p.th = (p.H + m - 1) / m;
+  p.tw = (p.W + m - 1) / m;
+  p.Cip = (p.Ci + L - 1) / L * L;
+  p.Cop = (p.Co + L - 1) / L * L;
+}
+
 at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias_,
                             const std::optional<at::Tensor>& residual_, c10::string_view padding_mode, bool relu,
                             int64_t tile, bool bf16_gemm, c10::string_view isa_name) {
@@ -609,20 +628,13 @@ at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, const
   TORCH_CHECK(weight.device().is_cpu() && weight.is_floating_point(),
               msg(op, ": weight must be a floating-point CPU tensor, got ", weight.scalar_type(), " on ",
                   weight.device()));
-  const bool reflect = padding_mode == "reflect";
-  TORCH_CHECK(reflect || padding_mode == "zeros",
-              msg(op, ": padding_mode must be 'zeros' or 'reflect', got '", std::string(padding_mode), "'"));
+  const bool reflect = reflect_padding(op, padding_mode);
   const Isa isa = pick_isa(isa_name);
   const Shape sh = shape(isa);
   const int L = sh.lanes;
   Plan p{x.size(0), x.size(1), weight.size(0), x.size(2), x.size(3), 0, 0, 0, 0, reflect, relu};
-  TORCH_CHECK(!reflect || (p.H >= 2 && p.W >= 2),
-              msg(op, ": reflect padding needs H and W of at least 2, got ", x.sizes()));
   const int m = pick_tile(tile, p.H, p.W);
-  p.th = (p.H + m - 1) / m;
-  p.tw = (p.W + m - 1) / m;
-  p.Cip = (p.Ci + L - 1) / L * L;
-  p.Cop = (p.Co + L - 1) / L * L;
+  tile_plan(op, p, m, L, x.sizes());
   at::Tensor bias;
   if (bias_.has_value() && bias_->defined()) {
     TORCH_CHECK(bias_->dim() == 1 && bias_->size(0) == p.Co && bias_->device().is_cpu(),
@@ -695,20 +707,12 @@ at::Tensor conv3x3_winograd_weight_grad(const at::Tensor& x, const at::Tensor& g
   TORCH_CHECK(grad.size(0) == x.size(0) && grad.size(2) == x.size(2) && grad.size(3) == x.size(3),
               msg(op, ": grad must be (", x.size(0), ", Co, ", x.size(2), ", ", x.size(3), ") for x of shape ",
                   x.sizes(), ", got ", grad.sizes()));
-  const bool reflect = padding_mode == "reflect";
-  TORCH_CHECK(reflect || padding_mode == "zeros",
-              msg(op, ": padding_mode must be 'zeros' or 'reflect', got '", std::string(padding_mode), "'"));
+  const bool reflect = reflect_padding(op, padding_mode);
   TORCH_CHECK(chunk >= 0, msg(op, ": chunk must be >= 0, got ", chunk));
   constexpr int m = 4, a = m + 2;
   const Isa isa = pick_isa(isa_name);
-  const int L = shape(isa).lanes;
   Plan p{x.size(0), x.size(1), grad.size(1), x.size(2), x.size(3), 0, 0, 0, 0, reflect, false};
-  TORCH_CHECK(!reflect || (p.H >= 2 && p.W >= 2),
-              msg(op, ": reflect padding needs H and W of at least 2, got ", x.sizes()));
-  p.th = (p.H + m - 1) / m;
-  p.tw = (p.W + m - 1) / m;
-  p.Cip = (p.Ci + L - 1) / L * L;
-  p.Cop = (p.Co + L - 1) / L * L;
+  tile_plan(op, p, m, shape(isa).lanes, x.sizes());
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
   at::Tensor gw = at::zeros({a * a, p.Cop, p.Cip}, f32);  // sum over tiles of Y[q]^T V[q]
   const int64_t tiles = p.B * p.th * p.tw;
@@ -728,8 +732,7 @@ at::Tensor conv3x3_winograd_weight_grad(const at::Tensor& x, const at::Tensor& g
   }
   // dW[co][ci][k][l] = sum over positions (i, j) of G[i][k] G[j][l] gw[i a + j][co][ci], in double
   at::Tensor G = at::empty({a, 3}, at::TensorOptions().dtype(at::kDouble));
-  for (int i = 0; i < a; ++i)
-    for (int k = 0; k < 3; ++k) G.data_ptr<double>()[i * 3 + k] = Tile<m>::G[i][k];
+  std::copy_n(&Tile<m>::G[0][0], a * 3, G.data_ptr<double>());
   const at::Tensor sums = gw.narrow(1, 0, p.Co).narrow(2, 0, p.Ci).to(at::kDouble).view({a, a, p.Co, p.Ci});
   return at::einsum("ik,ijcd,jl->cdkl", {G, sums, G}).to(at::kFloat).contiguous();
 }

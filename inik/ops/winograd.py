@@ -107,7 +107,7 @@ if _ext.is_built():
         """Gradients of y = act(conv(P(x), w) + b + r): the input's is the full correlation
         of dy with w flipped and transposed (a Winograd convolution of dy zero-padded by one
         pixel), folded back by P's adjoint for reflect padding; the weight's in float32 by the
-        Winograd weight-gradient op (padding by index, 2-6x faster than oneDNN on AVX2), in
+        Winograd weight-gradient op (padding by index; faster than oneDNN's: RESULTS.md), in
         bfloat16 or with create_graph=True (a differentiable one) oneDNN's (in dy's dtype, as
         autocast's convolution computes it; on NCHW copies without AVX-512)."""
         from .conv import reflect_pad1_backward
