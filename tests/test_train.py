@@ -827,3 +827,107 @@ def test_configs_are_shipped():
     """The check above runs on something: an empty configs/ would leave it no case."""
     shipped = {f"{p.parent.name}/{p.name}" for p in CONFIGS}
     assert {"configs/paper.json", "default/stage1.json", "default/stage4.json", "wide/ablation_cascade.json"} <= shipped
+
+
+def test_weight_average_follows_its_formula():
+    """average = d * average + (1 - d) * weights with d = min(decay, (1 + n) / (10 + n)),
+    parameters averaged, buffers copied; a decay outside (0, 1) is refused."""
+    from inik.training.average import WeightAverage
+    torch.manual_seed(0)
+    model = inik.INIKNet(**SMALL)
+    average = WeightAverage(model, 0.5)
+    expected = {k: v.clone().double() for k, v in model.named_parameters()}
+    for n in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        d = min(0.5, (1 + n) / (10 + n))
+        expected = {k: d * expected[k] + (1 - d) * p.double() for k, p in model.named_parameters()}
+        average.update(model)
+    assert average.updates == 4
+    for name, p in average.model.named_parameters():
+        torch.testing.assert_close(p.double(), expected[name], rtol=1e-6, atol=1e-6, msg=name)
+        assert not p.requires_grad
+    for mine, theirs in zip(average.model.buffers(), model.buffers()):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="ema must be in"):
+            WeightAverage(model, bad)
+
+
+def _recording_updates(monkeypatch):
+    """The raw weights after each training step, as WeightAverage.update sees them."""
+    from inik.training.average import WeightAverage
+    seen, update = [], WeightAverage.update
+
+    def record(self, model):
+        seen.append({k: p.detach().clone().double() for k, p in model.named_parameters()})
+        update(self, model)
+
+    monkeypatch.setattr(WeightAverage, "update", record)
+    return seen
+
+
+def test_ema_run_saves_validates_and_resumes_the_average(tmp_path, monkeypatch):
+    """With ema: training itself is unchanged (the raw weights in the state equal a run
+    without it), last.safetensors holds the average of the raw weights of every step,
+    the validation PSNR is the average's, and a resumed run continues it exactly."""
+    from inik.train import validate, validation_pairs
+    data = _pairs_folder(tmp_path / "data", n=3)
+    plain = train(_cfg(tmp_path, data, iters=6, out=str(tmp_path / "plain")), progress=False)
+    seen = _recording_updates(monkeypatch)
+    cfg = _cfg(tmp_path, data, iters=6, ema=0.6, val_every=6, out=str(tmp_path / "ema"))
+    returned = train(cfg, progress=False)
+    assert len(seen) == 6
+    state = read_state(tmp_path / "ema")
+    assert state["ema_updates"] == 6
+    for name, p in plain.state_dict().items():
+        torch.testing.assert_close(state["model"][name], p, rtol=0, atol=0, msg=name)
+    expected = _start_weights()  # the average starts from the run's initial weights (seed 0)
+    for n, raw in enumerate(seen):
+        d = min(0.6, (1 + n) / (10 + n))
+        expected = {k: d * expected[k] + (1 - d) * raw[k] for k in expected}
+    saved = inik.INIKNet.load(tmp_path / "ema" / "last.safetensors")
+    for name, p in saved.named_parameters():
+        torch.testing.assert_close(p.double(), expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    for a, b in zip(saved.state_dict().values(), returned.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    val_psnr = float(_log(tmp_path / "ema")[-1]["val_psnr"])
+    assert val_psnr == pytest.approx(validate(saved, validation_pairs(cfg), "cpu"), abs=1e-3)
+    # cut at 3 and resumed: the same average, bit for bit
+    train(_cfg(tmp_path, data, iters=3, ema=0.6, ckpt_every=3, out=str(tmp_path / "cut")), progress=False)
+    train(_cfg(tmp_path, data, iters=6, ema=0.6, out=str(tmp_path / "cut")), resume=True, progress=False)
+    resumed = inik.INIKNet.load(tmp_path / "cut" / "last.safetensors")
+    for a, b in zip(saved.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert read_state(tmp_path / "cut")["ema_updates"] == 6
+
+
+def _start_weights():
+    """The weights a run of _cfg starts from (seed 0), before any step."""
+    torch.manual_seed(0)
+    return {k: p.detach().clone().double() for k, p in inik.INIKNet(**SMALL).named_parameters()}
+
+
+def test_ema_can_be_added_on_resume(tmp_path, capsys):
+    """A run without an average resumed with --ema: its training goes on unchanged and the
+    average starts from the weights resumed; a damaged average is named."""
+    data = _pairs_folder(tmp_path / "data", n=3)
+    out = tmp_path / "run"
+    cfg = _config_file(tmp_path, data, iters=3)
+    assert main(["train", "--config", cfg, "--out", str(out), "--no-progress"]) == 0
+    resumed_from = read_state(out)["model"]
+    assert main(["train", "--out", str(out), "--resume", "--iters", "4", "--ema", "0.9", "--no-progress"]) == 0
+    state = read_state(out)
+    assert state["ema_updates"] == 1 and json.loads((out / "config.json").read_text())["ema"] == 0.9
+    saved = inik.INIKNet.load(out / "last.safetensors")
+    for name, p in saved.named_parameters():  # one update, decay 0.1, from the weights resumed
+        torch.testing.assert_close(p, 0.1 * resumed_from[name] + 0.9 * state["model"][name], rtol=1e-5, atol=1e-6)
+    assert main(["train", "--config", cfg, "--out", str(tmp_path / "r2"), "--ema", "1", "--no-progress"]) == 2
+    assert "ema must be in [0, 1)" in capsys.readouterr().err
+    state["ema"] = {k: v[..., :1] if v.dim() else v for k, v in state["ema"].items()}
+    _write_state(state, out)
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--iters", "5", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a weight average that does not match the model" in err and "Traceback" not in err, err

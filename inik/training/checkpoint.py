@@ -57,12 +57,15 @@ def read_state(out: Path) -> dict:
     return state
 
 
-def save_checkpoint(out: Path, model: INIKNet, opt, sched, it: int, cfg: TrainConfig, scaler=None) -> None:
+def save_checkpoint(out: Path, model: INIKNet, opt, sched, it: int, cfg: TrainConfig, scaler=None,
+                    average=None) -> None:
     """``last.state.safetensors`` (everything ``--resume`` needs, weights included;
-    with ``--amp fp16`` the GradScaler's loss scale too) then ``last.safetensors``
-    (the weights for users), each replaced atomically: a crash at any point leaves a
-    loadable, self-consistent previous checkpoint. An older run's ``last.state.pt``
-    is removed once its successor is written."""
+    with ``--amp fp16`` the GradScaler's loss scale too, with a
+    :class:`~inik.training.average.WeightAverage` the average) then
+    ``last.safetensors`` (the weights for users: the average when there is one), each
+    replaced atomically: a crash at any point leaves a loadable, self-consistent
+    previous checkpoint. An older run's ``last.state.pt`` is removed once its
+    successor is written."""
     from .. import safestate
     from ..data.io import write_atomically
     state = {"iteration": it, "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -70,6 +73,8 @@ def save_checkpoint(out: Path, model: INIKNet, opt, sched, it: int, cfg: TrainCo
              "config": dataclasses.asdict(cfg)}
     if scaler is not None and scaler.is_enabled():
         state["scaler"] = scaler.state_dict()
+    if average is not None:
+        state.update(average.state())
     write_atomically(out / STATE_FILE, safestate.dumps(state))
     (out / LEGACY_STATE_FILE).unlink(missing_ok=True)
-    model.save(out / "last.safetensors")
+    (average.model if average is not None else model).save(out / "last.safetensors")

@@ -53,6 +53,7 @@ class TrainConfig:
     val_every: int = 1000
     val_images: int = 8
     ckpt_every: int = 500
+    ema: float = 0.0                  # decay of a running average of the weights (0: off), saved and validated
     max_blur: float = 12.0            # synthetic: largest circle-of-confusion radius, pixels
     photo_prob: float = 0.8           # synthetic with photos: fraction of photo scenes (rest procedural)
     radius_power: float = 0.5         # synthetic: a crop's largest radius is max_blur * u**radius_power (1: uniform)
@@ -92,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"at least one loss weight ({', '.join(LOSS_WEIGHTS)}) must be > 0; all are 0")
         if not 0 <= self.seed < MAX_SEED:
             raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1) (0: no weight average), got {self.ema}")
         if not 0 < self.lr_gamma <= 1:
             raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
         for name in ("photo_prob", "narrow_prob"):
@@ -166,9 +169,10 @@ def load_config(path: Optional[str], overrides: dict) -> TrainConfig:
 
 
 # What may change when a run is resumed: how long it runs, how often it logs and saves,
-# where its data lives and how many loader workers. --init is not among them: a resumed
+# where its data lives, how many loader workers, and the weight average (which never
+# changes the training itself: added on resume, it starts from the weights then). --init is not among them: a resumed
 # run starts from its checkpoint, and its config keeps the weights it was started from.
-RESUMABLE = ("iters", "log_every", "val_every", "ckpt_every", "workers", "data", "val_data", "out")
+RESUMABLE = ("iters", "log_every", "val_every", "ckpt_every", "ema", "workers", "data", "val_data", "out")
 
 
 def saved_settings(config: dict) -> dict:

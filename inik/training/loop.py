@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import first_line
 from ..models import INIKNet, INIKNetConfig
+from .average import WeightAverage
 from .checkpoint import LEGACY_STATE_FILE, STATE_FILE, read_state, save_checkpoint, state_path
 from .config import RESUMABLE, TrainConfig, saved_settings
 from .data import BatchSampler, SampleStream, build_source, validation_pairs
@@ -89,7 +90,8 @@ def init_weights(model: INIKNet, path: str, other_revision: bool = False) -> Non
 
 def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
           progress: bool = True) -> INIKNet:
-    """Run (or resume) training into ``cfg.out``; returns the trained model."""
+    """Run (or resume) training into ``cfg.out``; returns the trained model (with
+    ``cfg.ema``, on rank 0, the weight average: what ``last.safetensors`` holds)."""
     from ..losses import INIKLoss
     rank, world = _ddp_env()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -139,6 +141,7 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
         start = state["iteration"]
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    average = _weight_average(cfg, model, state, out) if rank == 0 else None
     net = model
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -191,6 +194,8 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
             loss, outputs = train_step(net, loss_fn, opt, scaler, blurry, sharp, amp)
             sched.step()
             it += 1
+            if average is not None:
+                average.update(model)
             if rank == 0:
                 if bar is not None:
                     bar.update()
@@ -204,7 +209,8 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
                 if do_val or it % cfg.log_every == 0 or it == cfg.iters:
                     means = {tag: (total / steps).item() for tag, total in sums.items()}
                     sums, steps = {}, 0
-                    val_psnr = validate_and_show(model, val, device, board, it) if do_val else None
+                    shown = average.model if average is not None else model
+                    val_psnr = validate_and_show(shown, val, device, board, it) if do_val else None
                     row = {"iter": it, "loss": f"{means['loss/total']:.6g}", "psnr": f"{means['psnr/train']:.4f}",
                            "lr": f"{lr:.6g}", "seconds": f"{time.perf_counter() - t0:.1f}",
                            "val_psnr": f"{val_psnr:.4f}" if do_val else ""}
@@ -217,10 +223,10 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
                     if bar is not None:
                         bar.set_postfix(loss=row["loss"], psnr=row["psnr"])
                 if it % cfg.ckpt_every == 0 or it == cfg.iters:
-                    save_checkpoint(out, model, opt, sched, it, cfg, scaler)
+                    save_checkpoint(out, model, opt, sched, it, cfg, scaler, average)
             if stop.requested:
                 if it < cfg.iters:  # at the last step the run's final checkpoint is saved already
-                    save_checkpoint(out, model, opt, sched, it, cfg, scaler)
+                    save_checkpoint(out, model, opt, sched, it, cfg, scaler, average)
                 break
     if bar is not None:
         bar.close()
@@ -230,7 +236,25 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
         print(f"inik train: Ctrl-C came during the last step; the run is complete (iteration {it})", file=sys.stderr)
     if world > 1:
         dist.barrier()
-    return model
+    return average.model if average is not None else model
+
+
+def _weight_average(cfg: TrainConfig, model: INIKNet, state: Optional[dict], out: Path) -> Optional[WeightAverage]:
+    """The run's weight average (``cfg.ema``), restored from a resumed checkpoint when it
+    has one; a resumed run without one starts its average from the weights it resumes."""
+    if not cfg.ema:
+        return None
+    average = WeightAverage(model, cfg.ema)
+    if state is not None and "ema" in state:
+        try:
+            average.load(state)
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"--resume: checkpoint {state_path(out)} holds a weight average that does not match "
+                             f"the model (a damaged or edited file): {first_line(exc)}") from None
+    elif state is not None:
+        log.info("--resume: the run in %s had no weight average; it starts from the weights at iteration %d",
+                 out, state["iteration"])
+    return average
 
 
 class TrainingInterrupted(KeyboardInterrupt):
