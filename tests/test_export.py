@@ -133,3 +133,23 @@ def test_aoti_failure_is_one_line(tmp_path, capsys, weights, monkeypatch):
     _one_line_error(capsys, ["-o", str(tmp_path / "a.pt2"), "--aoti", "--size", "32x32", "--weights", str(weights)],
                     "AOTInductor cannot build a package here: no C++ compiler found")
     assert not (tmp_path / "a.pt2").exists()
+
+
+def test_aoti_package_runs_without_inik(tmp_path, small):
+    """An AOTInductor package (a C++ build: about a minute) computes model(y) in a process
+    where inik cannot be imported."""
+    import subprocess
+    path = tmp_path / "a.pt2"
+    done = export_model(small, "pt2", path, size=(45, 38), aoti=True)
+    assert done.aoti and done.difference <= TOL
+    y = torch.rand(1, 3, 45, 38, generator=torch.Generator().manual_seed(7))
+    torch.save(y, tmp_path / "y.pt")
+    script = ("import sys; sys.modules['inik'] = None\n"  # any import of inik fails
+              "import torch; from torch._inductor import aoti_load_package\n"
+              f"y = torch.load({str(tmp_path / 'y.pt')!r})\n"
+              f"torch.save(aoti_load_package({str(path)!r})(y), {str(tmp_path / 'x.pt')!r})\n")
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, timeout=600)
+    got = torch.load(tmp_path / "x.pt")
+    with torch.no_grad():
+        want = small(y)
+    assert got.shape == want.shape and float((got - want).abs().max()) <= TOL
