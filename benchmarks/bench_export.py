@@ -16,7 +16,10 @@ that a CPU's drift hits every runner alike:
 
 Prints each runner's median, its ratio to ``model(y)`` and its largest
 difference from it, with the machine (CPU model, inik's instruction set) and
-versions; ``--out`` writes the same as JSON.
+versions; ``--out`` writes the same as JSON. ``--profile`` then runs the ONNX
+file once more under onnxruntime's profiler and prints where its time goes, by
+operator type, and the rate of its convolutions (multiply-adds counted from the
+graph's shapes) against a float32 matmul timed in the same run.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_ifm import _device_name, _versions  # noqa: E402
+from bench_ifm import _device_name, _versions, sgemm_flops  # noqa: E402
 from bench_model import _size  # noqa: E402
 
 from inik.export import export_model  # noqa: E402
@@ -62,12 +65,52 @@ def runners(model, folder: Path, size: tuple[int, int], pt2: bool) -> dict:
     return found
 
 
+def conv_macs(path: Path) -> dict[str, int]:
+    """Multiply-adds of the ONNX graph's Conv nodes (from its inferred shapes): all of
+    them, and those with 3x3 kernels."""
+    import onnx
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*graph.value_info, *graph.input, *graph.output]}
+    shapes.update({t.name: list(t.dims) for t in graph.initializer})
+    macs = {"all": 0, "3x3": 0}
+    for node in graph.node:
+        if node.op_type != "Conv":
+            continue
+        w, out = shapes[node.input[1]], shapes[node.output[0]]
+        n = out[0] * out[1] * out[2] * out[3] * w[1] * w[2] * w[3]  # each output: C_in/groups x kh x kw
+        macs["all"] += n
+        macs["3x3"] += n if w[2:] == [3, 3] else 0
+    return macs
+
+
+def profile(path: Path, y: torch.Tensor, threads: int) -> dict[str, float]:
+    """Milliseconds per operator type in one onnxruntime call (after a warm-up)."""
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.parent / "profile")
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(2):
+        session.run(None, {"y": y.numpy()})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    ms: dict[str, float] = {}
+    for e in nodes[len(nodes) // 2:]:  # the second call's
+        ms[e["args"]["op_name"]] = ms.get(e["args"]["op_name"], 0.0) + e["dur"] / 1e3
+    return dict(sorted(ms.items(), key=lambda kv: -kv[1]))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="640", help="input size, e.g. 640 or 1680x1120 (W x H) (default 640)")
     p.add_argument("--reps", type=int, default=3, help="calls of a runner in one turn (default 3)")
     p.add_argument("--rounds", type=int, default=2, help="turns of every runner (default 2)")
     p.add_argument("--pt2", action="store_true", help="also time the torch.export program (default: off)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one onnxruntime call: time per operator type, the convolutions' rate "
+                        "(default: off)")
     p.add_argument("--out", help="write the results as JSON")
     args = p.parse_args(argv)
     keep_freed_memory()
@@ -95,6 +138,10 @@ def main(argv=None) -> int:
                     t0 = time.perf_counter()
                     fn(y)
                     times[name].append((time.perf_counter() - t0) * 1e3)
+        if args.profile:
+            by_op = profile(Path(tmp) / "m.onnx", y, torch.get_num_threads())
+            macs = conv_macs(Path(tmp) / "m.onnx")
+            sgemm = sgemm_flops(torch.device("cpu"), torch.float32)
     base = statistics.median(times["model(y)"])
     rows = [{"runner": name, "median_ms": statistics.median(ms), "ms": ms,
              "ratio_to_model": statistics.median(ms) / base, "max_diff": diffs[name]} for name, ms in times.items()]
@@ -103,8 +150,19 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"  {r['runner']:<12} {r['median_ms']:9.1f} ms  {r['ratio_to_model']:5.2f}x model(y)  "
               f"max |diff| {r['max_diff']:.1e}")
+    result = {"meta": meta, "size": [h, w], "rows": rows}
+    if args.profile:
+        total = sum(by_op.values())
+        rate = 2 * macs["all"] / (by_op.get("Conv", 0.0) / 1e3)
+        print(f"onnxruntime, one call profiled: {total:.0f} ms in operators")
+        for op, ms in list(by_op.items())[:8]:
+            print(f"  {op:<14} {ms:8.1f} ms  {100 * ms / total:4.1f}%")
+        print(f"  Conv: {macs['all'] / 1e9:.1f} G multiply-adds ({100 * macs['3x3'] / macs['all']:.0f}% in 3x3 "
+              f"kernels) at {rate / 1e9:.1f} GFLOP/s, {100 * rate / sgemm:.0f}% of a 2048x2048 float32 matmul "
+              f"here ({sgemm / 1e9:.1f} GFLOP/s)")
+        result["profile"] = {"ms_by_op": by_op, "conv_macs": macs, "conv_flops": rate, "sgemm_flops": sgemm}
     if args.out:
-        Path(args.out).write_text(json.dumps({"meta": meta, "size": [h, w], "rows": rows}, indent=1))
+        Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
 
 

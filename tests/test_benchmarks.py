@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from inik.ops import _ext
@@ -195,3 +196,33 @@ def test_gpu_carry_packs_training_photos_only_within_the_budget(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "gpu_carry.py"), "--photos", str(photos), "--init", str(init),
                            "--out", str(out)], capture_output=True, text=True)
     assert proc.returncode == 2 and "exists" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_export_times_and_profiles_the_onnx_file(tmp_path):
+    out = tmp_path / "export.json"
+    text = _run("bench_export.py", "--size", "48", "--reps", "1", "--rounds", "1", "--profile", "--out", str(out))
+    assert "onnxruntime, one call profiled" in text and "Conv:" in text
+    result = json.loads(out.read_text())
+    assert [r["runner"] for r in result["rows"]] == ["model(y)", "onnxruntime"]
+    assert all(r["max_diff"] < 1e-4 for r in result["rows"])
+    prof = result["profile"]
+    assert prof["ms_by_op"]["Conv"] > 0 and 0 < prof["conv_macs"]["3x3"] < prof["conv_macs"]["all"]
+
+
+def test_bench_export_counts_convolution_multiply_adds(tmp_path):
+    """conv_macs on a graph of known work: a 3x3 conv 4 -> 5 channels on 10x12, and a
+    grouped (2 groups) 5x5 conv 4 -> 6 channels with stride 2."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    sys.path.insert(0, str(BENCH))
+    from bench_export import conv_macs
+    w1 = numpy_helper.from_array(np.zeros((5, 4, 3, 3), np.float32), "w1")
+    w2 = numpy_helper.from_array(np.zeros((6, 2, 5, 5), np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "w2"], ["b"], group=2, strides=[2, 2], pads=[2, 2, 2, 2])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 10, 12])],
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, None)], [w1, w2])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "g.onnx")
+    three = 5 * 10 * 12 * 4 * 9
+    assert conv_macs(tmp_path / "g.onnx") == {"3x3": three, "all": three + 6 * 5 * 6 * 2 * 25}
