@@ -218,6 +218,22 @@ def test_ddp_two_processes_keep_identical_weights(tmp_path):
     assert moved
 
 
+def test_ddp_with_ema_averages_on_rank_0(tmp_path):
+    """Under DDP rank 0 keeps and saves the average; the raw weights in the resume state
+    are every rank's weights."""
+    data = _pairs_folder(tmp_path / "data", n=4)
+    cfg = _cfg(tmp_path, data, iters=3, batch=1, ema=0.5)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
+    average, raw = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    state = read_state(tmp_path / "run")
+    saved = inik.INIKNet.load(tmp_path / "run" / "last.safetensors").state_dict()
+    assert state["ema_updates"] == 3
+    for k in raw:
+        torch.testing.assert_close(state["model"][k], raw[k], rtol=0, atol=0)
+        torch.testing.assert_close(saved[k], average[k], rtol=0, atol=0)
+    assert any(not torch.equal(average[k], raw[k]) for k in raw)
+
+
 def test_eval_matches_skimage(tmp_path):
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
     data = _pairs_folder(tmp_path / "data", n=2, size=40)
