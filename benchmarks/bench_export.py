@@ -12,7 +12,10 @@ that a CPU's drift hits every runner alike:
   of the command line (:func:`inik.runtime.keep_freed_memory`);
 * ``onnxruntime``: the ONNX export, CPUExecutionProvider with its default
   settings (all graph optimisations) and as many intra-op threads as torch has;
-* ``pt2`` (with ``--pt2``): the torch.export program, ``torch.export.load(...).module()``.
+* ``pt2`` (with ``--pt2``): the torch.export program, ``torch.export.load(...).module()``;
+* with ``--fold-pads``: the ONNX file with its reflect pads folded into the
+  convolutions as zero padding - not the model near the borders, but the time a
+  graph would take if its padding cost nothing extra.
 
 Prints each runner's median, its ratio to ``model(y)`` and its largest
 difference from it, with the machine (CPU model, inik's instruction set) and
@@ -50,16 +53,56 @@ def _isa() -> str:
     return winograd.isa() if _ext.is_built() else "no inik._C"
 
 
-def runners(model, folder: Path, size: tuple[int, int], pt2: bool) -> dict:
-    """name -> a function of y, each export written into ``folder`` first."""
+def _session(path: Path):
     import onnxruntime
-
-    export_model(model, "onnx", folder / "m.onnx", size=size, check=False)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(str(folder / "m.onnx"), options, providers=["CPUExecutionProvider"])
-    found = {"model(y)": model,
-             "onnxruntime": lambda y: torch.from_numpy(session.run(None, {"y": y.numpy()})[0])}
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda y: torch.from_numpy(session.run(None, {"y": y.numpy()})[0])
+
+
+def fold_reflect_pads(src: Path, dst: Path) -> int:
+    """Write ``src`` with every Pad that only feeds convolutions removed and its widths
+    moved into those convolutions (zero padding: another function near the borders, so
+    a bound on what padding costs, not a model). Returns how many were folded."""
+    import onnx
+    model = onnx.load(str(src))
+    graph = model.graph
+    consts = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+              if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    consts.update({t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer})
+    users: dict[str, list] = {}
+    for n in graph.node:
+        for name in n.input:
+            users.setdefault(name, []).append(n)
+    folded = []
+    for n in graph.node:
+        convs = users.get(n.output[0], []) if n.op_type == "Pad" else []
+        pads = consts.get(n.input[1]) if len(n.input) > 1 else None
+        if not convs or any(c.op_type != "Conv" for c in convs) or pads is None or len(pads) != 8:
+            continue
+        p = [int(v) for v in pads]  # (N, C, H, W) begins, then ends
+        if p[0] or p[1] or p[4] or p[5] or any(a.name == "pads" and any(a.ints) for c in convs for a in c.attribute):
+            continue
+        for c in convs:
+            c.input[0] = n.input[0]
+            for a in [a for a in c.attribute if a.name in ("pads", "auto_pad")]:
+                c.attribute.remove(a)
+            c.attribute.append(onnx.helper.make_attribute("pads", [p[2], p[3], p[6], p[7]]))
+        folded.append(n)
+    for n in folded:
+        graph.node.remove(n)
+    onnx.save(model, str(dst))
+    return len(folded)
+
+
+def runners(model, folder: Path, size: tuple[int, int], pt2: bool, folded: bool) -> dict:
+    """name -> a function of y, each export written into ``folder`` first."""
+    export_model(model, "onnx", folder / "m.onnx", size=size, check=False)
+    found = {"model(y)": model, "onnxruntime": _session(folder / "m.onnx")}
+    if folded:
+        n = fold_reflect_pads(folder / "m.onnx", folder / "folded.onnx")
+        found[f"onnxruntime, {n} pads folded"] = _session(folder / "folded.onnx")
     if pt2:
         export_model(model, "pt2", folder / "m.pt2", size=size, check=False)
         found["pt2"] = torch.export.load(str(folder / "m.pt2")).module()
@@ -109,6 +152,9 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=3, help="calls of a runner in one turn (default 3)")
     p.add_argument("--rounds", type=int, default=2, help="turns of every runner (default 2)")
     p.add_argument("--pt2", action="store_true", help="also time the torch.export program (default: off)")
+    p.add_argument("--fold-pads", dest="fold_pads", action="store_true",
+                   help="also time the ONNX file with its reflect pads folded into the convolutions as zero padding "
+                        "(not the same function near the borders: what the padding costs) (default: off)")
     p.add_argument("--profile", action="store_true",
                    help="also profile one onnxruntime call: time per operator type, the convolutions' rate "
                         "(default: off)")
@@ -128,7 +174,7 @@ def main(argv=None) -> int:
     times: dict[str, list] = {}
     diffs: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        found = runners(model, Path(tmp), (h, w), args.pt2)
+        found = runners(model, Path(tmp), (h, w), args.pt2, args.fold_pads)
         want = model(y)  # also the warm-up of model(y)
         for name, fn in found.items():
             diffs[name] = float((fn(y) - want).abs().max())  # the others' warm-up
@@ -140,7 +186,7 @@ def main(argv=None) -> int:
                     fn(y)
                     times[name].append((time.perf_counter() - t0) * 1e3)
         if args.profile:
-            del found  # a second onnxruntime session beside the timed one runs about 2x slower
+            del found, fn  # a second onnxruntime session beside the timed one can run about 2x slower
             gc.collect()
             by_op = profile(Path(tmp) / "m.onnx", y, torch.get_num_threads())
             macs = conv_macs(Path(tmp) / "m.onnx")
@@ -151,7 +197,7 @@ def main(argv=None) -> int:
     print(f"{meta['device']}; inik kernels {meta['isa']}; {meta['versions']}")
     print(f"inference {w}x{h}, float32, {args.rounds} turns of {args.reps} calls per runner")
     for r in rows:
-        print(f"  {r['runner']:<12} {r['median_ms']:9.1f} ms  {r['ratio_to_model']:5.2f}x model(y)  "
+        print(f"  {r['runner']:<32} {r['median_ms']:9.1f} ms  {r['ratio_to_model']:5.2f}x model(y)  "
               f"max |diff| {r['max_diff']:.1e}")
     result = {"meta": meta, "size": [h, w], "rows": rows}
     if args.profile:

@@ -131,9 +131,10 @@ def configure_parser(p) -> None:
     p.add_argument("--ckpt-every", dest="ckpt_every", type=int, metavar="N",
                    help=f"save the checkpoint OUT/last.* every N iterations and at the end {_default('ckpt_every')}")
     p.add_argument("--ema", type=float, metavar="DECAY",
-                   help=f"keep a running average of the weights with this decay (e.g. 0.999: about the last 1000 "
-                        f"iterations); OUT/last.safetensors and validation then hold the average, the resume state "
-                        f"also the raw weights; 0: off; may be added or changed on --resume {_default('ema')}")
+                   help=f"keep a running average of the weights (e.g. 0.999: the mean over the iterations so far, "
+                        f"up to about the last 1000); OUT/last.safetensors and validation then hold the average, "
+                        f"OUT/last.raw.safetensors the optimiser's weights; 0: off; may be added or changed on "
+                        f"--resume {_default('ema')}")
     p.add_argument("--init", help=f"INIKNet weights to start from (fine-tuning); none: random weights "
                                   f"{_default('init')}")
     p.add_argument("--init-other-revision", dest="init_other_revision", action="store_true", default=None,

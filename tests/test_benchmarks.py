@@ -200,11 +200,13 @@ def test_gpu_carry_packs_training_photos_only_within_the_budget(tmp_path):
 
 def test_bench_export_times_and_profiles_the_onnx_file(tmp_path):
     out = tmp_path / "export.json"
-    text = _run("bench_export.py", "--size", "48", "--reps", "1", "--rounds", "1", "--profile", "--out", str(out))
+    text = _run("bench_export.py", "--size", "48", "--reps", "1", "--rounds", "1", "--profile", "--fold-pads",
+                "--out", str(out))
     assert "onnxruntime, one call profiled" in text and "Conv:" in text
     result = json.loads(out.read_text())
-    assert [r["runner"] for r in result["rows"]] == ["model(y)", "onnxruntime"]
-    assert all(r["max_diff"] < 1e-4 for r in result["rows"])
+    assert [r["runner"] for r in result["rows"]] == ["model(y)", "onnxruntime", "onnxruntime, 123 pads folded"]
+    assert all(r["max_diff"] < 1e-4 for r in result["rows"][:2])
+    assert result["rows"][2]["max_diff"] > 1e-3  # zero padding: another function near the borders
     prof = result["profile"]
     assert prof["ms_by_op"]["Conv"] > 0 and 0 < prof["conv_macs"]["3x3"] < prof["conv_macs"]["all"]
 
@@ -226,3 +228,33 @@ def test_bench_export_counts_convolution_multiply_adds(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "g.onnx")
     three = 5 * 10 * 12 * 4 * 9
     assert conv_macs(tmp_path / "g.onnx") == {"3x3": three, "all": three + 6 * 5 * 6 * 2 * 25}
+
+
+def test_fold_reflect_pads_moves_pads_into_convolutions_only(tmp_path):
+    """A reflect Pad feeding a Conv becomes that Conv's zero padding (equal away from the
+    border); one feeding anything else stays."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+    sys.path.insert(0, str(BENCH))
+    from bench_export import fold_reflect_pads
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "p")]
+    nodes = [helper.make_node("Pad", ["x", "p"], ["xp"], mode="reflect"),
+             helper.make_node("Conv", ["xp", "w"], ["a"]),
+             helper.make_node("Pad", ["x", "p"], ["xq"], mode="reflect"),
+             helper.make_node("Relu", ["xq"], ["b"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 11])],
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "g.onnx")
+    assert fold_reflect_pads(tmp_path / "g.onnx", tmp_path / "f.onnx") == 1
+    folded = onnx.load(str(tmp_path / "f.onnx"))
+    assert [n.op_type for n in folded.graph.node] == ["Conv", "Pad", "Relu"]
+    x = rng.random((1, 3, 9, 11), dtype=np.float32)
+    (a, b), (fa, fb) = (onnxruntime.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"])
+                        .run(None, {"x": x}) for f in ("g.onnx", "f.onnx"))
+    assert a.shape == fa.shape == (1, 2, 9, 11) and np.array_equal(b, fb)
+    np.testing.assert_allclose(fa[..., 1:-1, 1:-1], a[..., 1:-1, 1:-1], rtol=1e-5, atol=1e-5)
+    assert np.abs(fa - a).max() > 1e-3

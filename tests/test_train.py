@@ -218,19 +218,36 @@ def test_ddp_two_processes_keep_identical_weights(tmp_path):
     assert moved
 
 
+def _ddp_ema_worker(rank, world, port, cfg, result_dir):
+    """_ddp_worker, recording on each rank the weights the average is updated with."""
+    from inik.training.average import WeightAverage
+    seen, update = [], WeightAverage.update
+
+    def record(self, model):
+        seen.append({k: p.detach().clone().double() for k, p in model.named_parameters()})
+        update(self, model)
+
+    WeightAverage.update = record
+    _ddp_worker(rank, world, port, cfg, result_dir)
+    torch.save(seen, os.path.join(result_dir, f"seen{rank}.pt"))
+
+
 def test_ddp_with_ema_averages_on_rank_0(tmp_path):
-    """Under DDP rank 0 keeps and saves the average; the raw weights in the resume state
-    are every rank's weights."""
+    """Under DDP rank 0 keeps, validates and saves the average of the (identical) weights
+    of every step; the other ranks train without one."""
     data = _pairs_folder(tmp_path / "data", n=4)
     cfg = _cfg(tmp_path, data, iters=3, batch=1, ema=0.5)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_ema_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     average, raw = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    seen, none = (torch.load(tmp_path / f"seen{r}.pt") for r in (0, 1))
+    assert len(seen) == 3 and none == []
     state = read_state(tmp_path / "run")
-    saved = inik.INIKNet.load(tmp_path / "run" / "last.safetensors").state_dict()
     assert state["ema_updates"] == 3
     for k in raw:
         torch.testing.assert_close(state["model"][k], raw[k], rtol=0, atol=0)
-        torch.testing.assert_close(saved[k], average[k], rtol=0, atol=0)
+    expected = _averaged(seen, 0.5)
+    _assert_weights({k: average[k].double() for k in expected}, expected)
+    _assert_weights(_weights(tmp_path / "run" / "last.safetensors"), expected)
     assert any(not torch.equal(average[k], raw[k]) for k in raw)
 
 
@@ -846,21 +863,25 @@ def test_configs_are_shipped():
 
 
 def test_weight_average_follows_its_formula():
-    """average = d * average + (1 - d) * weights with d = min(decay, (1 + n) / (10 + n)),
-    parameters averaged, buffers copied; a decay outside (0, 1) is refused."""
+    """average = d * average + (1 - d) * weights with d = min(decay, n / (n + 1)):
+    the plain mean of every update's weights, then exponential; parameters averaged,
+    buffers copied; a decay outside (0, 1) is refused."""
     from inik.training.average import WeightAverage
     torch.manual_seed(0)
     model = inik.INIKNet(**SMALL)
-    average = WeightAverage(model, 0.5)
-    expected = {k: v.clone().double() for k, v in model.named_parameters()}
-    for n in range(4):
+    average = WeightAverage(model, 0.7)
+    seen = []
+    for _ in range(6):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p))
-        d = min(0.5, (1 + n) / (10 + n))
-        expected = {k: d * expected[k] + (1 - d) * p.double() for k, p in model.named_parameters()}
+        seen.append({k: p.detach().double().clone() for k, p in model.named_parameters()})
         average.update(model)
-    assert average.updates == 4
+    assert average.updates == 6
+    # n = 0, 1, 2: the mean of the first three (d = 0, 1/2, 2/3), then d = 0.7
+    expected = {k: sum(w[k] for w in seen[:3]) / 3 for k in seen[0]}
+    for w in seen[3:]:
+        expected = {k: 0.7 * expected[k] + 0.3 * w[k] for k in expected}
     for name, p in average.model.named_parameters():
         torch.testing.assert_close(p.double(), expected[name], rtol=1e-6, atol=1e-6, msg=name)
         assert not p.requires_grad
@@ -884,10 +905,29 @@ def _recording_updates(monkeypatch):
     return seen
 
 
+def _averaged(seen, decay, start=None, first=0):
+    """The average of the recorded weights ``seen``, after ``first`` earlier updates that left ``start``."""
+    expected = start
+    for n, raw in enumerate(seen, start=first):
+        d = min(decay, n / (n + 1))
+        expected = raw if d == 0 else {k: d * expected[k] + (1 - d) * raw[k] for k in raw}
+    return expected
+
+
+def _weights(path):
+    return {k: p.detach().double() for k, p in inik.INIKNet.load(path).named_parameters()}
+
+
+def _assert_weights(got, want):
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_ema_run_saves_validates_and_resumes_the_average(tmp_path, monkeypatch):
-    """With ema: training itself is unchanged (the raw weights in the state equal a run
-    without it), last.safetensors holds the average of the raw weights of every step,
-    the validation PSNR is the average's, and a resumed run continues it exactly."""
+    """With ema: training itself is unchanged (the raw weights equal a run without it),
+    last.safetensors holds the average of the raw weights of every step and
+    last.raw.safetensors the raw ones, the validation PSNR is the average's, and a
+    resumed run continues it exactly."""
     from inik.train import validate, validation_pairs
     data = _pairs_folder(tmp_path / "data", n=3)
     plain = train(_cfg(tmp_path, data, iters=6, out=str(tmp_path / "plain")), progress=False)
@@ -897,19 +937,17 @@ def test_ema_run_saves_validates_and_resumes_the_average(tmp_path, monkeypatch):
     assert len(seen) == 6
     state = read_state(tmp_path / "ema")
     assert state["ema_updates"] == 6
+    raw = inik.INIKNet.load(tmp_path / "ema" / "last.raw.safetensors").state_dict()
     for name, p in plain.state_dict().items():
         torch.testing.assert_close(state["model"][name], p, rtol=0, atol=0, msg=name)
-    expected = _start_weights()  # the average starts from the run's initial weights (seed 0)
-    for n, raw in enumerate(seen):
-        d = min(0.6, (1 + n) / (10 + n))
-        expected = {k: d * expected[k] + (1 - d) * raw[k] for k in expected}
+        torch.testing.assert_close(raw[name], p, rtol=0, atol=0, msg=name)
+    _assert_weights(_weights(tmp_path / "ema" / "last.safetensors"), _averaged(seen, 0.6))
     saved = inik.INIKNet.load(tmp_path / "ema" / "last.safetensors")
-    for name, p in saved.named_parameters():
-        torch.testing.assert_close(p.double(), expected[name], rtol=1e-5, atol=1e-6, msg=name)
     for a, b in zip(saved.state_dict().values(), returned.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     val_psnr = float(_log(tmp_path / "ema")[-1]["val_psnr"])
     assert val_psnr == pytest.approx(validate(saved, validation_pairs(cfg), "cpu"), abs=1e-3)
+    assert val_psnr != pytest.approx(validate(plain, validation_pairs(cfg), "cpu"), abs=1e-3)
     # cut at 3 and resumed: the same average, bit for bit
     train(_cfg(tmp_path, data, iters=3, ema=0.6, ckpt_every=3, out=str(tmp_path / "cut")), progress=False)
     train(_cfg(tmp_path, data, iters=6, ema=0.6, out=str(tmp_path / "cut")), resume=True, progress=False)
@@ -919,31 +957,42 @@ def test_ema_run_saves_validates_and_resumes_the_average(tmp_path, monkeypatch):
     assert read_state(tmp_path / "cut")["ema_updates"] == 6
 
 
-def _start_weights():
-    """The weights a run of _cfg starts from (seed 0), before any step."""
-    torch.manual_seed(0)
-    return {k: p.detach().clone().double() for k, p in inik.INIKNet(**SMALL).named_parameters()}
-
-
-def test_ema_can_be_added_on_resume(tmp_path, capsys):
+def test_ema_added_changed_and_dropped_on_resume(tmp_path, capsys, caplog):
     """A run without an average resumed with --ema: its training goes on unchanged and the
-    average starts from the weights resumed; a damaged average is named."""
+    average starts at the iteration resumed; a new decay goes on from the saved average;
+    --ema 0 drops it with a warning; a damaged average is named."""
     data = _pairs_folder(tmp_path / "data", n=3)
     out = tmp_path / "run"
     cfg = _config_file(tmp_path, data, iters=3)
     assert main(["train", "--config", cfg, "--out", str(out), "--no-progress"]) == 0
-    resumed_from = read_state(out)["model"]
-    assert main(["train", "--out", str(out), "--resume", "--iters", "4", "--ema", "0.9", "--no-progress"]) == 0
-    state = read_state(out)
-    assert state["ema_updates"] == 1 and json.loads((out / "config.json").read_text())["ema"] == 0.9
-    saved = inik.INIKNet.load(out / "last.safetensors")
-    for name, p in saved.named_parameters():  # one update, decay 0.1, from the weights resumed
-        torch.testing.assert_close(p, 0.1 * resumed_from[name] + 0.9 * state["model"][name], rtol=1e-5, atol=1e-6)
-    assert main(["train", "--config", cfg, "--out", str(tmp_path / "r2"), "--ema", "1", "--no-progress"]) == 2
-    assert "ema must be in [0, 1)" in capsys.readouterr().err
-    state["ema"] = {k: v[..., :1] if v.dim() else v for k, v in state["ema"].items()}
-    _write_state(state, out)
     capsys.readouterr()
-    assert main(["train", "--out", str(out), "--resume", "--iters", "5", "--no-progress"]) == 2
+    with caplog.at_level("WARNING", logger="inik"):
+        assert main(["train", "--out", str(out), "--resume", "--iters", "4", "--ema", "0.9", "--no-progress"]) == 0
+    assert "had no weight average; it starts at iteration 3" in caplog.text
+    state = read_state(out)
+    w4 = {k: v.double() for k, v in state["model"].items()}
+    assert state["ema_updates"] == 1 and json.loads((out / "config.json").read_text())["ema"] == 0.9
+    _assert_weights(_weights(out / "last.safetensors"), w4)  # one update: the weights themselves
+    # a new decay: 0.3 < n / (n + 1) = 1/2, so it applies at the second update
+    assert main(["train", "--out", str(out), "--resume", "--iters", "5", "--ema", "0.3", "--no-progress"]) == 0
+    state = read_state(out)
+    w5 = {k: v.double() for k, v in state["model"].items()}
+    assert state["ema_updates"] == 2
+    _assert_weights(_weights(out / "last.safetensors"), {k: 0.3 * w4[k] + 0.7 * w5[k] for k in w5})
+    _assert_weights(_weights(out / "last.raw.safetensors"), w5)
+    damaged = dict(state, ema={k: v[..., :1] if v.dim() else v for k, v in state["ema"].items()})
+    _write_state(damaged, out)
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--iters", "6", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "holds a weight average that does not match the model" in err and "Traceback" not in err, err
+    _write_state(state, out)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="inik"):
+        assert main(["train", "--out", str(out), "--resume", "--iters", "6", "--ema", "0", "--no-progress"]) == 0
+    assert "the run's weight average (2 updates) is dropped" in caplog.text
+    state = read_state(out)
+    assert "ema" not in state and not (out / "last.raw.safetensors").exists()
+    _assert_weights(_weights(out / "last.safetensors"), {k: v.double() for k, v in state["model"].items()})
+    assert main(["train", "--config", cfg, "--out", str(tmp_path / "r2"), "--ema", "1", "--no-progress"]) == 2
+    assert "ema must be in [0, 1)" in capsys.readouterr().err

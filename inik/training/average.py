@@ -16,10 +16,10 @@ from ..models import INIKNet
 
 class WeightAverage:
     """``average = d * average + (1 - d) * weights`` after every step, with the
-    decay ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` updates: the ramp lets a
-    run started from other weights (``--init``) or a resumed run that had no average
-    forget its first weights within tens of steps instead of ``1 / (1 - decay)``.
-    Buffers are copied, not averaged."""
+    decay ``d = min(decay, n / (n + 1))`` after ``n`` updates: the plain mean of the
+    weights of every step so far until ``1 / (1 - decay)`` steps, an exponential
+    average over about that many after. The weights it was made from (``--init``'s,
+    or those of a resume) drop out at the first update. Buffers are copied."""
 
     def __init__(self, model: INIKNet, decay: float, updates: int = 0):
         if not 0 < decay < 1:
@@ -28,7 +28,7 @@ class WeightAverage:
         self.decay, self.updates = decay, updates
 
     def current_decay(self) -> float:
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+        return min(self.decay, self.updates / (self.updates + 1))
 
     @torch.no_grad()
     def update(self, model: INIKNet) -> None:

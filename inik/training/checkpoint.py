@@ -14,6 +14,7 @@ from ..models import INIKNet
 from .config import TrainConfig
 
 STATE_FILE = "last.state.safetensors"
+RAW_WEIGHTS_FILE = "last.raw.safetensors"  # with a weight average: the weights the optimiser left
 LEGACY_STATE_FILE = "last.state.pt"  # written by inik before the state file held no pickle
 _STATE_KEYS = ("iteration", "model", "optimizer", "scheduler", "torch_rng", "config")
 
@@ -62,8 +63,8 @@ def save_checkpoint(out: Path, model: INIKNet, opt, sched, it: int, cfg: TrainCo
     """``last.state.safetensors`` (everything ``--resume`` needs, weights included;
     with ``--amp fp16`` the GradScaler's loss scale too, with a
     :class:`~inik.training.average.WeightAverage` the average) then
-    ``last.safetensors`` (the weights for users: the average when there is one), each
-    replaced atomically: a crash at any point leaves a loadable, self-consistent
+    ``last.safetensors`` (the weights for users: the average when there is one, the
+    optimiser's own weights then also in ``last.raw.safetensors``), each replaced atomically: a crash at any point leaves a loadable, self-consistent
     previous checkpoint. An older run's ``last.state.pt`` is removed once its
     successor is written."""
     from .. import safestate
@@ -77,4 +78,8 @@ def save_checkpoint(out: Path, model: INIKNet, opt, sched, it: int, cfg: TrainCo
         state.update(average.state())
     write_atomically(out / STATE_FILE, safestate.dumps(state))
     (out / LEGACY_STATE_FILE).unlink(missing_ok=True)
+    if average is not None:
+        model.save(out / RAW_WEIGHTS_FILE)
+    else:  # a resumed run that dropped its average: no stale raw weights beside the new ones
+        (out / RAW_WEIGHTS_FILE).unlink(missing_ok=True)
     (average.model if average is not None else model).save(out / "last.safetensors")

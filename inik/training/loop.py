@@ -243,6 +243,9 @@ def _weight_average(cfg: TrainConfig, model: INIKNet, state: Optional[dict], out
     """The run's weight average (``cfg.ema``), restored from a resumed checkpoint when it
     has one; a resumed run without one starts its average from the weights it resumes."""
     if not cfg.ema:
+        if state is not None and "ema" in state:
+            log.warning("--resume: ema is 0: the run's weight average (%d updates) is dropped; last.safetensors "
+                        "and validation now hold the raw weights", state["ema_updates"])
         return None
     average = WeightAverage(model, cfg.ema)
     if state is not None and "ema" in state:
@@ -252,8 +255,8 @@ def _weight_average(cfg: TrainConfig, model: INIKNet, state: Optional[dict], out
             raise ValueError(f"--resume: checkpoint {state_path(out)} holds a weight average that does not match "
                              f"the model (a damaged or edited file): {first_line(exc)}") from None
     elif state is not None:
-        log.info("--resume: the run in %s had no weight average; it starts from the weights at iteration %d",
-                 out, state["iteration"])
+        log.warning("--resume: the run in %s had no weight average; it starts at iteration %d",
+                    out, state["iteration"])
     return average
 
 
