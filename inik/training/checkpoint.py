@@ -64,9 +64,10 @@ def save_checkpoint(out: Path, model: INIKNet, opt, sched, it: int, cfg: TrainCo
     with ``--amp fp16`` the GradScaler's loss scale too, with a
     :class:`~inik.training.average.WeightAverage` the average) then
     ``last.safetensors`` (the weights for users: the average when there is one, the
-    optimiser's own weights then also in ``last.raw.safetensors``), each replaced atomically: a crash at any point leaves a loadable, self-consistent
-    previous checkpoint. An older run's ``last.state.pt`` is removed once its
-    successor is written."""
+    optimiser's own weights then also in ``last.raw.safetensors``), each replaced
+    atomically: a crash at any point leaves a loadable, self-consistent previous
+    checkpoint. An older run's ``last.state.pt`` is removed once its successor is
+    written."""
     from .. import safestate
     from ..data.io import write_atomically
     state = {"iteration": it, "model": model.state_dict(), "optimizer": opt.state_dict(),
