@@ -170,8 +170,8 @@ def load_config(path: Optional[str], overrides: dict) -> TrainConfig:
 
 # What may change when a run is resumed: how long it runs, how often it logs and saves,
 # where its data lives, how many loader workers, and the weight average (which never
-# changes the training itself: added on resume, it starts from the weights then). --init is not among them: a resumed
-# run starts from its checkpoint, and its config keeps the weights it was started from.
+# changes the training itself). --init is not among them: a resumed run starts from its
+# checkpoint, and its config keeps the weights it was started from.
 RESUMABLE = ("iters", "log_every", "val_every", "ckpt_every", "ema", "workers", "data", "val_data", "out")
 
 

@@ -241,11 +241,11 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
 
 def _weight_average(cfg: TrainConfig, model: INIKNet, state: Optional[dict], out: Path) -> Optional[WeightAverage]:
     """The run's weight average (``cfg.ema``), restored from a resumed checkpoint when it
-    has one; a resumed run without one starts its average from the weights it resumes."""
+    has one; a resumed run without one starts its average at the iteration it resumes."""
     if not cfg.ema:
         if state is not None and "ema" in state:
             log.warning("--resume: ema is 0: the run's weight average (%d updates) is dropped; last.safetensors "
-                        "and validation now hold the raw weights", state["ema_updates"])
+                        "and validation now hold the raw weights", state.get("ema_updates", 0))
         return None
     average = WeightAverage(model, cfg.ema)
     if state is not None and "ema" in state:
