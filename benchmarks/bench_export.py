@@ -53,11 +53,20 @@ def _isa() -> str:
     return winograd.isa() if _ext.is_built() else "no inik._C"
 
 
-def _session(path: Path):
+def _ort_session(path: Path, profile_prefix: str = ""):
+    """An onnxruntime CPU session with as many intra-op threads as torch has (profiling
+    into ``profile_prefix``* when given)."""
     import onnxruntime
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _session(path: Path):
+    session = _ort_session(path)
     return lambda y: torch.from_numpy(session.run(None, {"y": y.numpy()})[0])
 
 
@@ -128,14 +137,9 @@ def conv_macs(path: Path) -> dict[str, int]:
     return macs
 
 
-def profile(path: Path, y: torch.Tensor, threads: int) -> dict[str, float]:
+def profile(path: Path, y: torch.Tensor) -> dict[str, float]:
     """Milliseconds per operator type in one onnxruntime call (after a warm-up)."""
-    import onnxruntime
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.enable_profiling = True
-    options.profile_file_prefix = str(path.parent / "profile")
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = _ort_session(path, str(path.parent / "profile"))
     for _ in range(2):
         session.run(None, {"y": y.numpy()})
     events = json.loads(Path(session.end_profiling()).read_text())
@@ -188,7 +192,7 @@ def main(argv=None) -> int:
         if args.profile:
             del found, fn  # a second onnxruntime session beside the timed one can run about 2x slower
             gc.collect()
-            by_op = profile(Path(tmp) / "m.onnx", y, torch.get_num_threads())
+            by_op = profile(Path(tmp) / "m.onnx", y)
             macs = conv_macs(Path(tmp) / "m.onnx")
             sgemm = sgemm_flops(torch.device("cpu"), torch.float32)
     base = statistics.median(times["model(y)"])

@@ -220,14 +220,7 @@ def test_ddp_two_processes_keep_identical_weights(tmp_path):
 
 def _ddp_ema_worker(rank, world, port, cfg, result_dir):
     """_ddp_worker, recording on each rank the weights the average is updated with."""
-    from inik.training.average import WeightAverage
-    seen, update = [], WeightAverage.update
-
-    def record(self, model):
-        seen.append({k: p.detach().clone().double() for k, p in model.named_parameters()})
-        update(self, model)
-
-    WeightAverage.update = record
+    seen = _recording_updates()
     _ddp_worker(rank, world, port, cfg, result_dir)
     torch.save(seen, os.path.join(result_dir, f"seen{rank}.pt"))
 
@@ -892,8 +885,9 @@ def test_weight_average_follows_its_formula():
             WeightAverage(model, bad)
 
 
-def _recording_updates(monkeypatch):
-    """The raw weights after each training step, as WeightAverage.update sees them."""
+def _recording_updates(patch=setattr):
+    """The raw weights after each training step, as WeightAverage.update sees them
+    (``patch``: monkeypatch.setattr in a test; plain setattr in a spawned worker)."""
     from inik.training.average import WeightAverage
     seen, update = [], WeightAverage.update
 
@@ -901,14 +895,14 @@ def _recording_updates(monkeypatch):
         seen.append({k: p.detach().clone().double() for k, p in model.named_parameters()})
         update(self, model)
 
-    monkeypatch.setattr(WeightAverage, "update", record)
+    patch(WeightAverage, "update", record)
     return seen
 
 
-def _averaged(seen, decay, start=None, first=0):
-    """The average of the recorded weights ``seen``, after ``first`` earlier updates that left ``start``."""
-    expected = start
-    for n, raw in enumerate(seen, start=first):
+def _averaged(seen, decay):
+    """The average of the recorded weights ``seen``, from the first update on."""
+    expected = None
+    for n, raw in enumerate(seen):
         d = min(decay, n / (n + 1))
         expected = raw if d == 0 else {k: d * expected[k] + (1 - d) * raw[k] for k in raw}
     return expected
@@ -931,7 +925,7 @@ def test_ema_run_saves_validates_and_resumes_the_average(tmp_path, monkeypatch):
     from inik.train import validate, validation_pairs
     data = _pairs_folder(tmp_path / "data", n=3)
     plain = train(_cfg(tmp_path, data, iters=6, out=str(tmp_path / "plain")), progress=False)
-    seen = _recording_updates(monkeypatch)
+    seen = _recording_updates(monkeypatch.setattr)
     cfg = _cfg(tmp_path, data, iters=6, ema=0.6, val_every=6, out=str(tmp_path / "ema"))
     returned = train(cfg, progress=False)
     assert len(seen) == 6
