@@ -1,6 +1,6 @@
 """How far a tile's border disturbs the network's output, and what tiling costs in accuracy.
 
-    python benchmarks/tile_error.py [--weights W] [--size 512] [--tile 256]
+    python benchmarks/tile_error.py [--weights W] [--size 512] [--tile 256] [--overlap O] [--dists 16,32,...]
 
 A photo-like test image (upsampled random blocks plus fine texture, as in
 tests/test_infer.py) is deblurred whole, then as single tiles at several
@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     p.add_argument("--weights", help="default: the bundled weights")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--overlap", type=int, help="overlap of the full tiled result (default: the default overlap)")
+    p.add_argument("--dists", default="16,32,48,64,80,96",
+                   help="distances from a tile's inner edge to report, in pixels, comma-separated")
     args = p.parse_args(argv)
     keep_freed_memory()
     model, _ = load_model(args.weights)
@@ -41,7 +44,10 @@ def main(argv=None) -> int:
     y = test_image(n)
     full = restore(model, y)
     starts = sorted({0, (n - t) // 4 // 16 * 16, (n - t) // 2 // 16 * 16, n - t})
-    dists = (16, 32, 48, 64, 80, 96)
+    try:
+        dists = tuple(int(v) for v in args.dists.split(","))
+    except ValueError:
+        p.error(f"--dists: expected comma-separated whole numbers of pixels, got {args.dists!r}")
     worst = dict.fromkeys(dists)  # None: no pixel of a tile is that far from its inner edges
     far = torch.full((t,), 10**6)
     r = torch.arange(t)
@@ -59,8 +65,8 @@ def main(argv=None) -> int:
     print(f"{n}x{n} image, {t}-px tiles at offsets {starts}")
     print("max |tile - whole| at >= d px from a tile's inner edge: "
           + ", ".join(f"{k} px: " + ("-" if v is None else f"{v:.1e}") for k, v in worst.items()))
-    tiled = restore(model, y, tile=t)
-    print(f"tiled (overlap {tile_grid(t, None)[1]}) vs whole: max |diff| "
+    tiled = restore(model, y, tile=t, overlap=args.overlap)
+    print(f"tiled (overlap {tile_grid(t, args.overlap)[1]}) vs whole: max |diff| "
           f"{(tiled - full).abs().max().item():.1e}")
     return 0
 

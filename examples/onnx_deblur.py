@@ -2,7 +2,7 @@
 and Pillow only (no torch, no inik) - what a caller of the export must do, in one file.
 
     inik export --dynamic -o iniknet.onnx
-    python examples/onnx_deblur.py iniknet.onnx photo.jpg sharp.png [--tile 1024] [--overlap 192]
+    python examples/onnx_deblur.py iniknet.onnx photo.jpg sharp.png [--tile 1024] [--overlap 288]
 
 1. Pad the photo once, at the bottom and right, to a multiple of 16 (at least 32):
    reflected, as ``model(y)`` pads (repeated edge pixels where the image is too small
@@ -58,7 +58,7 @@ def starts(size: int, tile: int, step: int) -> list[int]:
     return [0] if size <= tile else sorted({*range(0, size - tile, step), size - tile})
 
 
-def deblur(session, image: np.ndarray, tile: int = 1024, overlap: int = 192) -> np.ndarray:
+def deblur(session, image: np.ndarray, tile: int = 1024, overlap: int = 288) -> np.ndarray:
     """(3, H, W) float32 in [0, 1] -> deblurred (3, H, W), through ``session`` (a dynamic export)."""
     height, width = image.shape[1:]
     padded = pad_to_grid(image)
@@ -89,7 +89,7 @@ def main() -> None:
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("--tile", type=int, default=1024, help="tile side in pixels (default 1024)")
-    p.add_argument("--overlap", type=int, default=192, help="tile overlap in pixels (default 192)")
+    p.add_argument("--overlap", type=int, default=288, help="tile overlap in pixels (default 288)")
     args = p.parse_args()
     session = onnxruntime.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     if not all(isinstance(d, str) for d in session.get_inputs()[0].shape[2:]):

@@ -12,12 +12,12 @@ from .models.iniknet import MULTIPLE, pad_to_valid
 
 # Default tile overlap in pixels. How far a tile's border disturbs its output is a
 # property of the network (its coarsest level works at 1/16 resolution, where
-# one pixel is 16 px of the photo), not of the tile size: with the default
-# weights it falls below one level of 255 from about 80 px inside a tile's
-# inner edge (benchmarks/tile_error.py; figures in benchmarks/RESULTS.md). A
-# 192-px overlap keeps every used pixel >= 84 px from the edge of the tile it
-# comes from.
-DEFAULT_OVERLAP = 192
+# one pixel is 16 px of the photo, and the cascade's coarsest inverse kernels span
+# 60 px of it), not of the tile size: with the default weights it falls below one
+# level of 255 from about 120 px inside a tile's inner edge
+# (benchmarks/tile_error.py; figures in benchmarks/RESULTS.md). A 288-px overlap
+# keeps every used pixel >= 126 px from the edge of the tile it comes from.
+DEFAULT_OVERLAP = 288
 
 
 def _window(n: int, overlap: int, lo_edge: bool, hi_edge: bool) -> torch.Tensor:
@@ -42,13 +42,11 @@ def _window(n: int, overlap: int, lo_edge: bool, hi_edge: bool) -> torch.Tensor:
 
 
 # Smallest tile: a tile's output depends on what the network sees around each
-# pixel (its coarsest level works at 1/16 resolution), so small tiles change the
-# result whatever the blending. The pixels a tile contributes lie at least 7/16
-# of the overlap inside it; at the default overlap, min(192, 3/4 of the tile),
-# that is 84 px for tiles of 256 px and up (under one level of 255, DEFAULT_OVERLAP's
-# note) but 42 px for 128-px tiles (several levels of 255, benchmarks/HISTORY.md)
-# and less below.
-MIN_TILE = 256
+# pixel, so small tiles change the result whatever the blending. The pixels a
+# tile contributes lie at least 7/16 of the overlap inside it; the default
+# overlap, min(288, 3/4 of the tile), gives 126 px for tiles of 384 px and up
+# (under one level of 255, DEFAULT_OVERLAP's note) and less for smaller ones.
+MIN_TILE = 384
 
 
 def check_tiling(tile, overlap, *, names: tuple[str, str] = ("tile", "overlap")) -> None:

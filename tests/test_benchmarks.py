@@ -87,10 +87,10 @@ def test_bench_ifm_cpu_backends(tmp_path):
 
 
 def test_tile_error_reports_every_distance():
-    text = _run("tile_error.py", "--size", "320", "--tile", "256")
-    assert "256-px tiles at offsets [0, 16, 32, 64]" in text
+    text = _run("tile_error.py", "--size", "480", "--tile", "384")
+    assert "384-px tiles at offsets [0, 16, 48, 96]" in text
     assert "16 px: " in text and "96 px: " in text and " -" not in text.split("inner edge: ")[1].splitlines()[0]
-    assert "tiled (overlap 192) vs whole: max |diff|" in text
+    assert "tiled (overlap 288) vs whole: max |diff|" in text
 
 
 def test_sweep_triton_launches_every_job_under_the_interpreter():
