@@ -1,13 +1,14 @@
 """How far a tile's border disturbs the network's output, and what tiling costs in accuracy.
 
-    python benchmarks/tile_error.py [--weights W] [--size 512] [--tile 256] [--overlap O] [--dists 16,32,...]
+    python benchmarks/tile_error.py [--weights W] [--size 768] [--tile 384] [--overlap O] [--dists 16,32,...]
 
 A photo-like test image (upsampled random blocks plus fine texture, as in
 tests/test_infer.py) is deblurred whole, then as single tiles at several
 positions: for each distance d from a tile's inner edge (edges not on the image
 border), the largest difference from the whole-image output among pixels at
 least d away. Then the full tiled result (``inik.tiling.restore``) at the
-default overlap. This is what ``inik.tiling.DEFAULT_OVERLAP`` is chosen from.
+default overlap or ``--overlap``. ``inik.tiling.DEFAULT_OVERLAP`` and ``MIN_TILE``
+are chosen from these figures.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from inik.loading import load_model
 from inik.runtime import keep_freed_memory
-from inik.tiling import restore, tile_grid
+from inik.tiling import MIN_TILE, check_tiling, restore, tile_grid
 
 
 def test_image(size: int) -> torch.Tensor:
@@ -32,22 +33,29 @@ def test_image(size: int) -> torch.Tensor:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", help="default: the bundled weights")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--size", type=int, default=768, help="image side in pixels (default 768)")
+    p.add_argument("--tile", type=int, default=MIN_TILE, help=f"tile side in pixels (default {MIN_TILE})")
     p.add_argument("--overlap", type=int, help="overlap of the full tiled result (default: the default overlap)")
-    p.add_argument("--dists", default="16,32,48,64,80,96",
+    p.add_argument("--dists", default="16,32,48,64,80,96,112,128,160",
                    help="distances from a tile's inner edge to report, in pixels, comma-separated")
     args = p.parse_args(argv)
-    keep_freed_memory()
-    model, _ = load_model(args.weights)
-    n, t = args.size, args.tile
-    y = test_image(n)
-    full = restore(model, y)
-    starts = sorted({0, (n - t) // 4 // 16 * 16, (n - t) // 2 // 16 * 16, n - t})
+    try:
+        check_tiling(args.tile, args.overlap, names=("--tile", "--overlap"))
+    except ValueError as e:
+        p.error(str(e))
+    if args.tile == 0 or args.size <= args.tile - args.tile % 16:
+        p.error(f"--size must be larger than --tile (rounded down to a multiple of 16), "
+                f"got {args.size} and {args.tile}")
     try:
         dists = tuple(int(v) for v in args.dists.split(","))
     except ValueError:
         p.error(f"--dists: expected comma-separated whole numbers of pixels, got {args.dists!r}")
+    keep_freed_memory()
+    model, _ = load_model(args.weights)
+    n, t = args.size, args.tile - args.tile % 16
+    y = test_image(n)
+    full = restore(model, y)
+    starts = sorted({0, (n - t) // 4 // 16 * 16, (n - t) // 2 // 16 * 16, n - t})
     worst = dict.fromkeys(dists)  # None: no pixel of a tile is that far from its inner edges
     far = torch.full((t,), 10**6)
     r = torch.arange(t)

@@ -25,6 +25,7 @@ import argparse
 import numpy as np
 
 MULTIPLE, MIN_SIZE = 16, 32
+MIN_TILE = 384  # smaller tiles change the result (inik.tiling.MIN_TILE)
 
 
 def pad_to_grid(image: np.ndarray) -> np.ndarray:
@@ -91,6 +92,10 @@ def main() -> None:
     p.add_argument("--tile", type=int, default=1024, help="tile side in pixels (default 1024)")
     p.add_argument("--overlap", type=int, default=288, help="tile overlap in pixels (default 288)")
     args = p.parse_args()
+    if args.tile < MIN_TILE:
+        p.error(f"--tile must be at least {MIN_TILE} pixels (smaller tiles change the result), got {args.tile}")
+    if not 0 <= args.overlap <= 3 * (args.tile - args.tile % MULTIPLE) // 4:
+        p.error(f"--overlap must be in [0, 3/4 of --tile], got {args.overlap} for --tile {args.tile}")
     session = onnxruntime.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     if not all(isinstance(d, str) for d in session.get_inputs()[0].shape[2:]):
         p.error(f"{args.model} takes one size only; export it with --dynamic")

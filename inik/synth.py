@@ -40,7 +40,7 @@ _fraction = _bounded(0.0, 1.0, "a fraction in [0, 1]")
 _radius = _bounded(0.0, 64.0, "a radius in [0, 64] px")
 
 #: Named settings; a flag given on the command line overrides its preset value.
-#: "default": the model card's held-out set (radii up to 12 px, as the default weights were trained).
+#: "default": the model card's held-out set (radii up to 12 px, the range of its first training stages).
 #: "wide": the wide-blur benchmark: radii up to 32 px at 512x512, photo scenes only, in the depth
 #: layouts of real photos (a sharp subject before a blurred background, the reverse, a receding
 #: surface, small sharp regions), scored per blur radius with ``inik eval --radius-bins``.
@@ -77,7 +77,7 @@ def configure_parser(p) -> None:
                         "(default: default)")
     p.add_argument("--size", type=_positive_int, default=None, help="side of each pair [px] (default 256)")
     p.add_argument("--max-blur", type=_radius, default=None,
-                   help="largest blur radius [px] (default 12, as the default model was trained)")
+                   help="largest blur radius [px] (default 12, the model card's held-out set)")
     p.add_argument("--photo-prob", type=_fraction, default=None,
                    help="with --photos, the fraction of photo scenes; the rest are procedural (default 0.8)")
     p.add_argument("--layouts", type=_layouts, default=None,

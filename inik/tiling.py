@@ -14,7 +14,7 @@ from .models.iniknet import MULTIPLE, pad_to_valid
 # property of the network (its coarsest level works at 1/16 resolution, where
 # one pixel is 16 px of the photo, and the cascade's coarsest inverse kernels span
 # 60 px of it), not of the tile size: with the default weights it falls below one
-# level of 255 from about 120 px inside a tile's inner edge
+# level of 255 from 120 px inside a tile's inner edge
 # (benchmarks/tile_error.py; figures in benchmarks/RESULTS.md). A 288-px overlap
 # keeps every used pixel >= 126 px from the edge of the tile it comes from.
 DEFAULT_OVERLAP = 288

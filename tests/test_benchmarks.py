@@ -91,6 +91,12 @@ def test_tile_error_reports_every_distance():
     assert "384-px tiles at offsets [0, 16, 48, 96]" in text
     assert "16 px: " in text and "96 px: " in text and " -" not in text.split("inner edge: ")[1].splitlines()[0]
     assert "tiled (overlap 288) vs whole: max |diff|" in text
+    for args, message in ((["--tile", "256"], "--tile must be 0 (whole image) or at least 384"),
+                          (["--size", "300"], "--size must be larger than --tile"),
+                          (["--dists", "8,x"], "--dists: expected comma-separated whole numbers")):
+        proc = subprocess.run([sys.executable, str(BENCH / "tile_error.py"), *args], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
 
 
 def test_sweep_triton_launches_every_job_under_the_interpreter():

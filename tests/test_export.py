@@ -3,6 +3,7 @@ what model(y) computes, to 1e-4 in float32, at a fixed size the graph pads and a
 dynamic sizes; the default weights export; bad requests are one line and exit code 2."""
 
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from inik import INIKNet
 from inik.cli import main
 from inik.export import ONNX_OPSET, export_model, load_exported
-from inik.tiling import tiled
+from inik.tiling import DEFAULT_OVERLAP, MIN_TILE, tiled
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +82,9 @@ def test_dynamic_onnx_matches_the_model_and_tiles_as_inik_does(tmp_path, small):
     spec = importlib.util.spec_from_file_location("onnx_deblur", ROOT / "examples" / "onnx_deblur.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
+    # its tiling constants are inik's (the example imports no inik)
+    assert example.MIN_TILE == MIN_TILE
+    assert inspect.signature(example.deblur).parameters["overlap"].default == DEFAULT_OVERLAP
     image = torch.rand(3, 420, 390, generator=torch.Generator().manual_seed(1))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(example.deblur(session, image.numpy(), tile=384, overlap=288))
