@@ -61,7 +61,8 @@ def collect() -> dict:
         "cuda": ({"device": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
                   "ifm_backend": _ask(resolve_backend, "cuda")} if cuda else None),
         "default_weights": ({"path": str(DEFAULT_WEIGHTS), "bytes": DEFAULT_WEIGHTS.stat().st_size,
-                             "revision": _ask(lambda: INIKNet.read_config(DEFAULT_WEIGHTS).revision)}
+                             "revision": _ask(lambda: INIKNet.read_config(DEFAULT_WEIGHTS).revision),
+                             "cascade": _ask(lambda: INIKNet.read_config(DEFAULT_WEIGHTS).cascade)}
                             if DEFAULT_WEIGHTS.is_file() else None),
         "environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("INIK_", "TRITON_INTERPRET"))},
         "unknown_settings": settings.unknown(),
@@ -84,7 +85,8 @@ def _text(f: dict) -> str:
              (f"cuda: {f['cuda']['count']} x {f['cuda']['device']}, IFM backend {f['cuda']['ifm_backend']}"
               if f["cuda"] else "cuda: not available"),
              (f"default weights: {f['default_weights']['path']} ({f['default_weights']['bytes'] / 1e6:.1f} MB, "
-              f"network revision {f['default_weights']['revision']})"
+              f"network revision {f['default_weights']['revision']}"
+              + (", cascade)" if f["default_weights"]["cascade"] is True else ")")
               if f["default_weights"] else "default weights: MISSING (inik deblur would run an untrained model)")]
     if f["environment"]:
         lines.append("environment: " + " ".join(f"{k}={v}" for k, v in f["environment"].items()))

@@ -538,7 +538,9 @@ def test_cli_info_version_and_python_m(capsys):
     assert facts["extension"]["built"] == _ext.is_built() and facts["cpu"]["ifm_backend"] == resolve_backend("cpu")
     assert (facts["default_weights"] is not None) == inik.loading.DEFAULT_WEIGHTS.is_file()
     if facts["default_weights"] is not None:
-        assert facts["default_weights"]["revision"] == inik.INIKNet.read_config(inik.loading.DEFAULT_WEIGHTS).revision
+        config = inik.INIKNet.read_config(inik.loading.DEFAULT_WEIGHTS)
+        assert facts["default_weights"]["revision"] == config.revision
+        assert facts["default_weights"]["cascade"] == config.cascade
     assert main(["info"]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"inik {inik.__version__}") and f"IFM backend {resolve_backend('cpu')}" in text
