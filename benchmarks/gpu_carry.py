@@ -1,9 +1,9 @@
-"""Pack what a training stage on the lent GPU machine needs into one folder that travels.
+"""Pack what a training stage on a remote GPU machine needs into one folder that travels.
 
     python benchmarks/gpu_carry.py --photos ../shared/data/sharp --init runs/wide_cascade_s1b/last.safetensors
 
-The device machine gets the repository and up to 64 MiB of carried, git-ignored
-paths, and nothing else: no photo folder beside the checkout. This writes
+A remote GPU machine may get only the repository and up to 64 MiB of carried,
+git-ignored paths: no photo folder beside the checkout. This writes
 ``runs/gpu_carry`` (``--out``): ``photos/``, the training part of the photo
 split (``inik.data.photos.select_photos(..., "train")``, so no held-out photo
 travels) that is large enough for the stage's crops, as JPEG (quality 90, no

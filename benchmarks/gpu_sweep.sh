@@ -83,7 +83,7 @@ want bench_model && TAIL=14 step bench_model 170 $PY benchmarks/bench_model.py -
     --modes baseline,fast,fast-bf16,fast-bf16-graph,fast-bf16-compiled-graph --out "$LOGS/bench_model.json"
 want bench_model && TAIL=6 step bench_model_cudnn 90 $PY benchmarks/bench_model.py --sizes 640 --no-train --cudnn-benchmark \
     --modes fast-bf16,fast-bf16-graph --out "$LOGS/bench_model_cudnn.json"
-# issue 7's training target (2x the baseline's speed, half its memory): the compiled step
+# the training target (2x the baseline's speed, half its memory): the compiled step
 want train_compiled && TAIL=8 step train_compiled 150 $PY benchmarks/bench_model.py --sizes 640 --no-infer \
     --modes baseline,fast-bf16-compiled --out "$LOGS/bench_train_compiled.json"
 want profile && TAIL=45 step profile_model 60 $PY benchmarks/profile_model.py --size 640 --mode fast-bf16 --rows 30

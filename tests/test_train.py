@@ -840,13 +840,12 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.json
 def test_shipped_configs_are_valid(path):
     """Every config in configs/ passes TrainConfig's checks (keys, types, values) and
     names a network that builds; a stage that starts from weights names the run whose
-    output it reads (the model card's chain: runs/<earlier stage>/last.safetensors) or
-    the bundled weights."""
+    output it reads (the model card's chain: runs/<earlier stage>/last.safetensors),
+    never the bundled weights, which change when a new default is trained."""
     cfg = load_config(str(path), {"data": "DATA"})  # the data folder comes with --data
     inik.models.iniknet.INIKNetConfig(**cfg.model)
-    if cfg.init is not None:  # an earlier stage's output, or the bundled weights
-        bundled = cfg.init == "inik/weights/default.safetensors"
-        assert bundled or (cfg.init.startswith("runs/") and cfg.init.endswith("/last.safetensors")), cfg.init
+    if cfg.init is not None:  # an earlier stage's output
+        assert cfg.init.startswith("runs/") and cfg.init.endswith("/last.safetensors"), cfg.init
 
 
 def test_configs_are_shipped():
