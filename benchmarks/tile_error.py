@@ -43,7 +43,8 @@ def main(argv=None) -> int:
         check_tiling(args.tile, args.overlap, names=("--tile", "--overlap"))
     except ValueError as e:
         p.error(str(e))
-    if args.tile == 0 or args.size <= args.tile - args.tile % 16:
+    t, overlap, _ = tile_grid(args.tile, args.overlap)  # the tile as restore() rounds it
+    if t == 0 or args.size <= t:
         p.error(f"--size must be larger than --tile (rounded down to a multiple of 16), "
                 f"got {args.size} and {args.tile}")
     try:
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
         p.error(f"--dists: expected comma-separated whole numbers of pixels, got {args.dists!r}")
     keep_freed_memory()
     model, _ = load_model(args.weights)
-    n, t = args.size, args.tile - args.tile % 16
+    n = args.size
     y = test_image(n)
     full = restore(model, y)
     starts = sorted({0, (n - t) // 4 // 16 * 16, (n - t) // 2 // 16 * 16, n - t})
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     print("max |tile - whole| at >= d px from a tile's inner edge: "
           + ", ".join(f"{k} px: " + ("-" if v is None else f"{v:.1e}") for k, v in worst.items()))
     tiled = restore(model, y, tile=t, overlap=args.overlap)
-    print(f"tiled (overlap {tile_grid(t, args.overlap)[1]}) vs whole: max |diff| "
+    print(f"tiled (overlap {overlap}) vs whole: max |diff| "
           f"{(tiled - full).abs().max().item():.1e}")
     return 0
 

@@ -31,14 +31,30 @@ def _ask(question, *args):
         return f"error: {first_line(exc)}"
 
 
+def _default_weights():
+    """Path, size, network revision and cascade of the bundled weights (their header
+    read once; a damaged file is reported in both fields), or None when missing."""
+    from .loading import DEFAULT_WEIGHTS
+    from .models import INIKNet
+
+    if not DEFAULT_WEIGHTS.is_file():
+        return None
+    config = _ask(INIKNet.read_config, DEFAULT_WEIGHTS)
+    if isinstance(config, str):  # what went wrong
+        revision = cascade = config
+    else:
+        revision, cascade = config.revision, config.cascade
+    return {"path": str(DEFAULT_WEIGHTS), "bytes": DEFAULT_WEIGHTS.stat().st_size,
+            "revision": revision, "cascade": cascade}
+
+
 def collect() -> dict:
     """The facts ``inik info`` prints, as a JSON-ready dict."""
     import torch
 
     import inik
 
-    from .loading import DEFAULT_WEIGHTS, cpu_has_bf16
-    from .models import INIKNet
+    from .loading import cpu_has_bf16
     from .ops import _ext, resolve_backend, winograd
 
     cuda = torch.cuda.is_available()
@@ -60,10 +76,7 @@ def collect() -> dict:
                 "ifm_backend": _ask(resolve_backend, "cpu")},
         "cuda": ({"device": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
                   "ifm_backend": _ask(resolve_backend, "cuda")} if cuda else None),
-        "default_weights": ({"path": str(DEFAULT_WEIGHTS), "bytes": DEFAULT_WEIGHTS.stat().st_size,
-                             "revision": _ask(lambda: INIKNet.read_config(DEFAULT_WEIGHTS).revision),
-                             "cascade": _ask(lambda: INIKNet.read_config(DEFAULT_WEIGHTS).cascade)}
-                            if DEFAULT_WEIGHTS.is_file() else None),
+        "default_weights": _default_weights(),
         "environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("INIK_", "TRITON_INTERPRET"))},
         "unknown_settings": settings.unknown(),
     }
