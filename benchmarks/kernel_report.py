@@ -50,8 +50,8 @@ def _config_text(kw: dict, warps: int, stages: int, maxnreg) -> str:
     return text + (f" maxnreg={maxnreg}" if maxnreg else "")
 
 
-def jobs(dtypes, backends, first=None) -> list[dict]:
-    """Every (kernel, variant, configuration, dtype) to compile, as plain data."""
+def jobs(dtypes, backends, first=None, arch=90) -> list[dict]:
+    """Every (kernel, variant, configuration, dtype) to compile for sm_``arch``, as plain data."""
     import inik.kernels.ifm_triton as t1
     import inik.kernels.ifm_triton2 as t2
 
@@ -80,8 +80,8 @@ def jobs(dtypes, backends, first=None) -> list[dict]:
             ]
         if "triton2" in backends:
             specs += [
-                ("triton2", "_fwd2_kernel", "", dict(v2, STORE_K=False), configs(t2._GPU_CONFIGS)),
-                ("triton2", "_fwd2_kernel", "STORE_K", dict(v2, STORE_K=True), configs(t2._GPU_CONFIGS)),
+                ("triton2", "_fwd2_kernel", "", dict(v2, STORE_K=False), configs(t2.fwd_configs(arch, prec))),
+                ("triton2", "_fwd2_kernel", "STORE_K", dict(v2, STORE_K=True), configs(t2.fwd_configs(arch, prec))),
                 ("triton2", "_bwd2_coef_kernel", "", dict(v2, NEED_MU=True, NEED_OM=True),
                  configs(t2._COEF_GPU_CONFIGS)),
                 ("triton2", "_bwd2_atoms_kernel", "", dict(v2, DOT_DTYPE=dot), configs(t2._ATOMS_GPU_CONFIGS)),
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     except Exception as e:  # noqa: BLE001 - any failure to find ptxas means the report cannot be made
         print(f"kernel_report: Triton's NVIDIA backend (ptxas) is not available: {e}", file=sys.stderr)
         return 2
-    todo = jobs(dtypes, backends, args.configs or None)
+    todo = jobs(dtypes, backends, args.configs or None, args.arch)
     if args.jobs == 1:
         rows = [compile_one(j, args.arch) for j in todo]
     else:

@@ -295,7 +295,10 @@ def _bwd2_image_kernel(dx, kbuf, cdu, cdv, gimg,
 # 256-byte lines in fp32) and, of those, the tiles, chunks and warps that compile for sm_80 and
 # sm_90 without spills in fp32, TF32 and bf16 (benchmarks/kernel_report.py).
 _GPU_CONFIGS = [_cfg(4, 32, 32, 4, 2), _cfg(8, 32, 32, 8, 2), _cfg(4, 64, 32, 8, 2), _cfg(8, 16, 32, 4, 2),
-                _cfg(4, 16, 16, 4, 2)]  # the last: the one without spills for IEEE fp32 dots on sm_80
+                _cfg(4, 16, 16, 4, 2)]
+# IEEE fp32 dots before Hopper run on FMA units, where only this forward tile compiles
+# without spills (the others spill up to 30 KB per thread on sm_80): the only one offered there.
+_FMA_FWD_CONFIGS = _GPU_CONFIGS[-1:]
 _COEF_GPU_CONFIGS = [_cfg(2, 32, 16, 4, 2), _cfg(4, 32, 16, 8, 2)]
 # the atom gradient has one configuration, not autotuned: the tiles each partial sums,
 # hence the bits of the result, must not depend on which configuration won a timing
@@ -306,21 +309,42 @@ _FIXED_GPU_F64 = {"TH": 4, "TW": 8, "CH": 16}
 # Kernel name -> configuration forced (tests, sweeps); empty: autotuner or fixed.
 _FORCED: dict = {}
 
-# every kernel with the configurations autotuning may pick (benchmarks/kernel_report.py)
+# every kernel with the configurations autotuning may pick (benchmarks/kernel_report.py);
+# the forward's, per GPU and precision: fwd_configs
 KERNELS = {"_fwd2_kernel": _GPU_CONFIGS, "_bwd2_coef_kernel": _COEF_GPU_CONFIGS,
            "_bwd2_atoms_kernel": _ATOMS_GPU_CONFIGS, "_bwd2_image_kernel": _IMAGE_GPU_CONFIGS}
 
 
-def _tuned(kernel, configs, key):
-    return triton.autotune(configs=configs, key=list(key))(kernel)
+def fwd_configs(arch: int, prec: str) -> list:
+    """The forward's configurations autotuning may pick on sm_``arch`` (e.g. 80, 90) with
+    dots of precision ``prec`` ("ieee" or "tf32"; half inputs pass "tf32")."""
+    return _FMA_FWD_CONFIGS if (arch < 90 and prec == "ieee") else _GPU_CONFIGS
+
+
+def _config_key(c) -> tuple:
+    return tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages
+
+
+def _prune_fwd(configs, named_args, **kwargs):
+    """The autotuner's pruning: :func:`fwd_configs` for the inputs' GPU and the call's ``PREC``."""
+    major, minor = torch.cuda.get_device_capability(named_args["img"].device)
+    allowed = {_config_key(c) for c in fwd_configs(10 * major + minor, kwargs.get("PREC", named_args.get("PREC")))}
+    return [c for c in configs if _config_key(c) in allowed]
+
+
+def _tuned(kernel, configs, key, prune=None):
+    return triton.autotune(configs=configs, key=list(key),
+                           prune_configs_by={"early_config_prune": prune} if prune else None)(kernel)
 
 
 if _INTERPRET:
     _TUNED = {}
 else:
     _TUNED = {
-        "_fwd2_kernel": _tuned(_fwd2_kernel, _GPU_CONFIGS, ("C", "CP", "STORE_K", "OFF64")),
-        "_bwd2_coef_kernel": _tuned(_bwd2_coef_kernel, _COEF_GPU_CONFIGS, ("C", "CP", "NEED_MU", "NEED_OM", "OFF64")),
+        # keyed on the dots' precision too: the best tile, and the forward's choices, depend on it
+        "_fwd2_kernel": _tuned(_fwd2_kernel, _GPU_CONFIGS, ("C", "CP", "STORE_K", "OFF64", "PREC"), _prune_fwd),
+        "_bwd2_coef_kernel": _tuned(_bwd2_coef_kernel, _COEF_GPU_CONFIGS,
+                                    ("C", "CP", "NEED_MU", "NEED_OM", "OFF64", "PREC")),
         "_bwd2_image_kernel": _tuned(_bwd2_image_kernel, _IMAGE_GPU_CONFIGS, ("C", "KKP", "OFF64")),
     }
 

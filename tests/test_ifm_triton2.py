@@ -142,12 +142,11 @@ def _report(*args):
                           env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("arch,dtype", [("sm_80", "tf32"), ("sm_90", "fp32"), ("sm_90", "bf16")])
+@pytest.mark.parametrize("arch,dtype", [("sm_80", "tf32"), ("sm_80", "fp32"), ("sm_90", "fp32"), ("sm_90", "bf16")])
 def test_kernel_report(arch, dtype):
     """Every kernel of both designs compiles for Ampere and Hopper (a syntax or typing
     error in device code fails here); the report gives registers, spills and shared
-    memory per kernel and configuration, and the second design does not spill (IEEE
-    fp32 dots on sm_80 still do in the forward: benchmarks/HISTORY.md)."""
+    memory per kernel and configuration, and the second design does not spill."""
     proc = _report("--arch", arch, "--dtypes", dtype, "--configs", "1", "--json", "--jobs", "2")
     if proc.returncode == 2 and "ptxas" in proc.stderr:
         pytest.skip("Triton's NVIDIA backend (ptxas) is not available")
@@ -164,6 +163,23 @@ def test_kernel_report(arch, dtype):
     spilling = [f"{r['kernel']} [{r['config']}]: {r['spill_bytes']} B" for r in rows
                 if r["kernel"].startswith("triton2.") and r["spill_bytes"]]
     assert not spilling, spilling
+
+
+@pytest.mark.parametrize("capability,prec,expected", [((8, 0), "ieee", t2._FMA_FWD_CONFIGS),
+                                                     ((8, 6), "ieee", t2._FMA_FWD_CONFIGS),
+                                                     ((8, 0), "tf32", t2._GPU_CONFIGS),
+                                                     ((9, 0), "ieee", t2._GPU_CONFIGS),
+                                                     ((10, 0), "ieee", t2._GPU_CONFIGS)])
+def test_forward_configurations_per_gpu_and_precision(monkeypatch, capability, prec, expected):
+    """Before Hopper, IEEE fp32 dots run on FMA units, where all but one forward tile
+    spill: the autotuner's pruning offers only that one there, and all elsewhere;
+    kernel_report.py compiles what fwd_configs gives."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    img = torch.zeros(1)
+    kept = t2._prune_fwd(list(t2._GPU_CONFIGS), {"img": img}, PREC=prec)
+    assert [t2._config_key(c) for c in kept] == [t2._config_key(c) for c in expected]
+    assert t2.fwd_configs(10 * capability[0] + capability[1], prec) == expected
+    assert set(map(t2._config_key, t2._FMA_FWD_CONFIGS)) < set(map(t2._config_key, t2._GPU_CONFIGS))
 
 
 def test_kernel_report_rejects_bad_arguments():
