@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .devices import usable_device
 from .loading import default_model, half_dtype, on_device
 from .models import INIKNet
 from .tiling import auto_tile, restore
@@ -33,12 +34,12 @@ def deblur(image, model: Optional[INIKNet] = None, *, tile: Optional[int] = None
     a tensor comes back on its own device). ``half``: bf16 autocast (fp16 on
     CUDA). ``progress``: a tqdm-like bar advanced per tile.
     """
+    if model is not None and not isinstance(model, INIKNet):
+        raise ValueError(f"model: expected an INIKNet (inik.INIKNet.load(path) for a weights file) or None "
+                         f"for the default weights, got {type(model).__name__}")
     if device is None:
         device = next(model.parameters()).device if model is not None else "cpu"
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r}: not a torch device ({exc})") from None
+    device = usable_device(device, "device=")
     model = on_device(model, device) if model is not None else default_model(device)
     autocast = half_dtype(device) if half else None
 

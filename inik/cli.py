@@ -63,10 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory()  # faster CPU forwards (see its docstring); INIK_MALLOC=system opts out
         if args.command != "info":  # which says so itself
             _note_missing_extension()
-        return int(importlib.import_module(args._module).run(args) or 0)
+        status = int(importlib.import_module(args._module).run(args) or 0)
+        sys.stdout.flush()  # here, where a reader that went away is caught, not at exit
+        return status
     except SettingError as exc:  # an INIK_* variable with a value it does not take: bad usage
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout's reader went away (``inik info --json | head -c 10``)
+        from .commands import stop_stdout
+        stop_stdout()
+        return 1
     except KeyboardInterrupt as exc:  # a command may say what it finished: KeyboardInterrupt("interrupted after ...")
         newline = "\n" if sys.stderr.isatty() else ""  # off the line of ^C or a progress bar
         print(f"{newline}{name}: {str(exc) or 'interrupted'}", file=sys.stderr)

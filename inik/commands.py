@@ -1,9 +1,11 @@
 """What the commands share: their inputs (files, folders, globs), ``--device``,
-``--tile``/``--overlap``, and one line per failed item of a batch."""
+``--tile``/``--overlap``, one line per done or failed item of a batch."""
 
 from __future__ import annotations
 
 import glob
+import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -49,19 +51,27 @@ DEVICE_HELP = "torch device: auto (default: cuda when available, else cpu), cpu,
 def check_device(device: str) -> torch.device:
     """The torch device named by --device, usable here (``"auto"``: CUDA when it is
     available, else the CPU); ValueError saying why not."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from .devices import usable_device
+    return usable_device(device, "--device")
+
+
+def say(line: str) -> None:
+    """One line of a batch's progress on stdout (above any progress bar). A reader that
+    went away (``inik deblur ... | head -1``) stops the lines, not the work: the rest
+    of them go nowhere."""
+    from tqdm import tqdm
     try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"--device {device}: not a torch device ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available (use --device cpu)")
-    try:
-        torch.empty(1, device=dev)
-    except (RuntimeError, AssertionError) as exc:
-        raise ValueError(f"--device {device}: cannot use it here ({str(exc).splitlines()[0]})") from None
-    return dev
+        tqdm.write(line, file=sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        stop_stdout()
+
+
+def stop_stdout() -> None:
+    """Point stdout at the null device once its reader has gone (no error at exit)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 #: what one bad item of a batch (an unreadable or odd image, a failed write, a model that cannot run on

@@ -25,6 +25,7 @@ from .commands import (
     check_tile_option,
     expand_inputs,
     item_error,
+    say,
 )
 from .loading import DEFAULT_WEIGHTS, UNTRAINED_NOTE, WEIGHTS_DIR, cpu_has_bf16, half_dtype, load_model
 from .tiling import (
@@ -183,8 +184,7 @@ def run(args) -> int:
             dst.parent.mkdir(parents=True, exist_ok=True)
             write_image(dst, result, bit_depth=depth, overwrite=args.overwrite, quality=args.quality,
                         icc_profile=info.icc_profile, exif=info.exif)
-            tqdm.write(f"{src} -> {dst} ({info.width}x{info.height}, {depth}-bit, "
-                       f"{time.perf_counter() - t0:.1f} s)")
+            say(f"{src} -> {dst} ({info.width}x{info.height}, {depth}-bit, {time.perf_counter() - t0:.1f} s)")
         except SettingError:  # a bad INIK_* value: bad usage, for every item (cli.main)
             raise
         except ITEM_ERRORS as exc:  # one bad file must not stop the batch

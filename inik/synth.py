@@ -11,15 +11,22 @@ import sys
 from pathlib import Path
 
 
-def _positive_int(text: str) -> int:
-    import argparse
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
+def _whole(lo: int, hi: int | None = None):
+    """An argparse type: a whole number in [lo, hi] (no upper bound when hi is None)."""
+    def parse(text: str) -> int:
+        import argparse
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"expected a number >= {lo}" + (f" and <= {hi}" if hi else "")
+                                             + f", got {value}")
+        return value
+    return parse
+
+
+_positive_int = _whole(1)
 
 
 def _bounded(lo: float, hi: float, what: str):
@@ -63,7 +70,8 @@ def _layouts(text: str) -> tuple:
 def configure_parser(p) -> None:
     from .data.synthetic import PHOTO_PARTS
     p.add_argument("out", help="folder to write: source/, target/, radius/ and params.jsonl")
-    p.add_argument("--count", type=_positive_int, required=True, help="number of pairs (required)")
+    p.add_argument("--count", type=_positive_int, required=True,
+                   help="number of pairs, at most 100000: they are named 00000 to 99999 (required)")
     p.add_argument("--photos", help="folder of sharp photos, searched recursively (default: procedural "
                                      "scenes only)")
     p.add_argument("--photo-split", choices=PHOTO_PARTS, default="held-out",
@@ -83,12 +91,12 @@ def configure_parser(p) -> None:
     p.add_argument("--layouts", type=_layouts, default=None,
                    help="comma-separated depth layouts, one drawn per pair: random, subject, reverse, slanted, "
                         "small-sharp (default random; see inik.data.SyntheticConfig.layouts)")
-    p.add_argument("--seed", type=int, default=0, help="pair i is drawn from the seed (SEED, i) (default 0)")
+    p.add_argument("--seed", type=_whole(0), default=0, help="pair i is drawn from the seed (SEED, i) (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a set already in the folder (default: off)")
 
 
 def run(args) -> int:
-    from .data.synthetic import MAX_SIZE, SyntheticConfig, export_synthetic_pairs, select_photos
+    from .data.synthetic import MAX_COUNT, MAX_SIZE, SyntheticConfig, export_synthetic_pairs, select_photos
     out = Path(args.out)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
@@ -103,6 +111,9 @@ def run(args) -> int:
             if not photos:
                 raise ValueError(f"--photos {args.photos}: no photos in the {args.photo_split!r} part "
                                  f"(the held-out part needs at least two photos)")
+        if args.count > MAX_COUNT:
+            raise ValueError(f"--count must be at most {MAX_COUNT} (pairs are named 00000 to 99999); "
+                             f"got {args.count}")
         if not 8 <= args.size <= MAX_SIZE:
             raise ValueError(f"--size must be from 8 to {MAX_SIZE}; got {args.size}")
         config = SyntheticConfig(size=args.size, max_radius=args.max_blur, photo_prob=args.photo_prob,

@@ -104,7 +104,9 @@ def test_bad_inputs(small_model):
         with pytest.raises(ValueError,
                            match="overlap must be in \\[0, 3/4 of tile\\], got 301 for tile 410 \\(used as 400\\)"):
             restore(small_model, image, tile=410, overlap=301)  # 3/4 of 400, 410 rounded down
-        with pytest.raises(ValueError, match="overlap must be in .* got -5 for the automatic 1024-px tiles"):
+        with pytest.raises(ValueError, match="overlap must be in .* got 769 for the automatic 1024-px tiles"):
+            inik.deblur(image[0], small_model, overlap=769)
+        with pytest.raises(ValueError, match="overlap must be None .* pixels >= 0, got -5"):
             inik.deblur(image[0], small_model, overlap=-5)
         with pytest.raises(ValueError, match="tile must be None"):
             inik.deblur(image[0], small_model, tile=5)
@@ -390,13 +392,19 @@ def test_cli_checks_output_device_and_inputs_up_front(tmp_path, weights, capsys)
         ([str(tmp_path / "empty"), "-o", str(tmp_path / "out")], "no images found"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "q.png" / "r.png")], "q.png is a file, not a folder"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--overlap", "-7"],
-         "--overlap must be in [0, 3/4 of --tile], got -7 for the automatic 1024-px tiles"),
+         "--overlap must be None (default) or a number of pixels >= 0, got -7"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--overlap", "769"],
          "--overlap must be in [0, 3/4 of --tile], got 769 for the automatic 1024-px tiles"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--tile", "410", "--overlap", "301"],
          "--overlap must be in [0, 3/4 of --tile], got 301 for --tile 410 (used as 400)"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--device", "nonsense"],
          "--device nonsense: not a torch device"),
+        ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--device", "meta"],
+         "--device meta: inik runs on cpu or cuda (cuda:N), not meta"),
+        ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--device", "cpu:5"],
+         "--device cpu:5: there is one CPU device, cpu (no index)"),
+        ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--tile", "0", "--overlap", "-5"],
+         "--overlap must be None (default) or a number of pixels >= 0, got -5"),
     ]
     if not torch.cuda.is_available():
         cases.append(([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--device", "cuda"],
@@ -591,6 +599,18 @@ def test_array_and_tensor_edge_cases(small_model, tmp_path):
             inik.deblur(torch.rand(shape), small_model)
     with pytest.raises(ValueError, match="device='gpu': not a torch device"):
         inik.deblur(rgba, small_model, device="gpu")
+    with pytest.raises(ValueError, match="device='meta': inik runs on cpu or cuda"):
+        inik.deblur(rgba, small_model, device="meta")
+    if not torch.cuda.is_available():
+        for device in ("cuda", 0, torch.device("cuda:1")):
+            with pytest.raises(ValueError, match=re.escape(f"device={device!r}: CUDA is not available")):
+                inik.deblur(rgba, device=device)
+    with pytest.raises(ValueError, match="device=1.5: expected cpu, cuda or cuda:N"):
+        inik.deblur(rgba, small_model, device=1.5)
+    with pytest.raises(ValueError, match=r"model: expected an INIKNet \(inik.INIKNet.load\(path\).*got str"):
+        inik.deblur(rgba, "w.safetensors")
+    with pytest.raises(ValueError, match="overlap must be None \\(default\\) or a number of pixels >= 0, got -5"):
+        inik.deblur(rgba, small_model, tile=0, overlap=-5)
     # a trailing separator names a folder, even with an image suffix
     write_image(tmp_path / "p.png", rgba[:, :, :3].astype(np.float32))
     weights = tmp_path / "w.safetensors"

@@ -434,8 +434,10 @@ def test_cascade_is_saved_and_loaded(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(back(y), m(y), rtol=0, atol=0)
     plain = inik.INIKNet(width=8, scales=4, atoms=3)
-    with pytest.raises(ValueError, match="unexpected tensors cascade_gate"):
+    with pytest.raises(ValueError, match=r"was saved with cascade=True \(this model: False\): INIKNet.load"):
         plain.load_weights(tmp_path / "c.safetensors")
+    with pytest.raises(ValueError, match="unexpected tensors cascade_gate"):
+        plain.load_weights(tmp_path / "c.safetensors", warm_start=True)
     with pytest.raises(ValueError, match="cascade must be a bool"):
         inik.INIKNet(cascade=1)
 
@@ -467,3 +469,33 @@ def test_reflect_border_conv_in_bfloat16_is_right_and_repeatable(stride, size):
         assert out.shape == ref.shape
         assert float((out - ref).abs().max()) <= 0.02 * float(ref.abs().max())
         assert torch.equal(out, outs[0])
+
+
+def test_load_weights_refuses_another_configuration_kind_or_device(tmp_path):
+    """A file's tensors load only into the model they were saved from (another option
+    would compute another function, silently), as floating point, on a usable device."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    m = inik.INIKNet(width=8, scales=4, atoms=3, zero_mean_atoms=True)
+    path = tmp_path / "m.safetensors"
+    m.save(path)
+    other = inik.INIKNet(width=8, scales=4, atoms=3)
+    with pytest.raises(ValueError, match=r"saved with zero_mean_atoms=True \(this model: False\)"):
+        other.load_weights(path)
+    same = inik.INIKNet(width=8, scales=4, atoms=3, zero_mean_atoms=True)
+    same.load_weights(path)
+    for a, b in zip(same.state_dict().values(), m.state_dict().values()):
+        assert torch.equal(a, b)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        ints = {k: f.get_tensor(k).to(torch.int32) if f.get_tensor(k).is_floating_point() else f.get_tensor(k)
+                for k in f.keys()}
+    save_file(ints, str(tmp_path / "int.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match=r"tensors of another kind \(floating point expected\): .*torch.int32"):
+        inik.INIKNet.load(tmp_path / "int.safetensors")
+    with pytest.raises(ValueError, match="map_location='meta': inik runs on cpu or cuda"):
+        inik.INIKNet.load(path, map_location="meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="map_location='cuda': CUDA is not available"):
+            inik.INIKNet.load(path, map_location="cuda")

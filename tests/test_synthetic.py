@@ -323,6 +323,9 @@ def test_synth_command_writes_the_set_export_writes(tmp_path, capsys):
     assert "wrote 2 pairs of 24x24 from 1 photos (held-out)" in capsys.readouterr().out
     cfg = SyntheticConfig(size=24, max_radius=3.0, photo_prob=0.8)
     export_synthetic_pairs(tmp_path / "api", 2, photos=select_photos(photos, "held-out"), config=cfg, seed=3)
+    with pytest.raises(ValueError, match="count must be in \\[1, 100000\\]"):
+        export_synthetic_pairs(tmp_path / "big", 10**14, config=cfg)
+    assert not (tmp_path / "big").exists()
     for sub in ("source", "target", "radius"):
         for name in ("00000.png", "00001.png"):
             assert (out / sub / name).read_bytes() == (tmp_path / "api" / sub / name).read_bytes()
@@ -332,13 +335,15 @@ def test_synth_command_writes_the_set_export_writes(tmp_path, capsys):
     for extra, message in ((["--count", "1"], "already holds a synthetic set"),
                            (["--photos", str(tmp_path / "empty")], "--photos " + str(tmp_path / "empty")),
                            (["--size", "4"], "--size must be from 8 to 4096"),
-                           (["--size", "100000"], "--size must be from 8 to 4096")):
+                           (["--size", "100000"], "--size must be from 8 to 4096"),
+                           (["--count", "99999999999999999", "--overwrite"], "--count must be at most 100000")):
         assert main(args + extra) == 2, extra
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
     assert main(args + ["--count", "1", "--overwrite"]) == 0
     assert sorted(p.name for p in (out / "source").iterdir()) == ["00000.png"]
-    for bad in (["--count", "0"], ["--photo-prob", "1.5"], ["--max-blur", "nan"], ["--photo-split", "test"]):
+    for bad in (["--count", "0"], ["--photo-prob", "1.5"], ["--max-blur", "nan"], ["--photo-split", "test"],
+                ["--seed", "-1"]):
         with pytest.raises(SystemExit) as exc:
             main(args + bad)
         assert exc.value.code == 2

@@ -407,7 +407,8 @@ def test_train_reports_data_errors_without_a_traceback(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     cases = [(["--data", str(tmp_path / "empty")], "no known dataset layout"),
              (["--crop", "64"], "crop 64 is larger than"),
-             (["--device", "nonsense"], "--device nonsense: not a torch device")]
+             (["--device", "nonsense"], "--device nonsense: not a torch device"),
+             (["--device", "meta"], "--device meta: inik runs on cpu or cuda")]
     for i, (flags, message) in enumerate(cases):
         rc = main(["train", "--config", _config_file(tmp_path, data, iters=1), "--out", str(tmp_path / f"r{i}"),
                    "--no-progress"] + flags)

@@ -291,11 +291,13 @@ def write_atomically(path, data) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.filename == os.fspath(tmp):  # name the file asked for
+            raise type(exc)(exc.errno, f"cannot write {path}: {exc.strerror}") from None
         raise
 
 

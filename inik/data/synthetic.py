@@ -146,6 +146,8 @@ class SyntheticDefocusStream(torch.utils.data.IterableDataset):
 
 
 _SET_FOLDERS = ("source", "target", "radius")
+#: most pairs in a set: their names are five digits
+MAX_COUNT = 100_000
 _SET_FILE = re.compile(r"\d{5,}\.png")
 
 
@@ -202,8 +204,8 @@ def export_synthetic_pairs(
     from .io import write_atomically, write_image
 
     count = operator.index(count)
-    if count < 1:
-        raise ValueError(f"count must be >= 1; got {count}")
+    if not 1 <= count <= MAX_COUNT:
+        raise ValueError(f"count must be in [1, {MAX_COUNT}] (pairs are named 00000 to 99999); got {count}")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder}: exists and is not a folder")

@@ -387,13 +387,25 @@ class INIKNet(nn.Module):
         return model.to(map_location)
 
     def load_weights(self, path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
-                     optional: tuple[str, ...] = ()) -> None:
+                     optional: tuple[str, ...] = (), warm_start: bool = False) -> None:
         """Load the tensors of an INIKNet safetensors file into this model; a
         ValueError naming the file when they are not this model's tensors (some
-        missing, renamed or of another shape) or cannot be read. Tensors named in
-        ``optional`` may be missing (they keep their values) or extra (ignored)."""
+        missing, renamed, of another shape or not floating point), cannot be read,
+        or were saved with another configuration (:meth:`load` builds the file's
+        model; ``warm_start=True`` loads them all the same, as ``inik train --init``
+        does after its own check). Tensors named in ``optional`` may be missing (they
+        keep their values) or extra (ignored)."""
         from safetensors.torch import load_file
+
+        from ..devices import usable_device
         shown = os.fspath(path)
+        map_location = usable_device(map_location, "map_location=")
+        stored = self.read_config(path)
+        if not warm_start and stored != self.config:
+            differ = [f"{f.name}={getattr(stored, f.name)!r} (this model: {getattr(self.config, f.name)!r})"
+                      for f in fields(INIKNetConfig) if getattr(stored, f.name) != getattr(self.config, f.name)]
+            raise ValueError(f"INIKNet.load: {shown!r} was saved with {', '.join(differ)}: "
+                             f"INIKNet.load(path) builds the model it was saved from")
         try:
             tensors = load_file(shown, device=str(map_location))
         except Exception as exc:
@@ -416,6 +428,11 @@ class INIKNet(nn.Module):
         if shapes:
             raise ValueError(f"INIKNet.load: {shown!r} does not hold this model's weights: tensors of another "
                              f"shape: {first(shapes)}")
+        kinds = [f"{k} ({tensors[k].dtype})" for k, v in expected.items()
+                 if k in tensors and tensors[k].is_floating_point() != v.is_floating_point()]
+        if kinds:
+            raise ValueError(f"INIKNet.load: {shown!r} does not hold this model's weights: tensors of another "
+                             f"kind (floating point expected): {first(kinds)}")
         # NaN or Inf weights would turn every photo into NaN, written as black
         bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:

@@ -266,3 +266,41 @@ def test_ctrl_c_in_training_keeps_its_own_message(tmp_path, monkeypatch, capsys)
     assert main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]) == 130
     assert _errors(capsys.readouterr().err) == [
         f"inik train: interrupted after iteration 2; checkpoint saved in {tmp_path / 'run'} (continue with --resume)"]
+
+
+def test_a_reader_that_goes_away_stops_the_lines_not_the_work(tmp_path, weights):
+    """``inik deblur ... | head -1``: every image is still deblurred, none is reported as
+    failed, and the exit status is 0; ``inik info --json`` into a closed pipe exits 1
+    without a traceback."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        write_image(src / f"m{i}.png", _image(i))
+    code = "import sys; from inik.cli import main; sys.exit(main(sys.argv[1:]))"
+    for args in ([str(src), "-o", str(tmp_path / "out"), "--weights", str(weights), "--device", "cpu"],):
+        proc = subprocess.Popen([sys.executable, "-c", code, "deblur", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        proc.stdout.close()  # the reader is gone before the first line
+        err = proc.stderr.read()
+        assert proc.wait(timeout=300) == 0, err
+        assert "Broken pipe" not in err and "Traceback" not in err, err
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"m{i}.png" for i in range(4)]
+    proc = subprocess.Popen([sys.executable, "-c", code, "info", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_file_that_cannot_be_written_is_named_not_its_temporary(tmp_path):
+    """write_atomically's error names the file asked for (the temporary file beside it is
+    an inner detail) and leaves nothing behind."""
+    from inik.data.io import write_atomically
+
+    missing = tmp_path / "no" / "such" / "x.png"
+    with pytest.raises(FileNotFoundError, match=f"cannot write {missing}: No such file or directory"):
+        write_atomically(missing, b"data")
+    assert sorted(tmp_path.iterdir()) == []
