@@ -59,9 +59,10 @@ def deblur(image, model: Optional[INIKNet] = None, *, tile: Optional[int] = None
                             f"(for 8-bit data: image.float() / 255)")
         if not torch.isfinite(image).all():
             raise ValueError("image contains NaN or Inf values")
-        if image.abs().max() > 1e30:  # beyond float32: not [0, 1] data of any kind
-            raise ValueError(f"image values reach {image.abs().max().item():.3g}: expected floats in [0, 1]")
-        f = image.float()
+        peak = float(image.detach().abs().max())
+        if peak > 1e30:  # beyond float32: not [0, 1] data of any kind
+            raise ValueError(f"image values reach {peak:.3g}: expected floats in [0, 1]")
+        f = image.detach().float()  # inference: no graph to keep
         _warn_out_of_range(f)
         return run(f).to(image.device, image.dtype)  # tiles are blended on the CPU
     try:
@@ -159,8 +160,9 @@ def _deblur_array(image: np.ndarray, run) -> np.ndarray:
     elif np.issubdtype(dtype, np.floating):
         if not np.isfinite(image).all():
             raise ValueError("image contains NaN or Inf values")
-        if image.size and np.abs(image).max() > 1e30:  # beyond float32: not [0, 1] data of any kind
-            raise ValueError(f"image values reach {np.abs(image).max():.3g}: expected floats in [0, 1]")
+        peak = float(np.abs(image).max()) if image.size else 0.0  # a Python float: no float16 overflow
+        if peak > 1e30:  # beyond float32: not [0, 1] data of any kind
+            raise ValueError(f"image values reach {peak:.3g}: expected floats in [0, 1]")
         scale, f = None, image.astype(np.float32)
     else:
         raise TypeError(f"image dtype must be uint8, uint16 or floating, got {dtype}")

@@ -1,6 +1,7 @@
 """inik.deblur and `inik deblur`: kinds of input, bit depth, alpha, tiling, batch errors."""
 
 import json
+import os
 import re
 
 import numpy as np
@@ -634,3 +635,36 @@ def test_errors_are_shown_by_their_first_line():
     from inik.errors import first_line
     assert first_line(RuntimeError("first\nsecond\n")) == "first"
     assert first_line(EOFError()) == "EOFError" and first_line(EOFError(), "no details") == "no details"
+
+
+def test_deblur_takes_half_floats_and_graph_tensors_without_warnings(small_model):
+    """float16 arrays and tensors that require grad are deblurred as any others, with no
+    overflow or autograd warning from the input checks."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out16 = inik.deblur(rng.random((20, 20, 3)).astype(np.float16), small_model)
+        x = torch.rand(3, 20, 20, requires_grad=True)
+        out = inik.deblur(x, small_model)
+    assert out16.dtype == np.float16 and out16.shape == (20, 20, 3)
+    assert out.shape == x.shape and not out.requires_grad
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_named_pipe_is_refused_not_waited_on(tmp_path, weights):
+    """Opening a named pipe blocks until someone writes to it: an input that is not a
+    regular file is refused before it is opened."""
+    import subprocess
+    import sys
+
+    os.mkfifo(tmp_path / "pipe.png")
+    code = "import sys; from inik.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "deblur", str(tmp_path / "pipe.png"), "-o",
+                           str(tmp_path / "out.png"), "--weights", str(weights)],
+                          capture_output=True, text=True, timeout=300)  # a wait on the pipe fails here
+    assert proc.returncode == 1, proc.stderr
+    assert "pipe.png: not a regular file (a folder, pipe or device)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out.png").exists()

@@ -21,6 +21,7 @@ Routes, chosen because each is exact for its format:
 from __future__ import annotations
 
 import os
+import stat
 
 import numpy as np
 from PIL import Image
@@ -178,6 +179,10 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def is_tiff(path) -> bool:
+    """Whether ``path`` starts as a TIFF does; the first look at a file to read, so it also
+    refuses what is not a regular file (a named pipe would block the open)."""
+    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        raise read_error(path, "not a regular file (a folder, pipe or device)")
     try:
         with open(path, "rb") as f:
             return f.read(4) in _TIFF_MAGIC
