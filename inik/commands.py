@@ -38,6 +38,13 @@ def expand_inputs(inputs: list[str]) -> list[tuple[Path, Optional[Path]]]:
     return found
 
 
+def output_path(output: str) -> Path:
+    """``-o``'s path; ValueError for an empty one (which would mean the current folder unseen)."""
+    if not output.strip():
+        raise ValueError(f"-o/--output {output!r}: empty (name a file or folder; . for the current folder)")
+    return Path(output)
+
+
 def check_tile_option(tile: Optional[int], overlap: Optional[int] = None) -> None:
     """``--tile`` and ``--overlap`` of ``inik deblur``, ``explain`` and ``eval``
     (:func:`check_tiling`); ValueError naming the option."""

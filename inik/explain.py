@@ -194,8 +194,8 @@ def configure_parser(p) -> None:
 def _plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
     """(image, its output folder) for every input: DIR itself for a single image file, else
     DIR/<its path under the folder given, without suffix>; ValueError when two would share one."""
-    from .commands import expand_inputs
-    out = Path(output)
+    from .commands import expand_inputs, output_path
+    out = output_path(output)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: is a file, not a folder (the output folder)")
     files = list({src.resolve(): (src, root) for src, root in expand_inputs(inputs)}.values())

@@ -25,6 +25,7 @@ from .commands import (
     check_tile_option,
     expand_inputs,
     item_error,
+    output_path,
     say,
 )
 from .loading import DEFAULT_WEIGHTS, UNTRAINED_NOTE, WEIGHTS_DIR, cpu_has_bf16, half_dtype, load_model
@@ -103,7 +104,7 @@ def _plan(inputs: list[str], output: str, fmt: Optional[str] = None) -> list[tup
         if key not in seen:
             seen.add(key)
             unique.append((src, root))
-    out = Path(output)
+    out = output_path(output)
     single = len(unique) == 1
     # "out.png/" names a folder (Path drops the trailing separator)
     folder = out.is_dir() or str(output).endswith(("/", os.sep))

@@ -400,6 +400,7 @@ def test_cli_checks_output_device_and_inputs_up_front(tmp_path, weights, capsys)
          "--overlap must be in [0, 3/4 of --tile], got 301 for --tile 410 (used as 400)"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--device", "nonsense"],
          "--device nonsense: not a torch device"),
+        ([str(tmp_path / "p.png"), "-o", ""], "-o/--output '': empty (name a file or folder"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--device", "meta"],
          "--device meta: inik runs on cpu or cuda (cuda:N), not meta"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--device", "cpu:5"],
