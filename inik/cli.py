@@ -69,9 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     except SettingError as exc:  # an INIK_* variable with a value it does not take: bad usage
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # stdout's reader went away (``inik info --json | head -c 10``)
+    except BrokenPipeError as exc:  # stdout's reader went away (``inik info --json | head -c 10``)?
         from .commands import stop_stdout
-        stop_stdout()
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # it did: nobody to tell
+            stop_stdout()
+            return 1
+        print(f"{name}: {exc}", file=sys.stderr)  # another pipe
         return 1
     except KeyboardInterrupt as exc:  # a command may say what it finished: KeyboardInterrupt("interrupted after ...")
         newline = "\n" if sys.stderr.isatty() else ""  # off the line of ^C or a progress bar

@@ -1,5 +1,5 @@
-"""The torch devices inik runs on (the CPU and CUDA GPUs), checked before any work so
-that a bad one is named as such, not reported later as an unreadable weights file."""
+"""The torch device to run on, checked before any work, so that a bad one is named as
+such, not reported later as an unreadable weights file."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ def usable_device(device, name: str = "device") -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ValueError(f"{shown}: not a torch device ({exc})") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"{shown}: inik runs on cpu or cuda (cuda:N), not {dev.type}")
+    if dev.type == "meta":
+        raise ValueError(f"{shown}: the meta device holds no data (use cpu or cuda)")
     if dev.type == "cpu" and dev.index not in (None, 0):
         raise ValueError(f"{shown}: there is one CPU device, cpu (no index)")
     if dev.type == "cuda":

@@ -71,7 +71,7 @@ def configure_parser(p) -> None:
     from .data.synthetic import PHOTO_PARTS
     p.add_argument("out", help="folder to write: source/, target/, radius/ and params.jsonl")
     p.add_argument("--count", type=_positive_int, required=True,
-                   help="number of pairs, at most 100000: they are named 00000 to 99999 (required)")
+                   help="number of pairs, at most 1000000 (required)")
     p.add_argument("--photos", help="folder of sharp photos, searched recursively (default: procedural "
                                      "scenes only)")
     p.add_argument("--photo-split", choices=PHOTO_PARTS, default="held-out",
@@ -112,8 +112,7 @@ def run(args) -> int:
                 raise ValueError(f"--photos {args.photos}: no photos in the {args.photo_split!r} part "
                                  f"(the held-out part needs at least two photos)")
         if args.count > MAX_COUNT:
-            raise ValueError(f"--count must be at most {MAX_COUNT} (pairs are named 00000 to 99999); "
-                             f"got {args.count}")
+            raise ValueError(f"--count must be at most {MAX_COUNT}; got {args.count}")
         if not 8 <= args.size <= MAX_SIZE:
             raise ValueError(f"--size must be from 8 to {MAX_SIZE}; got {args.size}")
         config = SyntheticConfig(size=args.size, max_radius=args.max_blur, photo_prob=args.photo_prob,

@@ -66,7 +66,8 @@ def check_tiling(tile, overlap, *, names: tuple[str, str] = ("tile", "overlap"))
     if isinstance(overlap, bool) or not isinstance(overlap, numbers.Integral):
         raise ValueError(f"{oname} must be None (default) or a number of pixels, got {overlap!r}")
     if overlap < 0:
-        raise ValueError(f"{oname} must be None (default) or a number of pixels >= 0, got {overlap}")
+        raise ValueError(f"{oname} must be " + ("" if oname.startswith("--") else "None (default) or ")
+                         + f"a number of pixels >= 0, got {overlap}")
     if tile == 0:
         return  # the whole image: no overlap to speak of
     size = AUTO_TILE if tile is None else int(tile) - int(tile) % MULTIPLE

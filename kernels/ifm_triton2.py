@@ -296,8 +296,10 @@ def _bwd2_image_kernel(dx, kbuf, cdu, cdv, gimg,
 # sm_90 without spills in fp32, TF32 and bf16 (benchmarks/kernel_report.py).
 _GPU_CONFIGS = [_cfg(4, 32, 32, 4, 2), _cfg(8, 32, 32, 8, 2), _cfg(4, 64, 32, 8, 2), _cfg(8, 16, 32, 4, 2),
                 _cfg(4, 16, 16, 4, 2)]
-# IEEE fp32 dots before Hopper run on FMA units, where only this forward tile compiles
-# without spills (the others spill up to 30 KB per thread on sm_80): the only one offered there.
+# With IEEE fp32 dots (FMA) only this forward tile compiles without spills on sm_80 (the
+# others spill up to 30 KB per thread; none on sm_90): the only one offered on sm_8x. The
+# autotuner's cache is per process, not per GPU: a process that mixes sm_8x and sm_90 GPUs
+# reuses the first one's choice.
 _FMA_FWD_CONFIGS = _GPU_CONFIGS[-1:]
 _COEF_GPU_CONFIGS = [_cfg(2, 32, 16, 4, 2), _cfg(4, 32, 16, 8, 2)]
 # the atom gradient has one configuration, not autotuned: the tiles each partial sums,

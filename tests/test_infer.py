@@ -393,7 +393,7 @@ def test_cli_checks_output_device_and_inputs_up_front(tmp_path, weights, capsys)
         ([str(tmp_path / "empty"), "-o", str(tmp_path / "out")], "no images found"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "q.png" / "r.png")], "q.png is a file, not a folder"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--overlap", "-7"],
-         "--overlap must be None (default) or a number of pixels >= 0, got -7"),
+         "--overlap must be a number of pixels >= 0, got -7"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--overlap", "769"],
          "--overlap must be in [0, 3/4 of --tile], got 769 for the automatic 1024-px tiles"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--tile", "410", "--overlap", "301"],
@@ -402,11 +402,11 @@ def test_cli_checks_output_device_and_inputs_up_front(tmp_path, weights, capsys)
          "--device nonsense: not a torch device"),
         ([str(tmp_path / "p.png"), "-o", ""], "-o/--output '': empty (name a file or folder"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--device", "meta"],
-         "--device meta: inik runs on cpu or cuda (cuda:N), not meta"),
+         "--device meta: the meta device holds no data (use cpu or cuda)"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--device", "cpu:5"],
          "--device cpu:5: there is one CPU device, cpu (no index)"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--tile", "0", "--overlap", "-5"],
-         "--overlap must be None (default) or a number of pixels >= 0, got -5"),
+         "--overlap must be a number of pixels >= 0, got -5"),
     ]
     if not torch.cuda.is_available():
         cases.append(([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--device", "cuda"],
@@ -601,7 +601,7 @@ def test_array_and_tensor_edge_cases(small_model, tmp_path):
             inik.deblur(torch.rand(shape), small_model)
     with pytest.raises(ValueError, match="device='gpu': not a torch device"):
         inik.deblur(rgba, small_model, device="gpu")
-    with pytest.raises(ValueError, match="device='meta': inik runs on cpu or cuda"):
+    with pytest.raises(ValueError, match="device='meta': the meta device holds no data"):
         inik.deblur(rgba, small_model, device="meta")
     if not torch.cuda.is_available():
         for device in ("cuda", 0, torch.device("cuda:1")):

@@ -494,8 +494,14 @@ def test_load_weights_refuses_another_configuration_kind_or_device(tmp_path):
     save_file(ints, str(tmp_path / "int.safetensors"), metadata=meta)
     with pytest.raises(ValueError, match=r"tensors of another kind \(floating point expected\): .*torch.int32"):
         inik.INIKNet.load(tmp_path / "int.safetensors")
-    with pytest.raises(ValueError, match="map_location='meta': inik runs on cpu or cuda"):
+    with pytest.raises(ValueError, match="map_location='meta': the meta device holds no data"):
         inik.INIKNet.load(path, map_location="meta")
+    assert inik.INIKNet.load(path, map_location="auto").config == m.config
+    # a plain state dict (no inik metadata) has no configuration to compare: its tensors load
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "plain.safetensors"))
+    plain = inik.INIKNet(width=8, scales=4, atoms=3, zero_mean_atoms=True)
+    plain.load_weights(tmp_path / "plain.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), m.state_dict().values()))
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="map_location='cuda': CUDA is not available"):
             inik.INIKNet.load(path, map_location="cuda")

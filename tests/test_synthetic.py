@@ -323,7 +323,7 @@ def test_synth_command_writes_the_set_export_writes(tmp_path, capsys):
     assert "wrote 2 pairs of 24x24 from 1 photos (held-out)" in capsys.readouterr().out
     cfg = SyntheticConfig(size=24, max_radius=3.0, photo_prob=0.8)
     export_synthetic_pairs(tmp_path / "api", 2, photos=select_photos(photos, "held-out"), config=cfg, seed=3)
-    with pytest.raises(ValueError, match="count must be in \\[1, 100000\\]"):
+    with pytest.raises(ValueError, match="count must be in \\[1, 1000000\\]"):
         export_synthetic_pairs(tmp_path / "big", 10**14, config=cfg)
     assert not (tmp_path / "big").exists()
     for sub in ("source", "target", "radius"):
@@ -336,7 +336,7 @@ def test_synth_command_writes_the_set_export_writes(tmp_path, capsys):
                            (["--photos", str(tmp_path / "empty")], "--photos " + str(tmp_path / "empty")),
                            (["--size", "4"], "--size must be from 8 to 4096"),
                            (["--size", "100000"], "--size must be from 8 to 4096"),
-                           (["--count", "99999999999999999", "--overwrite"], "--count must be at most 100000")):
+                           (["--count", "99999999999999999", "--overwrite"], "--count must be at most 1000000")):
         assert main(args + extra) == 2, extra
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err

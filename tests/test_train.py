@@ -408,12 +408,13 @@ def test_train_reports_data_errors_without_a_traceback(tmp_path, capsys):
     cases = [(["--data", str(tmp_path / "empty")], "no known dataset layout"),
              (["--crop", "64"], "crop 64 is larger than"),
              (["--device", "nonsense"], "--device nonsense: not a torch device"),
-             (["--device", "meta"], "--device meta: inik runs on cpu or cuda")]
+             (["--device", "meta"], "--device meta: the meta device holds no data")]
     for i, (flags, message) in enumerate(cases):
         rc = main(["train", "--config", _config_file(tmp_path, data, iters=1), "--out", str(tmp_path / f"r{i}"),
                    "--no-progress"] + flags)
         err = capsys.readouterr().err
         assert rc == 2 and message in err and "Traceback" not in err, (flags, err)
+        assert not (tmp_path / f"r{i}").exists(), flags  # a refused run leaves no folder behind
 
 
 def test_a_few_photos_still_hold_one_out():

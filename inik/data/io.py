@@ -297,7 +297,7 @@ def write_atomically(path, data) -> None:
         except FileNotFoundError:
             pass
         if isinstance(exc, OSError) and exc.filename == os.fspath(tmp):  # name the file asked for
-            raise type(exc)(exc.errno, f"cannot write {path}: {exc.strerror}") from None
+            raise type(exc)(exc.errno, exc.strerror, os.fspath(path)) from None
         raise
 
 

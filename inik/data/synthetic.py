@@ -146,8 +146,8 @@ class SyntheticDefocusStream(torch.utils.data.IterableDataset):
 
 
 _SET_FOLDERS = ("source", "target", "radius")
-#: most pairs in a set: their names are five digits
-MAX_COUNT = 100_000
+#: most pairs in a set (a bound on the work one call asks for; names run 00000, 00001, ...)
+MAX_COUNT = 1_000_000
 _SET_FILE = re.compile(r"\d{5,}\.png")
 
 
@@ -205,7 +205,7 @@ def export_synthetic_pairs(
 
     count = operator.index(count)
     if not 1 <= count <= MAX_COUNT:
-        raise ValueError(f"count must be in [1, {MAX_COUNT}] (pairs are named 00000 to 99999); got {count}")
+        raise ValueError(f"count must be in [1, {MAX_COUNT}]; got {count}")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder}: exists and is not a folder")

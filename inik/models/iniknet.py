@@ -348,6 +348,11 @@ class INIKNet(nn.Module):
     @staticmethod
     def read_config(path: str | os.PathLike) -> INIKNetConfig:
         """The configuration stored in an INIKNet safetensors file."""
+        return INIKNet._stored_config(path, required=True)
+
+    @staticmethod
+    def _stored_config(path, required: bool = False) -> Optional[INIKNetConfig]:
+        """:meth:`read_config`; None for a safetensors file without inik's metadata unless ``required``."""
         from safetensors import safe_open
         path = os.fspath(path)
         if not os.path.isfile(path):
@@ -358,6 +363,8 @@ class INIKNet(nn.Module):
         except Exception as exc:
             raise ValueError(f"INIKNet.load: {path!r} is not a readable safetensors file ({exc})") from exc
         if meta.get("format") != FORMAT or "config" not in meta:
+            if not required:
+                return None
             raise ValueError(f"INIKNet.load: {path!r} is not an INIKNet weights file (no inik metadata)")
         try:
             stored = json.loads(meta["config"])
@@ -382,6 +389,8 @@ class INIKNet(nn.Module):
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
              ifm_backend: str = "auto") -> "INIKNet":
         """Rebuild a model from a file written by :meth:`save`."""
+        from ..devices import usable_device
+        map_location = usable_device(map_location, "map_location=")
         model = cls(cls.read_config(path), ifm_backend=ifm_backend)
         model.load_weights(path, map_location)
         return model.to(map_location)
@@ -391,17 +400,17 @@ class INIKNet(nn.Module):
         """Load the tensors of an INIKNet safetensors file into this model; a
         ValueError naming the file when they are not this model's tensors (some
         missing, renamed, of another shape or not floating point), cannot be read,
-        or were saved with another configuration (:meth:`load` builds the file's
-        model; ``warm_start=True`` loads them all the same, as ``inik train --init``
-        does after its own check). Tensors named in ``optional`` may be missing (they
-        keep their values) or extra (ignored)."""
+        or were saved (by :meth:`save`) with another configuration (:meth:`load`
+        builds the file's model; ``warm_start=True`` loads them all the same, as
+        ``inik train --init`` does after its own check). Tensors named in ``optional``
+        may be missing (they keep their values) or extra (ignored)."""
         from safetensors.torch import load_file
 
         from ..devices import usable_device
         shown = os.fspath(path)
         map_location = usable_device(map_location, "map_location=")
-        stored = self.read_config(path)
-        if not warm_start and stored != self.config:
+        stored = None if warm_start else self._stored_config(path)  # None: a file without inik's metadata
+        if stored is not None and stored != self.config:
             differ = [f"{f.name}={getattr(stored, f.name)!r} (this model: {getattr(self.config, f.name)!r})"
                       for f in fields(INIKNetConfig) if getattr(stored, f.name) != getattr(self.config, f.name)]
             raise ValueError(f"INIKNet.load: {shown!r} was saved with {', '.join(differ)}: "

@@ -115,7 +115,6 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
     elif any((out / f).exists() for f in (STATE_FILE, LEGACY_STATE_FILE, "last.safetensors")):
         raise FileExistsError(f"--out {out} holds a run already: pass --resume to continue it, or choose another "
                               f"--out (nothing was changed)")
-    out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
     model = INIKNet(INIKNetConfig(**cfg.model)).to(device)
@@ -155,6 +154,7 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
         num_workers=cfg.workers, persistent_workers=False, pin_memory=device.type == "cuda")
     val = validation_pairs(cfg) if rank == 0 else []
 
+    out.mkdir(parents=True, exist_ok=True)  # once the weights, the data and the device are known to work
     log_path = out / "log.csv"
     fields = ["iter", "loss", "psnr", "lr", "seconds", "val_psnr"]
     if rank == 0 and (not resume or not log_path.exists()):

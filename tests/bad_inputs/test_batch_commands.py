@@ -284,15 +284,15 @@ def test_a_reader_that_goes_away_stops_the_lines_not_the_work(tmp_path, weights)
         proc = subprocess.Popen([sys.executable, "-c", code, "deblur", *args], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         proc.stdout.close()  # the reader is gone before the first line
-        err = proc.stderr.read()
-        assert proc.wait(timeout=300) == 0, err
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
         assert "Broken pipe" not in err and "Traceback" not in err, err
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"m{i}.png" for i in range(4)]
     proc = subprocess.Popen([sys.executable, "-c", code, "info", "--json"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     proc.stdout.close()
-    err = proc.stderr.read()
-    assert proc.wait(timeout=300) == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 def test_a_file_that_cannot_be_written_is_named_not_its_temporary(tmp_path):
@@ -301,6 +301,7 @@ def test_a_file_that_cannot_be_written_is_named_not_its_temporary(tmp_path):
     from inik.data.io import write_atomically
 
     missing = tmp_path / "no" / "such" / "x.png"
-    with pytest.raises(FileNotFoundError, match=f"cannot write {missing}: No such file or directory"):
+    with pytest.raises(FileNotFoundError, match="No such file or directory") as info:
         write_atomically(missing, b"data")
+    assert info.value.filename == str(missing)
     assert sorted(tmp_path.iterdir()) == []
