@@ -20,7 +20,7 @@ def _whole(lo: int, hi: int | None = None):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < lo or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"expected a number >= {lo}" + (f" and <= {hi}" if hi else "")
+            raise argparse.ArgumentTypeError(f"expected a number >= {lo}" + (f" and <= {hi}" if hi is not None else "")
                                              + f", got {value}")
         return value
     return parse
@@ -68,10 +68,10 @@ def _layouts(text: str) -> tuple:
 
 
 def configure_parser(p) -> None:
-    from .data.synthetic import PHOTO_PARTS
+    from .data.synthetic import MAX_COUNT, PHOTO_PARTS
     p.add_argument("out", help="folder to write: source/, target/, radius/ and params.jsonl")
-    p.add_argument("--count", type=_positive_int, required=True,
-                   help="number of pairs, at most 1000000 (required)")
+    p.add_argument("--count", type=_whole(1, MAX_COUNT), required=True,
+                   help=f"number of pairs, at most {MAX_COUNT} (required)")
     p.add_argument("--photos", help="folder of sharp photos, searched recursively (default: procedural "
                                      "scenes only)")
     p.add_argument("--photo-split", choices=PHOTO_PARTS, default="held-out",
@@ -96,7 +96,7 @@ def configure_parser(p) -> None:
 
 
 def run(args) -> int:
-    from .data.synthetic import MAX_COUNT, MAX_SIZE, SyntheticConfig, export_synthetic_pairs, select_photos
+    from .data.synthetic import MAX_SIZE, SyntheticConfig, export_synthetic_pairs, select_photos
     out = Path(args.out)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
@@ -111,8 +111,6 @@ def run(args) -> int:
             if not photos:
                 raise ValueError(f"--photos {args.photos}: no photos in the {args.photo_split!r} part "
                                  f"(the held-out part needs at least two photos)")
-        if args.count > MAX_COUNT:
-            raise ValueError(f"--count must be at most {MAX_COUNT}; got {args.count}")
         if not 8 <= args.size <= MAX_SIZE:
             raise ValueError(f"--size must be from 8 to {MAX_SIZE}; got {args.size}")
         config = SyntheticConfig(size=args.size, max_radius=args.max_blur, photo_prob=args.photo_prob,

@@ -171,8 +171,8 @@ def test_kernel_report(arch, dtype):
                                                      ((9, 0), "ieee", t2._GPU_CONFIGS),
                                                      ((10, 0), "ieee", t2._GPU_CONFIGS)])
 def test_forward_configurations_per_gpu_and_precision(monkeypatch, capability, prec, expected):
-    """Before Hopper, IEEE fp32 dots run on FMA units, where all but one forward tile
-    spill: the autotuner's pruning offers only that one there, and all elsewhere;
+    """With IEEE fp32 dots all but one forward tile spill on sm_80 (not on sm_90): on
+    sm_8x the autotuner's pruning offers only that one, and all of them elsewhere;
     kernel_report.py compiles what fwd_configs gives."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     img = torch.zeros(1)

@@ -437,7 +437,7 @@ def test_cascade_is_saved_and_loaded(tmp_path):
     with pytest.raises(ValueError, match=r"was saved with cascade=True \(this model: False\): INIKNet.load"):
         plain.load_weights(tmp_path / "c.safetensors")
     with pytest.raises(ValueError, match="unexpected tensors cascade_gate"):
-        plain.load_weights(tmp_path / "c.safetensors", warm_start=True)
+        plain.load_weights(tmp_path / "c.safetensors", check_config=False)
     with pytest.raises(ValueError, match="cascade must be a bool"):
         inik.INIKNet(cascade=1)
 

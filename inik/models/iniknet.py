@@ -392,16 +392,16 @@ class INIKNet(nn.Module):
         from ..devices import usable_device
         map_location = usable_device(map_location, "map_location=")
         model = cls(cls.read_config(path), ifm_backend=ifm_backend)
-        model.load_weights(path, map_location)
+        model.load_weights(path, map_location, check_config=False)  # built from the file's configuration
         return model.to(map_location)
 
     def load_weights(self, path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
-                     optional: tuple[str, ...] = (), warm_start: bool = False) -> None:
+                     optional: tuple[str, ...] = (), check_config: bool = True) -> None:
         """Load the tensors of an INIKNet safetensors file into this model; a
         ValueError naming the file when they are not this model's tensors (some
         missing, renamed, of another shape or not floating point), cannot be read,
         or were saved (by :meth:`save`) with another configuration (:meth:`load`
-        builds the file's model; ``warm_start=True`` loads them all the same, as
+        builds the file's model; ``check_config=False`` loads them all the same, as
         ``inik train --init`` does after its own check). Tensors named in ``optional``
         may be missing (they keep their values) or extra (ignored)."""
         from safetensors.torch import load_file
@@ -409,7 +409,7 @@ class INIKNet(nn.Module):
         from ..devices import usable_device
         shown = os.fspath(path)
         map_location = usable_device(map_location, "map_location=")
-        stored = None if warm_start else self._stored_config(path)  # None: a file without inik's metadata
+        stored = self._stored_config(path) if check_config else None  # None: a file without inik's metadata
         if stored is not None and stored != self.config:
             differ = [f"{f.name}={getattr(stored, f.name)!r} (this model: {getattr(self.config, f.name)!r})"
                       for f in fields(INIKNetConfig) if getattr(stored, f.name) != getattr(self.config, f.name)]

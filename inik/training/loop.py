@@ -85,7 +85,7 @@ def init_weights(model: INIKNet, path: str, other_revision: bool = False) -> Non
                         "another function)", path, k, getattr(stored, k), k, getattr(model.config, k))
     # a ValueError naming the file for missing, renamed or misshapen tensors; the cascade's gates
     # are new to a file without it (they start at 0: the file's function)
-    model.load_weights(path, optional=("cascade_gate",), warm_start=True)
+    model.load_weights(path, optional=("cascade_gate",), check_config=False)
 
 
 def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
