@@ -18,7 +18,7 @@ step build 200 env TORCH_CUDA_ARCH_LIST="$ARCH" INIK_BUILD_CUDA=1 INIK_CPU_NATIV
     $PY -m pip install --no-build-isolation --no-deps --no-index -e .
 $PY -c "import inik; from inik.ops import _ext; print('cuda kernels:', _ext.has_cuda_kernels(), '| auto backend:', inik.ops.resolve_backend('cuda'))"
 TAIL=15 step tests 240 $PY -m pytest -q -p no:cacheprovider -n 8 -rs \
-    tests/test_ifm_conformance.py tests/test_ifm_triton.py tests/test_ifm_cpp.py tests/test_fast_path.py
+    tests/test_ifm_conformance.py tests/test_ifm_triton.py tests/test_ifm_triton2.py tests/test_ifm_cpp.py tests/test_fast_path.py
 # The native op's argument checks aborted the process on the H200 (2026-11-26): run them alone.
 TAIL=40 step crash_probe 60 $PY -X faulthandler -m pytest -q -p no:cacheprovider tests/test_ifm_cpp.py -k reject_bad
 TAIL=40 step profile_ifm_bwd 90 $PY benchmarks/profile_ifm.py --backend triton

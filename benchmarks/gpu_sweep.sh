@@ -67,7 +67,7 @@ want sweep && TAIL=${SWEEP_TAIL:-12} step sweep_bf16 60 $PY benchmarks/sweep_tri
     --out "$LOGS/sweep_bf16.json"
 [[ -n $BUILD ]] && { wait $BUILD; tail -n 2 "$LOGS/build.log"; }
 want tests && TAIL=12 step tests 300 $PY -m pytest -q -p no:cacheprovider -n 8 -rs -k "not reject_bad" \
-    tests/test_ifm_conformance.py tests/test_ifm_triton.py tests/test_ifm_cpp.py tests/test_fast_path.py
+    tests/test_ifm_conformance.py tests/test_ifm_triton.py tests/test_ifm_triton2.py tests/test_ifm_cpp.py tests/test_fast_path.py
 want tests && TAIL=6 step reject_bad 60 $PY -m pytest -q -p no:cacheprovider -k reject_bad tests/test_ifm_cpp.py
 if want tests && { ! grep -q " passed" "$LOGS/reject_bad.log" || grep -q "failed\|rror" "$LOGS/reject_bad.log"; }; then
   TAIL=30 step crash_gdb 60 cuda-gdb -batch -ex run -ex bt --args $PY -c \

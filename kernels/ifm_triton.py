@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import threading
 from typing import Optional, Sequence
 
@@ -755,6 +756,22 @@ def ifm_triton_backward(grad, image, mu, omega, atoms, support: Sequence[int], n
 
 # ---------------------------------------------------------------- backend
 
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:2])
+
+
+@functools.lru_cache(maxsize=None)
+def _interpreter_unusable() -> Optional[str]:
+    """Triton's interpreter before 3.7 converts loop bounds with ``int(array)``, which
+    NumPy 2.4 refuses for the one-element arrays it holds kernel arguments in."""
+    import numpy as np
+
+    if _version(triton.__version__) < (3, 7) and _version(np.__version__) >= (2, 4):
+        return (f"the interpreter of Triton {triton.__version__} cannot run these kernels with "
+                f"NumPy {np.__version__} (Triton 3.7 or later, or NumPy before 2.4, can)")
+    return None
+
+
 def _unavailable(device: torch.device) -> Optional[str]:
     if device.type == "cuda":
         if _INTERPRET:
@@ -762,7 +779,7 @@ def _unavailable(device: torch.device) -> Optional[str]:
         return None if torch.cuda.is_available() else "CUDA is not available"
     if device.type == "cpu":
         if _INTERPRET:
-            return None
+            return _interpreter_unusable()
         return "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)"
     return f"Triton kernels do not run on {device.type} tensors"
 

@@ -47,6 +47,25 @@ def test_backend_registered_and_available():
     assert be.unavailable(torch.device("meta")) is not None
 
 
+@pytest.mark.parametrize("triton_version, numpy_version, usable", [
+    ("3.6.0", "2.4.6", False), ("3.6.0", "2.3.5", True), ("3.7.1", "2.4.6", True), ("3.8.0", "2.5.0", True)])
+def test_interpreter_versions_that_cannot_run_the_kernels(monkeypatch, triton_version, numpy_version, usable):
+    """Triton 3.6's interpreter cannot take NumPy 2.4 (kernels failed mid-launch): refused
+    with the versions named. Checked with Triton 3.6.0 installed beside NumPy 2.4.6 and 2.3.5."""
+    import numpy
+
+    monkeypatch.setattr(ifm_triton.triton, "__version__", triton_version)
+    monkeypatch.setattr(numpy, "__version__", numpy_version)
+    ifm_triton._interpreter_unusable.cache_clear()
+    try:
+        reason = ifm_triton._interpreter_unusable()
+    finally:
+        ifm_triton._interpreter_unusable.cache_clear()
+    assert (reason is None) == usable
+    if not usable:
+        assert triton_version in reason and numpy_version in reason
+
+
 def test_row_contiguous_views_are_read_in_place():
     """Row-contiguous views of mu and omega (a channel slice, a batch expanded with
     stride 0) go to the kernels without a copy; other layouts are copied first (the
