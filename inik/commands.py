@@ -92,3 +92,8 @@ def item_error(exc: BaseException, *paths) -> str:
     from .errors import first_line
     msg = first_line(exc)
     return msg if any(str(p) in msg for p in paths) else f"{paths[0]}: {msg}"
+
+
+def batch_status(failures: int, total: int) -> int:
+    """Exit status of a batch (docs/cli.md): 0 all done, 1 some items failed, 2 nothing done."""
+    return 0 if not failures else 2 if failures >= total else 1

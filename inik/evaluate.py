@@ -149,7 +149,7 @@ def configure_parser(p) -> None:
     p.add_argument("--data", required=True,
                    help="folder with source/ and target/ (or a DPDD/RealDOF/RTF/LFDOF root) (required)")
     p.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
-    p.add_argument("--split", default="test", help="DPDD split (default test)")
+    p.add_argument("--split", default=None, help="split of a DPDD root: train, val or test (default test)")
     p.add_argument("--weights", help="INIKNet safetensors file (default: the bundled weights)")
     p.add_argument("--out", required=True,
                    help="report .json path (the per-image CSV is written beside it); an image equal to its "
@@ -245,7 +245,7 @@ def run(args) -> int:
     report's "failed"); 2 bad flags or data, or no pair could be scored (no report)."""
     from .commands import check_device, check_tile_option
     from .data.io import write_atomically
-    from .data.pairs import find_pairs, resolve_layout
+    from .data.pairs import LAYOUTS, find_pairs, resolve_layout
     from .losses import MissingWeightsError
     from .metrics import LPIPSMetric
     try:
@@ -254,9 +254,19 @@ def run(args) -> int:
         check_tile_option(args.tile)
         if args.crop_multiple < 1:
             raise ValueError(f"--crop-multiple must be >= 1, got {args.crop_multiple}")
-        layout = resolve_layout(args.data, args.layout, split=args.split)
+        if args.identity:
+            given = [flag for flag, value in (("--weights", args.weights), ("--half", args.half),
+                                              ("--tile", args.tile)) if value not in (None, False)]
+            if given:
+                raise ValueError(f"--identity scores the blurry inputs, no model runs: {', '.join(given)} "
+                                 f"{'does' if len(given) == 1 else 'do'} not apply")
+        split = args.split or "test"
+        layout = resolve_layout(args.data, args.layout, split=split)
+        if args.split is not None and "{split}" not in "".join(LAYOUTS[layout][:2]):
+            raise ValueError(f"--split {args.split}: {args.data} has the {layout} layout, which has no splits "
+                             f"(--split is for a DPDD root)")
         # sizes (and whether each file opens) are checked pair by pair: a bad pair fails alone
-        pairs = find_pairs(args.data, layout=layout, split=args.split, check_sizes=False)
+        pairs = find_pairs(args.data, layout=layout, split=split, check_sizes=False)
         if not pairs:
             raise ValueError(f"no image pairs in {args.data}")
         if args.radius_bins is not None:
@@ -291,7 +301,7 @@ def run(args) -> int:
     if not report["images"]:
         print(f"inik eval: none of the {len(pairs)} pairs could be scored; no report written", file=sys.stderr)
         return 2
-    report.update(data=str(args.data), layout=layout, split=args.split if layout == "dpdd" else None,
+    report.update(data=str(args.data), layout=layout, split=split if layout == "dpdd" else None,
                   weights="identity" if args.identity else str(args.weights or "default"),
                   trained=trained, device=str(args.device), bits=args.bits, tile=args.tile,
                   lpips=lpips is not None, half=args.half and not args.identity, crop_multiple=args.crop_multiple)

@@ -214,8 +214,8 @@ def _plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
 
 def run(args) -> int:
     """Exit status: 0 every image explained; 1 some images failed (each named on stderr, the
-    others explained); 2 bad flags or outputs (nothing written)."""
-    from .commands import ITEM_ERRORS, SettingError, check_device, check_tile_option, item_error, say
+    others explained); 2 bad flags or outputs, or every image failed (nothing written)."""
+    from .commands import ITEM_ERRORS, SettingError, batch_status, check_device, check_tile_option, item_error, say
     from .data.io import read_image
     from .loading import DEFAULT_WEIGHTS, UNTRAINED_NOTE, load_model
     try:
@@ -243,4 +243,4 @@ def run(args) -> int:
             raise KeyboardInterrupt(f"interrupted after {done} of {len(plan)} images") from None
         d = summary["defocus_size"]
         say(f"inik explain: wrote {dst} (defocus size {d['min']:.2f}..{d['max']:.2f} px, mean {d['mean']:.2f})")
-    return 1 if failures else 0
+    return batch_status(failures, len(plan))

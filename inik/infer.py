@@ -21,6 +21,7 @@ from .commands import (
     DEVICE_HELP,
     ITEM_ERRORS,
     SettingError,
+    batch_status,
     check_device,
     check_tile_option,
     expand_inputs,
@@ -72,8 +73,8 @@ def configure_parser(p) -> None:
     p.add_argument("--format", choices=OUTPUT_FORMATS, default=None,
                    help="format of the outputs written into a folder (default: each input's own when it "
                         "can be written - PNG, TIFF, JPEG - else PNG); a single output file's suffix decides")
-    p.add_argument("--quality", type=int, default=95, metavar="Q",
-                   help="JPEG quality of JPEG outputs, 1-95 (default 95)")
+    p.add_argument("--quality", type=int, default=None, metavar="Q",
+                   help="JPEG quality of JPEG outputs, 1-95; refused when no output is a JPEG (default 95)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (default: off)")
 
 
@@ -145,15 +146,20 @@ def _output_depth(dst: Path, info) -> int:
 
 
 def run(args) -> int:
+    """Exit status: 0 every image deblurred; 1 some failed (each named on stderr, the others
+    written); 2 bad flags, or every image failed (nothing written)."""
     from tqdm import tqdm
 
     from .data.io import read_image, write_image
     try:
         check_tile_option(args.tile, args.overlap)
         args.device = str(check_device(args.device))
-        if not 1 <= args.quality <= 95:
+        if args.quality is not None and not 1 <= args.quality <= 95:
             raise ValueError(f"--quality must be in 1..95 (JPEG quality), got {args.quality}")
         plan = _plan(args.inputs, args.output, args.format)
+        if args.quality is not None and not any(dst.suffix.lower() in (".jpg", ".jpeg") for _, dst in plan):
+            raise ValueError(f"--quality sets the JPEG quality, and no output is a JPEG (first: {plan[0][1]}); "
+                             f"write .jpg files (-o NAME.jpg, or --format jpg for a folder)")
     except ValueError as exc:
         print(f"inik deblur: {exc}", file=sys.stderr)
         return 2
@@ -183,7 +189,7 @@ def run(args) -> int:
             result = deblur(img, model, tile=args.tile, overlap=args.overlap, device=args.device,
                             half=args.half, progress=tiles)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            write_image(dst, result, bit_depth=depth, overwrite=args.overwrite, quality=args.quality,
+            write_image(dst, result, bit_depth=depth, overwrite=args.overwrite, quality=args.quality or 95,
                         icc_profile=info.icc_profile, exif=info.exif)
             say(f"{src} -> {dst} ({info.width}x{info.height}, {depth}-bit, {time.perf_counter() - t0:.1f} s)")
         except SettingError:  # a bad INIK_* value: bad usage, for every item (cli.main)
@@ -196,4 +202,4 @@ def run(args) -> int:
     tiles.close()
     if not trained:
         print("inik deblur: the output above came from an UNTRAINED model", file=sys.stderr)
-    return 1 if failures else 0
+    return batch_status(failures, len(plan))

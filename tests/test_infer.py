@@ -219,9 +219,9 @@ def test_cli_batch_keeps_bit_depth_and_survives_bad_files(tmp_path, weights, cap
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
     # A second run refuses to overwrite; the input is never replaced.
     rc = main(["deblur", str(src / "a.png"), "-o", str(out / "a.png"), "--weights", str(weights)])
-    assert rc == 1 and "exists" in capsys.readouterr().err
+    assert rc == 2 and "exists" in capsys.readouterr().err  # its one image failed: nothing done
     rc = main(["deblur", str(src / "a.png"), "-o", str(src / "a.png"), "--weights", str(weights)])
-    assert rc == 1 and "replace the input" in capsys.readouterr().err
+    assert rc == 2 and "replace the input" in capsys.readouterr().err
 
 
 def test_cli_without_the_extension_says_so_and_runs(tmp_path, weights, monkeypatch, capsys):
@@ -269,7 +269,7 @@ def test_explain_writes_maps(tmp_path, weights, capsys):
     notes.write_text("my notes")
     (out / "mu_scale3.png").unlink()
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    assert main(["explain", str(tmp_path / "p.png"), "-o", str(out), "--weights", str(weights)]) == 1
+    assert main(["explain", str(tmp_path / "p.png"), "-o", str(out), "--weights", str(weights)]) == 2
     assert "file exists (and 11 more); nothing written" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before and notes.read_text() == "my notes"
     # --overwrite with a model of fewer scales: its maps replace the old ones, and the old
@@ -432,7 +432,7 @@ def test_cli_output_depth_follows_the_source(tmp_path, weights, capsys):
                      str(weights)]) == 0, (src, dst, capsys.readouterr().err)
         assert read_image(tmp_path / "o" / dst, mode=None)[1].bit_depth == depth, (src, dst)
     rc = main(["deblur", str(tmp_path / "rgba.png"), "-o", str(tmp_path / "o" / "x.jpg"), "--weights", str(weights)])
-    assert rc == 1 and "JPEG cannot hold" in capsys.readouterr().err
+    assert rc == 2 and "JPEG cannot hold" in capsys.readouterr().err
 
 
 def test_cli_and_api_keep_colour_profile_and_exif(tmp_path, weights, small_model):
@@ -495,7 +495,9 @@ def test_cli_format_and_quality(tmp_path, weights, capsys):
                  "--format", "png"]) == 0
     assert read_image(tmp_path / "t" / "b.png")[1].format == "PNG"
     for bad, msg in ((["-o", str(tmp_path / "x.jpg"), "--format", "png"], "--format png contradicts"),
-                     (["-o", str(tmp_path / "y"), "--quality", "0"], "--quality must be in 1..95")):
+                     (["-o", str(tmp_path / "y"), "--quality", "0"], "--quality must be in 1..95"),
+                     (["-o", str(tmp_path / "y.png"), "--quality", "80"], "no output is a JPEG"),
+                     (["-o", str(tmp_path / "y"), "--quality", "80"], "no output is a JPEG (first: ")):
         assert main(["deblur", str(src / "a.png"), "--weights", str(weights), *bad]) == 2
         assert msg in capsys.readouterr().err
     assert not (tmp_path / "x.jpg").exists() and not (tmp_path / "y").exists()
@@ -665,7 +667,7 @@ def test_a_named_pipe_is_refused_not_waited_on(tmp_path, weights):
     proc = subprocess.run([sys.executable, "-c", code, "deblur", str(tmp_path / "pipe.png"), "-o",
                            str(tmp_path / "out.png"), "--weights", str(weights)],
                           capture_output=True, text=True, timeout=300)  # a wait on the pipe fails here
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     assert "pipe.png: not a regular file (a folder, pipe or device)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out.png").exists()

@@ -342,6 +342,21 @@ def test_eval_identity_scores_the_input(tmp_path):
     assert row["psnr"] == pytest.approx(peak_signal_noise_ratio(sharp, blurry, data_range=1), abs=1e-6)
 
 
+def test_eval_refuses_flags_that_would_be_ignored(tmp_path, capsys):
+    """--identity runs no model, and a folder of pairs has no splits: such flags are
+    refused by name rather than ignored."""
+    data = _pairs_folder(tmp_path / "data", n=1, size=32)
+    base = ["eval", "--data", str(data), "--lpips", "off", "--out", str(tmp_path / "r.json")]
+    for extra, msg in ((["--identity", "--weights", "w.safetensors"], "--weights does not apply"),
+                       (["--identity", "--half", "--tile", "512"], "--half, --tile do not apply"),
+                       (["--identity", "--split", "train"], "--split train: ")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r.json").exists()
+    assert main(base + ["--identity", "--tile", "0"]) == 0  # 0: the whole image, as without --tile
+
+
 def _config_file(tmp_path, data, **kw):
     values = dict(dataset="folder", data=str(data), crop=32, batch=1, lpips_weight=0.0, workers=0, log_every=1,
                   val_every=1000, ckpt_every=1000, val_images=1, model=SMALL, amp="off")
