@@ -157,9 +157,10 @@ def run(args) -> int:
         if args.quality is not None and not 1 <= args.quality <= 95:
             raise ValueError(f"--quality must be in 1..95 (JPEG quality), got {args.quality}")
         plan = _plan(args.inputs, args.output, args.format)
-        if args.quality is not None and not any(dst.suffix.lower() in (".jpg", ".jpeg") for _, dst in plan):
-            raise ValueError(f"--quality sets the JPEG quality, and no output is a JPEG (first: {plan[0][1]}); "
-                             f"write .jpg files (-o NAME.jpg, or --format jpg for a folder)")
+        kinds = sorted({dst.suffix.lower() for _, dst in plan})
+        if args.quality is not None and not {".jpg", ".jpeg"} & set(kinds):
+            raise ValueError(f"--quality sets the JPEG quality, and no output is a JPEG (they are "
+                             f"{', '.join(kinds)}); write .jpg files (-o NAME.jpg, or --format jpg for a folder)")
     except ValueError as exc:
         print(f"inik deblur: {exc}", file=sys.stderr)
         return 2

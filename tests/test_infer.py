@@ -496,8 +496,8 @@ def test_cli_format_and_quality(tmp_path, weights, capsys):
     assert read_image(tmp_path / "t" / "b.png")[1].format == "PNG"
     for bad, msg in ((["-o", str(tmp_path / "x.jpg"), "--format", "png"], "--format png contradicts"),
                      (["-o", str(tmp_path / "y"), "--quality", "0"], "--quality must be in 1..95"),
-                     (["-o", str(tmp_path / "y.png"), "--quality", "80"], "no output is a JPEG"),
-                     (["-o", str(tmp_path / "y"), "--quality", "80"], "no output is a JPEG (first: ")):
+                     (["-o", str(tmp_path / "y.tif"), "--quality", "80"], "no output is a JPEG (they are .tif)"),
+                     (["-o", str(tmp_path / "y"), "--quality", "80"], "no output is a JPEG (they are .png)")):
         assert main(["deblur", str(src / "a.png"), "--weights", str(weights), *bad]) == 2
         assert msg in capsys.readouterr().err
     assert not (tmp_path / "x.jpg").exists() and not (tmp_path / "y").exists()
