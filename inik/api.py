@@ -79,7 +79,9 @@ def deblur(image, model: Optional[INIKNet] = None, *, tile: Optional[int] = None
         return result
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image must be a numpy array, torch tensor or PIL image, got {type(image).__name__}")
-    return _deblur_array(image, run)
+    if isinstance(image, np.ma.MaskedArray):
+        raise TypeError("image: a masked array's mask would be ignored; pass image.filled(value)")
+    return _deblur_array(np.asarray(image), run)  # a plain array: subclasses (np.matrix) index otherwise
 
 
 def _warn_out_of_range(f) -> None:

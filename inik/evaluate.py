@@ -227,12 +227,13 @@ def _check_images(pairs, bits: str, lpips: bool = False, crop_multiple: int = 1)
     (or LPIPS, ``lpips``: whether it will be computed) and float images read as 8-bit."""
     from .data.io import is_float_image, read_image_info
     from .losses import LPIPS_MIN_SIZE
+    from .metrics import SSIM_WINDOW
     for pair in pairs:
         for path in (pair.blurry, pair.sharp):
             width, height = read_image_info(path)
             width, height = width - width % crop_multiple, height - height % crop_multiple
-            if min(width, height) < 7:
-                raise ValueError(f"{path}: {width}x{height} is too small for SSIM's 7x7 window")
+            if min(width, height) < SSIM_WINDOW:
+                raise ValueError(f"{path}: {width}x{height} is too small for SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window")
             if lpips and min(width, height) < LPIPS_MIN_SIZE:
                 raise ValueError(f"{path}: {width}x{height} is too small for LPIPS (AlexNet needs at least "
                                  f"{LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE} px); --lpips off scores it without LPIPS")

@@ -139,6 +139,9 @@ def check_request(format: str, path: str | Path, *, size: Optional[tuple[int, in
                              f"(tile larger photos, docs/deploy.md)")
         size = (h, w)
     out = Path(path)
+    named = out.suffix.lower().lstrip(".")
+    if named in FORMATS and named != format:
+        raise ValueError(f"--format {format} contradicts the output file -o {path}; name a .{format} file")
     if out.is_dir():
         raise ValueError(f"-o {path}: is a folder; name a file")
     if not out.parent.is_dir():
@@ -305,6 +308,8 @@ def run(args) -> int:
         fmt = args.format if args.format is not None else format_for(args.output)
         check_request(fmt, args.output, size=size, dynamic=args.dynamic, aoti=args.aoti,
                       overwrite=args.overwrite, check=not args.no_check)
+        if args.weights and Path(args.output).resolve() == Path(args.weights).resolve():
+            raise ValueError(f"-o {args.output}: is the --weights file it reads; choose another output")
     except ValueError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+#: SSIM's window side [px] (skimage's default): images must be at least this large
+SSIM_WINDOW = 7
+
 __all__ = ["as_eval_array", "psnr", "ssim", "mae", "LPIPSMetric", "evaluate", "RadiusBins"]
 
 
@@ -62,7 +65,7 @@ def mae(output, target) -> float:
     return float(np.abs(x - y).mean())
 
 
-def _ssim_torch(x: np.ndarray, y: np.ndarray, win: int = 7) -> float:
+def _ssim_torch(x: np.ndarray, y: np.ndarray, win: int = SSIM_WINDOW) -> float:
     """scikit-image's SSIM (uniform window, sample covariance, data range 1,
     mean over the image minus a (win-1)/2 border, then over channels)."""
     X = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[:, None]

@@ -102,6 +102,8 @@ def run(args) -> int:
         if getattr(args, key) is None:
             setattr(args, key, value)
     try:
+        if not args.out.strip():  # Path("") is the current folder
+            raise ValueError(f"OUT {args.out!r}: empty (name a folder; . for the current folder)")
         photos = None
         if args.photos is not None:
             try:

@@ -382,6 +382,9 @@ def test_write_atomic_no_overwrite(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # no temp files left
     with pytest.raises(ValueError, match="b.bmp"):
         write_image(tmp_path / "b.bmp", np.zeros((4, 4, 3)))
+    long = tmp_path / ("w" * 251 + ".png")  # 255 bytes, the limit: its temporary must still fit
+    write_image(long, np.zeros((4, 4, 3), np.float32))
+    assert read_image(long)[0].shape == (4, 4, 3) and len(list(tmp_path.iterdir())) == 2
 
 
 def test_tensor_round_trip(tmp_path):

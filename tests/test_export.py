@@ -116,10 +116,16 @@ def test_bad_requests_are_one_line_errors(tmp_path, capsys, weights, monkeypatch
         (["-o", out, "--aoti"], "--aoti builds a pt2 package"),
         (["-o", str(tmp_path / "old.pt2")], "exists (pass --overwrite"),
         (["-o", str(tmp_path / "no" / "m.pt2")], "does not exist"),
+        (["-o", str(tmp_path / "m.pt2"), "--format", "onnx"], "--format onnx contradicts the output file"),
+        (["-o", out, "--format", "pt2"], "--format pt2 contradicts the output file"),
     ]
     for args, expect in cases:
         _one_line_error(capsys, args + w, expect)
     _one_line_error(capsys, ["-o", out, "--weights", str(tmp_path / "missing.safetensors")], "cannot load weights")
+    w_copy = tmp_path / "w.pt2"  # the weights it reads are never its output, --overwrite or not
+    w_copy.write_bytes(Path(weights).read_bytes())
+    _one_line_error(capsys, ["-o", str(w_copy), "--weights", str(w_copy), "--overwrite"], "is the --weights file")
+    assert w_copy.read_bytes() == Path(weights).read_bytes()
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
     _one_line_error(capsys, ["-o", out] + w, "needs onnxruntime, not installed: pip install 'inik[export]'")
     monkeypatch.setitem(sys.modules, "onnx", None)

@@ -363,6 +363,9 @@ def test_revision_2_is_the_authors_network():
     assert r_new[:, :n0].abs().max() == 0 and r_old[:, :n0].abs().max() > 0
     with pytest.raises(ValueError, match="revision must be 1"):
         inik.INIKNet(revision=3)
+    with pytest.raises(ValueError, match="revision must be 1"):
+        inik.INIKNet(revision=2.0)
+    assert type(inik.INIKNet(width=4, revision=np.int64(1)).config.revision) is int  # saved as JSON
 
 
 def test_the_bundled_weights_are_revision_2():

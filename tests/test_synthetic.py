@@ -532,3 +532,11 @@ def test_layout_names_are_parsed_one_way(capsys):
     with pytest.raises(SystemExit):
         main(["synth", "unused", "--count", "1", "--layouts", "tilted"])
     assert "--layouts: expected a comma-separated list of random" in capsys.readouterr().err
+
+
+def test_synth_refuses_an_empty_out(tmp_path, monkeypatch, capsys):
+    """OUT '' meant the current folder, written unseen."""
+    from inik.cli import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["synth", "", "--count", "1", "--size", "32"]) == 2
+    assert "OUT '': empty" in capsys.readouterr().err and not list(tmp_path.iterdir())

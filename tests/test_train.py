@@ -1006,3 +1006,90 @@ def test_ema_added_changed_and_dropped_on_resume(tmp_path, capsys, caplog):
     _assert_weights(_weights(out / "last.safetensors"), {k: v.double() for k, v in state["model"].items()})
     assert main(["train", "--config", cfg, "--out", str(tmp_path / "r2"), "--ema", "1", "--no-progress"]) == 2
     assert "ema must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_nan_in_the_data_never_reaches_a_checkpoint(tmp_path, capsys):
+    """A float TIFF holding NaN is refused by name (it trained "successfully" into NaN
+    weights), and weights that go non-finite are never saved over the last checkpoint."""
+    data = _pairs_folder(tmp_path / "data", n=1, size=32)
+    sharp = np.full((32, 32, 3), 0.5, np.float32)
+    sharp[::4, ::4] = np.nan
+    (data / "target" / "img0.png").unlink()
+    import tifffile
+    tifffile.imwrite(data / "target" / "img0.tif", sharp, photometric="rgb")
+    assert main(["train", "--config", _config_file(tmp_path, data, iters=2), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "img0.tif: holds NaN or Inf pixels" in err and err.count("inik train: ") == 1, err
+    assert not (tmp_path / "r" / "last.safetensors").exists()
+    (data / "target" / "img0.tif").unlink()  # mended: the same --out takes the run, which left no checkpoint
+    write_image(data / "target" / "img0.png", np.full((32, 32, 3), 0.5, np.float32))
+    assert main(["train", "--config", _config_file(tmp_path, data, iters=2), "--out", str(tmp_path / "r")]) == 0
+
+    good = _pairs_folder(tmp_path / "good", n=1, size=32)
+    cfg = _cfg(tmp_path, good, iters=2, batch=1, val_images=1, ckpt_every=1)
+    train(cfg, progress=False)
+    before = (tmp_path / "run" / "last.safetensors").read_bytes()
+    cfg = _cfg(tmp_path, good, iters=4, batch=1, val_images=1, ckpt_every=1)
+    real_step = inik.training.loop.train_step
+
+    def poisoned(net, *args):
+        with torch.no_grad():
+            next(net.parameters()).fill_(float("nan"))
+        return real_step(net, *args)
+    inik.training.loop.train_step = poisoned
+    try:
+        with pytest.raises(ValueError, match="training diverged: the weights hold NaN or Inf at iteration 3"):
+            train(cfg, resume=True, progress=False)
+    finally:
+        inik.training.loop.train_step = real_step
+    assert (tmp_path / "run" / "last.safetensors").read_bytes() == before
+
+
+def test_validation_images_and_out_folder_are_checked_before_training(tmp_path, capsys):
+    """Validation images smaller than SSIM's window failed at the first validation, after
+    the training since the last checkpoint; an --out holding another program's config.json
+    or log.csv had them replaced; empty paths meant the current folder."""
+    data = _pairs_folder(tmp_path / "data", n=1, size=32)
+    tiny = _pairs_folder(tmp_path / "tiny", n=1, size=8)
+    for name in ("source", "target"):
+        write_image(tiny / name / "img0.png", np.zeros((5, 6, 3), np.float32), overwrite=True)
+    cfg = _config_file(tmp_path, data, iters=2)
+    assert main(["train", "--config", cfg, "--val-data", str(tiny), "--out", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err
+    assert "--val-data: " in err and "img0.png is 6x5 px; validation needs at least 7x7" in err, err
+    assert not (tmp_path / "v").exists()
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "log.csv").write_text("mine\n")
+    assert main(["train", "--config", cfg, "--out", str(mine)]) == 2
+    assert "holds a config.json or log.csv that a run did not write" in capsys.readouterr().err
+    assert (mine / "log.csv").read_text() == "mine\n" and sorted(p.name for p in mine.iterdir()) == ["log.csv"]
+
+    for flag in ("--out", "--init", "--val-data"):
+        out = [] if flag == "--out" else ["--out", str(tmp_path / "e")]
+        assert main(["train", "--config", cfg, flag, ""] + out) == 2
+        assert "must name a path, got an empty string" in capsys.readouterr().err
+    for key, value, msg in (("val_images", 10**8, "val_images must be in 1..10000"),
+                            ("workers", 10**6, "workers must be at most 256"),
+                            ("model", {"foo": 1}, "model: ")):
+        assert main(["train", "--config", _config_file(tmp_path, data, **{key: value}),
+                     "--out", str(tmp_path / "e")]) == 2
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
+def test_resume_names_a_log_that_is_not_the_runs(tmp_path, capsys):
+    data = _pairs_folder(tmp_path / "data", n=1, size=32)
+    out = tmp_path / "run"
+    assert main(["train", "--config", _config_file(tmp_path, data, iters=2), "--out", str(out)]) == 0
+    capsys.readouterr()
+    good = (out / "log.csv").read_text()
+    for text in ("foo,bar\n1,2\n", good + "abc,1,2,3,4,\n", good + "3,0.4\n", "\x00\xff\xfe\n"):
+        (out / "log.csv").write_bytes(text.encode("latin-1"))
+        assert main(["train", "--resume", "--out", str(out), "--iters", "3"]) == 2
+        err = capsys.readouterr().err
+        assert f"{out / 'log.csv'} is not this run's training log" in err and err.count("\n") == 1, (text, err)
+    (out / "log.csv").write_text(good)
+    assert main(["train", "--resume", "--out", str(out), "--iters", "3"]) == 0
+    assert [r["iter"] for r in _log(out)] == ["1", "2", "3"]

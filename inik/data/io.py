@@ -283,7 +283,8 @@ def write_atomically(path, data) -> None:
     permissions (0666 less the umask, unlike mkstemp's 0600), flushed to disk, then
     renamed over ``path``; on any failure it is removed and ``path`` is untouched."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    # short, whatever the name: a name near the 255-byte limit must still get a temporary beside it
+    tmp = path.with_name(f".inik-{uuid.uuid4().hex[:12]}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
@@ -294,7 +295,7 @@ def write_atomically(path, data) -> None:
     except BaseException as exc:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:  # never created (or its folder is gone): the first error is the one to report
             pass
         if isinstance(exc, OSError) and exc.filename == os.fspath(tmp):  # name the file asked for
             raise type(exc)(exc.errno, exc.strerror, os.fspath(path)) from None

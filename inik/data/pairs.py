@@ -299,6 +299,8 @@ class PairedImageDataset(torch.utils.data.Dataset):
         if path in self._cache:
             return self._cache[path]
         t = image_to_tensor(read_image(path)[0])
+        if not bool(torch.isfinite(t).all()):  # float TIFFs can hold them; training on one ruins the weights
+            raise ValueError(f"{path}: holds NaN or Inf pixels")
         if self.cache:
             self._cache[path] = t
         return t

@@ -96,9 +96,11 @@ class INIKNetConfig:
             raise ValueError(f"INIKNet: recurrence must be one of {RECURRENCES}, got {self.recurrence!r}")
         if self.mixing not in MIXINGS:
             raise ValueError(f"INIKNet: mixing must be one of {MIXINGS}, got {self.mixing!r}")
-        if isinstance(self.revision, bool) or self.revision not in (1, 2):
+        if isinstance(self.revision, bool) or not isinstance(self.revision, numbers.Integral) \
+                or self.revision not in (1, 2):
             raise ValueError(f"INIKNet: revision must be 1 (inik before 2026-12-02) or 2 (the authors' network), "
                              f"got {self.revision!r}")
+        object.__setattr__(self, "revision", int(self.revision))  # saved as JSON: no numpy integers
         for name in ("zero_mean_atoms", "cascade"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"INIKNet: {name} must be a bool, got {getattr(self, name)!r}")

@@ -22,6 +22,9 @@ MAX_SEED = 2**32
 # Memory is batch * crop**2: bounded before anything is allocated (a config file is data).
 MAX_CROP = 4096
 MAX_BATCH = 1024
+#: validation pairs are all held in memory; loader processes
+MAX_VAL_IMAGES = 10_000
+MAX_WORKERS = 256
 
 
 @dataclass
@@ -107,9 +110,17 @@ class TrainConfig:
             self.layouts = ",".join(parse_layouts(self.layouts))
         except ValueError as exc:
             raise ValueError(f"layouts must be {exc}") from None
-        if self.val_images < 1:
-            raise ValueError(f"val_images must be >= 1, got {self.val_images}")
-        network = INIKNetConfig(**self.model)  # validates the model fields early
+        if not 1 <= self.val_images <= MAX_VAL_IMAGES:
+            raise ValueError(f"val_images must be in 1..{MAX_VAL_IMAGES}, got {self.val_images}")
+        if self.workers > MAX_WORKERS:
+            raise ValueError(f"workers must be at most {MAX_WORKERS} (loader processes), got {self.workers}")
+        for name in ("data", "val_data", "init", "out"):  # "" would mean the current folder, or be ignored
+            if getattr(self, name) == "":
+                raise ValueError(f"{name} must name a path, got an empty string")
+        try:
+            network = INIKNetConfig(**self.model)  # validates the model fields early
+        except TypeError as exc:  # an unknown field
+            raise ValueError(f"model: {exc}") from None
         if "revision" not in self.model:  # recorded, so that a resume builds the same network
             self.model = {**self.model, "revision": network.revision}
 

@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from ..metrics import SSIM_WINDOW
 from .config import TrainConfig
 
 log = logging.getLogger("inik")
@@ -90,6 +91,11 @@ def validation_pairs(cfg: TrainConfig) -> list[tuple[torch.Tensor, torch.Tensor]
     if cfg.val_data:
         from ..data import pairs
         ds = pairs.PairedImageDataset(pairs.find_pairs(cfg.val_data, split="val"), crop=None, augment=False)
-        return [ds[i] for i in range(min(len(ds), cfg.val_images))]
+        val = [ds[i] for i in range(min(len(ds), cfg.val_images))]
+        for (blurry, _), pair in zip(val, ds.pairs):
+            if min(blurry.shape[-2:]) < SSIM_WINDOW:  # found now, not at the first validation
+                raise ValueError(f"--val-data: {pair.blurry} is {blurry.shape[-1]}x{blurry.shape[-2]} px; validation "
+                                 f"needs at least {SSIM_WINDOW}x{SSIM_WINDOW} (SSIM's window)")
+        return val
     ds = _synthetic(cfg, held_out=True, seed=cfg.seed + 7_777_777)
     return [ds[i] for i in range(cfg.val_images)]

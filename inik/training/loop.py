@@ -28,6 +28,9 @@ from .validation import tensorboard_writer, validate_and_show
 
 log = logging.getLogger("inik")
 
+#: the columns of a run's log.csv
+LOG_FIELDS = ["iter", "loss", "psnr", "lr", "seconds", "val_psnr"]
+
 
 def _ddp_env() -> tuple[int, int]:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
@@ -88,6 +91,53 @@ def init_weights(model: INIKNet, path: str, other_revision: bool = False) -> Non
     model.load_weights(path, optional=("cascade_gate",), check_config=False)
 
 
+def _replaceable(out: Path) -> bool:
+    """Whether a new run may write config.json and log.csv into ``out``: absent, or left by
+    a run that stopped before its first checkpoint (its own settings and log header)."""
+    try:
+        if (out / "log.csv").exists():
+            with open(out / "log.csv", encoding="utf-8") as f:
+                if f.readline().strip() != ",".join(LOG_FIELDS):
+                    return False
+        if (out / "config.json").exists():
+            saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+            names = {f.name for f in dataclasses.fields(TrainConfig)}
+            return isinstance(saved, dict) and "out" in saved and set(saved) <= names
+        return True
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
+def _log_rows(log_path: Path, fields: list[str], last: int) -> list[dict]:
+    """The rows of a run's log.csv up to iteration ``last``; ValueError naming the file
+    when it is not such a log (edited, cut off, another program's)."""
+    try:
+        with open(log_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            names = reader.fieldnames or []
+            if "iter" not in names or not set(names) <= set(fields):  # older logs may lack a column
+                raise ValueError(f"its columns are {names}, not {fields}")
+            rows = list(reader)
+        for r in rows:
+            if None in r or None in r.values():
+                raise ValueError(f"the row of iteration {r.get('iter')} does not match the header")
+            int(r["iter"])
+            if r.get("seconds"):
+                float(r["seconds"])
+    except (UnicodeDecodeError, csv.Error, ValueError) as exc:
+        raise ValueError(f"--resume: {log_path} is not this run's training log ({first_line(exc)}); move it away "
+                         f"to resume with a new log") from None
+    return [r for r in rows if int(r["iter"]) <= last]
+
+
+def _check_finite(model: torch.nn.Module, it: int, out: Path) -> None:
+    """Refuse to checkpoint weights that hold NaN or Inf (a diverged run, or NaN in the
+    data): the last good checkpoint stays as it was."""
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise ValueError(f"training diverged: the weights hold NaN or Inf at iteration {it} (see {out / 'log.csv'}); "
+                         f"nothing was saved, the last checkpoint in {out} is unchanged")
+
+
 def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
           progress: bool = True) -> INIKNet:
     """Run (or resume) training into ``cfg.out``; returns the trained model (with
@@ -115,6 +165,9 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
     elif any((out / f).exists() for f in (STATE_FILE, LEGACY_STATE_FILE, "last.safetensors")):
         raise FileExistsError(f"--out {out} holds a run already: pass --resume to continue it, or choose another "
                               f"--out (nothing was changed)")
+    elif not _replaceable(out):
+        raise FileExistsError(f"--out {out} holds a config.json or log.csv that a run did not write: choose another "
+                              f"--out or move them away (nothing was changed)")
 
     torch.manual_seed(cfg.seed)
     model = INIKNet(INIKNetConfig(**cfg.model)).to(device)
@@ -156,14 +209,13 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
 
     out.mkdir(parents=True, exist_ok=True)  # once the weights, the data and the device are known to work
     log_path = out / "log.csv"
-    fields = ["iter", "loss", "psnr", "lr", "seconds", "val_psnr"]
+    fields = LOG_FIELDS
     if rank == 0 and (not resume or not log_path.exists()):
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerow(fields)
     spent = 0.0  # training seconds before this process: the log's clock runs on after a resume
     if rank == 0 and resume:  # drop log rows past the checkpoint (they will be recomputed)
-        with open(log_path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["iter"]) <= start]
+        rows = _log_rows(log_path, fields, start)
         spent = float(rows[-1]["seconds"]) if rows and rows[-1].get("seconds") else 0.0
         with open(log_path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
@@ -223,9 +275,11 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
                     if bar is not None:
                         bar.set_postfix(loss=row["loss"], psnr=row["psnr"])
                 if it % cfg.ckpt_every == 0 or it == cfg.iters:
+                    _check_finite(model, it, out)
                     save_checkpoint(out, model, opt, sched, it, cfg, scaler, average)
             if stop.requested:
                 if it < cfg.iters:  # at the last step the run's final checkpoint is saved already
+                    _check_finite(model, it, out)
                     save_checkpoint(out, model, opt, sched, it, cfg, scaler, average)
                 break
     if bar is not None:
