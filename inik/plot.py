@@ -35,6 +35,8 @@ def read_log(path: Path) -> dict[str, list]:
             for row in reader:
                 try:
                     it = int(row["iter"])
+                    if not 0 <= it < 2**53:  # an iteration a plot can place (floats)
+                        raise ValueError
                     curves["iter"].append(it)
                     curves["loss"].append(float(row["loss"]))
                     curves["psnr"].append(float(row["psnr"]))

@@ -1093,3 +1093,14 @@ def test_resume_names_a_log_that_is_not_the_runs(tmp_path, capsys):
     (out / "log.csv").write_text(good)
     assert main(["train", "--resume", "--out", str(out), "--iters", "3"]) == 0
     assert [r["iter"] for r in _log(out)] == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("env, msg", [({"RANK": "0", "WORLD_SIZE": "abc"}, "WORLD_SIZE='abc': expected a whole number"),
+                                      ({"RANK": "5", "WORLD_SIZE": "2"}, "RANK=5 must be below WORLD_SIZE=2")])
+def test_distributed_variables_set_by_hand_are_checked(tmp_path, monkeypatch, capsys, env, msg):
+    """A rank past the world size waited forever in torch's rendezvous."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    data = _pairs_folder(tmp_path / "data", n=1, size=32)
+    assert main(["train", "--config", _config_file(tmp_path, data, iters=1), "--out", str(tmp_path / "r")]) == 2
+    assert msg in capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -177,6 +177,7 @@ def test_plot_draws_the_curves_to_a_png(tmp_path, capsys):
     ("iter,loss,psnr,lr,seconds,val_psnr\n", "{log}: holds no rows yet"),
     (LOG + "50,oops,1,1,1,\n", "{log}, line 6: not a training log row: 50,oops,1,1,1,"),
     (LOG + "60,0.1\n", "{log}, line 6: not a training log row"),
+    (LOG + "1" + "0" * 310 + ",0.1,1,1,1,\n", "{log}, line 6: not a training log row: 1000"),  # overflowed the plot
 ])
 def test_plot_names_a_missing_or_malformed_log(tmp_path, capsys, content, says):
     run = tmp_path / "run"

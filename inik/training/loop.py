@@ -33,7 +33,12 @@ LOG_FIELDS = ["iter", "loss", "psnr", "lr", "seconds", "val_psnr"]
 
 
 def _ddp_env() -> tuple[int, int]:
+    for name in ("RANK", "WORLD_SIZE"):  # set by torchrun; by hand they may be anything
+        if name in os.environ and not os.environ[name].strip().isdigit():
+            raise ValueError(f"{name}={os.environ[name]!r}: expected a whole number (torchrun sets it)")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        if int(os.environ["RANK"]) >= int(os.environ["WORLD_SIZE"]):
+            raise ValueError(f"RANK={os.environ['RANK']} must be below WORLD_SIZE={os.environ['WORLD_SIZE']}")
         if not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         return dist.get_rank(), dist.get_world_size()
