@@ -226,15 +226,19 @@ def export_synthetic_pairs(
     if progress:
         from tqdm import tqdm
         items = tqdm(items, desc="synth", unit="pair")
-    for i in items:
-        s = first if i == 0 else synth.sample([seed, i])
-        name = names[i]
-        write_image(folder / "source" / f"{name}.png", s.blurry, bit_depth=8, overwrite=True)
-        write_image(folder / "target" / f"{name}.png", s.sharp, bit_depth=16, overwrite=True)
-        scale = c.max_radius if c.max_radius > 0 else 1.0
-        write_image(folder / "radius" / f"{name}.png", s.radius / scale, bit_depth=16, overwrite=True)
-        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in s.params.items()}
-        lines.append(json.dumps({"name": name, "seed": [seed, i], "radius_scale": scale, **record}))
+    try:
+        for i in items:
+            s = first if i == 0 else synth.sample([seed, i])
+            name = names[i]
+            write_image(folder / "source" / f"{name}.png", s.blurry, bit_depth=8, overwrite=True)
+            write_image(folder / "target" / f"{name}.png", s.sharp, bit_depth=16, overwrite=True)
+            scale = c.max_radius if c.max_radius > 0 else 1.0
+            write_image(folder / "radius" / f"{name}.png", s.radius / scale, bit_depth=16, overwrite=True)
+            record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in s.params.items()}
+            lines.append(json.dumps({"name": name, "seed": [seed, i], "radius_scale": scale, **record}))
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted after {len(lines)} of {count} pairs; {folder} holds an unfinished "
+                                f"set (no params.jsonl): write it again with --overwrite") from None
     keep = {f"{n}.png" for n in names}
     for p in old:
         if p.name not in keep and p != params_path:

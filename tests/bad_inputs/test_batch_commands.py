@@ -212,7 +212,7 @@ def _interrupt(*args, **kw):
     raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("command", ["deblur", "eval", "explain", "train"])
+@pytest.mark.parametrize("command", ["deblur", "eval", "explain", "train", "synth"])
 def test_ctrl_c_prints_one_line_and_exits_130(command, tmp_path, weights, monkeypatch, capsys):
     src = tmp_path / "in"
     src.mkdir()
@@ -239,11 +239,16 @@ def test_ctrl_c_prints_one_line_and_exits_130(command, tmp_path, weights, monkey
     elif command == "explain":
         monkeypatch.setattr(inik.explain, "explain", second_call_interrupted(inik.explain.explain))
         argv, said = ["explain", str(src), "-o", str(tmp_path / "out")], "interrupted after 1 of 3 images"
+    elif command == "synth":
+        monkeypatch.setattr(inik.data.io, "write_image", second_call_interrupted(inik.data.io.write_image))
+        argv = ["synth", str(tmp_path / "set"), "--count", "3", "--size", "32"]
+        said = (f"interrupted after 0 of 3 pairs; {tmp_path / 'set'} holds an unfinished set (no params.jsonl): "
+                f"write it again with --overwrite")
     else:  # a second Ctrl-C aborts training without the checkpoint of its first (TrainingInterrupted)
         monkeypatch.setattr(inik.train, "train", _interrupt)
         (tmp_path / "data").mkdir()
         argv, said = ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")], "interrupted"
-    if command != "train":
+    if command not in ("train", "synth"):
         argv += ["--weights", str(weights)]
     try:
         rc = main(argv)
