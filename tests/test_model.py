@@ -204,6 +204,7 @@ def test_save_load_round_trip(tmp_path):
     m.save(path)
     loaded = inik.INIKNet.load(path)
     assert loaded.config == m.config
+    assert inik.INIKNet.load(os.fsencode(path)).config == m.config  # bytes paths, as save takes them
     y = torch.rand(1, 3, 40, 33)
     with torch.no_grad():
         torch.testing.assert_close(loaded(y), m(y), rtol=0, atol=0)

@@ -356,7 +356,7 @@ class INIKNet(nn.Module):
     def _stored_config(path, required: bool = False) -> Optional[INIKNetConfig]:
         """:meth:`read_config`; None for a safetensors file without inik's metadata unless ``required``."""
         from safetensors import safe_open
-        path = os.fspath(path)
+        path = os.fsdecode(os.fspath(path))  # bytes paths too, as save takes them
         if not os.path.isfile(path):
             raise FileNotFoundError(f"INIKNet.load: no weights file at {path!r}")
         try:
@@ -409,7 +409,7 @@ class INIKNet(nn.Module):
         from safetensors.torch import load_file
 
         from ..devices import usable_device
-        shown = os.fspath(path)
+        shown = path = os.fsdecode(os.fspath(path))
         map_location = usable_device(map_location, "map_location=")
         stored = self._stored_config(path) if check_config else None  # None: a file without inik's metadata
         if stored is not None and stored != self.config:
