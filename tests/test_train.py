@@ -653,6 +653,28 @@ def _write_state(state, out):
     (out / "last.state.safetensors").write_bytes(safestate.dumps(state))
 
 
+def test_resume_names_edited_settings_in_the_checkpoint(tmp_path, capsys):
+    """The settings saved in a checkpoint are checked by name and type, as a config file's
+    are (an edited crop gave "not all arguments converted during string formatting")."""
+    data = _pairs_folder(tmp_path / "data", n=1, size=32)
+    out = tmp_path / "run"
+    assert main(["train", "--config", _config_file(tmp_path, data, iters=1), "--out", str(out), "--no-progress"]) == 0
+    good = read_state(out)
+    for key, value, msg in (("crop", "abc", "key 'crop' must be int, got 'abc'"),
+                            ("model", "abc", "key 'model' must be dict"),
+                            ("colour", 1, "unknown settings ['colour']")):
+        _write_state(good, out)
+        state = read_state(out)
+        state["config"][key] = value
+        _write_state(state, out)
+        capsys.readouterr()
+        assert main(["train", "--out", str(out), "--resume", "--iters", "2", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"--resume: {out / 'last.state.safetensors'}: " in err and msg in err and err.count("\n") == 1, err
+    _write_state(good, out)
+    assert main(["train", "--out", str(out), "--resume", "--iters", "2", "--no-progress"]) == 0
+
+
 def test_weights_with_missing_or_renamed_tensors_are_refused_by_name(tmp_path, capsys):
     """A file with valid INIKNet metadata whose tensors are not the model's (another
     version, edited): a ValueError naming the file and the keys, rc 2 for --init and eval."""

@@ -199,7 +199,13 @@ def resumed_config(saved: dict, requested: dict, where: str) -> TrainConfig:
     """The config of a resumed run: the one it was saved with, updated by ``requested``
     (the fields set by --config and flags) where :data:`RESUMABLE` allows; a request
     to change anything else is a ValueError naming it."""
-    values = saved_settings(saved)
+    if not isinstance(saved, dict):
+        raise ValueError(f"--resume: {where}: its settings are not an object (a damaged or edited file)")
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"--resume: {where}: unknown settings {unknown} (a damaged or edited file, or one written "
+                         f"by a newer inik)")
+    values = saved_settings(_check_types(dict(saved), f"--resume: {where}"))
     # a request that does not name a revision asks for the run's
     if isinstance(requested.get("model"), dict) and "revision" not in requested["model"]:
         requested = {**requested, "model": {**requested["model"], "revision": values["model"]["revision"]}}
