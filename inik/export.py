@@ -306,10 +306,10 @@ def run(args) -> int:
     try:
         size = parse_size(args.size) if args.size is not None else None
         fmt = args.format if args.format is not None else format_for(args.output)
-        check_request(fmt, args.output, size=size, dynamic=args.dynamic, aoti=args.aoti,
-                      overwrite=args.overwrite, check=not args.no_check)
         if args.weights and Path(args.output).resolve() == Path(args.weights).resolve():
             raise ValueError(f"-o {args.output}: is the --weights file it reads; choose another output")
+        check_request(fmt, args.output, size=size, dynamic=args.dynamic, aoti=args.aoti,
+                      overwrite=args.overwrite, check=not args.no_check)
     except ValueError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2

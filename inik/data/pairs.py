@@ -298,8 +298,9 @@ class PairedImageDataset(torch.utils.data.Dataset):
     def _load(self, path: Path) -> torch.Tensor:
         if path in self._cache:
             return self._cache[path]
-        t = image_to_tensor(read_image(path)[0])
-        if not bool(torch.isfinite(t).all()):  # float TIFFs can hold them; training on one ruins the weights
+        image, info = read_image(path)
+        t = image_to_tensor(image)
+        if info.bit_depth == 32 and not bool(torch.isfinite(t).all()):  # float TIFFs can hold them
             raise ValueError(f"{path}: holds NaN or Inf pixels")
         if self.cache:
             self._cache[path] = t

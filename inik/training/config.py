@@ -192,6 +192,8 @@ def saved_settings(config: dict) -> dict:
     did), and the model's revision filled in (a run saved before revisions existed
     trained revision 1)."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    # runs saved before empty paths were refused meant "none" by them
+    config = {k: (None if k in ("data", "val_data", "init") and v == "" else v) for k, v in config.items()}
     return {**defaults, **config, "model": {"revision": UNRECORDED_REVISION, **(config.get("model") or {})}}
 
 

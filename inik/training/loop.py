@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -33,8 +34,8 @@ LOG_FIELDS = ["iter", "loss", "psnr", "lr", "seconds", "val_psnr"]
 
 
 def _ddp_env() -> tuple[int, int]:
-    for name in ("RANK", "WORLD_SIZE"):  # set by torchrun; by hand they may be anything
-        if name in os.environ and not os.environ[name].strip().isdigit():
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # set by torchrun; by hand they may be anything
+        if name in os.environ and not re.fullmatch(r"[0-9]+", os.environ[name].strip()):
             raise ValueError(f"{name}={os.environ[name]!r}: expected a whole number (torchrun sets it)")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         if int(os.environ["RANK"]) >= int(os.environ["WORLD_SIZE"]):
@@ -96,26 +97,41 @@ def init_weights(model: INIKNet, path: str, other_revision: bool = False) -> Non
     model.load_weights(path, optional=("cascade_gate",), check_config=False)
 
 
-def _replaceable(out: Path) -> bool:
-    """Whether a new run may write config.json and log.csv into ``out``: absent, or left by
-    a run that stopped before its first checkpoint (its own settings and log header)."""
-    try:
-        if (out / "log.csv").exists():
-            with open(out / "log.csv", encoding="utf-8") as f:
-                if f.readline().strip() != ",".join(LOG_FIELDS):
-                    return False
-        if (out / "config.json").exists():
-            saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-            names = {f.name for f in dataclasses.fields(TrainConfig)}
-            return isinstance(saved, dict) and "out" in saved and set(saved) <= names
-        return True
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
+def _foreign(out: Path) -> Optional[str]:
+    """The file of ``out`` that a new run would replace and that no run wrote (config.json,
+    log.csv), or None: absent, or left by a run that stopped before its first checkpoint."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name in ("config.json", "log.csv"):
+        path = out / name
+        if not path.exists():
+            continue
+        try:
+            if name == "log.csv":
+                with open(path, encoding="utf-8") as f:
+                    ours = f.readline().strip() == ",".join(LOG_FIELDS)
+            else:
+                saved = json.loads(path.read_text(encoding="utf-8"))
+                ours = isinstance(saved, dict) and "out" in saved and set(saved) <= names
+        except (OSError, UnicodeDecodeError, ValueError):
+            ours = False
+        if not ours:
+            return name
+    return None
 
 
 def _log_rows(log_path: Path, fields: list[str], last: int) -> list[dict]:
-    """The rows of a run's log.csv up to iteration ``last``; ValueError naming the file
-    when it is not such a log (edited, cut off, another program's)."""
+    """The rows of a run's log.csv up to iteration ``last``; rows after them are dropped
+    unread (a cut-off tail is past the checkpoint). ValueError naming the file when it
+    is not such a log (another program's, or edited before the checkpoint)."""
+    def row_iter(r: dict) -> int:
+        if None in r or None in r.values():
+            raise ValueError(f"the row after iteration {kept[-1]['iter'] if kept else 0} does not match the header")
+        it = int(r["iter"])
+        if r.get("seconds"):
+            float(r["seconds"])
+        return it
+
+    kept: list[dict] = []
     try:
         with open(log_path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -123,16 +139,27 @@ def _log_rows(log_path: Path, fields: list[str], last: int) -> list[dict]:
             if "iter" not in names or not set(names) <= set(fields):  # older logs may lack a column
                 raise ValueError(f"its columns are {names}, not {fields}")
             rows = list(reader)
-        for r in rows:
-            if None in r or None in r.values():
-                raise ValueError(f"the row of iteration {r.get('iter')} does not match the header")
-            int(r["iter"])
-            if r.get("seconds"):
-                float(r["seconds"])
+        for i, r in enumerate(rows):
+            try:
+                if row_iter(r) > last:
+                    break
+            except ValueError:
+                if any(_row_before(later, last) for later in rows[i + 1:]):  # damage before the checkpoint
+                    raise
+                break
+            kept.append(r)
     except (UnicodeDecodeError, csv.Error, ValueError) as exc:
         raise ValueError(f"--resume: {log_path} is not this run's training log ({first_line(exc)}); move it away "
                          f"to resume with a new log") from None
-    return [r for r in rows if int(r["iter"]) <= last]
+    return kept
+
+
+def _row_before(row: dict, last: int) -> bool:
+    """Whether a log row is a well-formed one of iteration ``last`` or earlier."""
+    try:
+        return None not in row and None not in row.values() and int(row["iter"]) <= last
+    except ValueError:
+        return False
 
 
 def _check_finite(model: torch.nn.Module, it: int, out: Path) -> None:
@@ -170,9 +197,9 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
     elif any((out / f).exists() for f in (STATE_FILE, LEGACY_STATE_FILE, "last.safetensors")):
         raise FileExistsError(f"--out {out} holds a run already: pass --resume to continue it, or choose another "
                               f"--out (nothing was changed)")
-    elif not _replaceable(out):
-        raise FileExistsError(f"--out {out} holds a config.json or log.csv that a run did not write: choose another "
-                              f"--out or move them away (nothing was changed)")
+    elif _foreign(out):
+        raise FileExistsError(f"--out {out}: {_foreign(out)} was not written by a run, and a run would replace it: "
+                              f"choose another --out or move it away (nothing was changed)")
 
     torch.manual_seed(cfg.seed)
     model = INIKNet(INIKNetConfig(**cfg.model)).to(device)
@@ -253,6 +280,8 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
             it += 1
             if average is not None:
                 average.update(model)
+            if it % cfg.ckpt_every == 0 or it == cfg.iters:  # every rank: the weights are the same on all
+                _check_finite(model, it, out)
             if rank == 0:
                 if bar is not None:
                     bar.update()
@@ -280,7 +309,6 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
                     if bar is not None:
                         bar.set_postfix(loss=row["loss"], psnr=row["psnr"])
                 if it % cfg.ckpt_every == 0 or it == cfg.iters:
-                    _check_finite(model, it, out)
                     save_checkpoint(out, model, opt, sched, it, cfg, scaler, average)
             if stop.requested:
                 if it < cfg.iters:  # at the last step the run's final checkpoint is saved already
