@@ -142,7 +142,8 @@ def _plan(inputs: list[str], output: str, fmt: Optional[str] = None) -> list[tup
 
 def _output_depth(dst: Path, info) -> int:
     """16-bit output for 16-bit and floating-point sources (except JPEG, 8 bits only)."""
-    return 8 if dst.suffix.lower() in (".jpg", ".jpeg") or info.bit_depth == 8 else 16
+    from .data.io import JPEG_EXTENSIONS
+    return 8 if dst.suffix.lower() in JPEG_EXTENSIONS or info.bit_depth == 8 else 16
 
 
 def run(args) -> int:
@@ -150,7 +151,7 @@ def run(args) -> int:
     written); 2 bad flags, or every image failed (nothing written)."""
     from tqdm import tqdm
 
-    from .data.io import read_image, write_image
+    from .data.io import JPEG_EXTENSIONS, read_image, write_image
     try:
         check_tile_option(args.tile, args.overlap)
         args.device = str(check_device(args.device))
@@ -158,7 +159,7 @@ def run(args) -> int:
             raise ValueError(f"--quality must be in 1..95 (JPEG quality), got {args.quality}")
         plan = _plan(args.inputs, args.output, args.format)
         kinds = sorted({dst.suffix.lower() for _, dst in plan})
-        if args.quality is not None and not {".jpg", ".jpeg"} & set(kinds):
+        if args.quality is not None and not set(JPEG_EXTENSIONS) & set(kinds):
             raise ValueError(f"--quality sets the JPEG quality, and no output is a JPEG (they are "
                              f"{', '.join(kinds)}); write .jpg files (-o NAME.jpg, or --format jpg for a folder)")
     except ValueError as exc:
@@ -184,7 +185,7 @@ def run(args) -> int:
                 raise FileExistsError(f"{dst}: exists (pass --overwrite to replace it)")
             img, info = read_image(src, mode=None)
             depth = _output_depth(dst, info)
-            if dst.suffix.lower() in (".jpg", ".jpeg") and info.has_alpha:
+            if dst.suffix.lower() in JPEG_EXTENSIONS and info.has_alpha:
                 raise ValueError(f"{dst}: JPEG cannot hold {src}'s alpha channel; write .png or .tif")
             t0 = time.perf_counter()
             result = deblur(img, model, tile=args.tile, overlap=args.overlap, device=args.device,

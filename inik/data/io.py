@@ -63,6 +63,8 @@ __all__ = [
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".heic", ".heif", ".avif")
 #: File suffixes (lower case) :func:`write_image` writes.
 WRITE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+#: the suffixes written as JPEG (8 bits, no alpha)
+JPEG_EXTENSIONS = (".jpg", ".jpeg")
 
 
 @dataclass(frozen=True)
@@ -265,7 +267,7 @@ def write_image(
     suffix = path.suffix.lower()
     if suffix not in WRITE_EXTENSIONS:
         raise ValueError(f"{path}: unsupported suffix {path.suffix!r}; use .png, .tif, .tiff, .jpg or .jpeg")
-    if suffix in (".jpg", ".jpeg"):
+    if suffix in JPEG_EXTENSIONS:
         if bit_depth != 8:
             raise ValueError(f"{path}: JPEG holds only 8 bits; got bit_depth={bit_depth}")
         if img.shape[2] in (2, 4):
