@@ -218,6 +218,28 @@ def test_ddp_two_processes_keep_identical_weights(tmp_path):
     assert moved
 
 
+def _ddp_failing_worker(rank, world, port, cfg, result_dir):
+    """_ddp_worker, writing each rank's error instead of the weights."""
+    try:
+        _ddp_worker(rank, world, port, cfg, result_dir)
+    except ValueError as exc:
+        Path(result_dir, f"error{rank}.txt").write_text(str(exc))
+
+
+def test_ddp_stops_every_rank_when_rank_0_cannot_start(tmp_path):
+    """What only rank 0 reads (the validation set, the log on resume) failed there alone,
+    and the other ranks waited for it in the first all-reduce until a timeout."""
+    data = _pairs_folder(tmp_path / "data", n=2)
+    tiny = _pairs_folder(tmp_path / "tiny", n=1, size=8)
+    for name in ("source", "target"):
+        write_image(tiny / name / "img0.png", np.zeros((5, 6, 3), np.float32), overwrite=True)
+    cfg = _cfg(tmp_path, data, iters=2, batch=1, val_data=str(tiny), val_images=1)
+    mp.spawn(_ddp_failing_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
+    errors = [(tmp_path / f"error{r}.txt").read_text() for r in (0, 1)]
+    assert "validation needs at least 7x7" in errors[0] and errors[1].startswith("rank 0: --val-data: "), errors
+    assert not (tmp_path / "run").exists()
+
+
 def _ddp_ema_worker(rank, world, port, cfg, result_dir):
     """_ddp_worker, recording on each rank the weights the average is updated with."""
     seen = _recording_updates()

@@ -237,17 +237,30 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
     loader = torch.utils.data.DataLoader(
         stream, batch_sampler=BatchSampler(start, cfg.iters, cfg.batch, rank, world),
         num_workers=cfg.workers, persistent_workers=False, pin_memory=device.type == "cuda")
-    val = validation_pairs(cfg) if rank == 0 else []
-
-    out.mkdir(parents=True, exist_ok=True)  # once the weights, the data and the device are known to work
     log_path = out / "log.csv"
     fields = LOG_FIELDS
-    if rank == 0 and (not resume or not log_path.exists()):
+    val, rows, problem = [], None, None
+    if rank == 0:  # what only rank 0 reads; its failure must stop every rank, not leave them waiting
+        try:
+            val = validation_pairs(cfg)
+            if resume and log_path.exists():  # its rows past the checkpoint are recomputed
+                rows = _log_rows(log_path, fields, start)
+        except (OSError, ValueError) as exc:
+            problem = exc
+    if world > 1:
+        said = [f"rank 0: {first_line(problem)}" if problem is not None else None]
+        dist.broadcast_object_list(said, src=0)
+        if problem is None and said[0] is not None:
+            raise ValueError(said[0])
+    if problem is not None:
+        raise problem
+
+    out.mkdir(parents=True, exist_ok=True)  # once the weights, the data and the device are known to work
+    if rank == 0 and rows is None:
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerow(fields)
     spent = 0.0  # training seconds before this process: the log's clock runs on after a resume
-    if rank == 0 and resume:  # drop log rows past the checkpoint (they will be recomputed)
-        rows = _log_rows(log_path, fields, start)
+    if rows is not None:
         spent = float(rows[-1]["seconds"]) if rows and rows[-1].get("seconds") else 0.0
         with open(log_path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
