@@ -2,9 +2,20 @@
 
 __version__ = "0.1.0"
 
-# infer: the deblur command, and the names it held before the split (inik.infer.load_model ...)
-from . import infer, ops  # noqa: E402, F401
-from .api import deblur  # noqa: E402
-from .models import INIKNet, INIKNetConfig  # noqa: E402
+import os as _os
+import sys as _sys
+
+try:
+    # infer: the deblur command, and the names it held before the split (inik.infer.load_model ...)
+    from . import infer, ops  # noqa: E402, F401
+    from .api import deblur  # noqa: E402
+    from .models import INIKNet, INIKNetConfig  # noqa: E402
+except KeyboardInterrupt:
+    # Ctrl-C while the ``inik`` command imports torch (seconds): one line and 130, as inik.cli.main
+    # answers it later, not a traceback through torch's import
+    if _os.path.basename(_sys.argv[0]) in ("inik", "inik.exe"):
+        print("\ninik: interrupted" if _sys.stderr.isatty() else "inik: interrupted", file=_sys.stderr)
+        raise SystemExit(130) from None
+    raise
 
 __all__ = ["INIKNet", "INIKNetConfig", "deblur", "ops", "__version__"]

@@ -262,6 +262,23 @@ def test_ctrl_c_prints_one_line_and_exits_130(command, tmp_path, weights, monkey
         assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.parametrize("program", ["inik", "script.py"])
+def test_ctrl_c_while_the_command_starts(program):
+    """Ctrl-C in the seconds the ``inik`` command spends importing torch: one line and 130,
+    not a traceback through torch's import; a program that imports inik keeps its
+    KeyboardInterrupt. SIGALRM stands in for Ctrl-C, 50 ms into the import."""
+    import subprocess
+    import sys
+    code = (f"import signal, sys; sys.argv[0] = {program!r}; "
+            "signal.signal(signal.SIGALRM, signal.default_int_handler); "
+            "signal.setitimer(signal.ITIMER_REAL, 0.05); import inik")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    if program == "inik":
+        assert proc.returncode == 130 and proc.stderr == "inik: interrupted\n", proc.stderr
+    else:
+        assert proc.returncode == -2 and proc.stderr.rstrip().endswith("KeyboardInterrupt"), proc.stderr  # SIGINT
+
+
 def test_ctrl_c_in_training_keeps_its_own_message(tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kw):
         raise inik.train.TrainingInterrupted(tmp_path / "run", 2)
