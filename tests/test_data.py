@@ -640,3 +640,17 @@ def test_png_colour_key_becomes_alpha(tmp_path):
     img, info = read_image(tmp_path / "bw.png", mode=None)
     assert info.mode == "L" and img.shape == (6, 5, 1)
     np.testing.assert_array_equal(img[:, :, 0], (grey > 100).astype(np.float32))
+
+
+def test_atomic_write_leaves_another_writers_temporary_alone(tmp_path, monkeypatch):
+    """A temporary name that exists already is another writer's: the failed write must not
+    remove it (it removed whatever stood under the name)."""
+    import uuid
+
+    from inik.data.io import write_atomically
+    monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(int=0xABC))
+    theirs = tmp_path / f".inik-{uuid.UUID(int=0xABC).hex[:12]}.tmp"
+    theirs.write_bytes(b"theirs")
+    with pytest.raises(FileExistsError):
+        write_atomically(tmp_path / "mine.bin", b"mine")
+    assert theirs.read_bytes() == b"theirs" and not (tmp_path / "mine.bin").exists()

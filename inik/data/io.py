@@ -256,6 +256,7 @@ def write_image(
     path = Path(path)
     if not isinstance(image, np.ndarray):
         image = tensor_to_image(image)
+    image = np.asarray(image)  # a plain array: subclasses (np.matrix) index otherwise
     img = image[:, :, None] if image.ndim == 2 else image
     if img.ndim != 3 or img.shape[2] not in (1, 2, 3, 4):
         raise ValueError(f"image must be (H, W) or (H, W, C) with C in 1..4; got shape {tuple(image.shape)} "
@@ -287,6 +288,7 @@ def write_atomically(path, data) -> None:
     path = Path(path)
     # short, whatever the name: a name near the 255-byte limit must still get a temporary beside it
     tmp = path.with_name(f".inik-{uuid.uuid4().hex[:12]}.tmp")
+    fd = None
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
@@ -296,8 +298,9 @@ def write_atomically(path, data) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         try:
-            os.unlink(tmp)
-        except OSError:  # never created (or its folder is gone): the first error is the one to report
+            if fd is not None:  # ours: a name that existed already belongs to another writer
+                os.unlink(tmp)
+        except OSError:  # its folder is gone: the first error is the one to report
             pass
         if isinstance(exc, OSError) and exc.filename == os.fspath(tmp):  # name the file asked for
             raise type(exc)(exc.errno, exc.strerror, os.fspath(path)) from None
