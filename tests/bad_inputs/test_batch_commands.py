@@ -279,22 +279,6 @@ def test_ctrl_c_while_the_command_starts(program):
         assert proc.returncode == -2 and proc.stderr.rstrip().endswith("KeyboardInterrupt"), proc.stderr  # SIGINT
 
 
-def test_ctrl_c_while_python_m_inik_starts():
-    """``python -m inik`` too (its argv[0] is "-m" while the package imports); a real SIGINT,
-    during the import or, on a slow start, in the command: one line either way."""
-    import re
-    import signal
-    import subprocess
-    import sys
-    import time
-    proc = subprocess.Popen([sys.executable, "-m", "inik", "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130 and re.fullmatch(r"inik( info)?: interrupted\n", err), err
-
-
 def test_ctrl_c_in_training_keeps_its_own_message(tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kw):
         raise inik.train.TrainingInterrupted(tmp_path / "run", 2)
