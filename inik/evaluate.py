@@ -86,7 +86,7 @@ def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Option
     ``scored`` pairs (``{}`` when none was).
     """
     from .commands import ITEM_ERRORS, SettingError, item_error
-    from .data.io import read_image
+    from .data.io import read_finite_image, read_image
     from .metrics import RadiusBins, evaluate
     if isinstance(crop_multiple, bool) or not isinstance(crop_multiple, int) or crop_multiple < 1:
         raise ValueError(f"crop_multiple must be an integer >= 1, got {crop_multiple!r}")
@@ -104,9 +104,7 @@ def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Option
             _check_images([pair], bits, lpips=lpips is not None, crop_multiple=crop_multiple)
             images = []
             for path in (pair.blurry, pair.sharp):
-                img, info = read_image(path)
-                if not np.isfinite(img).all():
-                    raise ValueError(f"{path}: holds NaN or Inf values")
+                img, info = read_finite_image(path)
                 images.append(to_8bit(img, info.bit_depth) if bits == "8" else img)
             if images[0].shape != images[1].shape:
                 (hb, wb), (hs, ws) = images[0].shape[:2], images[1].shape[:2]

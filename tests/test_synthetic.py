@@ -1,6 +1,7 @@
 """Synthetic defocus generator: optics, blur, occlusion, determinism (no files
 needed except photos this test writes itself)."""
 
+import json
 import math
 
 import numpy as np
@@ -540,3 +541,27 @@ def test_synth_refuses_an_empty_out(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["synth", "", "--count", "1", "--size", "32"]) == 2
     assert "OUT '': empty" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_a_photo_holding_nan_is_refused_by_name(tmp_path, capsys):
+    """A float TIFF photo with NaN pixels made pairs of garbage, written with success;
+    synth and synthetic training now stop on it and name it."""
+    import tifffile
+
+    from inik.cli import main
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    bad = np.random.default_rng(0).random((96, 96, 3), dtype=np.float32)
+    bad[3, 5, 1] = np.nan
+    tifffile.imwrite(photos / "bad.tif", bad, photometric="rgb")
+    assert main(["synth", str(tmp_path / "set"), "--photos", str(photos), "--photo-split", "all", "--count", "2",
+                 "--size", "32", "--photo-prob", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"inik synth: {photos / 'bad.tif'}: holds NaN or Inf pixels", err
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(dict(dataset="synthetic", data=str(photos), photo_prob=1.0, iters=1, crop=32, batch=1,
+                                      workers=0, lpips_weight=0.0, val_images=1, amp="off")))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.tif: holds NaN or Inf pixels" in err and "Traceback" not in err, err
+    assert not (tmp_path / "run" / "last.safetensors").exists()

@@ -44,6 +44,7 @@ __all__ = [
     "WRITE_EXTENSIONS",
     "ImageReadError",
     "read_image",
+    "read_finite_image",
     "read_image_info",
     "max_pixels",
     "MAX_PIXELS_ENV",
@@ -171,6 +172,15 @@ def read_image(path, mode: str | None = "RGB") -> tuple[np.ndarray, ImageInfo]:
         icc_profile=bytes(icc) if icc else None,
         exif=upright_exif(exif) if exif else None,
     )
+    return pixels, info
+
+
+def read_finite_image(path, mode: str | None = "RGB") -> tuple[np.ndarray, ImageInfo]:
+    """:func:`read_image`, refusing NaN or Inf pixels (float TIFFs can hold them) with a
+    ValueError naming the file: no consumer of pixels can restore, score or learn from them."""
+    pixels, info = read_image(path, mode)
+    if info.bit_depth == 32 and not np.isfinite(pixels).all():
+        raise ValueError(f"{path}: holds NaN or Inf pixels")
     return pixels, info
 
 

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import image_to_tensor, list_images, read_image, read_image_info
+from .io import image_to_tensor, list_images, read_finite_image, read_image_info
 
 __all__ = [
     "ImagePair",
@@ -298,10 +298,7 @@ class PairedImageDataset(torch.utils.data.Dataset):
     def _load(self, path: Path) -> torch.Tensor:
         if path in self._cache:
             return self._cache[path]
-        image, info = read_image(path)
-        t = image_to_tensor(image)
-        if info.bit_depth == 32 and not bool(torch.isfinite(t).all()):  # float TIFFs can hold them
-            raise ValueError(f"{path}: holds NaN or Inf pixels")
+        t = image_to_tensor(read_finite_image(path)[0])
         if self.cache:
             self._cache[path] = t
         return t

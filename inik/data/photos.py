@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import list_images, read_image
+from .io import list_images, read_finite_image
 
 
 class PhotoCache:
@@ -22,7 +22,7 @@ class PhotoCache:
         if path in self.items:
             self.items.move_to_end(path)
             return self.items[path]
-        img, info = read_image(path, mode=None)
+        img, info = read_finite_image(path, mode=None)
         if info.has_alpha:
             img, alpha = img[:, :, :-1], img[:, :, -1:]
             if alpha.size and alpha.min() < 1:

@@ -120,18 +120,9 @@ def _foreign(out: Path) -> Optional[str]:
 
 
 def _log_rows(log_path: Path, fields: list[str], last: int) -> list[dict]:
-    """The rows of a run's log.csv up to iteration ``last``; rows after them are dropped
-    unread (a cut-off tail is past the checkpoint). ValueError naming the file when it
-    is not such a log (another program's, or edited before the checkpoint)."""
-    def row_iter(r: dict) -> int:
-        if None in r or None in r.values():
-            raise ValueError(f"the row after iteration {kept[-1]['iter'] if kept else 0} does not match the header")
-        it = int(r["iter"])
-        if r.get("seconds"):
-            float(r["seconds"])
-        return it
-
-    kept: list[dict] = []
+    """The rows of a run's log.csv up to iteration ``last``; a damaged tail after them is
+    dropped (a cut-off write past the checkpoint). ValueError naming the file when it is
+    not such a log (another program's, or edited before the checkpoint)."""
     try:
         with open(log_path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -139,27 +130,34 @@ def _log_rows(log_path: Path, fields: list[str], last: int) -> list[dict]:
             if "iter" not in names or not set(names) <= set(fields):  # older logs may lack a column
                 raise ValueError(f"its columns are {names}, not {fields}")
             rows = list(reader)
-        for i, r in enumerate(rows):
-            try:
-                if row_iter(r) > last:
-                    break
-            except ValueError:
-                if any(_row_before(later, last) for later in rows[i + 1:]):  # damage before the checkpoint
-                    raise
+        iters = [_row_iter(r) for r in rows]
+        kept: list[dict] = []
+        for i, (row, it) in enumerate(zip(rows, iters)):
+            if it is None:
+                if any(later is not None and later <= last for later in iters[i + 1:]):  # damage before it
+                    raise ValueError(f"the row after iteration {kept[-1]['iter'] if kept else 0} does not "
+                                     f"match the header")
                 break
-            kept.append(r)
+            if it > last:
+                break
+            kept.append(row)
     except (UnicodeDecodeError, csv.Error, ValueError) as exc:
         raise ValueError(f"--resume: {log_path} is not this run's training log ({first_line(exc)}); move it away "
                          f"to resume with a new log") from None
     return kept
 
 
-def _row_before(row: dict, last: int) -> bool:
-    """Whether a log row is a well-formed one of iteration ``last`` or earlier."""
+def _row_iter(row: dict) -> Optional[int]:
+    """A log row's iteration, or None when the row is damaged (fields missing or extra,
+    an iteration or time that is not a number)."""
     try:
-        return None not in row and None not in row.values() and int(row["iter"]) <= last
+        if None in row or None in row.values():
+            return None
+        if row.get("seconds"):
+            float(row["seconds"])
+        return int(row["iter"])
     except ValueError:
-        return False
+        return None
 
 
 def _check_finite(model: torch.nn.Module, it: int, out: Path) -> None:
@@ -197,8 +195,8 @@ def train(cfg: TrainConfig, resume: bool = False, device: Optional[str] = None,
     elif any((out / f).exists() for f in (STATE_FILE, LEGACY_STATE_FILE, "last.safetensors")):
         raise FileExistsError(f"--out {out} holds a run already: pass --resume to continue it, or choose another "
                               f"--out (nothing was changed)")
-    elif _foreign(out):
-        raise FileExistsError(f"--out {out}: {_foreign(out)} was not written by a run, and a run would replace it: "
+    elif foreign := _foreign(out):
+        raise FileExistsError(f"--out {out}: {foreign} was not written by a run, and a run would replace it: "
                               f"choose another --out or move it away (nothing was changed)")
 
     torch.manual_seed(cfg.seed)

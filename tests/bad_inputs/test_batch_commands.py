@@ -124,7 +124,7 @@ def test_eval_scores_the_other_pairs_and_lists_the_failed_ones(tmp_path, weights
     assert len(errors) == 3 and _files(errors[1:], "eval") == [data / "source" / "c.png", data / "source" / "d.tif"]
     assert errors[0] == (f"inik eval: size mismatch: {data / 'source' / 'b.png'} is 16x16 but its partner "
                          f"{data / 'target' / 'b.png'} is 20x16")
-    assert errors[2] == f"inik eval: {data / 'source' / 'd.tif'}: holds NaN or Inf values"
+    assert errors[2] == f"inik eval: {data / 'source' / 'd.tif'}: holds NaN or Inf pixels"
     assert "over 2 of 5 pairs (3 failed, listed in" in captured.out
     result = json.loads(report.read_text())
     assert [r["name"] for r in result["images"]] == ["a", "e"] and result["scored"] == 2
