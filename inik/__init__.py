@@ -5,6 +5,15 @@ __version__ = "0.1.0"
 import os as _os
 import sys as _sys
 
+
+def _is_the_command() -> bool:
+    """Whether this process is the ``inik`` command: its console script, or ``python -m inik``
+    (whose argv[0] is "-m" while the package imports)."""
+    orig = getattr(_sys, "orig_argv", [])
+    return (_os.path.basename(_sys.argv[0]) in ("inik", "inik.exe")
+            or any(orig[i:i + 2] == ["-m", "inik"] for i in range(len(orig))))
+
+
 try:
     # infer: the deblur command, and the names it held before the split (inik.infer.load_model ...)
     from . import infer, ops  # noqa: E402, F401
@@ -13,7 +22,7 @@ try:
 except KeyboardInterrupt:
     # Ctrl-C while the ``inik`` command imports torch (seconds): one line and 130, as inik.cli.main
     # answers it later, not a traceback through torch's import
-    if _os.path.basename(_sys.argv[0]) in ("inik", "inik.exe"):
+    if _is_the_command():
         print("\ninik: interrupted" if _sys.stderr.isatty() else "inik: interrupted", file=_sys.stderr)
         raise SystemExit(130) from None
     raise

@@ -279,6 +279,22 @@ def test_ctrl_c_while_the_command_starts(program):
         assert proc.returncode == -2 and proc.stderr.rstrip().endswith("KeyboardInterrupt"), proc.stderr  # SIGINT
 
 
+def test_ctrl_c_while_python_m_inik_starts(tmp_path):
+    """``python -m inik`` too (its argv[0] is "-m" while the package imports). SIGALRM, set by
+    a sitecustomize before ``-m`` runs, stands in for Ctrl-C 0.2 s into the import (on a slow
+    start it may land in the command instead: one line either way)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    (tmp_path / "sitecustomize.py").write_text(
+        "import signal\nsignal.signal(signal.SIGALRM, signal.default_int_handler)\n"
+        "signal.setitimer(signal.ITIMER_REAL, 0.2)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "inik", "info"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 130 and re.fullmatch(r"inik( info)?: interrupted\n", proc.stderr), proc.stderr
+
+
 def test_ctrl_c_in_training_keeps_its_own_message(tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kw):
         raise inik.train.TrainingInterrupted(tmp_path / "run", 2)
