@@ -41,6 +41,7 @@ std::string msg(const Args&... args) {
 // Lanes per CPU tile (pixels along a row processed together); also the width
 // the padded image is rounded to, so a tile's vector loads never leave it.
 constexpr int64_t kTile = 16;
+constexpr int64_t kMaxK = 1023;  // inik.ops.ifm.MAX_ATOM_SIZE: K*K taps and their offsets stay inside int32
 
 struct Geometry {
   int64_t B, C, H, W, R, N, K, h;
@@ -81,6 +82,7 @@ inline Geometry check_and_plan(const char* op, const at::Tensor& image, const at
   g.K = atoms.size(2);
   TORCH_CHECK(atoms.size(3) == g.K && g.K % 2 == 1, ::inik::msg(op, ": atoms must be (R, N, K, K) with K odd, got ",
               atoms.sizes()));
+  TORCH_CHECK(g.K <= kMaxK, ::inik::msg(op, ": atoms' kernel size K must be at most ", kMaxK, ", got K=", g.K));
   TORCH_CHECK(g.R >= 1 && g.N >= 1, ::inik::msg(op, ": atoms must have R >= 1 and N >= 1, got ", atoms.sizes()));
   TORCH_CHECK(mu.sizes() == at::IntArrayRef({g.B, g.R, g.H, g.W}), ::inik::msg(op, ": mu must be (B, R, H, W) = (",
               g.B, ", ", g.R, ", ", g.H, ", ", g.W, "), got ", mu.sizes()));

@@ -607,7 +607,7 @@ class _Plan:
 
         a = atoms.to(self.acc_dtype).reshape(self.R, self.N, self.KK)[self.order][:, :, self.tap]
         A = torch.zeros((self.RP, self.NP, self.KKP), dtype=self.dot_dtype, device=atoms.device)
-        A[:self.R, :self.N, :self.KK] = a * self.inside[:, None, :]
+        A[:self.R, :self.N, :self.KK] = torch.where(self.inside[:, None, :], a, 0)  # not a product: NaN * 0
         self.A = A
 
     def consts(self) -> dict:
@@ -615,7 +615,7 @@ class _Plan:
 
     def atoms_grad(self, summed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(RP, NP, KKP) sorted-layout sums -> (R, N, K, K), zero outside each support."""
-        g_sorted = summed[:self.R, :self.N, :self.KK] * self.inside[:, None, :]
+        g_sorted = torch.where(self.inside[:, None, :], summed[:self.R, :self.N, :self.KK], 0)
         g = torch.zeros((self.R, self.N, self.KK), dtype=summed.dtype, device=summed.device)
         g[self.order[:, None, None], torch.arange(self.N, device=g.device)[None, :, None],
           self.tap[None, None, :]] = g_sorted

@@ -440,7 +440,7 @@ class _Packing:
 
     def atoms_grad(self, summed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(P0 + P1, KKP) sums in the packed layout -> (R, N, K, K)."""
-        g_sorted = summed[:self.CP, :self.KK].reshape(self.R, self.N, self.KK) * self.inside[:, None, :]
+        g_sorted = torch.where(self.inside[:, None, :], summed[:self.CP, :self.KK].reshape(self.R, self.N, self.KK), 0)
         g = torch.zeros((self.R, self.N, self.KK), dtype=summed.dtype, device=summed.device)
         g[self.order[:, None, None], torch.arange(self.N, device=g.device)[None, :, None],
           self.tap[None, None, :]] = g_sorted

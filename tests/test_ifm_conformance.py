@@ -247,6 +247,8 @@ BAD = [  # (change to valid inputs, exception, message)
     (lambda y, mu, om, at: (y, mu, om[..., :3], at), ValueError, "omega must match image's batch"),
     (lambda y, mu, om, at: (y, mu, om, at[:, :, :4, :4]), ValueError, "K must be odd"),
     (lambda y, mu, om, at: (y, mu, om, at[:, :, :3]), ValueError, "atoms must be square"),
+    (lambda y, mu, om, at: (y, mu, om, at[:, :, :1, :1].expand(3, 2, 1025, 1025)), ValueError,
+     "K must be at most 1023, got K=1025"),
     (lambda y, mu, om, at: (y, mu[:, :2], om, at), ValueError, "mu has 2 scales but atoms has R=3"),
     (lambda y, mu, om, at: (y, mu, om[:, :1], at), ValueError, "omega has 1 atoms but atoms has N=2"),
     (lambda y, mu, om, at: (y, mu.float(), om, at), ValueError, "share one dtype"),
@@ -418,6 +420,21 @@ def test_identities(target):
                                2.5 * ifm(y, mu, om, at, backend=target.name) - ifm(y2, mu, om, at, backend=target.name))
 
 
+def test_atoms_outside_the_support_are_never_read(target):
+    """As documented, the op behaves as if the atoms were zero outside each support: NaN
+    there changes nothing (one design multiplied them by 0: all outputs NaN)."""
+    y, mu, om, at = make_inputs(target, r=3)
+    want = ifm(y, mu, om, at, support=[5, 3, 1], backend=target.name)
+    poisoned = at.clone()
+    poisoned[2, :, 0, 0] = float("nan")
+    poisoned[1, :, 4, :] = float("inf")
+    torch.testing.assert_close(ifm(y, mu, om, poisoned, support=[5, 3, 1], backend=target.name), want,
+                               rtol=0, atol=0)
+    xs = [t.detach().requires_grad_() for t in (y, mu, om, poisoned)]
+    ifm(*xs, support=[5, 3, 1], backend=target.name).sum().backward()
+    assert all(bool(torch.isfinite(t.grad).all()) for t in xs)
+
+
 def test_double_backward_is_a_clear_error(target):
     """First-order gradients only (as documented): differentiating the gradients is an
     error saying so, not torch's advice to register a formula."""
@@ -460,9 +477,30 @@ def test_register_backend_rejects_bad_arguments(registry):
             ((ref.forward,), {}, TypeError, "must be a Backend"),
             ((Backend("auto", ref.forward, ref.backward, ref.unavailable),), {}, ValueError, "other than 'auto'"),
             ((Backend("x", ref.forward, ref.backward, ref.unavailable),), {"auto": {"cpu": 1.5}}, TypeError,
+             "integer priorities"),
+            ((Backend("x", ref.forward, ref.backward, ref.unavailable),), {"auto": [("cpu", 1)]}, TypeError,
              "integer priorities")):
         _raises_one_line(exc, match, register_backend, *args, **kwargs)
     assert backend_names() == IFM.BACKEND_NAMES and "x" not in backend_names()
+
+
+def test_a_backend_returning_the_wrong_result_is_named(registry):
+    """What a backend returns is checked against what the op promises: a wrong shape was
+    broadcast into the output silently, None was an AttributeError."""
+    ref = IFM._REGISTRY["reference"].source
+    xs = make_inputs(Target("reference", torch.device("cpu")), grad=True)
+    for bad in (lambda *a: ref.forward(*a)[:, :1], lambda *a: None):
+        register_backend(Backend("buggy", bad, ref.backward, ref.unavailable))
+        _raises_one_line(RuntimeError, r"backend 'buggy': its forward returned .*expected a floating tensor of "
+                         r"shape \(2, 3, 5, 7\)", ifm, *xs, backend="buggy")
+    register_backend(Backend("buggy", ref.forward, lambda *a: ref.backward(*a)[:3], ref.unavailable))
+    _raises_one_line(RuntimeError, "its backward returned tuple, expected four gradients",
+                     lambda: ifm(*xs, backend="buggy").sum().backward())
+    register_backend(Backend("buggy", ref.forward,
+                             lambda *a: tuple(g[:1] if g is not None else g for g in ref.backward(*a)),
+                             ref.unavailable))
+    _raises_one_line(RuntimeError, r"its gradient of image returned shape \(1, 3, 5, 7\)",
+                     lambda: ifm(*xs, backend="buggy").sum().backward())
 
 
 def test_user_registered_backend(registry, monkeypatch):

@@ -132,6 +132,9 @@ def test_lstm_and_ifm_fakes_refuse_what_the_kernels_refuse():
     (lambda y, mu, om, at: (y, mu, om[:, :3], at), r"omega must be \(B, N, H, W\) = \(1, 4, 5, 6\)"),
     (lambda y, mu, om, at: (y, mu, om, at[..., :2]), r"atoms must be \(R, N, K, K\) with K odd"),
     (lambda y, mu, om, at: (y, mu, om, at.new_zeros(2, 4, 4, 4)), r"atoms must be \(R, N, K, K\) with K odd"),
+    # K*K past int32 (65537**2) crashed the CPU kernel's planning (a segfault)
+    (lambda y, mu, om, at: (y, mu, om, at[..., :1, :1].expand(2, 4, 65537, 65537)),
+     "atoms' kernel size K must be at most 1023, got K=65537"),
 ])
 def test_ifm_fakes_check_shapes_as_the_kernels_do(bad, match):
     """Inconsistent shapes fail in the fake kernels (tracing, meta tensors) with the

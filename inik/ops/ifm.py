@@ -34,6 +34,7 @@ from . import reference as _ref
 log = logging.getLogger("inik.ops")
 
 ENV_BACKEND = "INIK_IFM_BACKEND"
+MAX_ATOM_SIZE = 1023  # K: K*K taps per pixel and their offsets stay far inside int32 in every kernel
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ def register_backend(backend: Union[Backend, str], *, name: Optional[str] = None
         raise ValueError(f"register_backend: name must be a non-empty string other than 'auto', got {name!r}")
     if auto is None:
         auto = _REGISTRY[name].auto if name in _REGISTRY else {}
-    if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in auto.items()):
+    if not isinstance(auto, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in auto.items()):
         raise TypeError(f"register_backend: auto must map device types to integer priorities, got {auto!r}")
     global BACKEND_NAMES
     _REGISTRY[name] = Registration(name, backend, dict(auto))
@@ -194,8 +196,16 @@ register_backend("inik.kernels.ifm_triton2:triton2_backend", name="triton2")
 
 # ---------------------------------------------------------------- registration
 
-def _like(result: Tensor, like: Tensor) -> Tensor:
-    """``result`` with the dtype and strides ``torch.empty_like(like)`` has (what the fake promises)."""
+def _like(result: Tensor, like: Tensor, backend: str, what: str) -> Tensor:
+    """``result`` with the dtype and strides ``torch.empty_like(like)`` has (what the fake promises);
+    a RuntimeError naming the backend when it returned something else than like's shape and device
+    (a registered backend's bug, which a copy would otherwise broadcast silently)."""
+    if not (isinstance(result, Tensor) and result.shape == like.shape and result.device == like.device
+            and result.is_floating_point()):
+        got = (f"shape {tuple(result.shape)}, {result.dtype} on {result.device}" if isinstance(result, Tensor)
+               else type(result).__name__)
+        raise RuntimeError(f"inik IFM backend {backend!r}: its {what} returned {got}, expected a floating tensor "
+                           f"of shape {tuple(like.shape)} on {like.device}")
     target = torch.empty_like(like)
     if result.dtype == target.dtype and result.stride() == target.stride():
         return result
@@ -233,7 +243,7 @@ def _ifm_op(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor,
     _check_op(image, mu, omega, atoms, support)
     if image.numel() == 0:  # an empty batch, channel or image: nothing for a kernel to do
         return torch.empty_like(image)
-    return _like(kernels.forward(image, mu, omega, atoms, list(support)), image)
+    return _like(kernels.forward(image, mu, omega, atoms, list(support)), image, backend, "forward")
 
 
 @_ifm_op.register_fake
@@ -253,8 +263,11 @@ def _ifm_backward_op(grad: Tensor, image: Tensor, mu: Tensor, omega: Tensor, ato
     if image.numel() == 0:  # an empty output: every gradient is zero
         return tuple(torch.zeros_like(x) if nd else x.new_empty(0) for x, nd in zip(inputs, needs))
     grads = kernels.backward(grad, image, mu, omega, atoms, list(support), list(needs))
-    return tuple(_like(g, x) if nd else x.new_empty(0)
-                 for g, x, nd in zip(grads, inputs, needs))
+    if not isinstance(grads, (tuple, list)) or len(grads) != 4:
+        raise RuntimeError(f"inik IFM backend {backend!r}: its backward returned {type(grads).__name__}, expected "
+                           f"four gradients (image, mu, omega, atoms)")
+    return tuple(_like(g, x, backend, f"gradient of {name}") if nd else x.new_empty(0)
+                 for g, x, nd, name in zip(grads, inputs, needs, ("image", "mu", "omega", "atoms")))
 
 
 @_ifm_backward_op.register_fake
@@ -319,6 +332,7 @@ def validate(image: Tensor, mu: Tensor, omega: Tensor, atoms: Tensor,
     r, n, k, k2 = atoms.shape
     _check(k == k2, f"atoms must be square (R, N, K, K), got shape {tuple(atoms.shape)}")
     _check(k % 2 == 1, f"atoms' kernel size K must be odd, got K={k}")
+    _check(k <= MAX_ATOM_SIZE, f"atoms' kernel size K must be at most {MAX_ATOM_SIZE}, got K={k}")
     _check(r >= 1 and n >= 1, f"atoms must have R >= 1 and N >= 1, got shape {tuple(atoms.shape)}")
     for name, t in (("mu", mu), ("omega", omega)):
         _check(t.shape[0] == b and tuple(t.shape[2:]) == (h, w),
