@@ -34,7 +34,7 @@ def deblur(image, model: Optional[INIKNet] = None, *, tile: Optional[int] = None
     a tensor comes back on its own device). ``half``: bf16 autocast (fp16 on
     CUDA). ``progress``: a tqdm-like bar advanced per tile.
     """
-    if model is not None and not isinstance(model, torch.nn.Module):  # an INIKNet, or one torch.compile wraps
+    if model is not None and not isinstance(getattr(model, "_orig_mod", model), INIKNet):  # or torch.compile's
         raise ValueError(f"model: expected an INIKNet (inik.INIKNet.load(path) for a weights file) or None "
                          f"for the default weights, got {type(model).__name__}")
     if device is None:

@@ -110,6 +110,9 @@ def restore(model: INIKNet, y: torch.Tensor, tile: Optional[int] = None, overlap
     ``min(DEFAULT_OVERLAP, 3 * T // 4)``; both are checked (:func:`check_tiling`) by
     :func:`tiled` before anything runs.
     """
+    if not isinstance(y, torch.Tensor) or y.dim() != 4 or y.shape[1] != 3:
+        got = f"shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"restore: y must be a (B, 3, H, W) tensor, got {got}")
     device = next(model.parameters()).device
 
     def run(x):
@@ -119,7 +122,12 @@ def restore(model: INIKNet, y: torch.Tensor, tile: Optional[int] = None, overlap
         with torch.autocast(device.type, dtype=autocast_dtype):
             return model(x).float()
 
-    return tiled(run, y, tile, overlap, progress).clamp_(0, 1)
+    out = tiled(run, y, tile, overlap, progress)
+    if not bool(torch.isfinite(out).all()):  # far outside [0, 1] (about 1e12), the network overflows
+        peak = float(y.detach().abs().max()) if y.numel() else 0.0
+        raise ValueError(f"restore: the network's output is not finite: y's values reach {peak:.3g}, expected "
+                         f"floats in [0, 1]")
+    return out.clamp_(0, 1)
 
 
 def tiled(run, y: torch.Tensor, tile: Optional[int] = None, overlap: Optional[int] = None,

@@ -617,8 +617,16 @@ def test_array_and_tensor_edge_cases(small_model, tmp_path):
                 inik.deblur(rgba, device=device)
     with pytest.raises(ValueError, match="device=1.5: expected cpu, cuda or cuda:N"):
         inik.deblur(rgba, small_model, device=1.5)
-    with pytest.raises(ValueError, match=r"model: expected an INIKNet \(inik.INIKNet.load\(path\).*got str"):
-        inik.deblur(rgba, "w.safetensors")
+    for model in ("w.safetensors", torch.nn.Identity()):  # Identity: a bare StopIteration
+        with pytest.raises(ValueError, match=r"model: expected an INIKNet \(inik.INIKNet.load\(path\).*got "):
+            inik.deblur(rgba, model)
+    # values the network overflows (about 1e12): a NaN image was returned after the clipping warning
+    with pytest.raises(ValueError, match=r"network's output is not finite: y's values reach 1e\+20"):
+        inik.deblur(np.full((17, 23, 3), 1e20), small_model)
+    from inik.tiling import restore
+    for y in (torch.rand(3, 17, 23), torch.rand(1, 1, 17, 23), np.zeros((1, 3, 8, 8))):
+        with pytest.raises(ValueError, match=r"restore: y must be a \(B, 3, H, W\) tensor"):
+            restore(small_model, y, tile=384)
     with pytest.raises(ValueError, match="overlap must be None \\(default\\) or a number of pixels >= 0, got -5"):
         inik.deblur(rgba, small_model, tile=0, overlap=-5)
     # a trailing separator names a folder, even with an image suffix

@@ -165,6 +165,10 @@ def test_automatic_choice_and_fallbacks():
         lstm_pointwise(*nchw, fused=True)
     half = lstm_pointwise(gates.half(), c.half())  # float16: PyTorch's ops
     assert half[0].dtype == torch.float16
+    with pytest.raises(ValueError, match="gates and c must be on one device, got meta and cpu"):
+        lstm_pointwise(gates.to("meta"), c)
+    with pytest.raises(TypeError, match="must be floating point, got torch.int64"):
+        lstm_pointwise(gates.long(), c.long())  # computed, and returned as float32
 
 
 def test_under_torch_compile_matches_eager():

@@ -126,6 +126,15 @@ def test_bad_input(model, y, exc, match):
         model(y)
 
 
+def test_input_on_another_device_is_named(model):
+    """y on another device than the weights: one line naming both (torch's own error said
+    "Tensor.item() cannot be called on meta tensors")."""
+    with pytest.raises(ValueError, match=r"INIKNet: y is on meta but the model is on cpu \(y.to\('cpu'\)"):
+        model(torch.rand(1, 3, 8, 8, device="meta"))
+    with pytest.raises(ValueError, match="y is on meta but the model is on cpu"):
+        model.interpret(torch.rand(1, 3, 16, 16, device="meta"))
+
+
 def test_forward_levels_needs_training_sizes(model):
     with pytest.raises(ValueError, match="multiples of 16"):
         model.forward_levels(torch.rand(1, 3, 40, 48))

@@ -190,6 +190,10 @@ class INIKNet(nn.Module):
             raise TypeError(f"INIKNet: y must be a floating-point image in [0, 1], got dtype {y.dtype}")
         if min(y.shape) < 1:
             raise ValueError(f"INIKNet: y must be non-empty, got shape {tuple(y.shape)}")
+        device = next(self.parameters()).device
+        if y.device != device:
+            raise ValueError(f"INIKNet: y is on {y.device} but the model is on {device} (y.to({str(device)!r}) "
+                             f"or model.to({str(y.device)!r}))")
         # The finiteness check reads a value back to the host: not while compiling or
         # while a CUDA graph is being recorded (replays cannot re-check anyway).
         capturing = y.is_cuda and torch.cuda.is_current_stream_capturing()
@@ -356,7 +360,7 @@ class INIKNet(nn.Module):
     def _stored_config(path, required: bool = False) -> Optional[INIKNetConfig]:
         """:meth:`read_config`; None for a safetensors file without inik's metadata unless ``required``."""
         from safetensors import safe_open
-        path = os.fsdecode(os.fspath(path))  # bytes paths too, as save takes them
+        path = _weights_path(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"INIKNet.load: no weights file at {path!r}")
         try:
@@ -409,7 +413,7 @@ class INIKNet(nn.Module):
         from safetensors.torch import load_file
 
         from ..devices import usable_device
-        shown = path = os.fsdecode(os.fspath(path))
+        shown = path = _weights_path(path)
         map_location = usable_device(map_location, "map_location=")
         stored = self._stored_config(path) if check_config else None  # None: a file without inik's metadata
         if stored is not None and stored != self.config:
@@ -444,9 +448,18 @@ class INIKNet(nn.Module):
         if kinds:
             raise ValueError(f"INIKNet.load: {shown!r} does not hold this model's weights: tensors of another "
                              f"kind (floating point expected): {first(kinds)}")
-        # NaN or Inf weights would turn every photo into NaN, written as black
-        bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        # NaN or Inf weights would turn every photo into NaN, written as black; checked in the model's
+        # dtype, which a float64 file's large values overflow
+        bad = [k for k, v in tensors.items() if v.is_floating_point()
+               and not bool(torch.isfinite(v.to(expected[k].dtype) if k in expected else v).all())]
         if bad:
             raise ValueError(f"INIKNet.load: {shown!r} holds NaN or Inf weights ({first(bad)}): a damaged file, "
                              f"or a run that diverged")
         self.load_state_dict(tensors, strict=not optional)
+
+
+def _weights_path(path) -> str:
+    """A weights file's path as str (bytes paths too, as save takes them); TypeError naming it."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"INIKNet.load: path must be a file path (str or os.PathLike), got {type(path).__name__}")
+    return os.fsdecode(os.fspath(path))

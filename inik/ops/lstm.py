@@ -83,6 +83,10 @@ def _check_shapes(gates: Tensor, c: Tensor) -> None:
             or gates.shape[:1] + gates.shape[2:] != c.shape[:1] + c.shape[2:]):
         raise ValueError(f"lstm_pointwise: gates must be (B, 4h, ...) for c of shape (B, h, ...), "
                          f"got gates {tuple(gates.shape)} and c {tuple(c.shape)}")
+    if not gates.is_floating_point() or not c.is_floating_point():
+        raise TypeError(f"lstm_pointwise: gates and c must be floating point, got {gates.dtype} and {c.dtype}")
+    if gates.device != c.device:
+        raise ValueError(f"lstm_pointwise: gates and c must be on one device, got {gates.device} and {c.device}")
 
 
 def lstm_pointwise(gates: Tensor, c: Tensor, fused: Optional[bool] = None) -> tuple[Tensor, Tensor]:

@@ -51,6 +51,25 @@ def test_weights_that_are_not_finite_are_refused_on_load(tmp_path, bad):
         inik.INIKNet.load(tmp_path / "nan.safetensors")
 
 
+def test_weights_that_overflow_float32_are_refused_on_load(tmp_path):
+    """A float64 file's 1e300 is finite in the file and Inf in the model (loaded without a
+    word, it made NaN photos); load(None) names its argument."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    inik.INIKNet(**SMALL).save(tmp_path / "w.safetensors")
+    with safe_open(str(tmp_path / "w.safetensors"), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k).double() for k in f.keys()}
+    tensors["mu_head.bias"][0] = 1e300
+    save_file(tensors, str(tmp_path / "w64.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match=r"w64.safetensors.*NaN or Inf weights \(mu_head.bias\)"):
+        inik.INIKNet.load(tmp_path / "w64.safetensors")
+    tensors["mu_head.bias"][0] = 0.5  # float64 values that fit load as float32
+    save_file(tensors, str(tmp_path / "w64.safetensors"), metadata=meta)
+    assert inik.INIKNet.load(tmp_path / "w64.safetensors").mu_head.bias.dtype == torch.float32
+    with pytest.raises(TypeError, match="INIKNet.load: path must be a file path .*, got NoneType"):
+        inik.INIKNet.load(None)
+
+
 def test_synth_sizes_are_bounded_before_anything_is_written(tmp_path, capsys):
     """A huge --size is refused by name before any folder is made (it ended in a memory
     traceback with empty folders); a failure in drawing the first pair leaves no folder."""
