@@ -8,10 +8,16 @@ import sys as _sys
 
 def _is_the_command() -> bool:
     """Whether this process is the ``inik`` command: its console script, or ``python -m inik``
-    (whose argv[0] is "-m" while the package imports)."""
+    (argv[0] is "-m" while the package imports; the interpreter's own -m is its first)."""
+    if _os.path.basename(_sys.argv[0]) in ("inik", "inik.exe"):
+        return True
+    if _sys.argv[:1] != ["-m"]:
+        return False
     orig = getattr(_sys, "orig_argv", [])
-    return (_os.path.basename(_sys.argv[0]) in ("inik", "inik.exe")
-            or any(orig[i:i + 2] == ["-m", "inik"] for i in range(len(orig))))
+    for i, arg in enumerate(orig[1:], 1):
+        if arg.startswith("-m"):
+            return arg == "-minik" or (arg == "-m" and orig[i + 1:i + 2] == ["inik"])
+    return False
 
 
 try:

@@ -123,10 +123,11 @@ def restore(model: INIKNet, y: torch.Tensor, tile: Optional[int] = None, overlap
             return model(x).float()
 
     out = tiled(run, y, tile, overlap, progress)
-    if not bool(torch.isfinite(out).all()):  # far outside [0, 1] (about 1e12), the network overflows
+    if not bool(torch.isfinite(out).all()):
         peak = float(y.detach().abs().max()) if y.numel() else 0.0
-        raise ValueError(f"restore: the network's output is not finite: y's values reach {peak:.3g}, expected "
-                         f"floats in [0, 1]")
+        why = (f"y's values reach {peak:.3g}, expected floats in [0, 1]" if peak > 1e6  # the network overflows
+               else f"the weights overflow{f' in {autocast_dtype}' if autocast_dtype is not None else ''}")
+        raise ValueError(f"restore: the network's output is not finite: {why}")
     return out.clamp_(0, 1)
 
 

@@ -784,6 +784,37 @@ def _unavailable(device: torch.device) -> Optional[str]:
     return f"Triton kernels do not run on {device.type} tensors"
 
 
+MAX_GRID_BATCH = 65535  # CUDA's limit on grid axes 1 and 2; the kernels put the batch on axis 1
+
+
+def batch_chunked(forward, backward) -> tuple:
+    """``forward`` and ``backward`` run on batches of at most :data:`MAX_GRID_BATCH` images
+    (a larger batch cannot launch), the atoms' gradient summed over the chunks in order."""
+    def chunks(b: int):
+        step = MAX_GRID_BATCH
+        return [slice(i, min(i + step, b)) for i in range(0, b, step)]
+
+    @functools.wraps(forward)
+    def chunked_forward(image, mu, omega, atoms, support):
+        parts = chunks(image.shape[0])
+        if len(parts) == 1:
+            return forward(image, mu, omega, atoms, support)
+        return torch.cat([forward(image[p], mu[p], omega[p], atoms, support) for p in parts])
+
+    @functools.wraps(backward)
+    def chunked_backward(grad, image, mu, omega, atoms, support, needs):
+        parts = chunks(image.shape[0])
+        if len(parts) == 1:
+            return backward(grad, image, mu, omega, atoms, support, needs)
+        each = [backward(grad[p], image[p], mu[p], omega[p], atoms, support, needs) for p in parts]
+        cat = [torch.cat([e[i] for e in each]) if needs[i] else None for i in range(3)]
+        g_atoms = torch.stack([e[3] for e in each]).sum(0, dtype=torch.float64 if atoms.dtype == torch.float64
+                                                        else torch.float32).to(atoms.dtype) if needs[3] else None
+        return (*cat, g_atoms)
+
+    return chunked_forward, chunked_backward
+
+
 def triton_backend() -> Backend:
     """The Triton backend of :func:`inik.ops.ifm` (ImportError when triton is missing)."""
-    return Backend("triton", ifm_triton, ifm_triton_backward, _unavailable)
+    return Backend("triton", *batch_chunked(ifm_triton, ifm_triton_backward), _unavailable)

@@ -60,6 +60,7 @@ from .ifm_triton import (
     _up,
     _wide,
     _zeros,
+    batch_chunked,
 )
 
 # Band budget of the image gradient's stored kernels (one batch item at a time).
@@ -568,4 +569,4 @@ def ifm_triton2_backward(grad, image, mu, omega, atoms, support: Sequence[int], 
 
 def triton2_backend() -> Backend:
     """The second-design Triton backend of :func:`inik.ops.ifm` (ImportError when triton is missing)."""
-    return Backend("triton2", ifm_triton2, ifm_triton2_backward, _unavailable)
+    return Backend("triton2", *batch_chunked(ifm_triton2, ifm_triton2_backward), _unavailable)

@@ -97,6 +97,31 @@ def test_image_gradient_keeps_a_nan_where_it_belongs(monkeypatch):
     assert_image_grad_nans_as_reference("triton", xs, support)
 
 
+@pytest.mark.parametrize("backend", ["triton", "triton2"])
+def test_batches_beyond_the_grid_limit_run_in_chunks(monkeypatch, backend):
+    """The kernels put the batch on grid axis 1 (at most 65535 on CUDA): larger batches run
+    in chunks, with the atoms' gradient summed over them (a limit of 2 here, batch 5)."""
+    if backend_unavailable(backend, DEVICE) is not None:
+        pytest.skip(backend_unavailable(backend, DEVICE))
+    import importlib
+
+    from inik.ops import Backend
+    registry = importlib.import_module("inik.ops.ifm")
+    registered = registry._load(backend)
+    monkeypatch.setattr(ifm_triton, "MAX_GRID_BATCH", 2)
+    seen = []
+
+    def record(fn):
+        return lambda grad_or_image, *a: seen.append(grad_or_image.shape[0]) or fn(grad_or_image, *a)
+
+    inner = (registered.forward.__wrapped__, registered.backward.__wrapped__)  # what batch_chunked wraps
+    monkeypatch.setitem(registry._LOADED, backend, Backend(
+        backend, *ifm_triton.batch_chunked(*map(record, inner)), registered.unavailable))
+    xs, support = _inputs((5, 2, 6, 7, 3, 2, 5, [5, 3, 1]))
+    assert_matches_reference(backend, xs, support)
+    assert seen[:3] == [2, 2, 1] and seen[3:] == [2, 2, 1] * (len(seen) // 3 - 1), seen
+
+
 def test_64bit_offset_path(monkeypatch):
     """The int64 offset variant (chosen when a buffer passes 2**31 elements, which
     the interpreter cannot reach) computes the same numbers."""

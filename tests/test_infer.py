@@ -624,6 +624,11 @@ def test_array_and_tensor_edge_cases(small_model, tmp_path):
     with pytest.raises(ValueError, match=r"network's output is not finite: y's values reach 1e\+20"):
         inik.deblur(np.full((17, 23, 3), 1e20), small_model)
     from inik.tiling import restore
+    overflowing = inik.INIKNet(width=8).eval()
+    with torch.no_grad():
+        overflowing.omega_head.bias.fill_(3e38)
+    with pytest.raises(ValueError, match="restore: the network's output is not finite: the weights overflow$"):
+        restore(overflowing, torch.rand(1, 3, 16, 16))
     for y in (torch.rand(3, 17, 23), torch.rand(1, 1, 17, 23), np.zeros((1, 3, 8, 8))):
         with pytest.raises(ValueError, match=r"restore: y must be a \(B, 3, H, W\) tensor"):
             restore(small_model, y, tile=384)

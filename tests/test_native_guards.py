@@ -151,6 +151,18 @@ def test_ifm_fakes_check_shapes_as_the_kernels_do(bad, match):
         ops.ifm_native_backward(torch.randn(1, 3, 5, 6, device="meta"), *_ifm("meta"), [3, 1], [True] * 3)
 
 
+def test_ifm_largest_atoms_are_accepted():
+    """K = 1023 is the largest atom side (the bound keeps K*K and the tap offsets in int32)."""
+    from inik.ops import ifm
+    from inik.ops.ifm import validate
+    y, mu, om, at = _ifm()
+    big = torch.zeros(2, 4, 1023, 1023)
+    big[..., 510:513, 510:513] = at  # the same 3x3 atoms, centred
+    torch.testing.assert_close(ops.ifm_native_forward(y, mu, om, big, [3, 1]),
+                               ifm(y, mu, om, at, support=[3, 1], backend="reference"), rtol=1e-5, atol=1e-5)
+    assert validate(y, mu, om, big, [1023, 1]) == [1023, 1]
+
+
 @pytest.mark.parametrize("b", [0, 1])
 def test_ifm_native_backward_with_no_pixels(b):
     image, mu, omega, atoms = _ifm(b=b)

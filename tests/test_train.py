@@ -1131,11 +1131,17 @@ def test_resume_names_a_log_that_is_not_the_runs(tmp_path, capsys):
     capsys.readouterr()
     good = (out / "log.csv").read_text()
     header, rows = good.split("\n", 1)
-    for text in ("foo,bar\n1,2\n", "\x00\xff\xfe\n", f"{header}\nabc,1,2,3,4,\n{rows}"):
+    seconds = header.split(",").index("seconds")
+    timeless = "".join(",".join(f if i != seconds else "x" for i, f in enumerate(r.split(","))) + "\n"
+                       for r in rows.splitlines())  # every row before the checkpoint damaged the same way
+    for text, says in (("foo,bar\n1,2\n", "columns"), ("\x00\xff\xfe\n", ""),
+                       (f"{header}\nabc,1,2,3,4,\n{rows}", "has iter = 'abc', not a number"),
+                       (f"{header}\n{timeless}", "the row after iteration 0 has seconds = 'x', not a number")):
         (out / "log.csv").write_bytes(text.encode("latin-1"))
         assert main(["train", "--resume", "--out", str(out), "--iters", "3"]) == 2
         err = capsys.readouterr().err
         assert f"{out / 'log.csv'} is not this run's training log" in err and err.count("\n") == 1, (text, err)
+        assert says in err, (says, err)
     for n, tail in enumerate(("3,0.4\n", "abc,1,2,3,4,\n")):  # a cut-off tail past the checkpoint: dropped
         (out / "log.csv").write_text(good + tail)
         assert main(["train", "--resume", "--out", str(out), "--iters", str(3 + n)]) == 0

@@ -360,7 +360,7 @@ class INIKNet(nn.Module):
     def _stored_config(path, required: bool = False) -> Optional[INIKNetConfig]:
         """:meth:`read_config`; None for a safetensors file without inik's metadata unless ``required``."""
         from safetensors import safe_open
-        path = _weights_path(path)
+        path = _weights_path(path, "read_config")  # load and load_weights have checked theirs
         if not os.path.isfile(path):
             raise FileNotFoundError(f"INIKNet.load: no weights file at {path!r}")
         try:
@@ -396,6 +396,7 @@ class INIKNet(nn.Module):
              ifm_backend: str = "auto") -> "INIKNet":
         """Rebuild a model from a file written by :meth:`save`."""
         from ..devices import usable_device
+        path = _weights_path(path, "load")
         map_location = usable_device(map_location, "map_location=")
         model = cls(cls.read_config(path), ifm_backend=ifm_backend)
         model.load_weights(path, map_location, check_config=False)  # built from the file's configuration
@@ -413,7 +414,7 @@ class INIKNet(nn.Module):
         from safetensors.torch import load_file
 
         from ..devices import usable_device
-        shown = path = _weights_path(path)
+        shown = path = _weights_path(path, "load_weights")
         map_location = usable_device(map_location, "map_location=")
         stored = self._stored_config(path) if check_config else None  # None: a file without inik's metadata
         if stored is not None and stored != self.config:
@@ -458,8 +459,8 @@ class INIKNet(nn.Module):
         self.load_state_dict(tensors, strict=not optional)
 
 
-def _weights_path(path) -> str:
+def _weights_path(path, caller: str) -> str:
     """A weights file's path as str (bytes paths too, as save takes them); TypeError naming it."""
     if not isinstance(path, (str, bytes, os.PathLike)):
-        raise TypeError(f"INIKNet.load: path must be a file path (str or os.PathLike), got {type(path).__name__}")
+        raise TypeError(f"INIKNet.{caller}: path must be a file path (str or os.PathLike), got {type(path).__name__}")
     return os.fsdecode(os.fspath(path))

@@ -122,7 +122,8 @@ def _foreign(out: Path) -> Optional[str]:
 def _log_rows(log_path: Path, fields: list[str], last: int) -> list[dict]:
     """The rows of a run's log.csv up to iteration ``last``; a damaged tail after them is
     dropped (a cut-off write past the checkpoint). ValueError naming the file when it is
-    not such a log (another program's, or edited before the checkpoint)."""
+    not such a log (another program's, or damaged before the checkpoint)."""
+    kept: list[dict] = []
     try:
         with open(log_path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -130,15 +131,13 @@ def _log_rows(log_path: Path, fields: list[str], last: int) -> list[dict]:
             if "iter" not in names or not set(names) <= set(fields):  # older logs may lack a column
                 raise ValueError(f"its columns are {names}, not {fields}")
             rows = list(reader)
-        iters = [_row_iter(r) for r in rows]
-        kept: list[dict] = []
-        for i, (row, it) in enumerate(zip(rows, iters)):
-            if it is None:
-                if any(later is not None and later <= last for later in iters[i + 1:]):  # damage before it
-                    raise ValueError(f"the row after iteration {kept[-1]['iter'] if kept else 0} does not "
-                                     f"match the header")
+        for i, row in enumerate(rows):
+            fault = _row_fault(row)
+            if fault is not None:
+                if any(_row_before(later, last) for later in rows[i + 1:]):  # damage before the checkpoint
+                    raise ValueError(f"the row after iteration {kept[-1]['iter'] if kept else 0} {fault}")
                 break
-            if it > last:
+            if int(row["iter"]) > last:
                 break
             kept.append(row)
     except (UnicodeDecodeError, csv.Error, ValueError) as exc:
@@ -147,17 +146,27 @@ def _log_rows(log_path: Path, fields: list[str], last: int) -> list[dict]:
     return kept
 
 
-def _row_iter(row: dict) -> Optional[int]:
-    """A log row's iteration, or None when the row is damaged (fields missing or extra,
-    an iteration or time that is not a number)."""
+def _row_fault(row: dict) -> Optional[str]:
+    """What is damaged in a log row (fields missing or extra, an iteration or time that is
+    not a number), or None."""
+    if None in row or None in row.values():
+        return "does not match the header"
+    for name, kind in (("iter", int), ("seconds", float)):
+        if name == "iter" or row.get(name):  # an empty time: a row written before the clock
+            try:
+                kind(row[name])
+            except ValueError:
+                return f"has {name} = {row[name]!r}, not a number"
+    return None
+
+
+def _row_before(row: dict, last: int) -> bool:
+    """Whether a row after a damaged one is a row of iteration ``last`` or earlier (its
+    fields all there, its iteration a number), which makes the damage not a cut-off tail."""
     try:
-        if None in row or None in row.values():
-            return None
-        if row.get("seconds"):
-            float(row["seconds"])
-        return int(row["iter"])
+        return None not in row and None not in row.values() and int(row["iter"]) <= last
     except ValueError:
-        return None
+        return False
 
 
 def _check_finite(model: torch.nn.Module, it: int, out: Path) -> None:

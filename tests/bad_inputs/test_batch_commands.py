@@ -3,6 +3,7 @@ the exit status says so (1: some items failed, 2: all of them); Ctrl-C prints on
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -293,6 +294,23 @@ def test_ctrl_c_while_python_m_inik_starts(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "inik", "info"], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 130 and re.fullmatch(r"inik( info)?: interrupted\n", proc.stderr), proc.stderr
+
+
+@pytest.mark.parametrize("argv, orig, command", [
+    (["/usr/bin/inik"], ["python", "/usr/bin/inik", "info"], True),
+    (["-m"], ["python", "-m", "inik", "info"], True),
+    (["-m"], ["python", "-minik"], True),
+    (["-m"], ["python", "-X", "dev", "-m", "inik"], True),
+    (["-m"], ["python", "-m", "pytest", "-m", "inik"], False),  # pytest's own -m
+    (["run.py"], ["python", "run.py", "-m", "inik"], False),  # a script's arguments
+    (["-c"], ["python", "-c", "import inik"], False),
+])
+def test_which_processes_are_the_command(monkeypatch, argv, orig, command):
+    """Ctrl-C during the import exits 130 in the inik command only; a program importing inik
+    keeps its KeyboardInterrupt, whatever its own arguments say."""
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "orig_argv", orig)
+    assert inik._is_the_command() is command
 
 
 def test_ctrl_c_in_training_keeps_its_own_message(tmp_path, monkeypatch, capsys):

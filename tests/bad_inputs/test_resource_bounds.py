@@ -68,6 +68,10 @@ def test_weights_that_overflow_float32_are_refused_on_load(tmp_path):
     assert inik.INIKNet.load(tmp_path / "w64.safetensors").mu_head.bias.dtype == torch.float32
     with pytest.raises(TypeError, match="INIKNet.load: path must be a file path .*, got NoneType"):
         inik.INIKNet.load(None)
+    with pytest.raises(TypeError, match="INIKNet.load_weights: path must be a file path .*, got int"):
+        inik.INIKNet(**SMALL).load_weights(3)
+    with pytest.raises(TypeError, match="INIKNet.read_config: path must be a file path"):
+        inik.INIKNet.read_config(None)
 
 
 def test_synth_sizes_are_bounded_before_anything_is_written(tmp_path, capsys):
