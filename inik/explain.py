@@ -24,7 +24,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Optional
 
 import numpy as np
 import torch
@@ -96,7 +96,7 @@ _STALE_NAME = re.compile(r"mu_scale(0|[1-9][0-9]*)\.png")
 
 
 def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = False,
-            tile: Optional[int] = None, overlap: Optional[int] = None) -> dict:
+            tile: Optional[int] = None, overlap: Optional[int] = None, keep: Collection[Path] = ()) -> dict:
     """Write the interpretation PNGs of ``model`` on ``image`` ((H, W, 3) float in [0, 1]) into
     ``out_dir``; returns the summary written to ``explain.json``.
 
@@ -106,7 +106,8 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
     as for ``inik deblur`` (None: whole images up to about 2 megapixels, tiles
     beyond, :func:`inik.tiling.auto_tile`; 0: always whole), so memory stays
     bounded for any photo size; the maps of the tiles are blended as deblur
-    blends its outputs.
+    blends its outputs. ``keep``: files (the inputs) that are never replaced or
+    removed, overwrite or not: a map that would replace one is an error.
     """
     from .data.io import write_atomically, write_image
     from .tiling import auto_tile, tiled
@@ -116,6 +117,11 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
     scales = model.config.scales
     names = (["defocus_size.png"] + [f"mu_scale{r}.png" for r in range(scales)]
              + ["omega.png", "atoms_spatial.png", "atoms_fourier.png", "explain.json"])
+    keep = {Path(k).resolve() for k in keep}
+    clash = [n for n in names if (out / n).resolve() in keep]
+    if clash:
+        raise FileExistsError(f"{out / clash[0]}: an input, which its map would replace; explain into another "
+                              f"folder (nothing written)")
     existing = [n for n in names if (out / n).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out / existing[0]}: file exists" + (f" (and {len(existing) - 1} more)"
@@ -170,7 +176,7 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
     for final, part in staged.items():
         os.replace(part, final)
     if overwrite:
-        stale_maps = {p for p in out.glob(STALE_PATTERN) if _STALE_NAME.fullmatch(p.name)}
+        stale_maps = {p for p in out.glob(STALE_PATTERN) if _STALE_NAME.fullmatch(p.name) and p.resolve() not in keep}
         for stale in sorted(stale_maps - {out / n for n in images}):
             stale.unlink()
             log.warning("removed %s: a map from an earlier run with more scales", stale)
@@ -228,11 +234,12 @@ def run(args) -> int:
         return 2
     if not trained:
         print("inik explain: WARNING: " + UNTRAINED_NOTE.format(path=DEFAULT_WEIGHTS), file=sys.stderr)
+    inputs = [src for src, _ in plan]
     failures = 0
     for done, (src, dst) in enumerate(plan):
         try:
             image, _ = read_image(src)
-            summary = explain(model, image, dst, overwrite=args.overwrite, tile=args.tile)
+            summary = explain(model, image, dst, overwrite=args.overwrite, tile=args.tile, keep=inputs)
         except SettingError:  # a bad INIK_* value: bad usage, for every item (cli.main)
             raise
         except ITEM_ERRORS as exc:  # one bad image must not stop the others

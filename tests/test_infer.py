@@ -299,6 +299,17 @@ def test_explain_overwrite_removes_only_its_own_stale_maps(tmp_path, weights):
     assert main(["explain", str(tmp_path / "p.png"), "-o", str(out), "--weights", str(weights), "--overwrite"]) == 0
     assert sorted(p.name for p in out.glob("mu_scale*.png")) == sorted(mine + [f"mu_scale{r}.png" for r in range(8)])
     assert all((out / name).read_bytes() == b"not a map" for name in mine)
+    # an input in the output folder is never removed as a stale map, nor replaced by a map
+    photo = np.random.default_rng(5).random((16, 20, 3)).astype(np.float32)
+    write_image(out / "mu_scale9.png", photo)
+    before = (out / "mu_scale9.png").read_bytes()
+    assert main(["explain", str(out / "mu_scale9.png"), "-o", str(out), "--weights", str(weights),
+                 "--overwrite"]) == 0
+    assert (out / "mu_scale9.png").read_bytes() == before
+    write_image(out / "omega.png", photo, overwrite=True)
+    before = (out / "omega.png").read_bytes()
+    assert main(["explain", str(out / "omega.png"), "-o", str(out), "--weights", str(weights), "--overwrite"]) == 2
+    assert (out / "omega.png").read_bytes() == before
 
 
 def test_explain_in_tiles_matches_the_whole_image(tmp_path, weights, capsys):
