@@ -105,6 +105,9 @@ def run(args) -> int:
         if not args.out.strip():  # Path("") is the current folder
             raise ValueError(f"OUT {args.out!r}: empty (name a folder; . for the current folder)")
         photos = None
+        if args.photos is not None and Path(args.photos).resolve() in (out.resolve(), *out.resolve().parents):
+            raise ValueError(f"OUT {out}: inside --photos {args.photos}: the set's images would be read as photos "
+                             f"(and change the held-out split) the next time; write it elsewhere")
         if args.photos is not None:
             try:
                 photos = select_photos(args.photos, args.photo_split)

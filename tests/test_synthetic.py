@@ -492,6 +492,7 @@ def test_synth_wide_preset_and_radius_bins(tmp_path, capsys):
         assert got["psnr"] == pytest.approx(want["psnr"]) and got["ssim"] == pytest.approx(want["ssim"])
     # a folder without radius maps, and bad edges, are refused by name
     (out / "params.jsonl").rename(out / "kept.jsonl")
+    (out / "radius").rename(out / "kept_radius")
     assert main(["eval", "--data", str(out), "--identity", "--lpips", "off", "--radius-bins", "0,4",
                  "--out", str(tmp_path / "r2.json")]) == 2
     assert "--radius-bins" in capsys.readouterr().err and not (tmp_path / "r2.json").exists()
@@ -565,3 +566,40 @@ def test_a_photo_holding_nan_is_refused_by_name(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.tif: holds NaN or Inf pixels" in err and "Traceback" not in err, err
     assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_a_set_left_unfinished_is_said_and_never_scored(tmp_path, monkeypatch, capsys):
+    """A failure while writing (a photo that cannot be decoded, a full disk) says the set is
+    unfinished, as Ctrl-C does, and eval and training refuse the folder (they scored a mix
+    of the old and new set with success); OUT inside --photos is refused (the set's own
+    images were listed as photos the next time, changing the held-out split)."""
+    from inik.cli import main
+    from inik.data import synthetic
+    out = tmp_path / "set"
+    assert main(["synth", str(out), "--count", "3", "--size", "32"]) == 0
+    real, calls = synthetic.DefocusSynthesizer.sample, []
+
+    def failing(self, seed):
+        calls.append(seed)
+        if len(calls) == 3:
+            raise OSError("photo.jpg: truncated")
+        return real(self, seed)
+
+    monkeypatch.setattr(synthetic.DefocusSynthesizer, "sample", failing)
+    assert main(["synth", str(out), "--count", "3", "--size", "40", "--overwrite"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert err == (f"inik synth: photo.jpg: truncated; stopped after 2 of 3 pairs: {out} holds an unfinished "
+                           f"set (no params.jsonl): write it again with --overwrite"), err
+    assert main(["eval", "--data", str(out), "--identity", "--lpips", "off", "--out", str(tmp_path / "r.json")]) == 2
+    assert "an unfinished synthetic set (radius/ but no params.jsonl" in capsys.readouterr().err
+    monkeypatch.setattr(synthetic.DefocusSynthesizer, "sample", real)
+    assert main(["synth", str(out), "--count", "3", "--size", "40", "--overwrite"]) == 0
+    assert main(["eval", "--data", str(out), "--identity", "--lpips", "off", "--out", str(tmp_path / "r.json")]) == 0
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "b.png"):
+        write_image(photos / name, np.random.default_rng(0).random((64, 64, 3)).astype(np.float32))
+    capsys.readouterr()
+    for inside in (photos / "evalset", photos):
+        assert main(["synth", str(inside), "--photos", str(photos), "--count", "1", "--size", "32"]) == 2
+        assert "inside --photos" in capsys.readouterr().err and not (photos / "evalset").exists()

@@ -208,6 +208,9 @@ def find_pairs(root, layout: str = "auto", *, split: str = "test", check_sizes: 
     for d in (bdir, sdir):
         if not d.is_dir():
             raise PairingError(f"{d}: folder missing for layout {layout!r}")
+    if (root / "radius").is_dir() and not (root / "params.jsonl").exists() and bdir.parent == root:
+        raise PairingError(f"{root}: an unfinished synthetic set (radius/ but no params.jsonl, which inik synth "
+                           f"writes last): write it again with inik synth --overwrite")
     return pair_folders(bdir, sdir, many_to_one=many, check_sizes=check_sizes)
 
 

@@ -239,6 +239,10 @@ def export_synthetic_pairs(
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"interrupted after {len(lines)} of {count} pairs; {folder} holds an unfinished "
                                 f"set (no params.jsonl): write it again with --overwrite") from None
+    except Exception as exc:  # a photo that cannot be read, a full disk: the set is unfinished all the same
+        from ..errors import first_line
+        raise ValueError(f"{first_line(exc)}; stopped after {len(lines)} of {count} pairs: {folder} holds an "
+                         f"unfinished set (no params.jsonl): write it again with --overwrite") from exc
     keep = {f"{n}.png" for n in names}
     for p in old:
         if p.name not in keep and p != params_path:
