@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     nothing could be done, 130 interrupted - Ctrl-C prints one line, no traceback)."""
     from .settings import SettingError
     name = "inik"
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")  # a file name that is not UTF-8 prints escaped
     try:
         args = build_parser().parse_args(argv)
         name = f"inik {args.command}"

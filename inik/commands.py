@@ -33,8 +33,11 @@ def expand_inputs(inputs: list[str]) -> list[tuple[Path, Optional[Path]]]:
             matches = sorted(glob.glob(item))
             if not matches:
                 found.append((p, None))  # reported as missing when read
+            before = len(found)
             for m in map(Path, matches):  # a folder the pattern matches counts as a folder named here
                 found += [(f, m) for f in list_images(m)] if m.is_dir() else [(m, None)]
+            if matches and len(found) == before:  # only folders, none holding an image
+                raise ValueError(f"{item}: no images found in the {len(matches)} folder(s) it matches")
     return found
 
 

@@ -83,7 +83,9 @@ def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Option
 
     Returns ``{"mean": {...}, "scored": n, "images": [{"name", "psnr", "ssim", "mae", ["lpips"],
     "seconds"}], "failed": [{"name", "blurry", "sharp", "error"}]}``; the mean is over the
-    ``scored`` pairs (``{}`` when none was).
+    ``scored`` pairs (``{}`` when none was), the PSNR's over those that differ from their
+    reference: a pair returned exactly scores an infinite PSNR, which would make the mean
+    say nothing of the others (``"identical"`` counts them).
     """
     from .commands import ITEM_ERRORS, SettingError, item_error
     from .data.io import read_finite_image, read_image
@@ -137,7 +139,11 @@ def evaluate_folder(model, pairs, *, bits: str = "8", device="cpu", tile: Option
         rows.append(row)
     keys = [k for k in ("psnr", "ssim", "mae", "lpips", "seconds") if rows and k in rows[0]]
     mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    report = {"mean": mean, "scored": len(rows), "images": rows, "failed": failed}
+    differ = [r["psnr"] for r in rows if np.isfinite(r["psnr"])]
+    if differ and len(differ) < len(rows):
+        mean["psnr"] = float(np.mean(differ))
+    report = {"mean": mean, "scored": len(rows), "identical": len(rows) - len(differ), "images": rows,
+              "failed": failed}
     if bins is not None:
         report["radius_bins"] = bins.result()
     return report
@@ -209,6 +215,8 @@ def _check_out(out: Path, overwrite: bool) -> Path:
                 raise ValueError(f"--out {out}: {parent} is not a folder")
             break
     csv_path = out.with_suffix(".csv")
+    if csv_path.is_dir():
+        raise ValueError(f"--out {out}: the per-image report's name {csv_path} is a folder")
     for path in (out, csv_path):
         if path.exists() and not overwrite:
             raise ValueError(f"--out: {path} exists (pass --overwrite to replace it)")
@@ -311,14 +319,20 @@ def run(args) -> int:
     w.writeheader()
     w.writerows(report["images"])
     w.writerows({"name": f["name"], "error": f["error"]} for f in report["failed"])
+    # names that are not UTF-8 (surrogate escapes) go into the CSV as the bytes the file system holds
+    files = {out: json.dumps(_finite_json(report), indent=2, allow_nan=False).encode(),
+             csv_path: table.getvalue().encode("utf-8", "surrogateescape")}
     try:  # each file whole or not at all
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(out, json.dumps(_finite_json(report), indent=2, allow_nan=False).encode())
-        write_atomically(csv_path, table.getvalue().encode())
+        for path, data in files.items():
+            write_atomically(path, data)
     except OSError as exc:
         print(f"inik eval: cannot write the report {out}: {exc}", file=sys.stderr)
         return 2
     failed = f" ({len(report['failed'])} failed, listed in {out})" if report["failed"] else ""
+    if report["identical"] and report["identical"] < report["scored"]:
+        failed += (f"; psnr over the {report['scored'] - report['identical']} pairs that differ from their "
+                   f"reference ({report['identical']} identical)")
     print("inik eval: " + ", ".join(f"{k} {v:.4f}" for k, v in report["mean"].items())
           + f" over {report['scored']} of {len(pairs)} pairs{failed}")
     for row in report.get("radius_bins", []):

@@ -14,6 +14,7 @@ import csv
 import io
 import math
 import sys
+import warnings
 from pathlib import Path
 
 #: the PNG's size [px]
@@ -23,31 +24,39 @@ _COLUMNS = ("iter", "loss", "psnr", "val_psnr")
 
 def read_log(path: Path) -> dict[str, list]:
     """``iter``, ``loss``, ``psnr`` (one per row) and ``val_iter``, ``val_psnr`` (the
-    validation rows) of a training log; ValueError naming the file and line if it is
-    not one."""
+    validation rows) of a training log, and ``cut``: the line number of a cut-off last row
+    left out (a run writing it, or stopped while it did), or None; ValueError naming the
+    file and line if it is not a training log."""
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             missing = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
                 raise ValueError(f"{path}: not a training log (no column {', '.join(missing)})")
-            curves = {"iter": [], "loss": [], "psnr": [], "val_iter": [], "val_psnr": []}
-            for row in reader:
-                try:
-                    it = int(row["iter"])
-                    if not 0 <= it < 2**53:  # an iteration a plot can place (floats)
-                        raise ValueError
-                    curves["iter"].append(it)
-                    curves["loss"].append(float(row["loss"]))
-                    curves["psnr"].append(float(row["psnr"]))
-                    if row["val_psnr"]:
-                        curves["val_psnr"].append(float(row["val_psnr"]))
-                        curves["val_iter"].append(it)
-                except (TypeError, ValueError):  # a short row gives None, a bad number a ValueError
-                    raise ValueError(f"{path}, line {reader.line_num}: not a training log row: "
-                                     f"{','.join(str(v) for v in row.values())}") from None
+            rows = [(reader.line_num, row) for row in reader]
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a training log (not text)") from None
+    except csv.Error as exc:  # a field past csv's limit: a NUL-filled tail, or not a log at all
+        raise ValueError(f"{path}: not a training log ({exc})") from None
+    curves = {"iter": [], "loss": [], "psnr": [], "val_iter": [], "val_psnr": [], "cut": None}
+    for n, (line, row) in enumerate(rows):
+        try:
+            it = int(row["iter"])
+            if not 0 <= it < 2**53:  # an iteration a plot can place (floats)
+                raise ValueError
+            values = float(row["loss"]), float(row["psnr"]), float(row["val_psnr"]) if row["val_psnr"] else None
+        except (TypeError, ValueError):  # a short row gives None, a bad number a ValueError
+            if n == len(rows) - 1 and n > 0:
+                curves["cut"] = line
+                break
+            text = ",".join(str(v) for v in row.values())
+            raise ValueError(f"{path}, line {line}: not a training log row: {text[:80]!r}") from None
+        curves["iter"].append(it)
+        curves["loss"].append(values[0])
+        curves["psnr"].append(values[1])
+        if values[2] is not None:
+            curves["val_psnr"].append(values[2])
+            curves["val_iter"].append(it)
     if not curves["iter"]:
         raise ValueError(f"{path}: holds no rows yet")
     return curves
@@ -111,8 +120,19 @@ def run(args) -> int:
     except ImportError:
         print("inik plot: needs matplotlib: pip install 'inik[plot]' (or matplotlib)", file=sys.stderr)
         return 2
+    if curves["cut"] is not None:
+        print(f"inik plot: {log_path}, line {curves['cut']}: a cut-off last row, left out", file=sys.stderr)
+    title = str(run_dir).encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # a name not in UTF-8
     try:
-        write_atomically(out, draw(curves, str(run_dir)))
+        with warnings.catch_warnings():  # matplotlib's overflow warnings come before its error
+            warnings.simplefilter("ignore", RuntimeWarning)
+            image = draw(curves, title)
+    except (ValueError, OverflowError) as exc:  # values matplotlib cannot place (1e308 and -1e308)
+        from .errors import first_line
+        print(f"inik plot: cannot draw the curves of {log_path}: {first_line(exc)}", file=sys.stderr)
+        return 2
+    try:
+        write_atomically(out, image)
     except OSError as exc:
         print(f"inik plot: cannot write {out}: {exc}", file=sys.stderr)
         return 2

@@ -402,6 +402,8 @@ def test_cli_checks_output_device_and_inputs_up_front(tmp_path, weights, capsys)
         ([str(tmp_path / "p.png"), str(tmp_path / "q.png"), "-o", str(tmp_path / "r.png")],
          "2 inputs need an output folder"),
         ([str(tmp_path / "empty"), "-o", str(tmp_path / "out")], "no images found"),
+        ([str(tmp_path / "emp*"), "-o", str(tmp_path / "out")],  # a glob of empty folders: exit 0, nothing done
+         "emp*: no images found in the 1 folder(s) it matches"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "q.png" / "r.png")], "q.png is a file, not a folder"),
         ([str(tmp_path / "p.png"), "-o", str(tmp_path / "r.png"), "--overlap", "-7"],
          "--overlap must be a number of pixels >= 0, got -7"),

@@ -171,13 +171,30 @@ def test_plot_draws_the_curves_to_a_png(tmp_path, capsys):
     assert sorted(p.name for p in run.iterdir()) == ["curves.png", "log.csv"]  # no temporary left
 
 
+LAST = "70,0.2,21.0,0.0002,7.0,\n"
+
+
+def test_plot_leaves_out_a_cut_off_last_row(tmp_path, capsys):
+    """A run writing its log (or stopped while it did) leaves a cut-off last row: plotted
+    without it, as resume drops it (the whole log was refused)."""
+    (tmp_path / "log.csv").write_text(LOG + "50,0.2")
+    assert main(["plot", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == f"inik plot: {tmp_path / 'log.csv'}, line 6: a cut-off last row, left out\n"
+    assert (tmp_path / "curves.png").is_file()
+
+
 @pytest.mark.parametrize("content, says", [
     (None, "no training log {log}"),
     ("", "{log}: not a training log (no column iter, loss, psnr, val_psnr)"),
     ("iter,loss,psnr,lr,seconds,val_psnr\n", "{log}: holds no rows yet"),
-    (LOG + "50,oops,1,1,1,\n", "{log}, line 6: not a training log row: 50,oops,1,1,1,"),
-    (LOG + "60,0.1\n", "{log}, line 6: not a training log row"),
-    (LOG + "1" + "0" * 310 + ",0.1,1,1,1,\n", "{log}, line 6: not a training log row: 1000"),  # overflowed the plot
+    (LOG + "50,oops,1,1,1,\n" + LAST, "{log}, line 6: not a training log row: '50,oops,1,1,1,'"),
+    (LOG + "60,0.1\n" + LAST, "{log}, line 6: not a training log row"),
+    (LOG + "1" + "0" * 310 + ",0.1,1,1,1,\n" + LAST,
+     "{log}, line 6: not a training log row: '1000"),  # overflowed the plot
+    (LOG + "50,\x00\n" + LAST, "{log}, line 6: not a training log row: '50,\\x00,None"),  # escaped, one line
+    (LOG + "\x00" * 150_000, "{log}: not a training log (field larger than field limit"),  # a NUL-filled tail
+    ("iter,loss,psnr,lr,seconds,val_psnr\n10,1e308,20,0.1,1,\n20,-1e308,22,0.1,2,\n",
+     "cannot draw the curves of {log}: "),  # a traceback from matplotlib
 ])
 def test_plot_names_a_missing_or_malformed_log(tmp_path, capsys, content, says):
     run = tmp_path / "run"

@@ -361,3 +361,54 @@ def test_a_file_that_cannot_be_written_is_named_not_its_temporary(tmp_path):
         write_atomically(missing, b"data")
     assert info.value.filename == str(missing)
     assert sorted(tmp_path.iterdir()) == []
+
+
+def test_file_names_that_are_not_utf8(tmp_path, weights, capsys):
+    """A name the file system holds as bytes that are not UTF-8: eval scores it and writes
+    its CSV with those bytes (a traceback after the JSON was written); deblur and explain
+    report it, escaped, on a strict stdout (they counted it as failed, or stopped); plot
+    draws a run folder so named (a matplotlib traceback)."""
+    import os
+    import subprocess
+    name = os.fsdecode(b"x\xff")
+    for sub in ("source", "target"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+        write_image(tmp_path / "d" / sub / f"{name}.png", np.full((16, 16, 3), 0.5, np.float32))
+    assert main(["eval", "--data", str(tmp_path / "d"), "--identity", "--lpips", "off",
+                 "--out", str(tmp_path / "r.json")]) == 0
+    assert b"x\xff," in (tmp_path / "r.csv").read_bytes()
+    (tmp_path / "r2.csv").mkdir()  # the CSV's name taken by a folder: refused before scoring, no half report
+    assert main(["eval", "--data", str(tmp_path / "d"), "--identity", "--lpips", "off",
+                 "--out", str(tmp_path / "r2.json")]) == 2
+    assert "r2.csv is a folder" in capsys.readouterr().err and not (tmp_path / "r2.json").exists()
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    src = tmp_path / "d" / "source" / f"{name}.png"
+    for argv in (["deblur", str(src), "-o", str(tmp_path / "out") + "/"],
+                 ["explain", str(src), "-o", str(tmp_path / f"maps{name}")]):
+        proc = subprocess.run([sys.executable, "-m", "inik", *argv, "--weights", str(weights)], capture_output=True,
+                              env=env, timeout=300)
+        assert proc.returncode == 0 and b"x\\udcff" in proc.stdout and b"Traceback" not in proc.stderr, proc.stderr
+    assert os.path.exists(tmp_path / "out" / f"{name}.png") and os.path.exists(tmp_path / f"maps{name}" / "omega.png")
+    run = tmp_path / name
+    run.mkdir()
+    (run / "log.csv").write_text("iter,loss,psnr,lr,seconds,val_psnr\n10,0.5,20,0.1,1,\n20,0.4,21,0.1,2,\n")
+    capsys.readouterr()
+    assert main(["plot", str(run)]) == 0 and (run / "curves.png").is_file()
+
+
+def test_eval_mean_psnr_leaves_out_identical_pairs(tmp_path, capsys):
+    """A pair equal to its reference scores an infinite PSNR: the mean was "inf", saying
+    nothing of the other pairs; it is now over the pairs that differ, and says so."""
+    rng = np.random.default_rng(0)
+    sharp = rng.random((16, 16, 3)).astype(np.float32)
+    for sub in ("source", "target"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+        write_image(tmp_path / "d" / sub / "same.png", sharp)
+    write_image(tmp_path / "d" / "target" / "other.png", sharp)
+    write_image(tmp_path / "d" / "source" / "other.png", np.clip(sharp + 0.05, 0, 1))
+    assert main(["eval", "--data", str(tmp_path / "d"), "--identity", "--lpips", "off",
+                 "--out", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    other = next(r for r in report["images"] if r["name"] == "other")
+    assert report["identical"] == 1 and report["mean"]["psnr"] == pytest.approx(other["psnr"])
+    assert "psnr over the 1 pairs that differ from their reference (1 identical)" in capsys.readouterr().out
