@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -58,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     name = "inik"
     if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")  # a file name that is not UTF-8 prints escaped
+    shown = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):  # not the source line under it
+        print(f"{name}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = one_line
     try:
         args = build_parser().parse_args(argv)
         name = f"inik {args.command}"
@@ -84,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         newline = "\n" if sys.stderr.isatty() else ""  # off the line of ^C or a progress bar
         print(f"{newline}{name}: {str(exc) or 'interrupted'}", file=sys.stderr)
         return INTERRUPTED
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

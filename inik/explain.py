@@ -113,7 +113,7 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
     from .tiling import auto_tile, tiled
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out}: is a file, not a folder (the output folder)")
+        raise NotADirectoryError(f"-o {out}: is a file, not a folder (the output folder)")
     scales = model.config.scales
     names = (["defocus_size.png"] + [f"mu_scale{r}.png" for r in range(scales)]
              + ["omega.png", "atoms_spatial.png", "atoms_fourier.png", "explain.json"])
@@ -122,7 +122,7 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
     if clash:
         raise FileExistsError(f"{out / clash[0]}: an input, which its map would replace; explain into another "
                               f"folder (nothing written)")
-    existing = [n for n in names if (out / n).exists()]
+    existing = [n for n in names if (out / n).exists() or (out / n).is_symlink()]
     if existing and not overwrite:
         raise FileExistsError(f"{out / existing[0]}: file exists" + (f" (and {len(existing) - 1} more)"
                               if len(existing) > 1 else "") + "; nothing written (--overwrite replaces them)")
@@ -162,11 +162,15 @@ def explain(model, image: np.ndarray, out_dir: str | Path, overwrite: bool = Fal
     # written: a failed write (disk full, Ctrl-C) leaves the folder as it was, old maps included.
     staged = {}
     try:
-        for name, arr in images.items():
+        for name, data in (*images.items(), ("explain.json", json.dumps(summary, indent=2).encode())):
             staged[out / name] = out / f".inik-part-{name}"
-            write_image(staged[out / name], arr, overwrite=True)
-        staged[out / "explain.json"] = out / ".inik-part-explain.json"
-        write_atomically(staged[out / "explain.json"], json.dumps(summary, indent=2).encode())
+            try:
+                if isinstance(data, bytes):
+                    write_atomically(staged[out / name], data)
+                else:
+                    write_image(staged[out / name], data, overwrite=True)
+            except OSError as exc:  # named as the map, not its temporary
+                raise OSError(f"{out / name}: cannot write it: {exc.strerror or exc}") from None
     except BaseException:
         for part in staged.values():
             part.unlink(missing_ok=True)
@@ -203,7 +207,7 @@ def _plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
     from .commands import expand_inputs, output_path
     out = output_path(output)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out}: is a file, not a folder (the output folder)")
+        raise NotADirectoryError(f"-o {out}: is a file, not a folder (the output folder)")
     files = list({src.resolve(): (src, root) for src, root in expand_inputs(inputs)}.values())
     if len(files) == 1 and files[0][1] is None:
         return [(files[0][0], out)]

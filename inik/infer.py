@@ -181,7 +181,7 @@ def run(args) -> int:
         try:
             if dst.resolve() == src.resolve() and not args.overwrite:
                 raise FileExistsError(f"{dst}: output would replace the input (pass --overwrite)")
-            if dst.exists() and not args.overwrite:
+            if (dst.exists() or dst.is_symlink()) and not args.overwrite:  # a dangling link too
                 raise FileExistsError(f"{dst}: exists (pass --overwrite to replace it)")
             img, info = read_image(src, mode=None)
             depth = _output_depth(dst, info)

@@ -287,6 +287,28 @@ def test_explain_writes_maps(tmp_path, weights, capsys):
     assert "--device" in capsys.readouterr().err
 
 
+def test_outputs_named_by_a_dangling_link_or_unwritable(tmp_path, weights, monkeypatch, capsys):
+    """A dangling symlink as the output is an existing output (deblur ran the model, then
+    failed with "File exists"); a map that cannot be written is named, not its temporary."""
+    write_image(tmp_path / "p.png", np.zeros((20, 20, 3), np.float32))
+    (tmp_path / "link.png").symlink_to(tmp_path / "nowhere.png")
+    assert main(["deblur", str(tmp_path / "p.png"), "-o", str(tmp_path / "link.png"), "--weights", str(weights)]) == 2
+    assert f"{tmp_path / 'link.png'}: exists (pass --overwrite" in capsys.readouterr().err
+    import inik.data.io
+    real = inik.data.io.write_image
+
+    def refuse(path, *a, **kw):
+        if "omega" in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(inik.data.io, "write_image", refuse)
+    assert main(["explain", str(tmp_path / "p.png"), "-o", str(tmp_path / "maps"), "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'maps' / 'omega.png'}: cannot write it: Permission denied" in err and ".inik-part" not in err
+    assert not (tmp_path / "maps").exists()
+
+
 def test_explain_overwrite_removes_only_its_own_stale_maps(tmp_path, weights):
     """--overwrite removes the per-scale maps an earlier run with more scales left
     (mu_scale8.png, ...), never the user's files that merely start like them."""

@@ -194,7 +194,8 @@ def test_photo_scenes(tmp_path):
     assert max(cfg.photo_scale[0], lo) - 1e-9 <= s.params["photo_scale"] <= 1.0 + 1e-9
     # the sharp target is the (resampled) photo itself, untouched by layering
     assert 0 <= s.sharp.min() and s.sharp.max() <= 1
-    with pytest.raises(ValueError, match="no usable photos"), pytest.warns(UserWarning):
+    with pytest.raises(ValueError, match=r"no usable photos in the 1 given: they need at least 64x64 px \(1 smaller, "
+                                         r"e.g. .*tiny.jpg\)"):
         DefocusSynthesizer([folder / "tiny.jpg"], cfg)
 
 
@@ -603,3 +604,17 @@ def test_a_set_left_unfinished_is_said_and_never_scored(tmp_path, monkeypatch, c
     for inside in (photos / "evalset", photos):
         assert main(["synth", str(inside), "--photos", str(photos), "--count", "1", "--size", "32"]) == 2
         assert "inside --photos" in capsys.readouterr().err and not (photos / "evalset").exists()
+
+
+def test_command_warnings_are_one_line(tmp_path, capsys):
+    """A warning in a command is one line naming the command (it was Python's two-line
+    warning with the source line of the call)."""
+    from inik.cli import main
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, side in (("a.png", 64), ("b.png", 64), ("tiny.png", 10)):
+        write_image(photos / name, np.random.default_rng(0).random((side, side, 3)).astype(np.float32))
+    assert main(["synth", str(tmp_path / "set"), "--photos", str(photos), "--photo-split", "all", "--count", "1",
+                 "--size", "32"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("synth:")]
+    assert err == [f"inik synth: warning: 1 photo(s) smaller than 60 px skipped, e.g. {photos / 'tiny.png'}"], err

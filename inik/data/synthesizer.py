@@ -167,11 +167,13 @@ class DefocusSynthesizer:
                     self.photo_sizes.append((w, h))
                 else:
                     small.append(p)
+            if not self.photos:
+                where = photos if isinstance(photos, (str, Path)) else f"the {len(paths)} given"
+                raise ValueError(f"no usable photos in {where}: they need at least {c.canvas}x{c.canvas} px"
+                                 + (f" ({len(small)} smaller, e.g. {small[0]})" if small else ""))
             if small:
                 warnings.warn(f"{len(small)} photo(s) smaller than {c.canvas} px skipped, e.g. {small[0]}",
                               stacklevel=2)
-            if not self.photos:
-                raise ValueError(f"no usable photos (need at least {c.canvas}x{c.canvas} px) in {photos}")
         self._cache = PhotoCache(cache_bytes)
 
     def _photo_crop(self, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
