@@ -161,7 +161,7 @@ def configure_parser(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing report (default: off)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--tile", type=int, default=None,
-                   help="tile size in pixels, as for inik deblur (default: whole image up to ~2 megapixels)")
+                   help="tile size in pixels, as for inik deblur (default: every image whole, whatever its size)")
     p.add_argument("--half", action="store_true",
                    help="run the model as `inik deblur --half` does (bf16 autocast, fp16 on CUDA), to see what "
                         "it costs in quality; the paper's protocol is float32 (default: off)")

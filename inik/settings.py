@@ -153,7 +153,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "compiles the CPU kernels with `-march=native`: for the build machine's CPU only, not portable",
             "`1`/`0`",
             "one binary carries x86-64-v4 (AVX-512), x86-64-v3 (AVX2) and baseline copies of the hot loops, "
-            "picked at load time (GCC 12 or later on x86-64 Linux; other compilers build one generic copy)",
+            "picked at each call (GCC 11 or later on x86-64 Linux, GCC 12 for the AVX512-BF16 copy; other compilers "
+            "build one generic copy)",
             when="build"),
     # ---- tests
     Setting("INIK_NVCC_TIMEOUT", _whole, 600,

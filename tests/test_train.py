@@ -169,6 +169,13 @@ def test_config_file_and_overrides(tmp_path):
     path.write_text(json.dumps({"iters": 10, "crop": 64, "lr": 1e-3}))
     cfg = load_config(str(path), {"crop": 96, "lr": None})
     assert (cfg.iters, cfg.crop, cfg.lr) == (10, 96, 1e-3)
+    toml = tmp_path / "c.toml"  # the same in TOML (tomllib, or tomli before Python 3.11)
+    toml.write_text('iters = 10\ncrop = 64\nlr = 1e-3\n[model]\ncascade = true\n')
+    cfg = load_config(str(toml), {})
+    assert (cfg.iters, cfg.crop, cfg.lr, cfg.model["cascade"]) == (10, 64, 1e-3, True)
+    toml.write_text("iters = [")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(str(toml), {})
     assert TrainConfig().iters == 400_000 and TrainConfig().lr == 2e-4 and TrainConfig().batch == 4
     path.write_text(json.dumps({"iterz": 1}))
     with pytest.raises(ValueError, match="unknown keys"):

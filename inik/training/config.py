@@ -156,7 +156,10 @@ def read_config_file(path: str) -> dict:
         raise FileNotFoundError(f"--config: no file {path!r}")
     try:
         if p.suffix.lower() == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10: the same parser, as a package
+                import tomli as tomllib
             values = tomllib.loads(p.read_text())
         else:
             values = json.loads(p.read_text())
