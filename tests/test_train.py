@@ -409,7 +409,7 @@ def test_resume_keeps_the_runs_settings(tmp_path, capsys):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["seed"] == 5 and saved["freq_weight"] == 0.5 and saved["iters"] == 3
     assert saved["model"] == {**SMALL, "revision": 2}
-    assert read_state(tmp_path / "run")["iteration"] == 3
+    assert read_state(tmp_path / "run")["iteration"] == read_state(str(tmp_path / "run"))["iteration"] == 3
     capsys.readouterr()
     for flags, message in ((["--lr", "0.1", "--iters", "4"], "lr = 0.1 differs from the run's 0.0002"),
                            (["--config", _config_file(tmp_path, data, iters=4, seed=6)], "seed = 6 differs"),

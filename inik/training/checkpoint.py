@@ -19,20 +19,22 @@ LEGACY_STATE_FILE = "last.state.pt"  # written by inik before the state file hel
 _STATE_KEYS = ("iteration", "model", "optimizer", "scheduler", "torch_rng", "config")
 
 
-def state_path(out: Path) -> Path:
+def state_path(out: str | Path) -> Path:
     """The run's resume state: ``OUT/last.state.safetensors``, or an older run's
     ``OUT/last.state.pt`` when only that exists."""
+    out = Path(out)
     new, old = out / STATE_FILE, out / LEGACY_STATE_FILE
     return old if old.is_file() and not new.is_file() else new
 
 
-def read_state(out: Path) -> dict:
+def read_state(out: str | Path) -> dict:
     """What ``--resume`` continues from; FileNotFoundError if absent, ValueError naming
     the file if it cannot be read (truncated, not a checkpoint). Reading never runs
     code: the state file is safetensors plus JSON (:mod:`inik.safestate`), and an
     older run's pickle is read with ``torch.load(weights_only=True)``, which builds
     tensors and plain containers only."""
     from .. import safestate
+    out = Path(out)
     path = state_path(out)
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint in {out} (expected {out / STATE_FILE})")
