@@ -808,8 +808,8 @@ def batch_chunked(forward, backward) -> tuple:
             return backward(grad, image, mu, omega, atoms, support, needs)
         each = [backward(grad[p], image[p], mu[p], omega[p], atoms, support, needs) for p in parts]
         cat = [torch.cat([e[i] for e in each]) if needs[i] else None for i in range(3)]
-        g_atoms = torch.stack([e[3] for e in each]).sum(0, dtype=torch.float64 if atoms.dtype == torch.float64
-                                                        else torch.float32).to(atoms.dtype) if needs[3] else None
+        acc = torch.promote_types(atoms.dtype, torch.float32)  # float64 stays, half precision sums in float32
+        g_atoms = torch.stack([e[3] for e in each]).sum(0, dtype=acc).to(atoms.dtype) if needs[3] else None
         return (*cat, g_atoms)
 
     return chunked_forward, chunked_backward

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import settings
-from .ifm import Backend
+from .ifm import MAX_ATOM_SIZE, Backend
 
 try:
     from .. import _C  # noqa: F401  (loading it registers the ops)
@@ -96,7 +96,7 @@ def _check_ifm_fake(op, image, mu, omega, atoms, support, grad=None) -> None:
     r, n, k, k2 = atoms.shape
     torch._check(k == k2 and k % 2 == 1,
                  lambda: f"{op}: atoms must be (R, N, K, K) with K odd, got {list(atoms.shape)}")
-    torch._check(k <= 1023, lambda: f"{op}: atoms' kernel size K must be at most 1023, got K={k}")
+    torch._check(k <= MAX_ATOM_SIZE, lambda: f"{op}: atoms' kernel size K must be at most {MAX_ATOM_SIZE}, got K={k}")
     torch._check(r >= 1 and n >= 1, lambda: f"{op}: atoms must have R >= 1 and N >= 1, got {list(atoms.shape)}")
     torch._check(tuple(mu.shape) == (b, r, h, w),
                  lambda: f"{op}: mu must be (B, R, H, W) = {(b, r, h, w)}, got {list(mu.shape)}")
